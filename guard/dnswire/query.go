@@ -1,0 +1,258 @@
+// Package dnswire reads and writes the few parts of DNS messages the guard
+// touches on every query, straight on the wire bytes: the header, the one
+// question, the OPT record. The hot path (a cache hit) never builds a
+// dns.Msg; everything else uses github.com/miekg/dns.
+package dnswire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Errors from ParseQuery. ErrShort means there is not even a header to
+// answer; the others can be answered with FORMERR.
+var (
+	ErrShort     = errors.New("dnswire: message shorter than a header")
+	ErrNotQuery  = errors.New("dnswire: QR bit set (a response, not a query)")
+	ErrQuestions = errors.New("dnswire: question count is not 1")
+	ErrName      = errors.New("dnswire: malformed question name")
+	ErrTrailing  = errors.New("dnswire: malformed record after the question")
+	ErrManyOPT   = errors.New("dnswire: more than one OPT record")
+)
+
+// Header field offsets and flag bits.
+const (
+	HeaderLen = 12
+
+	flagQR = 1 << 15
+	flagAA = 1 << 10
+	flagTC = 1 << 9
+	flagRD = 1 << 8
+	flagRA = 1 << 7
+	flagAD = 1 << 5
+	flagCD = 1 << 4
+
+	TypeOPT = 41
+	TypeANY = 255
+	MaxName = 255
+)
+
+// EDNS is what the query's OPT record says (RFC 6891).
+type EDNS struct {
+	Present bool
+	UDPSize uint16
+	Version uint8
+	DO      bool
+	Padding bool // the query carried a Padding option (RFC 7830)
+}
+
+// Query is a device's query as read from the wire.
+type Query struct {
+	ID      uint16
+	Opcode  uint8
+	RD, CD  bool
+	AD      bool
+	Name    []byte // question name in wire format, as the device sent it (aliases the message)
+	NameEnd int    // offset just past the question (name, type, class)
+	Type    uint16
+	Class   uint16
+	EDNS    EDNS
+}
+
+// ParseQuery reads a query. Unknown EDNS options are ignored (RFC 6891
+// §6.1.2); a second OPT record is ErrManyOPT.
+func ParseQuery(b []byte) (Query, error) {
+	var q Query
+	if len(b) < HeaderLen {
+		return q, ErrShort
+	}
+	q.ID = binary.BigEndian.Uint16(b)
+	flags := binary.BigEndian.Uint16(b[2:])
+	q.Opcode = uint8(flags>>11) & 0xF
+	q.RD = flags&flagRD != 0
+	q.CD = flags&flagCD != 0
+	q.AD = flags&flagAD != 0
+	if flags&flagQR != 0 {
+		return q, ErrNotQuery
+	}
+	qd := binary.BigEndian.Uint16(b[4:])
+	an := binary.BigEndian.Uint16(b[6:])
+	ns := binary.BigEndian.Uint16(b[8:])
+	ar := binary.BigEndian.Uint16(b[10:])
+	if qd != 1 {
+		return q, ErrQuestions
+	}
+	end, err := nameEnd(b, HeaderLen, false)
+	if err != nil {
+		return q, err
+	}
+	if end+4 > len(b) {
+		return q, ErrName
+	}
+	q.Name = b[HeaderLen:end]
+	q.Type = binary.BigEndian.Uint16(b[end:])
+	q.Class = binary.BigEndian.Uint16(b[end+2:])
+	q.NameEnd = end + 4
+	off := q.NameEnd
+	for i := 0; i < int(an)+int(ns)+int(ar); i++ {
+		rr, next, err := readRR(b, off)
+		if err != nil {
+			return q, ErrTrailing
+		}
+		off = next
+		if rr.typ != TypeOPT {
+			continue
+		}
+		if i < int(an)+int(ns) || rr.nameLen != 1 {
+			return q, ErrTrailing // OPT only in the additional section, with the root name
+		}
+		if q.EDNS.Present {
+			return q, ErrManyOPT
+		}
+		q.EDNS.Present = true
+		q.EDNS.UDPSize = rr.class
+		q.EDNS.Version = uint8(rr.ttl >> 16)
+		q.EDNS.DO = rr.ttl&(1<<15) != 0
+		for o := rr.rdata; o+4 <= rr.rdata+int(rr.rdlen); {
+			code := binary.BigEndian.Uint16(b[o:])
+			n := int(binary.BigEndian.Uint16(b[o+2:]))
+			if code == 12 {
+				q.EDNS.Padding = true
+			}
+			o += 4 + n
+		}
+	}
+	return q, nil
+}
+
+// LowerName appends the question name, lower-cased, in wire format.
+func (q *Query) LowerName(dst []byte) []byte {
+	return AppendLower(dst, q.Name)
+}
+
+// String renders the question for logs: "example.com. A".
+func (q *Query) String() string {
+	return fmt.Sprintf("%s %d", NameString(q.Name), q.Type)
+}
+
+type rrInfo struct {
+	nameLen int
+	typ     uint16
+	class   uint16
+	ttl     uint32
+	ttlOff  int
+	rdata   int
+	rdlen   uint16
+}
+
+// readRR reads the fixed part of the resource record at off.
+func readRR(b []byte, off int) (rrInfo, int, error) {
+	var rr rrInfo
+	end, err := nameEnd(b, off, true)
+	if err != nil {
+		return rr, 0, err
+	}
+	if end+10 > len(b) {
+		return rr, 0, ErrTrailing
+	}
+	rr.nameLen = end - off
+	rr.typ = binary.BigEndian.Uint16(b[end:])
+	rr.class = binary.BigEndian.Uint16(b[end+2:])
+	rr.ttlOff = end + 4
+	rr.ttl = binary.BigEndian.Uint32(b[end+4:])
+	rr.rdlen = binary.BigEndian.Uint16(b[end+8:])
+	rr.rdata = end + 10
+	next := rr.rdata + int(rr.rdlen)
+	if next > len(b) {
+		return rr, 0, ErrTrailing
+	}
+	return rr, next, nil
+}
+
+// nameEnd returns the offset just past the name at off. Compression
+// pointers are followed only for validity when allowPtr is set; a
+// question name must not be compressed (nothing precedes it).
+func nameEnd(b []byte, off int, allowPtr bool) (int, error) {
+	total := 0
+	for {
+		if off >= len(b) {
+			return 0, ErrName
+		}
+		l := int(b[off])
+		switch {
+		case l == 0:
+			if total+1 > MaxName {
+				return 0, ErrName
+			}
+			return off + 1, nil
+		case l&0xC0 == 0xC0:
+			if !allowPtr || off+2 > len(b) {
+				return 0, ErrName
+			}
+			ptr := int(binary.BigEndian.Uint16(b[off:]) & 0x3FFF)
+			if ptr >= off {
+				return 0, ErrName
+			}
+			return off + 2, nil
+		case l&0xC0 != 0:
+			return 0, ErrName
+		}
+		total += l + 1
+		if total > MaxName {
+			return 0, ErrName
+		}
+		off += l + 1
+	}
+}
+
+// AppendLower appends the wire-format name with ASCII letters lower-cased.
+func AppendLower(dst, name []byte) []byte {
+	for i := 0; i < len(name); {
+		l := int(name[i])
+		dst = append(dst, name[i])
+		i++
+		for j := 0; j < l && i < len(name); j++ {
+			c := name[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			dst = append(dst, c)
+			i++
+		}
+	}
+	return dst
+}
+
+// NameString renders an uncompressed wire-format name in presentation
+// format, lower-cased, with a trailing dot. Bytes outside printable
+// ASCII and the characters . \ are escaped as \DDD.
+func NameString(name []byte) string {
+	if len(name) <= 1 {
+		return "."
+	}
+	out := make([]byte, 0, len(name)+1)
+	for i := 0; i < len(name); {
+		l := int(name[i])
+		i++
+		if l == 0 {
+			break
+		}
+		for j := 0; j < l && i < len(name); j++ {
+			c := name[i]
+			i++
+			switch {
+			case 'A' <= c && c <= 'Z':
+				out = append(out, c+'a'-'A')
+			case c == '.' || c == '\\':
+				out = append(out, '\\', c)
+			case c < '!' || c > '~':
+				out = append(out, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+			default:
+				out = append(out, c)
+			}
+		}
+		out = append(out, '.')
+	}
+	return string(out)
+}

@@ -1,0 +1,122 @@
+// Package stage defines how the guard's stages plug together. A query
+// flows inward through a chain of Handlers (listen -> identify -> policy ->
+// limit -> cache -> upstream), each of which either answers or calls the
+// next, the way net/http middleware wraps a handler.
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/miekg/dns"
+)
+
+// Request is one device query and what is known about it.
+type Request struct {
+	Raw       []byte // the device's message; valid only during ServeDNS
+	Q         dnswire.Query
+	Client    netip.AddrPort // the device's address and source port
+	Local     netip.AddrPort // the listener that took it
+	OrigDst   netip.AddrPort // where the device meant to send it, when intercepted (zero if unknown)
+	TCP       bool
+	Received  time.Time
+	Device    *Device // filled by the identify stage; nil before it
+	Randomize bool    // ask upstreams for 0x20 case randomisation (strict devices)
+}
+
+// Device is the identity and policy of the device that sent a query.
+type Device struct {
+	ID     string // MAC address, or "ip:ADDR" when the MAC is unknown
+	MAC    string
+	Name   string
+	Class  string
+	Strict bool
+	Rate   float64 // queries per second allowed; 0 = the global default
+	Burst  int
+}
+
+// Handler answers a query or passes it inward. It returns a stored-form
+// reply; an error becomes SERVFAIL, with the Extended DNS Error it
+// carries (see Error).
+type Handler interface {
+	ServeDNS(ctx context.Context, req *Request) (*dnswire.Reply, error)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, req *Request) (*dnswire.Reply, error)
+
+// ServeDNS calls f.
+func (f HandlerFunc) ServeDNS(ctx context.Context, req *Request) (*dnswire.Reply, error) {
+	return f(ctx, req)
+}
+
+// Middleware wraps a handler with a stage.
+type Middleware func(next Handler) Handler
+
+// Chain builds h wrapped by stages, the first outermost.
+func Chain(h Handler, stages ...Middleware) Handler {
+	for i := len(stages) - 1; i >= 0; i-- {
+		h = stages[i](h)
+	}
+	return h
+}
+
+// Error is a failure with the rcode and Extended DNS Error the device
+// should see.
+type Error struct {
+	Rcode int
+	EDE   dnswire.EDE
+	Err   error
+}
+
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return e.EDE.Text
+	}
+	return fmt.Sprintf("%s: %v", e.EDE.Text, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Fail returns an Error with SERVFAIL and the given EDE.
+func Fail(code uint16, text string, err error) *Error {
+	return &Error{Rcode: dns.RcodeServerFailure, EDE: dnswire.EDE{Code: code, Text: text}, Err: err}
+}
+
+// ErrorReply turns any error into the reply a device gets: the rcode and
+// EDE of an *Error in its chain, or SERVFAIL with EDE "Other".
+func ErrorReply(req *Request, err error) *dnswire.Reply {
+	var e *Error
+	if !errors.As(err, &e) {
+		e = Fail(dnswire.EDEOther, "internal error", err)
+	}
+	r, rerr := Synth(req, e.Rcode, nil, nil)
+	if rerr != nil {
+		r = &dnswire.Reply{Msg: dnswire.AppendError(nil, req.Raw, &req.Q, dns.RcodeServerFailure)}
+	}
+	ede := e.EDE
+	r.EDE = &ede
+	return r
+}
+
+// Synth builds a reply for req's question with the given rcode and records.
+// It is for answers the guard makes itself (errors, local names), not for
+// the hot path.
+func Synth(req *Request, rcode int, answer, authority []dns.RR) (*dnswire.Reply, error) {
+	m := new(dns.Msg)
+	m.Response = true
+	m.Opcode = int(req.Q.Opcode)
+	m.Rcode = rcode
+	m.RecursionAvailable = true
+	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	m.Answer, m.Ns = answer, authority
+	r, err := dnswire.FromMsg(m)
+	if err != nil {
+		return nil, fmt.Errorf("synthesize %s: %w", req.Q.String(), err)
+	}
+	return r, nil
+}

@@ -1,0 +1,53 @@
+// Package testenv lets tests that need real parts (a resolver from Debian,
+// nftables, network namespaces, qemu) say so. Outside CI a missing part
+// skips the test; with DNSGUARD_CI=1 (set by .ci/run, which installs every
+// part) a missing part fails it, so CI cannot pass by skipping.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// InCI reports whether the full test environment is promised.
+func InCI() bool { return os.Getenv("DNSGUARD_CI") == "1" }
+
+// Require skips (or, in CI, fails) the test unless every command is on PATH.
+// It returns their paths in order.
+func Require(t testing.TB, cmds ...string) []string {
+	t.Helper()
+	paths := make([]string, len(cmds))
+	for i, c := range cmds {
+		p, err := exec.LookPath(c)
+		if err != nil {
+			missing(t, "needs "+c+" on PATH")
+		}
+		paths[i] = p
+	}
+	return paths
+}
+
+// RequireRoot skips (or, in CI, fails) the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "needs root")
+	}
+}
+
+// Short skips long end-to-end tests under go test -short.
+func Short(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test skipped with -short")
+	}
+}
+
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if InCI() {
+		t.Fatal(why + " (DNSGUARD_CI=1: .ci/run should have installed it)")
+	}
+	t.Skip(why)
+}

@@ -1,0 +1,72 @@
+package policy
+
+import (
+	"net/netip"
+	"time"
+)
+
+// builtin holds the values that options missing from a file take. The
+// embedded default.conf spells out the same values with the reasons; a
+// test keeps the two in step.
+func builtin() *Config {
+	return &Config{
+		Listen: []string{"127.0.0.1:5353", "[::1]:5353"},
+		Upstreams: []string{
+			"tls://1.1.1.1:853?sni=cloudflare-dns.com",
+			"tls://9.9.9.9:853?sni=dns.quad9.net",
+			"https://dns.google/dns-query?ip=8.8.8.8",
+		},
+		LogLevel:        "info",
+		UpstreamTimeout: 600 * time.Millisecond,
+		TCPIdleTimeout:  10 * time.Second,
+		TCPMaxConns:     256,
+		TCPMaxPerClient: 16,
+		State: State{
+			File:            "/tmp/dnsguard/state.db",
+			PersistInterval: 6 * time.Hour,
+			FlushInterval:   5 * time.Second,
+		},
+		Cache: Cache{
+			MaxEntries:  20000,
+			MaxBytes:    8 << 20,
+			MinTTL:      30 * time.Second,
+			MaxTTL:      7 * 24 * time.Hour,
+			NegMaxTTL:   time.Hour,
+			ServeStale:  true,
+			StaleTTL:    30 * time.Second,
+			MaxStale:    24 * time.Hour,
+			FailMin:     time.Second,
+			FailMax:     5 * time.Minute,
+			UpstreamMax: 3,
+		},
+		Limits: Limits{DeviceRate: 50, DeviceBurst: 200, NameRate: 1, NameBurst: 5},
+		Answers: Answers{
+			MaxRecords:    64,
+			MaxRRset:      32,
+			MaxSize:       8192,
+			MaxCNAMEChain: 8,
+			RebindProtect: true,
+			LocalDomains:  []string{"lan", "local", "home.arpa"},
+			TTLJumpFactor: 100,
+		},
+		Intercept: Intercept{
+			RedirectDNS: true,
+			BlockDoT:    true,
+			BlockDoH:    true,
+			NFLogGroup:  53,
+			GuardPort:   53,
+			DoHHosts: []string{"dns.google", "cloudflare-dns.com", "mozilla.cloudflare-dns.com",
+				"dns.quad9.net", "doh.opendns.com", "dns.adguard-dns.com", "dns.nextdns.io"},
+			DoHAddresses: addrs("8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
+				"2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111", "2606:4700:4700::1001"),
+		},
+	}
+}
+
+func addrs(ss ...string) []netip.Addr {
+	out := make([]netip.Addr, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParseAddr(s)
+	}
+	return out
+}

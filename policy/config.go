@@ -1,0 +1,495 @@
+// Package policy is dnsguard's configuration model and its loader: what the
+// guard listens on, where it resolves, and what each class of device is
+// allowed and held to. It makes decisions from data; it opens no sockets.
+//
+// The file format is OpenWrt's UCI syntax, so /etc/config/dnsguard on a
+// router is the daemon's configuration as it stands: one source of truth.
+package policy
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+//go:embed default.conf
+var defaultConf string
+
+// DefaultText returns the embedded default configuration, with its comments.
+func DefaultText() string { return defaultConf }
+
+// Config is the whole configuration of one guard.
+type Config struct {
+	Listen      []string
+	Upstreams   []string
+	UpstreamCA  string
+	LogLevel    string
+	MemoryLimit int64 // bytes; 0 leaves the Go runtime default
+
+	// Upstream behaviour.
+	UpstreamTimeout time.Duration // per attempt, before failing over
+	Randomize0x20   bool          // 0x20 case randomisation on Do53 upstreams
+
+	// Serving devices over TCP (RFC 7766 §6.2.3, §10).
+	TCPIdleTimeout  time.Duration
+	TCPMaxConns     int
+	TCPMaxPerClient int
+
+	State     State
+	Cache     Cache
+	Limits    Limits
+	Answers   Answers
+	Intercept Intercept
+	Local     Local
+	Classes   []Class
+}
+
+// State says where per-device records live.
+type State struct {
+	File            string        // live bbolt file (RAM-backed storage on a router)
+	Persist         string        // copy on flash; empty for none
+	PersistInterval time.Duration // how often the live file is copied
+	FlushInterval   time.Duration // how often batched writes are committed
+}
+
+// Cache bounds and TTL policy.
+type Cache struct {
+	MaxEntries  int
+	MaxBytes    int64
+	MinTTL      time.Duration
+	MaxTTL      time.Duration
+	NegMaxTTL   time.Duration
+	ServeStale  bool
+	StaleTTL    time.Duration
+	MaxStale    time.Duration
+	FailMin     time.Duration
+	FailMax     time.Duration
+	UpstreamMax int // attempts per query across upstreams
+}
+
+// Limits against retry storms.
+type Limits struct {
+	DeviceRate  float64 // queries per second per device (token refill)
+	DeviceBurst int
+	NameRate    float64 // queries per second per (device, name, type) that may go past the cache
+	NameBurst   int
+}
+
+// Answers is the answer shield: what an upstream answer may contain.
+type Answers struct {
+	MaxRecords      int // per message
+	MaxRRset        int // per RRset
+	MaxSize         int // octets of an upstream message
+	MaxCNAMEChain   int
+	RebindProtect   bool
+	LocalDomains    []string
+	TTLJumpFactor   float64 // log a TTL that grows by more than this factor
+	AllowedPrivate  []netip.Prefix
+	AllowForwardPTR bool
+}
+
+// Intercept configures the nftables table and the NFLOG observer.
+type Intercept struct {
+	LAN          []string // LAN interfaces; interception is on when non-empty
+	RedirectDNS  bool
+	BlockDoT     bool
+	BlockDoH     bool
+	DoHHosts     []string
+	DoHAddresses []netip.Addr
+	NFLogGroup   uint16
+	GuardPort    uint16 // port the guard listens on for redirected traffic
+}
+
+// Local names are forwarded to the router's own DHCP/DNS server.
+type Local struct {
+	Domains []string
+	Server  string // host:port of dnsmasq (or another local server)
+}
+
+// Class is a device class and what its members are held to.
+type Class struct {
+	Name        string
+	MACs        []string
+	MACPrefixes []string
+	Names       []string
+	Rate        float64 // 0: the global device rate
+	Burst       int
+	Exempt      bool // not intercepted (may use its own resolver)
+	Strict      bool // strictest checks and limits
+	Line        int
+}
+
+// Load reads a configuration file; an empty path gives the embedded default.
+func Load(path string) (*Config, error) {
+	if path == "" {
+		return Parse(strings.NewReader(defaultConf), "default.conf")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	return Parse(f, path)
+}
+
+// Parse reads a configuration in UCI syntax. Options it does not set keep
+// the built-in defaults (those of the embedded default file).
+func Parse(r io.Reader, file string) (*Config, error) {
+	sections, err := ParseUCI(r, file)
+	if err != nil {
+		return nil, err
+	}
+	c := builtin()
+	seenClass := map[string]int{}
+	for i := range sections {
+		s := &sections[i]
+		var fields map[string]setter
+		switch s.Type {
+		case "dnsguard":
+			fields = c.mainFields()
+		case "cache":
+			fields = c.Cache.fields()
+		case "limits":
+			fields = c.Limits.fields()
+		case "answers":
+			fields = c.Answers.fields()
+		case "intercept":
+			fields = c.Intercept.fields()
+		case "local":
+			fields = c.Local.fields()
+		case "class":
+			if s.Name == "" {
+				return nil, &ParseError{file, s.Line, "a class section needs a name: config class 'NAME'"}
+			}
+			if prev, dup := seenClass[s.Name]; dup {
+				return nil, &ParseError{file, s.Line, fmt.Sprintf("class %q already defined on line %d", s.Name, prev)}
+			}
+			seenClass[s.Name] = s.Line
+			c.Classes = append(c.Classes, Class{Name: s.Name, Line: s.Line})
+			fields = c.Classes[len(c.Classes)-1].fields()
+		default:
+			return nil, &ParseError{file, s.Line, fmt.Sprintf("unknown section type %q", s.Type)}
+		}
+		for key, v := range s.Options {
+			set, ok := fields[key]
+			if !ok {
+				return nil, &ParseError{file, v.Line, fmt.Sprintf("unknown option %q in %s section", key, s.Type)}
+			}
+			if err := set(v.Values); err != nil {
+				return nil, &ParseError{file, v.Line, fmt.Sprintf("option %q: %v", key, err)}
+			}
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, &ParseError{File: file, Reason: err.Error()}
+	}
+	return c, nil
+}
+
+// Validate checks relations between options.
+func (c *Config) Validate() error {
+	if len(c.Listen) == 0 {
+		return errors.New("no listen address")
+	}
+	for _, l := range c.Listen {
+		if _, err := netip.ParseAddrPort(l); err != nil {
+			return fmt.Errorf("listen %q: want IP:PORT", l)
+		}
+	}
+	if c.Cache.MinTTL > c.Cache.MaxTTL {
+		return fmt.Errorf("cache min_ttl %v above max_ttl %v", c.Cache.MinTTL, c.Cache.MaxTTL)
+	}
+	if c.Cache.FailMin > c.Cache.FailMax {
+		return fmt.Errorf("cache fail_min %v above fail_max %v", c.Cache.FailMin, c.Cache.FailMax)
+	}
+	if c.Cache.FailMax > 5*time.Minute {
+		return errors.New("cache fail_max above 5m (RFC 9520 §3.2 forbids caching a failure longer)")
+	}
+	return nil
+}
+
+type setter func([]string) error
+
+func (c *Config) mainFields() map[string]setter {
+	return map[string]setter{
+		"listen":             strList(&c.Listen),
+		"upstream":           strList(&c.Upstreams),
+		"upstream_ca":        str(&c.UpstreamCA),
+		"log_level":          oneOf(&c.LogLevel, "debug", "info", "warn", "error"),
+		"memory_limit":       size(&c.MemoryLimit),
+		"upstream_timeout":   dur(&c.UpstreamTimeout),
+		"randomize_case":     boolean(&c.Randomize0x20),
+		"tcp_idle_timeout":   dur(&c.TCPIdleTimeout),
+		"tcp_max_conns":      integer(&c.TCPMaxConns),
+		"tcp_max_per_client": integer(&c.TCPMaxPerClient),
+		"lan":                strList(&c.Intercept.LAN),
+		"state_file":         str(&c.State.File),
+		"state_persist":      str(&c.State.Persist),
+		"persist_interval":   dur(&c.State.PersistInterval),
+		"flush_interval":     dur(&c.State.FlushInterval),
+	}
+}
+
+func (c *Cache) fields() map[string]setter {
+	return map[string]setter{
+		"max_entries":  integer(&c.MaxEntries),
+		"max_bytes":    size(&c.MaxBytes),
+		"min_ttl":      dur(&c.MinTTL),
+		"max_ttl":      dur(&c.MaxTTL),
+		"neg_max_ttl":  dur(&c.NegMaxTTL),
+		"serve_stale":  boolean(&c.ServeStale),
+		"stale_ttl":    dur(&c.StaleTTL),
+		"max_stale":    dur(&c.MaxStale),
+		"fail_min":     dur(&c.FailMin),
+		"fail_max":     dur(&c.FailMax),
+		"upstream_max": integer(&c.UpstreamMax),
+	}
+}
+
+func (l *Limits) fields() map[string]setter {
+	return map[string]setter{
+		"device_rate":  float(&l.DeviceRate),
+		"device_burst": integer(&l.DeviceBurst),
+		"name_rate":    float(&l.NameRate),
+		"name_burst":   integer(&l.NameBurst),
+	}
+}
+
+func (a *Answers) fields() map[string]setter {
+	return map[string]setter{
+		"max_records":       integer(&a.MaxRecords),
+		"max_rrset":         integer(&a.MaxRRset),
+		"max_size":          integer(&a.MaxSize),
+		"max_cname_chain":   integer(&a.MaxCNAMEChain),
+		"rebind_protection": boolean(&a.RebindProtect),
+		"local_domain":      strList(&a.LocalDomains),
+		"ttl_jump_factor":   float(&a.TTLJumpFactor),
+		"allow_private":     prefixList(&a.AllowedPrivate),
+		"allow_forward_ptr": boolean(&a.AllowForwardPTR),
+	}
+}
+
+func (i *Intercept) fields() map[string]setter {
+	return map[string]setter{
+		"lan":          strList(&i.LAN),
+		"redirect_dns": boolean(&i.RedirectDNS),
+		"block_dot":    boolean(&i.BlockDoT),
+		"block_doh":    boolean(&i.BlockDoH),
+		"doh_host":     strList(&i.DoHHosts),
+		"doh_address":  addrList(&i.DoHAddresses),
+		"nflog_group":  u16(&i.NFLogGroup),
+		"guard_port":   u16(&i.GuardPort),
+	}
+}
+
+func (l *Local) fields() map[string]setter {
+	return map[string]setter{
+		"domain": strList(&l.Domains),
+		"server": str(&l.Server),
+	}
+}
+
+func (c *Class) fields() map[string]setter {
+	return map[string]setter{
+		"mac":        strList(&c.MACs),
+		"mac_prefix": strList(&c.MACPrefixes),
+		"name":       strList(&c.Names),
+		"rate":       float(&c.Rate),
+		"burst":      integer(&c.Burst),
+		"exempt":     boolean(&c.Exempt),
+		"strict":     boolean(&c.Strict),
+	}
+}
+
+func str(p *string) setter {
+	return func(v []string) error { *p = v[len(v)-1]; return nil }
+}
+
+func strList(p *[]string) setter {
+	first := true
+	return func(v []string) error {
+		if first { // a file's list replaces the default, it does not extend it
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				*p = append(*p, w)
+			}
+		}
+		return nil
+	}
+}
+
+func oneOf(p *string, allowed ...string) setter {
+	return func(v []string) error {
+		s := v[len(v)-1]
+		for _, a := range allowed {
+			if s == a {
+				*p = s
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", s, strings.Join(allowed, ", "))
+	}
+}
+
+func boolean(p *bool) setter {
+	return func(v []string) error {
+		switch strings.ToLower(v[len(v)-1]) {
+		case "1", "yes", "on", "true", "enabled":
+			*p = true
+		case "0", "no", "off", "false", "disabled":
+			*p = false
+		default:
+			return fmt.Errorf("%q is not a boolean (use 1 or 0)", v[len(v)-1])
+		}
+		return nil
+	}
+}
+
+func integer(p *int) setter {
+	return func(v []string) error {
+		n, err := strconv.Atoi(v[len(v)-1])
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q is not a non-negative integer", v[len(v)-1])
+		}
+		*p = n
+		return nil
+	}
+}
+
+func u16(p *uint16) setter {
+	return func(v []string) error {
+		n, err := strconv.ParseUint(v[len(v)-1], 10, 16)
+		if err != nil {
+			return fmt.Errorf("%q is not a number from 0 to 65535", v[len(v)-1])
+		}
+		*p = uint16(n)
+		return nil
+	}
+}
+
+func float(p *float64) setter {
+	return func(v []string) error {
+		f, err := strconv.ParseFloat(v[len(v)-1], 64)
+		if err != nil || f < 0 {
+			return fmt.Errorf("%q is not a non-negative number", v[len(v)-1])
+		}
+		*p = f
+		return nil
+	}
+}
+
+// dur accepts Go durations ("30s", "5m") or plain seconds ("30").
+func dur(p *time.Duration) setter {
+	return func(v []string) error {
+		d, err := ParseDuration(v[len(v)-1])
+		if err != nil {
+			return err
+		}
+		*p = d
+		return nil
+	}
+}
+
+// ParseDuration reads "30", "30s", "5m", "1h30m".
+func ParseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	t := s
+	days := time.Duration(0)
+	if i := strings.IndexByte(t, 'd'); i > 0 {
+		n, err := strconv.ParseUint(t[:i], 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not a duration (seconds, or like 30s, 5m, 1h, 7d)", s)
+		}
+		days, t = time.Duration(n)*24*time.Hour, t[i+1:]
+		if t == "" {
+			return days, nil
+		}
+	}
+	d, err := time.ParseDuration(t)
+	d += days
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("%q is not a duration (seconds, or like 30s, 5m, 1h, 7d)", s)
+	}
+	return d, nil
+}
+
+// size accepts bytes with an optional K, M, G (or KiB, MiB, GiB) suffix.
+func size(p *int64) setter {
+	return func(v []string) error {
+		n, err := ParseSize(v[len(v)-1])
+		if err != nil {
+			return err
+		}
+		*p = n
+		return nil
+	}
+}
+
+// ParseSize reads "1048576", "64K", "48MiB", "1G".
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "IB"), "B")
+	mult := int64(1)
+	if t != "" {
+		switch t[len(t)-1] {
+		case 'K':
+			mult, t = 1<<10, t[:len(t)-1]
+		case 'M':
+			mult, t = 1<<20, t[:len(t)-1]
+		case 'G':
+			mult, t = 1<<30, t[:len(t)-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size (bytes, or like 64K, 48M, 1G)", s)
+	}
+	return n * mult, nil
+}
+
+func addrList(p *[]netip.Addr) setter {
+	first := true
+	return func(v []string) error {
+		if first {
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				a, err := netip.ParseAddr(w)
+				if err != nil {
+					return fmt.Errorf("%q is not an IP address", w)
+				}
+				*p = append(*p, a)
+			}
+		}
+		return nil
+	}
+}
+
+func prefixList(p *[]netip.Prefix) setter {
+	first := true
+	return func(v []string) error {
+		if first {
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				pf, err := netip.ParsePrefix(w)
+				if err != nil {
+					return fmt.Errorf("%q is not a prefix like 10.0.0.0/8", w)
+				}
+				*p = append(*p, pf.Masked())
+			}
+		}
+		return nil
+	}
+}

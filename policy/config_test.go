@@ -1,0 +1,100 @@
+package policy
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultFileMatchesBuiltin(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(c, builtin()) {
+		t.Errorf("default.conf and builtin() disagree:\nfile:    %+v\nbuiltin: %+v", c, builtin())
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, conf, want string
+	}{
+		{"unknown option", "config cache\n\toption max_entrys '5'\n", "x.conf:2: unknown option \"max_entrys\" in cache section"},
+		{"bad integer", "config cache\n\n\toption max_entries 'many'\n", "x.conf:3: option \"max_entries\""},
+		{"bad duration", "config cache\n\toption min_ttl 'soon'\n", "x.conf:2: option \"min_ttl\": \"soon\" is not a duration"},
+		{"unknown section", "config cahce\n", "x.conf:1: unknown section type \"cahce\""},
+		{"option outside", "option x 'y'\n", "x.conf:1: option outside any config section"},
+		{"unterminated quote", "config cache\n\toption min_ttl '30\n", "x.conf:2: unterminated ' quote"},
+		{"bad bool", "config answers\n\toption rebind_protection 'maybe'\n", "x.conf:2: option \"rebind_protection\": \"maybe\" is not a boolean"},
+		{"bad listen", "config dnsguard\n\tlist listen 'localhost'\n", "x.conf: listen \"localhost\": want IP:PORT"},
+		{"min above max", "config cache\n\toption min_ttl '2h'\n\toption max_ttl '1h'\n", "min_ttl 2h0m0s above max_ttl 1h0m0s"},
+		{"fail max too long", "config cache\n\toption fail_max '10m'\n", "RFC 9520"},
+		{"class without name", "config class\n", "x.conf:1: a class section needs a name"},
+		{"duplicate class", "config class 'a'\nconfig class 'a'\n", "x.conf:2: class \"a\" already defined on line 1"},
+		{"option then list", "config dnsguard\n\toption listen '1.2.3.4:53'\n\tlist listen '1.2.3.4:54'\n", "x.conf:3: \"listen\" is an option"},
+		{"bad prefix", "config answers\n\tlist allow_private '10.0.0.0'\n", "is not a prefix"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(strings.NewReader(tt.conf), "x.conf")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	conf := `
+# comment
+config dnsguard 'main'
+	list listen '192.168.1.1:53'
+	list listen "[fd00::1]:53"   # trailing comment
+	list upstream 'udp://127.0.0.1:5300'
+	option memory_limit '48MiB'
+
+config cache
+	option min_ttl '5'
+	option max_ttl '1d12h'
+
+config class 'cams'
+	list mac_prefix '9c:8e:cd'
+	option rate '2.5'
+	option strict 'yes'
+`
+	c, err := Parse(strings.NewReader(conf), "x.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"192.168.1.1:53", "[fd00::1]:53"}; !reflect.DeepEqual(c.Listen, want) {
+		t.Errorf("listen = %v, want %v", c.Listen, want)
+	}
+	if want := []string{"udp://127.0.0.1:5300"}; !reflect.DeepEqual(c.Upstreams, want) {
+		t.Errorf("upstreams = %v, want %v (a list in the file replaces the default)", c.Upstreams, want)
+	}
+	if c.MemoryLimit != 48<<20 {
+		t.Errorf("memory_limit = %d", c.MemoryLimit)
+	}
+	if c.Cache.MinTTL != 5*time.Second || c.Cache.MaxTTL != 36*time.Hour {
+		t.Errorf("ttls = %v %v", c.Cache.MinTTL, c.Cache.MaxTTL)
+	}
+	if c.Cache.MaxEntries != 20000 {
+		t.Errorf("unset option lost its default: %d", c.Cache.MaxEntries)
+	}
+	if len(c.Classes) != 1 || c.Classes[0].Name != "cams" || !c.Classes[0].Strict || c.Classes[0].Rate != 2.5 || c.Classes[0].MACPrefixes[0] != "9c:8e:cd" {
+		t.Errorf("classes = %+v", c.Classes)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(DefaultText())
+	f.Add("config class 'a'\n\tlist mac \"x\\\"y\"\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := Parse(strings.NewReader(s), "fuzz.conf")
+		if err == nil && c == nil {
+			t.Fatal("nil config without error")
+		}
+	})
+}
