@@ -1,0 +1,315 @@
+package dnswire
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+func pack(t testing.TB, m *dns.Msg) []byte {
+	t.Helper()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func query(name string, qtype uint16, edns bool, do bool) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.Id = 0xBEEF
+	if edns {
+		m.SetEdns0(1400, do)
+	}
+	return m
+}
+
+func TestParseQuery(t *testing.T) {
+	twoOPT := query("a.example.", dns.TypeA, true, false)
+	twoOPT.Extra = append(twoOPT.Extra, twoOPT.Extra[0])
+	v1 := query("a.example.", dns.TypeA, true, true)
+	v1.IsEdns0().SetVersion(1)
+	padded := query("a.example.", dns.TypeA, true, false)
+	padded.IsEdns0().Option = append(padded.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 9)}, &dns.EDNS0_LOCAL{Code: 65001, Data: []byte{1}})
+	resp := query("a.example.", dns.TypeA, false, false)
+	resp.Response = true
+	noq := new(dns.Msg)
+	notify := query("a.example.", dns.TypeSOA, false, false)
+	notify.Opcode = dns.OpcodeNotify
+
+	tests := []struct {
+		name    string
+		msg     []byte
+		wantErr error
+		check   func(t *testing.T, q Query)
+	}{
+		{"plain", pack(t, query("WwW.Example.COM.", dns.TypeAAAA, false, false)), nil, func(t *testing.T, q Query) {
+			if q.ID != 0xBEEF || q.Type != dns.TypeAAAA || q.Class != dns.ClassINET || q.EDNS.Present || !q.RD {
+				t.Errorf("got %+v", q)
+			}
+			if got := string(q.LowerName(nil)); got != "\x03www\x07example\x03com\x00" {
+				t.Errorf("lower name %q", got)
+			}
+			if NameString(q.Name) != "www.example.com." {
+				t.Errorf("NameString = %q", NameString(q.Name))
+			}
+		}},
+		{"edns do", pack(t, query("a.example.", dns.TypeA, true, true)), nil, func(t *testing.T, q Query) {
+			if !q.EDNS.Present || !q.EDNS.DO || q.EDNS.UDPSize != 1400 || q.EDNS.Version != 0 {
+				t.Errorf("edns %+v", q.EDNS)
+			}
+		}},
+		{"edns version 1", pack(t, v1), nil, func(t *testing.T, q Query) {
+			if q.EDNS.Version != 1 {
+				t.Errorf("version %d", q.EDNS.Version)
+			}
+		}},
+		{"unknown option ignored, padding seen", pack(t, padded), nil, func(t *testing.T, q Query) {
+			if !q.EDNS.Padding {
+				t.Error("padding not seen")
+			}
+		}},
+		{"opcode notify", pack(t, notify), nil, func(t *testing.T, q Query) {
+			if q.Opcode != dns.OpcodeNotify {
+				t.Errorf("opcode %d", q.Opcode)
+			}
+		}},
+		{"two OPT", pack(t, twoOPT), ErrManyOPT, nil},
+		{"response", pack(t, resp), ErrNotQuery, nil},
+		{"no question", pack(t, noq), ErrQuestions, nil},
+		{"short", []byte{1, 2, 3}, ErrShort, nil},
+		{"truncated name", []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, 'a', 'b'}, ErrName, nil},
+		{"compressed question", []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1}, ErrName, nil},
+		{"trailing garbage record", append(pack(t, query("a.", 1, false, false))[:0:0], []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0}...), ErrTrailing, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := ParseQuery(tt.msg)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if tt.check != nil {
+				tt.check(t, q)
+			}
+		})
+	}
+}
+
+func reply(t testing.TB, name string, n int, ttl uint32) *Reply {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.Response = true
+	for i := 0; i < n; i++ {
+		rr, err := dns.NewRR(name + " 300 IN A 192.0.2.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rr.Header().Ttl = ttl
+		rr.(*dns.A).A[3] = byte(i)
+		m.Answer = append(m.Answer, rr)
+	}
+	m.SetEdns0(4096, false) // must be dropped from stored form
+	r, err := FromMsg(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestAppendResponse(t *testing.T) {
+	stored := reply(t, "www.example.com.", 2, 300)
+	storedCopy := append([]byte(nil), stored.Msg...)
+
+	t.Run("no edns: id, case, aged ttl, no OPT", func(t *testing.T) {
+		raw := pack(t, query("WWW.example.Com.", dns.TypeA, false, false))
+		q, _ := ParseQuery(raw)
+		out := AppendResponse(nil, &q, stored.With(100, 0, &EDE{Code: EDEStaleAnswer}), SizeLimit(&q, false))
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatal(err)
+		}
+		if m.Id != 0xBEEF || m.Question[0].Name != "WWW.example.Com." || !m.Response || !m.RecursionDesired || !m.RecursionAvailable {
+			t.Errorf("header/question: %v", m)
+		}
+		if m.IsEdns0() != nil {
+			t.Error("OPT in an answer to a query without one")
+		}
+		if len(m.Answer) != 2 || m.Answer[0].Header().Ttl != 200 {
+			t.Errorf("answer %v", m.Answer)
+		}
+		if !bytes.Equal(stored.Msg, storedCopy) {
+			t.Error("stored reply was modified")
+		}
+	})
+	t.Run("edns: OPT with EDE and DO echoed", func(t *testing.T) {
+		raw := pack(t, query("www.example.com.", dns.TypeA, true, true))
+		q, _ := ParseQuery(raw)
+		out := AppendResponse(nil, &q, stored.With(0, 30, &EDE{Code: EDEStaleAnswer, Text: "stale"}), SizeLimit(&q, false))
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatal(err)
+		}
+		opt := m.IsEdns0()
+		if opt == nil || !opt.Do() || opt.UDPSize() != OurEDNSSize {
+			t.Fatalf("opt %v", opt)
+		}
+		ede, ok := opt.Option[0].(*dns.EDNS0_EDE)
+		if !ok || ede.InfoCode != EDEStaleAnswer || ede.ExtraText != "stale" {
+			t.Errorf("ede %v", opt.Option)
+		}
+		if m.Answer[0].Header().Ttl != 30 {
+			t.Errorf("fixed ttl not applied: %d", m.Answer[0].Header().Ttl)
+		}
+	})
+	t.Run("badvers", func(t *testing.T) {
+		raw := pack(t, query("www.example.com.", dns.TypeA, true, false))
+		q, _ := ParseQuery(raw)
+		m := new(dns.Msg)
+		m.SetQuestion("www.example.com.", dns.TypeA)
+		m.Rcode = dns.RcodeBadVers
+		r, err := FromMsg(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := AppendResponse(nil, &q, r, 512)
+		got := new(dns.Msg)
+		if err := got.Unpack(out); err != nil {
+			t.Fatal(err)
+		}
+		if got.Rcode != dns.RcodeBadVers {
+			t.Errorf("rcode %d, want BADVERS", got.Rcode)
+		}
+	})
+	sizes := []struct {
+		name    string
+		edns    bool
+		size    uint16
+		tcp     bool
+		records int
+		wantTC  bool
+	}{
+		{"512 fits", false, 0, false, 20, false},
+		{"over 512 without EDNS truncates", false, 0, false, 40, true},
+		{"EDNS 1400 capped at 1232", true, 1400, false, 80, true},
+		{"EDNS 1232 fits 60", true, 1232, false, 60, false},
+		{"EDNS below 512 treated as 512", true, 100, false, 20, false},
+		{"TCP takes it all", false, 0, true, 200, false},
+	}
+	for _, s := range sizes {
+		t.Run(s.name, func(t *testing.T) {
+			m := query("www.example.com.", dns.TypeA, false, false)
+			if s.edns {
+				m.SetEdns0(s.size, false)
+			}
+			q, err := ParseQuery(pack(t, m))
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := SizeLimit(&q, s.tcp)
+			out := AppendResponse(nil, &q, reply(t, "www.example.com.", s.records, 60), limit)
+			if len(out) > limit {
+				t.Errorf("%d octets over the limit %d", len(out), limit)
+			}
+			got := new(dns.Msg)
+			if err := got.Unpack(out); err != nil {
+				t.Fatal(err)
+			}
+			if got.Truncated != s.wantTC {
+				t.Errorf("TC = %v, want %v (len %d)", got.Truncated, s.wantTC, len(out))
+			}
+			if got.Truncated && (len(got.Answer) != 0 || len(got.Question) != 1) {
+				t.Errorf("truncated answer should hold the question only: %v", got)
+			}
+			if (got.IsEdns0() != nil) != s.edns {
+				t.Errorf("OPT presence %v, want %v", got.IsEdns0() != nil, s.edns)
+			}
+		})
+	}
+}
+
+func TestAppendError(t *testing.T) {
+	raw := pack(t, query("x.example.", dns.TypeA, false, false))
+	q, _ := ParseQuery(raw)
+	out := AppendError(nil, raw, &q, dns.RcodeFormatError)
+	m := new(dns.Msg)
+	if err := m.Unpack(out); err != nil {
+		t.Fatal(err)
+	}
+	if m.Id != 0xBEEF || m.Rcode != dns.RcodeFormatError || len(m.Question) != 1 || !m.Response {
+		t.Errorf("got %v", m)
+	}
+}
+
+// corpus adds the shared DNS message collection to a fuzz target.
+func corpus(f *testing.F) {
+	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	for i, p := range files {
+		if i%8 != 0 { // a spread of the 9,774 is plenty for seeding
+			continue
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b)
+		}
+	}
+}
+
+// FuzzParseQuery: never panics; what it accepts, miekg/dns reads the same
+// way; an answer built for it is a well-formed message within the limit.
+func FuzzParseQuery(f *testing.F) {
+	corpus(f)
+	f.Add(pack(f, query("a.example.", dns.TypeA, true, true)))
+	stored := reply(f, "a.example.", 3, 10)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := ParseQuery(b)
+		if err != nil {
+			out := AppendError(nil, b, nil, dns.RcodeFormatError)
+			if len(b) >= HeaderLen && len(out) != HeaderLen {
+				t.Fatalf("error answer length %d", len(out))
+			}
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err == nil {
+			if len(m.Question) != 1 || m.Question[0].Qtype != q.Type || m.Question[0].Qclass != q.Class || m.Id != q.ID {
+				t.Fatalf("disagree with miekg: %v vs %+v", m.Question, q)
+			}
+			if (m.IsEdns0() != nil) != q.EDNS.Present {
+				t.Fatalf("EDNS presence disagrees")
+			}
+		}
+		// Answer it with a reply for the same name.
+		rm := new(dns.Msg)
+		rm.SetQuestion(NameString(q.Name), q.Type)
+		rm.Question[0].Qclass = q.Class
+		r, err := FromMsg(rm)
+		if err != nil {
+			return
+		}
+		if len(r.Msg)-HeaderLen-4 != len(q.Name) {
+			return // names with escapes that miekg packs differently
+		}
+		for _, rep := range []*Reply{r, stored} {
+			if rep == stored && !bytes.Equal(AppendLower(nil, q.Name), stored.Msg[HeaderLen:HeaderLen+len("\x01a\x07example\x00")]) {
+				continue
+			}
+			limit := SizeLimit(&q, false)
+			out := AppendResponse(nil, &q, rep, limit)
+			if len(out) > limit {
+				t.Fatalf("answer of %d octets over limit %d", len(out), limit)
+			}
+			got := new(dns.Msg)
+			if err := got.Unpack(out); err != nil {
+				t.Fatalf("answer does not parse: %v", err)
+			}
+			if got.Id != q.ID || (got.IsEdns0() != nil) != q.EDNS.Present {
+				t.Fatalf("answer id/OPT wrong: %v", got)
+			}
+		}
+	})
+}
