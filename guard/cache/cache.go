@@ -1,0 +1,319 @@
+// Package cache is the guard's answer cache stage: answers stored in wire
+// form (a hit is a copy and a patch, no message building), TTLs clamped to
+// policy, negative answers cached per RFC 2308, failures cached with
+// exponential backoff (RFC 9520 §3.2), stale answers served when the
+// upstream fails (RFC 8767), and identical in-flight questions coalesced
+// into one upstream query (RFC 5452 §5). Bounded by entries and bytes.
+package cache
+
+import (
+	"container/list"
+	"context"
+	"encoding/binary"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
+)
+
+const (
+	shardCount = 32
+	// entryOverhead approximates the memory an entry costs beyond its
+	// wire bytes (map slot, list element, key, struct).
+	entryOverhead = 160
+	// refreshTimeout bounds one upstream resolution made on behalf of
+	// possibly many coalesced devices (RFC 8767 §5: 10-30 s).
+	refreshTimeout = 10 * time.Second
+)
+
+// Stats counts what the cache did.
+type Stats struct {
+	Hits, Misses, Stale, CachedErrors, Coalesced, Evictions atomic.Uint64
+}
+
+// Cache stores answers across config reloads; Wrap puts it in a chain.
+type Cache struct {
+	pol    atomic.Pointer[policy.Cache]
+	now    func() time.Time
+	log    *slog.Logger
+	seed   maphash.Seed
+	shards [shardCount]shard
+	flight singleflight.Group
+	Stats  Stats
+}
+
+type shard struct {
+	mu    sync.Mutex
+	m     map[string]*entry
+	lru   list.List // front = most recently used; values are *entry
+	bytes int64
+}
+
+type entry struct {
+	key  string
+	elem *list.Element
+	// A good answer (nil when only a failure is known).
+	reply      *dnswire.Reply
+	stored     time.Time
+	expires    time.Time
+	staleUntil time.Time
+	noStale    bool // the upstream said TTL 0: never served stale (RFC 8767 §7)
+	// A cached failure.
+	failErr   error
+	failUntil time.Time
+	failures  int
+}
+
+func (e *entry) size() int64 {
+	n := int64(entryOverhead + len(e.key))
+	if e.reply != nil {
+		n += int64(len(e.reply.Msg) + 2*len(e.reply.TTLs))
+	}
+	return n
+}
+
+// New returns an empty cache under policy p. now may be nil (time.Now).
+func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Cache{now: now, log: log, seed: maphash.MakeSeed()}
+	c.SetPolicy(p)
+	for i := range c.shards {
+		c.shards[i].m = make(map[string]*entry)
+	}
+	return c
+}
+
+// SetPolicy replaces the policy (on reload) keeping what is stored.
+func (c *Cache) SetPolicy(p policy.Cache) {
+	if p.MaxEntries <= 0 {
+		p.MaxEntries = 1
+	}
+	c.pol.Store(&p)
+}
+
+// Len returns the number of entries.
+func (c *Cache) Len() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		n += len(s.m)
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// Key flag bits: everything about a query that changes the answer.
+const (
+	keyEDNS = 1 << iota
+	keyDO
+	keyCD
+)
+
+// appendKey appends the cache key of q: lower-cased name, type, class and
+// the EDNS presence, DO and CD bits.
+func appendKey(dst []byte, q *dnswire.Query) []byte {
+	dst = q.LowerName(dst)
+	dst = binary.BigEndian.AppendUint16(dst, q.Type)
+	dst = binary.BigEndian.AppendUint16(dst, q.Class)
+	var f byte
+	if q.EDNS.Present {
+		f |= keyEDNS
+	}
+	if q.EDNS.DO {
+		f |= keyDO
+	}
+	if q.CD {
+		f |= keyCD
+	}
+	return append(dst, f)
+}
+
+func (c *Cache) shard(key []byte) *shard {
+	return &c.shards[maphash.Bytes(c.seed, key)%shardCount]
+}
+
+// Wrap returns the cache stage in front of next (the upstream side).
+func (c *Cache) Wrap(next stage.Handler) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		return c.serve(ctx, req, next)
+	})
+}
+
+func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handler) (*dnswire.Reply, error) {
+	var kb [dnswire.MaxName + 8]byte
+	key := appendKey(kb[:0], &req.Q)
+	now := c.now()
+	p := c.pol.Load()
+	sh := c.shard(key)
+
+	sh.mu.Lock()
+	e := sh.m[string(key)]
+	if e != nil {
+		sh.lru.MoveToFront(e.elem)
+		if e.reply != nil && now.Before(e.expires) {
+			r := e.reply.With(uint32(now.Sub(e.stored)/time.Second), 0, nil)
+			sh.mu.Unlock()
+			c.Stats.Hits.Add(1)
+			return r, nil
+		}
+		if e.failErr != nil && now.Before(e.failUntil) {
+			r, err := c.fallback(e, now, p, e.failErr)
+			sh.mu.Unlock()
+			return r, err
+		}
+	}
+	sh.mu.Unlock()
+	c.Stats.Misses.Add(1)
+
+	// One upstream query per question in flight, whoever asks. It runs on
+	// its own context: one device giving up must not fail the others.
+	skey := string(key)
+	ch := c.flight.DoChan(skey, func() (any, error) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+		defer cancel()
+		r, err := next.ServeDNS(rctx, req)
+		c.store(skey, r, err)
+		return r, err
+	})
+	var res singleflight.Result
+	select {
+	case res = <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if res.Shared {
+		c.Stats.Coalesced.Add(1)
+	}
+	if res.Err == nil {
+		return res.Val.(*dnswire.Reply), nil
+	}
+	// The upstream failed: a stale answer if there is one, else the error.
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.m[skey]; e != nil {
+		if r := c.stale(e, c.now(), p); r != nil {
+			return r, nil
+		}
+	}
+	return nil, res.Err
+}
+
+// fallback answers from an entry whose failure is cached: stale data if
+// allowed, else the cached error (EDE Cached Error for upstream failures).
+func (c *Cache) fallback(e *entry, now time.Time, p *policy.Cache, err error) (*dnswire.Reply, error) {
+	if r := c.stale(e, now, p); r != nil {
+		return r, nil
+	}
+	c.Stats.CachedErrors.Add(1)
+	var se *stage.Error
+	if errors.As(err, &se) {
+		ce := *se
+		if ce.EDE.Code == dnswire.EDENoReachableAut || ce.EDE.Code == dnswire.EDENetworkError {
+			ce.EDE.Code = dnswire.EDECachedError
+			ce.EDE.Text = "cached error: " + se.EDE.Text
+		}
+		return nil, &ce
+	}
+	return nil, err
+}
+
+// stale returns the entry's expired answer if it may still be served
+// (RFC 8767 §4: TTL stale_ttl, EDE Stale Answer), else nil.
+func (c *Cache) stale(e *entry, now time.Time, p *policy.Cache) *dnswire.Reply {
+	if e.reply != nil && p.ServeStale && !e.noStale && now.Before(e.staleUntil) {
+		c.Stats.Stale.Add(1)
+		code := uint16(dnswire.EDEStaleAnswer)
+		if e.reply.Rcode() == dns.RcodeNameError {
+			code = dnswire.EDEStaleNXDOMAIN
+		}
+		return e.reply.With(0, uint32(max(p.StaleTTL/time.Second, 1)), &dnswire.EDE{Code: code, Text: "stale answer: upstream failing"})
+	}
+	return nil
+}
+
+// store records an upstream result under key.
+func (c *Cache) store(key string, r *dnswire.Reply, err error) {
+	p := c.pol.Load()
+	now := c.now()
+	sh := c.shard([]byte(key))
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.m[key]
+	if e == nil {
+		e = &entry{key: key}
+		e.elem = sh.lru.PushFront(e)
+		sh.m[key] = e
+	} else {
+		sh.bytes -= e.size()
+		sh.lru.MoveToFront(e.elem)
+	}
+	if err != nil {
+		// RFC 9520 §3.2: at least fail_min, doubling, at most fail_max;
+		// no upstream query for this question until it expires.
+		e.failures++
+		d := p.FailMin << min(e.failures-1, 20)
+		e.failErr, e.failUntil = err, now.Add(min(d, p.FailMax))
+	} else {
+		ttl, noStale := clampTTLs(r, p)
+		e.reply, e.stored, e.noStale = r, now, noStale
+		e.expires = now.Add(time.Duration(ttl) * time.Second)
+		e.staleUntil = e.expires.Add(p.MaxStale)
+		e.failErr, e.failures = nil, 0
+	}
+	sh.bytes += e.size()
+	c.evict(sh, p)
+}
+
+// evict drops least recently used entries until the shard is within its
+// share of the bounds.
+func (c *Cache) evict(sh *shard, p *policy.Cache) {
+	maxEntries := max(p.MaxEntries/shardCount, 1)
+	maxBytes := p.MaxBytes / shardCount
+	for len(sh.m) > maxEntries || (maxBytes > 0 && sh.bytes > maxBytes && len(sh.m) > 1) {
+		el := sh.lru.Back()
+		e := el.Value.(*entry)
+		sh.lru.Remove(el)
+		delete(sh.m, e.key)
+		sh.bytes -= e.size()
+		c.Stats.Evictions.Add(1)
+	}
+}
+
+// clampTTLs rewrites the TTLs of a freshly stored reply into the policy's
+// bounds and returns how long it may be served. Negative answers (no
+// answer records) live at most neg_max_ttl (RFC 2308 §5); the forward
+// stage has already set the SOA TTL to min(TTL, MINIMUM) (§3).
+func clampTTLs(r *dnswire.Reply, p *policy.Cache) (ttl uint32, zero bool) {
+	lo := uint32(p.MinTTL / time.Second)
+	hi := uint32(p.MaxTTL / time.Second)
+	if binary.BigEndian.Uint16(r.Msg[6:]) == 0 { // ANCOUNT: negative
+		hi = min(hi, uint32(p.NegMaxTTL/time.Second))
+	}
+	lo = min(lo, hi)
+	minTTL, ok := r.MinTTL()
+	if !ok {
+		// No records at all (a NODATA without SOA): RFC 2308 §5 says
+		// not to cache; the floor keeps a storming device off the upstream.
+		return lo, true
+	}
+	zero = minTTL == 0
+	for _, o := range r.TTLs {
+		t := binary.BigEndian.Uint32(r.Msg[o:])
+		binary.BigEndian.PutUint32(r.Msg[o:], min(max(t, lo), hi))
+	}
+	return min(max(minTTL, lo), hi), zero
+}

@@ -1,0 +1,333 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// upstream answers A queries with one record of the given TTL, or fails.
+type upstream struct {
+	calls atomic.Int64
+	ttl   atomic.Uint32
+	fail  atomic.Bool
+	nx    atomic.Bool
+	gate  chan struct{} // if set, each call waits for it
+}
+
+func (u *upstream) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	u.calls.Add(1)
+	if u.gate != nil {
+		<-u.gate
+	}
+	if u.fail.Load() {
+		return nil, stage.Fail(dnswire.EDENoReachableAut, "no upstream reachable", errors.New("timeout"))
+	}
+	name := dnswire.NameString(req.Q.Name)
+	if u.nx.Load() {
+		soa, _ := dns.NewRR("example. 3600 IN SOA ns.example. h.example. 1 2 3 4 5")
+		return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa})
+	}
+	rr, _ := dns.NewRR(name + " 60 IN A 192.0.2.7")
+	rr.Header().Ttl = u.ttl.Load()
+	return stage.Synth(req, dns.RcodeSuccess, []dns.RR{rr}, nil)
+}
+
+func request(t testing.TB, name string, edns, do bool) *stage.Request {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	if edns {
+		m.SetEdns0(1232, do)
+	}
+	raw, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stage.Request{Raw: raw, Q: q}
+}
+
+func setup(t testing.TB) (*Cache, *upstream, *clock, stage.Handler) {
+	clk := &clock{t: time.Unix(1_700_000_000, 0)}
+	p := policy.Cache{
+		MaxEntries: 1000, MaxBytes: 1 << 20, MinTTL: 30 * time.Second, MaxTTL: 7 * 24 * time.Hour,
+		NegMaxTTL: time.Hour, ServeStale: true, StaleTTL: 30 * time.Second, MaxStale: 24 * time.Hour,
+		FailMin: time.Second, FailMax: 5 * time.Minute,
+	}
+	c := New(p, nil, clk.now)
+	u := &upstream{}
+	u.ttl.Store(300)
+	return c, u, clk, c.Wrap(u)
+}
+
+func ttlOf(t testing.TB, req *stage.Request, r *dnswire.Reply) (uint32, *dns.Msg) {
+	t.Helper()
+	out := dnswire.AppendResponse(nil, &req.Q, r, 65535)
+	m := new(dns.Msg)
+	if err := m.Unpack(out); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Answer) == 0 {
+		return 0, m
+	}
+	return m.Answer[0].Header().Ttl, m
+}
+
+func TestHitsAgeAndKeying(t *testing.T) {
+	c, u, clk, h := setup(t)
+	ctx := context.Background()
+	for _, name := range []string{"www.example.", "WWW.Example.", "www.EXAMPLE."} {
+		if _, err := h.ServeDNS(ctx, request(t, name, false, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("case-insensitive key: %d upstream calls, want 1", n)
+	}
+	clk.add(100 * time.Second)
+	req := request(t, "www.example.", false, false)
+	r, err := h.ServeDNS(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl, _ := ttlOf(t, req, r); ttl != 200 {
+		t.Errorf("aged TTL %d, want 200", ttl)
+	}
+	// EDNS presence, DO and CD are part of the key.
+	h.ServeDNS(ctx, request(t, "www.example.", true, false))
+	h.ServeDNS(ctx, request(t, "www.example.", true, true))
+	cd := request(t, "www.example.", false, false)
+	cd.Q.CD = true
+	h.ServeDNS(ctx, cd)
+	if n := u.calls.Load(); n != 4 {
+		t.Errorf("EDNS/DO/CD variants: %d upstream calls, want 4", n)
+	}
+	if c.Stats.Hits.Load() != 3 {
+		t.Errorf("hits %d", c.Stats.Hits.Load())
+	}
+}
+
+func TestTTLClamp(t *testing.T) {
+	tests := []struct {
+		name       string
+		upstream   uint32
+		wantServed uint32
+		wantCalls  int64 // after 20 queries over 20 s
+	}{
+		{"ttl 0 floored", 0, 30, 1},
+		{"ttl 1 floored", 1, 30, 1},
+		{"ttl 10^9 capped at 7 days", 1_000_000_000, 604800, 1},
+		{"ttl 300 kept", 300, 300, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, u, clk, h := setup(t)
+			u.ttl.Store(tt.upstream)
+			req := request(t, "a.example.", false, false)
+			r, err := h.ServeDNS(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ttl, _ := ttlOf(t, req, r); ttl != tt.wantServed {
+				t.Errorf("served TTL %d, want %d", ttl, tt.wantServed)
+			}
+			for i := 0; i < 19; i++ {
+				clk.add(time.Second)
+				h.ServeDNS(context.Background(), request(t, "a.example.", false, false))
+			}
+			if n := u.calls.Load(); n != tt.wantCalls {
+				t.Errorf("%d upstream calls for 20 device queries, want %d", n, tt.wantCalls)
+			}
+		})
+	}
+}
+
+func TestNegativeCaching(t *testing.T) {
+	_, u, clk, h := setup(t)
+	u.nx.Store(true)
+	req := request(t, "nope.example.", false, false)
+	r, err := h.ServeDNS(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rcode() != dns.RcodeNameError {
+		t.Fatalf("rcode %d", r.Rcode())
+	}
+	_, m := ttlOf(t, req, r)
+	if got := m.Ns[0].Header().Ttl; got != 3600 {
+		t.Errorf("SOA TTL %d, want 3600 (capped at neg_max_ttl)", got)
+	}
+	clk.add(3599 * time.Second)
+	h.ServeDNS(context.Background(), req)
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("NXDOMAIN not cached: %d calls", n)
+	}
+	clk.add(2 * time.Second)
+	h.ServeDNS(context.Background(), req)
+	if n := u.calls.Load(); n != 2 {
+		t.Errorf("NXDOMAIN cached past its TTL: %d calls", n)
+	}
+}
+
+func TestFailureBackoffAndStale(t *testing.T) {
+	c, u, clk, h := setup(t)
+	ctx := context.Background()
+	u.ttl.Store(60)
+	h.ServeDNS(ctx, request(t, "s.example.", false, false))
+	u.fail.Store(true)
+	clk.add(61 * time.Second) // expired
+	req := request(t, "s.example.", false, false)
+	r, err := h.ServeDNS(ctx, req)
+	if err != nil {
+		t.Fatalf("want a stale answer, got %v", err)
+	}
+	ttl, _ := ttlOf(t, req, r)
+	if ttl != 30 || r.EDE == nil || r.EDE.Code != dnswire.EDEStaleAnswer {
+		t.Errorf("stale answer TTL %d EDE %+v, want 30 and Stale Answer", ttl, r.EDE)
+	}
+	// A storm of queries over ten minutes: upstream calls grow with the
+	// backoff (1, 2, 4, ... s, capped at 5 min), not with the storm.
+	before := u.calls.Load()
+	for i := 0; i < 6000; i++ {
+		clk.add(100 * time.Millisecond)
+		if _, err := h.ServeDNS(ctx, request(t, "s.example.", false, false)); err != nil {
+			t.Fatalf("stale answer expected during outage, got %v", err)
+		}
+	}
+	calls := u.calls.Load() - before
+	// 600 s of backoff from 1 s doubling: 1+2+4+...+256 = 511 s, then one more.
+	if calls < 8 || calls > 11 {
+		t.Errorf("%d upstream calls during a 600 s storm of 6000 queries, want about 10", calls)
+	}
+	t.Logf("device queries 6000, upstream queries %d, stale answers %d", calls, c.Stats.Stale.Load())
+	// Recovery.
+	u.fail.Store(false)
+	clk.add(5 * time.Minute)
+	r, err = h.ServeDNS(ctx, req)
+	if err != nil || r.EDE != nil {
+		t.Errorf("after recovery: %v %+v", err, r)
+	}
+}
+
+func TestFailureWithoutStaleIsCachedError(t *testing.T) {
+	_, u, clk, h := setup(t)
+	u.fail.Store(true)
+	ctx := context.Background()
+	_, err := h.ServeDNS(ctx, request(t, "down.example.", false, false))
+	var se *stage.Error
+	if !errors.As(err, &se) || se.EDE.Code != dnswire.EDENoReachableAut {
+		t.Fatalf("first failure: %v", err)
+	}
+	clk.add(500 * time.Millisecond)
+	_, err = h.ServeDNS(ctx, request(t, "down.example.", false, false))
+	if !errors.As(err, &se) || se.EDE.Code != dnswire.EDECachedError {
+		t.Fatalf("second failure within backoff: %v", err)
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("%d upstream calls, want 1 while the failure is cached", n)
+	}
+}
+
+func TestTTLZeroNeverServedStale(t *testing.T) {
+	_, u, clk, h := setup(t)
+	u.ttl.Store(0)
+	ctx := context.Background()
+	h.ServeDNS(ctx, request(t, "z.example.", false, false))
+	u.fail.Store(true)
+	clk.add(31 * time.Second)
+	if _, err := h.ServeDNS(ctx, request(t, "z.example.", false, false)); err == nil {
+		t.Error("TTL-0 data served stale (RFC 8767 §7)")
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	c, u, _, h := setup(t)
+	u.gate = make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.ServeDNS(context.Background(), request(t, "co.example.", false, false)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	// Let all 50 reach the flight before the single upstream call ends.
+	for c.Stats.Misses.Load() < 50 {
+		time.Sleep(time.Millisecond)
+	}
+	close(u.gate)
+	wg.Wait()
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("50 identical in-flight questions made %d upstream calls, want 1", n)
+	}
+}
+
+func TestBounds(t *testing.T) {
+	c, _, _, h := setup(t)
+	p := *c.pol.Load()
+	p.MaxEntries = 64
+	c.SetPolicy(p)
+	for i := 0; i < 1000; i++ {
+		h.ServeDNS(context.Background(), request(t, dns.Fqdn(string(rune('a'+i%26))+"x"+itoa(i)+".example"), false, false))
+	}
+	if n := c.Len(); n > 64 {
+		t.Errorf("%d entries, bound 64", n)
+	}
+	p.MaxEntries, p.MaxBytes = 100000, 32*1024
+	c.SetPolicy(p)
+	for i := 0; i < 1000; i++ {
+		h.ServeDNS(context.Background(), request(t, "b"+itoa(i)+".example.", false, false))
+	}
+	var bytes int64
+	for i := range c.shards {
+		bytes += c.shards[i].bytes
+	}
+	if bytes > 32*1024 {
+		t.Errorf("%d bytes cached, bound 32 KiB", bytes)
+	}
+}
+
+func itoa(i int) string {
+	b := []byte{}
+	for {
+		b = append([]byte{byte('0' + i%10)}, b...)
+		i /= 10
+		if i == 0 {
+			return string(b)
+		}
+	}
+}
+
+func BenchmarkHit(b *testing.B) {
+	_, _, _, h := setup(b)
+	req := request(b, "bench.example.", true, false)
+	h.ServeDNS(context.Background(), req)
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, _ := h.ServeDNS(context.Background(), req)
+		buf = dnswire.AppendResponse(buf[:0], &req.Q, r, 1232)
+	}
+}
