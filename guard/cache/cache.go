@@ -182,10 +182,13 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	// One upstream query per question in flight, whoever asks. It runs on
 	// its own context: one device giving up must not fail the others.
 	skey := string(key)
+	// The flight may outlive this caller, and req aliases its buffer.
+	fr := *req
+	fr.Raw, fr.Q.Name = nil, append([]byte(nil), req.Q.Name...)
 	ch := c.flight.DoChan(skey, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
 		defer cancel()
-		r, err := next.ServeDNS(rctx, req)
+		r, err := next.ServeDNS(rctx, &fr)
 		c.store(skey, r, err)
 		return r, err
 	})

@@ -1,0 +1,116 @@
+// Package forward is the innermost stage: it asks the upstreams the
+// device's question and turns their answer into the stored form the cache
+// keeps and the devices get: minimal (answer section, and the SOA of a
+// negative answer), no OPT, no padding.
+package forward
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/miekg/dns"
+)
+
+// Exchanger resolves one question upstream (the upstream pool). The
+// query it gets has a lower-case name, RD set and no OPT; it returns a
+// checked answer or an error carrying an Extended DNS Error.
+type Exchanger interface {
+	Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
+}
+
+// Handler returns the forwarding stage over ex.
+func Handler(ex Exchanger) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		q := Query(req)
+		resp, err := ex.Exchange(WithRequest(ctx, req), q)
+		if err != nil {
+			return nil, err
+		}
+		return Stored(req, resp)
+	})
+}
+
+// Query builds the upstream question for a device's request.
+func Query(req *stage.Request) *dns.Msg {
+	m := new(dns.Msg)
+	m.Id = 0 // set per transport by the pool
+	m.RecursionDesired = true
+	m.CheckingDisabled = req.Q.CD
+	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	if req.Q.EDNS.DO {
+		m.SetEdns0(dnswire.OurEDNSSize, true)
+	}
+	return m
+}
+
+// Stored turns an upstream answer into stored form. Answers other than
+// NOERROR and NXDOMAIN are failures (RFC 8767 §4: they do not refresh the
+// cache, and stale data may be served instead).
+func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
+	switch resp.Rcode {
+	case dns.RcodeSuccess, dns.RcodeNameError:
+	default:
+		code, text := uint16(dnswire.EDENetworkError), fmt.Sprintf("upstream answered %s", dns.RcodeToString[resp.Rcode])
+		if opt := resp.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_EDE); ok {
+					code, text = e.InfoCode, text+": "+e.ExtraText
+				}
+			}
+		}
+		return nil, stage.Fail(code, text, nil)
+	}
+	m := new(dns.Msg)
+	m.Response = true
+	m.Rcode = resp.Rcode
+	m.RecursionAvailable = true
+	m.AuthenticatedData = resp.AuthenticatedData && req.Q.EDNS.DO
+	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	m.Answer = resp.Answer
+	if len(resp.Answer) == 0 {
+		// Negative answer: keep the SOA, with the TTL RFC 2308 §3 asks
+		// for, min(SOA TTL, SOA MINIMUM).
+		for _, rr := range resp.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				c := dns.Copy(soa).(*dns.SOA)
+				c.Hdr.Ttl = min(c.Hdr.Ttl, c.Minttl)
+				m.Ns = append(m.Ns, c)
+			} else if req.Q.EDNS.DO && (rr.Header().Rrtype == dns.TypeRRSIG || rr.Header().Rrtype == dns.TypeNSEC || rr.Header().Rrtype == dns.TypeNSEC3) {
+				m.Ns = append(m.Ns, rr)
+			}
+		}
+	}
+	if !req.Q.EDNS.DO {
+		m.Answer = withoutDNSSEC(m.Answer)
+	}
+	return dnswire.FromMsg(m)
+}
+
+// withoutDNSSEC drops DNSSEC records a device did not ask for (RFC 4035 §3.2.1).
+func withoutDNSSEC(rrs []dns.RR) []dns.RR {
+	out := rrs[:0:0]
+	for _, rr := range rrs {
+		switch rr.Header().Rrtype {
+		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
+			continue
+		}
+		out = append(out, rr)
+	}
+	return out
+}
+
+type reqKey struct{}
+
+// WithRequest lets the upstream side see which device's query it serves
+// (strict devices get 0x20 and the strictest checks).
+func WithRequest(ctx context.Context, req *stage.Request) context.Context {
+	return context.WithValue(ctx, reqKey{}, req)
+}
+
+// RequestFrom returns the request WithRequest stored, or nil.
+func RequestFrom(ctx context.Context) *stage.Request {
+	r, _ := ctx.Value(reqKey{}).(*stage.Request)
+	return r
+}

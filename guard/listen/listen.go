@@ -1,0 +1,333 @@
+// Package listen serves the guard's chain to devices over UDP and TCP
+// (RFC 7766: pipelined queries answered out of order on one connection,
+// idle timeout, connection limits). It parses each query on the wire,
+// answers malformed ones itself (FORMERR) and shapes every answer for the
+// device that asked (dnswire.AppendResponse).
+package listen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/miekg/dns"
+)
+
+// Options bound what devices can hold open.
+type Options struct {
+	TCPIdleTimeout  time.Duration // RFC 7766 §6.2.3
+	TCPMaxConns     int           // RFC 7766 §10
+	TCPMaxPerClient int
+	TCPMaxInflight  int // pipelined queries per connection being answered at once
+	MaxInflight     int // UDP queries being answered at once; more are dropped
+	QueryTimeout    time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.TCPIdleTimeout <= 0 {
+		o.TCPIdleTimeout = 10 * time.Second
+	}
+	if o.TCPMaxConns <= 0 {
+		o.TCPMaxConns = 256
+	}
+	if o.TCPMaxPerClient <= 0 {
+		o.TCPMaxPerClient = 16
+	}
+	if o.TCPMaxInflight <= 0 {
+		o.TCPMaxInflight = 32
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = 4096
+	}
+	if o.QueryTimeout <= 0 {
+		o.QueryTimeout = 4 * time.Second
+	}
+}
+
+// Stats counts what the listener did.
+type Stats struct {
+	Queries, Malformed, Dropped, Truncated, TCPRefused atomic.Uint64
+}
+
+// Server answers devices with a chain that can be swapped (on reload).
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	handler atomic.Pointer[handlerBox]
+	udp     []*net.UDPConn
+	tcp     []*net.TCPListener
+	sem     chan struct{}
+
+	mu        sync.Mutex
+	perClient map[netip.Addr]int
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
+
+	Stats Stats
+}
+
+type handlerBox struct{ h stage.Handler }
+
+// New returns a server answering with h.
+func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
+	opts.defaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{opts: opts, log: log, sem: make(chan struct{}, opts.MaxInflight),
+		perClient: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
+	s.SetHandler(h)
+	return s
+}
+
+// SetHandler swaps the chain; queries in progress finish on the old one.
+func (s *Server) SetHandler(h stage.Handler) { s.handler.Store(&handlerBox{h}) }
+
+// Listen binds UDP and TCP on every address (IP:PORT). Port 0 binds the
+// same free port for both. It fails, closing what it bound, if any fails.
+func (s *Server) Listen(addrs []string) error {
+	for _, a := range addrs {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			s.closeAll()
+			return fmt.Errorf("listen %q: %w", a, err)
+		}
+		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		if err != nil {
+			s.closeAll()
+			return fmt.Errorf("listen udp %s: %w", a, err)
+		}
+		s.udp = append(s.udp, u)
+		bound := u.LocalAddr().(*net.UDPAddr).AddrPort()
+		t, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(bound))
+		if err != nil {
+			s.closeAll()
+			return fmt.Errorf("listen tcp %s: %w", bound, err)
+		}
+		s.tcp = append(s.tcp, t)
+	}
+	return nil
+}
+
+// Addrs returns the bound addresses (UDP and TCP share each).
+func (s *Server) Addrs() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, u := range s.udp {
+		out = append(out, u.LocalAddr().(*net.UDPAddr).AddrPort())
+	}
+	return out
+}
+
+func (s *Server) closeAll() {
+	for _, u := range s.udp {
+		u.Close()
+	}
+	for _, t := range s.tcp {
+		t.Close()
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+}
+
+// Serve answers until ctx is done, then closes the sockets and waits for
+// the answers in progress.
+func (s *Server) Serve(ctx context.Context) error {
+	for _, u := range s.udp {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.serveUDP(ctx, u) }()
+	}
+	for _, t := range s.tcp {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.serveTCP(ctx, t) }()
+	}
+	<-ctx.Done()
+	s.closeAll()
+	s.wg.Wait()
+	return nil
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// answer turns one message from a device into the bytes to send back,
+// appended to out; nil means send nothing.
+func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.AddrPort, tcp bool, out []byte) []byte {
+	s.Stats.Queries.Add(1)
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		s.Stats.Malformed.Add(1)
+		if errors.Is(err, dnswire.ErrShort) || errors.Is(err, dnswire.ErrNotQuery) {
+			return nil // nothing to answer, or a response: never answer those
+		}
+		qp := &q
+		if q.NameEnd == 0 {
+			qp = nil
+		}
+		return dnswire.AppendError(out, raw, qp, dns.RcodeFormatError)
+	}
+	req := &stage.Request{Raw: raw, Q: q, Client: client, Local: local, TCP: tcp, Received: time.Now()}
+	ctx, cancel := context.WithTimeout(ctx, s.opts.QueryTimeout)
+	defer cancel()
+	r, err := s.handler.Load().h.ServeDNS(ctx, req)
+	if err != nil {
+		r = stage.ErrorReply(req, err)
+	}
+	limit := dnswire.SizeLimit(&req.Q, tcp)
+	b := dnswire.AppendResponse(out, &req.Q, r, limit)
+	if len(b) > 2 && b[len(out)+2]&0x02 != 0 {
+		s.Stats.Truncated.Add(1)
+	}
+	return b
+}
+
+func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
+	local := u.LocalAddr().(*net.UDPAddr).AddrPort()
+	for {
+		bp := bufPool.Get().(*[]byte)
+		buf := (*bp)[:cap(*bp)]
+		n, client, err := u.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			bufPool.Put(bp)
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Debug("udp read", "err", err)
+			continue
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.Stats.Dropped.Add(1) // overloaded: drop rather than queue without bound
+			bufPool.Put(bp)
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer func() { <-s.sem; bufPool.Put(bp); s.wg.Done() }()
+			raw := buf[:n]
+			// The answer goes into the buffer's free tail when it fits.
+			out := s.answer(ctx, raw, netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), local, false, buf[n:n])
+			if out != nil {
+				if _, err := u.WriteToUDPAddrPort(out, client); err != nil && ctx.Err() == nil {
+					s.log.Debug("udp write", "client", client, "err", err)
+				}
+			}
+		}()
+	}
+}
+
+func (s *Server) serveTCP(ctx context.Context, l *net.TCPListener) {
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.Debug("tcp accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		if !s.admit(c, client.Addr()) {
+			s.Stats.TCPRefused.Add(1)
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.release(c, client.Addr())
+			s.serveConn(ctx, c, client)
+		}()
+	}
+}
+
+func (s *Server) admit(c net.Conn, ip netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) >= s.opts.TCPMaxConns || s.perClient[ip] >= s.opts.TCPMaxPerClient {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.perClient[ip]++
+	return true
+}
+
+func (s *Server) release(c net.Conn, ip netip.Addr) {
+	c.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if s.perClient[ip]--; s.perClient[ip] <= 0 {
+		delete(s.perClient, ip)
+	}
+}
+
+// serveConn reads pipelined queries and answers each as soon as it is
+// ready, in any order (RFC 7766 §6.2.1.1, §7). The idle timer restarts
+// only on a complete message (§6.2.3).
+func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.AddrPort) {
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	var (
+		wmu      sync.Mutex
+		inflight = make(chan struct{}, s.opts.TCPMaxInflight)
+		wg       sync.WaitGroup
+	)
+	defer wg.Wait()
+	hdr := make([]byte, 2)
+	for {
+		c.SetReadDeadline(time.Now().Add(s.opts.TCPIdleTimeout))
+		if _, err := readFull(c, hdr); err != nil {
+			return
+		}
+		n := int(hdr[0])<<8 | int(hdr[1])
+		msg := make([]byte, n, n+2048)
+		if _, err := readFull(c, msg); err != nil {
+			return
+		}
+		select {
+		case inflight <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-inflight; wg.Done() }()
+			// Room for the length prefix, then the answer.
+			out := s.answer(ctx, msg, client, local, true, append(msg[n:n], 0, 0))
+			if out == nil {
+				return
+			}
+			l := len(out) - 2
+			out[0], out[1] = byte(l>>8), byte(l)
+			wmu.Lock()
+			defer wmu.Unlock()
+			c.SetWriteDeadline(time.Now().Add(s.opts.TCPIdleTimeout))
+			if _, err := c.Write(out); err != nil { // length and message in one write (§8)
+				c.Close()
+			}
+		}()
+	}
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
