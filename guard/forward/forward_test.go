@@ -1,0 +1,122 @@
+package forward
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/miekg/dns"
+)
+
+func req(t *testing.T, name string, do bool) *stage.Request {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	if do {
+		m.SetEdns0(1232, true)
+	}
+	raw, _ := m.Pack()
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stage.Request{Raw: raw, Q: q}
+}
+
+func rr(s string) dns.RR {
+	r, err := dns.NewRR(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func TestStored(t *testing.T) {
+	sig := rr("a.example. 300 IN RRSIG A 8 2 300 20300101000000 20200101000000 1 example. AAAA")
+	tests := []struct {
+		name    string
+		do      bool
+		resp    func(m *dns.Msg)
+		wantErr uint16 // EDE code, 0 = no error
+		check   func(t *testing.T, m *dns.Msg)
+	}{
+		{"minimal: additional and NS dropped, OPT and padding gone", false, func(m *dns.Msg) {
+			m.Answer = []dns.RR{rr("a.example. 300 IN A 192.0.2.1")}
+			m.Ns = []dns.RR{rr("example. 300 IN NS ns.example.")}
+			m.Extra = []dns.RR{rr("ns.example. 300 IN A 192.0.2.53")}
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 100)})
+		}, 0, func(t *testing.T, m *dns.Msg) {
+			if len(m.Answer) != 1 || len(m.Ns) != 0 || len(m.Extra) != 0 {
+				t.Errorf("not minimal: %v", m)
+			}
+		}},
+		{"NXDOMAIN keeps SOA at min(TTL, MINIMUM)", false, func(m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{rr("example. 3600 IN SOA ns.example. h.example. 1 2 3 4 120")}
+		}, 0, func(t *testing.T, m *dns.Msg) {
+			if m.Rcode != dns.RcodeNameError || len(m.Ns) != 1 || m.Ns[0].Header().Ttl != 120 {
+				t.Errorf("negative answer %v", m)
+			}
+		}},
+		{"RRSIG dropped without DO", false, func(m *dns.Msg) {
+			m.Answer = []dns.RR{rr("a.example. 300 IN A 192.0.2.1"), sig}
+		}, 0, func(t *testing.T, m *dns.Msg) {
+			if len(m.Answer) != 1 {
+				t.Errorf("answer %v", m.Answer)
+			}
+		}},
+		{"RRSIG kept with DO", true, func(m *dns.Msg) {
+			m.Answer = []dns.RR{rr("a.example. 300 IN A 192.0.2.1"), sig}
+		}, 0, func(t *testing.T, m *dns.Msg) {
+			if len(m.Answer) != 2 {
+				t.Errorf("answer %v", m.Answer)
+			}
+		}},
+		{"SERVFAIL is a failure", false, func(m *dns.Msg) { m.Rcode = dns.RcodeServerFailure }, dnswire.EDENetworkError, nil},
+		{"upstream EDE passed on", false, func(m *dns.Msg) {
+			m.Rcode = dns.RcodeServerFailure
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_EDE{InfoCode: dnswire.EDEDNSSECBogus, ExtraText: "bogus"})
+		}, dnswire.EDEDNSSECBogus, nil},
+		{"REFUSED is a failure", false, func(m *dns.Msg) { m.Rcode = dns.RcodeRefused }, dnswire.EDENetworkError, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := req(t, "a.example.", tt.do)
+			up := new(dns.Msg)
+			up.SetReply(Query(r))
+			tt.resp(up)
+			got, err := Stored(r, up)
+			if tt.wantErr != 0 {
+				var se *stage.Error
+				if !errors.As(err, &se) || se.EDE.Code != tt.wantErr {
+					t.Fatalf("err %v, want EDE %d", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(got.Msg); err != nil {
+				t.Fatal(err)
+			}
+			if m.IsEdns0() != nil {
+				t.Error("stored form holds an OPT")
+			}
+			tt.check(t, m)
+		})
+	}
+}
+
+func TestQuery(t *testing.T) {
+	q := Query(req(t, "MiXeD.Example.", true))
+	if q.Question[0].Name != "mixed.example." || !q.RecursionDesired || q.IsEdns0() == nil || !q.IsEdns0().Do() {
+		t.Errorf("upstream query %v", q)
+	}
+	if q := Query(req(t, "a.example.", false)); q.IsEdns0() != nil {
+		t.Errorf("OPT added for a device without DO: %v", q)
+	}
+}
