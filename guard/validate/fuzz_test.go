@@ -1,0 +1,188 @@
+package validate
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+// verify re-checks an accepted answer against the rules, written
+// independently of the validator (a plain walk, no shared helpers but
+// Special). It returns "" when out obeys them.
+func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
+	if out == nil {
+		return "nil message"
+	}
+	if !out.Response || len(out.Question) != 1 || !strings.EqualFold(out.Question[0].Name, q.Name) ||
+		out.Question[0].Qtype != q.Qtype || out.Question[0].Qclass != q.Qclass {
+		return "question differs"
+	}
+	total, opts := 0, 0
+	for _, sec := range [][]dns.RR{out.Answer, out.Ns, out.Extra} {
+		sets := map[string]int{}
+		for i, r := range sec {
+			if r.Header().Rrtype == dns.TypeOPT {
+				opts++
+				continue
+			}
+			total++
+			sets[strings.ToLower(r.Header().Name)+"/"+fmt.Sprint(r.Header().Rrtype, r.Header().Class)]++
+			for _, o := range sec[:i] {
+				if dns.IsDuplicate(r, o) {
+					return "duplicate record " + r.String()
+				}
+			}
+		}
+		for k, n := range sets {
+			if a.MaxRRset > 0 && n > a.MaxRRset {
+				return fmt.Sprintf("RRset %s has %d records", k, n)
+			}
+		}
+	}
+	if opts > 1 {
+		return "several OPT"
+	}
+	if a.MaxRecords > 0 && total > a.MaxRecords {
+		return fmt.Sprintf("%d records", total)
+	}
+	c := out.Copy()
+	c.Compress = true
+	if a.MaxSize > 0 && c.Len() > a.MaxSize {
+		return fmt.Sprintf("%d octets", c.Len())
+	}
+	// Follow CNAMEs from the question name.
+	reach := map[string]bool{strings.ToLower(q.Name): true}
+	cur, steps := strings.ToLower(q.Name), 0
+	for q.Qtype != dns.TypeCNAME {
+		next := ""
+		for _, r := range out.Answer {
+			if c, ok := r.(*dns.CNAME); ok && strings.ToLower(c.Hdr.Name) == cur {
+				if next != "" && next != strings.ToLower(c.Target) {
+					return "two CNAMEs at " + cur
+				}
+				next = strings.ToLower(c.Target)
+			}
+		}
+		if next == "" {
+			break
+		}
+		if reach[next] {
+			return "CNAME loop"
+		}
+		reach[next], cur = true, next
+		steps++
+	}
+	if a.MaxCNAMEChain > 0 && steps > a.MaxCNAMEChain {
+		return fmt.Sprintf("chain of %d", steps)
+	}
+	local := false
+	for _, d := range a.LocalDomains {
+		if dns.IsSubDomain(dns.Fqdn(strings.ToLower(strings.Trim(d, "."))), strings.ToLower(q.Name)) && strings.Trim(d, ".") != "" {
+			local = true
+		}
+	}
+	for _, r := range out.Answer {
+		h := r.Header()
+		t := h.Rrtype
+		if t == dns.TypeDNAME {
+			continue
+		}
+		if !reach[strings.ToLower(h.Name)] {
+			return "owner outside the chain: " + r.String()
+		}
+		if t != q.Qtype && q.Qtype != dns.TypeANY && t != dns.TypeCNAME && t != dns.TypeRRSIG {
+			return fmt.Sprintf("%s in answer to %s", dns.Type(t), dns.Type(q.Qtype))
+		}
+		if t == q.Qtype && q.Qtype != dns.TypeCNAME && strings.ToLower(h.Name) != cur {
+			return "data beside a CNAME at " + h.Name
+		}
+	}
+	if a.RebindProtect && !local {
+		for _, sec := range [][]dns.RR{out.Answer, out.Extra} {
+			for _, r := range sec {
+				addr, ok := address(r)
+				if !ok {
+					continue
+				}
+				if _, sp := Special(addr); sp {
+					allowed := false
+					for _, p := range a.AllowedPrivate {
+						allowed = allowed || p.Contains(addr)
+					}
+					if !allowed {
+						return "special address for a public name: " + r.String()
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// seeds adds a spread of the shared corpus of raw DNS messages.
+func seeds(f *testing.F) {
+	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	for i, p := range files {
+		if i%16 != 0 {
+			continue
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			f.Add(b, false)
+		}
+	}
+	for _, m := range []*dns.Msg{
+		msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.", "b.example. 300 A 93.184.216.34", "b.example. 300 A 93.184.216.34"),
+		msg("a.example.", dns.TypeA, "a.example. 300 AAAA 2001:db8::1"),
+		msg("a.example.", dns.TypeA, "a.example. 300 A 10.0.0.1"),
+		msg("x.lan.", dns.TypeA, "x.lan. 300 A 10.0.0.1"),
+		msg("a.example.", dns.TypeANY, "a.example. 300 A 93.184.216.34", `a.example. 300 TXT "t"`),
+	} {
+		b, err := m.Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, true)
+	}
+}
+
+// FuzzCheck: Check never panics, and whatever it accepts obeys every rule
+// (verify) and is accepted unchanged when checked again.
+func FuzzCheck(f *testing.F) {
+	seeds(f)
+	a := testPolicy()
+	a.MaxRecords, a.MaxRRset, a.MaxCNAMEChain, a.MaxSize = 20, 6, 3, 2048
+	v := New(a)
+	f.Fuzz(func(t *testing.T, b []byte, strict bool) {
+		m := new(dns.Msg)
+		if m.Unpack(b) != nil {
+			return
+		}
+		m.Response = true // most seeds are queries: read them as answers
+		question := q("a.example.", dns.TypeA)
+		if len(m.Question) > 0 {
+			question = m.Question[0]
+		}
+		out, err := v.Check(question, m, strict)
+		if err != nil {
+			if out != nil {
+				t.Fatal("refusal with a message")
+			}
+			return
+		}
+		if why := verify(a, question, out); why != "" {
+			t.Fatalf("accepted answer breaks a rule: %s\n%v", why, out)
+		}
+		again, err := v.Check(question, out, strict)
+		if err != nil {
+			t.Fatalf("cleaned answer refused on a second check: %v\n%v", err, out)
+		}
+		if again.String() != out.String() {
+			t.Fatalf("second check changed the answer:\n%v\n%v", out, again)
+		}
+	})
+}

@@ -1,0 +1,498 @@
+// Package validate is the answer shield: it checks every upstream answer
+// before it is cached or passed to a device, and returns a cleaned copy or
+// the reason for refusing it. It is pure (no sockets, no clocks, no shared
+// state), so the upstream pool and the cache can call it on any goroutine.
+//
+// A refusal is a *stage.Error: SERVFAIL with an Extended DNS Error
+// (RFC 8914) saying why:
+//
+//   - Forged Answer (4): the answer is not an answer to the question asked:
+//     a different question, records of a type the question did not ask for
+//     (AAAA in an answer to A), records for names outside the CNAME chain,
+//     two CNAMEs for one name, a CNAME beside other data, addresses in an
+//     NXDOMAIN.
+//   - Blocked (15): a public name resolving to a special-purpose address
+//     (RFC 1918, loopback, link-local, ULA, documentation, ...): DNS
+//     rebinding protection, an operator policy.
+//   - Invalid Data (24): an answer too large to be plausible: more records
+//     than the caps, a CNAME chain that is too long or loops, more than one
+//     OPT record.
+//
+// Duplicated records are not a refusal: they are removed (the study's
+// "RR amplification"), as are additional and authority records unrelated
+// to the answer (RFC 5452 §6).
+package validate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+// Validator checks upstream answers against the policy's answer shield.
+// It holds only configuration; a nil-free Validator is safe for concurrent
+// use.
+type Validator struct {
+	maxRecords int
+	maxRRset   int
+	maxSize    int
+	maxChain   int
+	rebind     bool
+	locals     []string // lower-case FQDNs
+	allowed    []netip.Prefix
+}
+
+// New returns a validator for the policy's answer limits. A zero limit
+// means no limit of that kind.
+func New(a policy.Answers) *Validator {
+	v := &Validator{
+		maxRecords: a.MaxRecords,
+		maxRRset:   a.MaxRRset,
+		maxSize:    a.MaxSize,
+		maxChain:   a.MaxCNAMEChain,
+		rebind:     a.RebindProtect,
+		allowed:    append([]netip.Prefix(nil), a.AllowedPrivate...),
+	}
+	for _, d := range a.LocalDomains {
+		if d = strings.Trim(d, "."); d != "" {
+			v.locals = append(v.locals, dns.Fqdn(strings.ToLower(d)))
+		}
+	}
+	return v
+}
+
+// Report says what cleaning removed from an accepted answer.
+type Report struct {
+	Duplicates int // identical records removed
+	Stripped   int // authority/additional records removed as unrelated, private or (strict) unneeded
+}
+
+// Errors a refusal wraps, for errors.Is.
+var (
+	ErrQuestion  = errors.New("validate: question mismatch")
+	ErrType      = errors.New("validate: record type inconsistent with the question")
+	ErrOwner     = errors.New("validate: record outside the answer chain")
+	ErrChain     = errors.New("validate: bad CNAME chain")
+	ErrRebinding = errors.New("validate: special-purpose address for a public name")
+	ErrSize      = errors.New("validate: answer over the limits")
+	ErrMalformed = errors.New("validate: malformed answer")
+)
+
+// Check validates m, the upstream's answer to q. strict (a device held to
+// the strictest policy) also removes everything but the answer a stub
+// needs: the additional section, and the authority section of a positive
+// answer. It never modifies m.
+func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, error) {
+	out, _, err := v.CheckReport(q, m, strict)
+	return out, err
+}
+
+// CheckReport is Check, also reporting what was removed.
+func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, Report, error) {
+	var rep Report
+	if err := v.header(q, m); err != nil {
+		return nil, rep, err
+	}
+	if v.maxSize > 0 {
+		c := *m
+		c.Compress = true
+		if n := c.Len(); n > v.maxSize {
+			return nil, rep, invalid(fmt.Sprintf("answer of %d octets over %d", n, v.maxSize), ErrSize)
+		}
+	}
+	opts := 0
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype == dns.TypeOPT {
+			opts++
+		}
+	}
+	if opts > 1 { // RFC 6891 §6.1.1: FORMERR territory
+		return nil, rep, invalid(fmt.Sprintf("%d OPT records", opts), ErrMalformed)
+	}
+	out := m.Copy()
+	var n int
+	out.Answer, n = dedup(out.Answer)
+	rep.Duplicates += n
+	out.Ns, n = dedup(out.Ns)
+	rep.Duplicates += n
+	out.Extra, n = dedup(out.Extra)
+	rep.Duplicates += n
+	if err := v.counts(out); err != nil {
+		return nil, rep, err
+	}
+	chain, err := v.answer(q, out)
+	if err != nil {
+		return nil, rep, err
+	}
+	rep.Stripped += v.authority(out, chain, strict)
+	rep.Stripped += v.additional(q, out, chain, strict)
+	normaliseTTLs(out)
+	return out, rep, nil
+}
+
+func forged(text string, err error) *stage.Error {
+	return stage.Fail(dnswire.EDEForgedAnswer, "forged answer: "+text, err)
+}
+
+func invalid(text string, err error) *stage.Error {
+	return stage.Fail(dnswire.EDEInvalidData, "invalid answer: "+text, err)
+}
+
+func (v *Validator) header(q dns.Question, m *dns.Msg) error {
+	switch {
+	case m == nil:
+		return invalid("no message", ErrMalformed)
+	case !m.Response:
+		return forged("QR bit clear", ErrQuestion)
+	case m.Opcode != dns.OpcodeQuery:
+		return forged(fmt.Sprintf("opcode %s", dns.OpcodeToString[m.Opcode]), ErrQuestion)
+	case len(m.Question) != 1:
+		return forged(fmt.Sprintf("%d questions", len(m.Question)), ErrQuestion)
+	}
+	a := m.Question[0]
+	if !strings.EqualFold(a.Name, q.Name) || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
+		return forged(fmt.Sprintf("answer to %s %s, asked %s %s", a.Name, dns.Type(a.Qtype), q.Name, dns.Type(q.Qtype)), ErrQuestion)
+	}
+	return nil
+}
+
+// dedup removes records identical (owner, class, type, data; not TTL)
+// to an earlier one.
+func dedup(rrs []dns.RR) ([]dns.RR, int) {
+	if len(rrs) < 2 {
+		return rrs, 0
+	}
+	seen := make(map[string]bool, len(rrs))
+	out := rrs[:0]
+	for _, rr := range rrs {
+		k := key(rr)
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		out = append(out, rr)
+	}
+	return out, len(rrs) - len(out)
+}
+
+// key identifies a record without its TTL, names compared without case.
+func key(rr dns.RR) string {
+	c := dns.Copy(rr)
+	h := c.Header()
+	h.Ttl = 0
+	h.Name = strings.ToLower(h.Name)
+	h.Rdlength = 0
+	if h.Rrtype == dns.TypeOPT {
+		return "OPT"
+	}
+	return strings.ToLower(c.String())
+}
+
+type rrsetKey struct {
+	name  string
+	typ   uint16
+	class uint16
+}
+
+func (v *Validator) counts(m *dns.Msg) error {
+	total := 0
+	sets := map[rrsetKey]int{}
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype == dns.TypeOPT {
+				continue
+			}
+			total++
+			k := rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}
+			sets[k]++
+			if v.maxRRset > 0 && sets[k] > v.maxRRset {
+				return invalid(fmt.Sprintf("more than %d %s records for %s", v.maxRRset, dns.Type(h.Rrtype), h.Name), ErrSize)
+			}
+		}
+	}
+	if v.maxRecords > 0 && total > v.maxRecords {
+		return invalid(fmt.Sprintf("%d records, over %d", total, v.maxRecords), ErrSize)
+	}
+	return nil
+}
+
+// answer checks the answer section and returns the chain of names it
+// covers: the question name, then each CNAME target in turn.
+func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
+	qname := strings.ToLower(q.Name)
+	switch m.Rcode {
+	case dns.RcodeSuccess, dns.RcodeNameError:
+	default: // an error answer carries no data
+		if len(m.Answer) > 0 {
+			return nil, forged(fmt.Sprintf("%d records with rcode %s", len(m.Answer), dns.RcodeToString[m.Rcode]), ErrType)
+		}
+		return []string{qname}, nil
+	}
+	cname := map[string]string{}
+	for _, rr := range m.Answer {
+		h := rr.Header()
+		if h.Class != q.Qclass {
+			return nil, forged(fmt.Sprintf("class %s record for %s", dns.Class(h.Class), h.Name), ErrType)
+		}
+		c, ok := rr.(*dns.CNAME)
+		if !ok || q.Qtype == dns.TypeCNAME {
+			continue
+		}
+		owner, target := strings.ToLower(h.Name), strings.ToLower(dns.Fqdn(c.Target))
+		if prev, dup := cname[owner]; dup && prev != target {
+			return nil, forged("two CNAMEs for "+h.Name, ErrChain)
+		}
+		cname[owner] = target
+	}
+	chain := []string{qname}
+	inChain := map[string]bool{qname: true}
+	for cur := qname; ; {
+		t, ok := cname[cur]
+		if !ok {
+			break
+		}
+		if inChain[t] {
+			return nil, invalid("CNAME loop at "+t, ErrChain)
+		}
+		if v.maxChain > 0 && len(chain) > v.maxChain {
+			return nil, invalid(fmt.Sprintf("CNAME chain longer than %d", v.maxChain), ErrChain)
+		}
+		chain = append(chain, t)
+		inChain[t] = true
+		cur = t
+	}
+	last := chain[len(chain)-1]
+	for _, rr := range m.Answer {
+		h := rr.Header()
+		owner := strings.ToLower(h.Name)
+		switch {
+		case h.Rrtype == dns.TypeDNAME:
+			if !ancestorOfChain(owner, chain) {
+				return nil, forged("DNAME at "+h.Name+" outside the answer chain", ErrOwner)
+			}
+			continue
+		case !inChain[owner]:
+			return nil, forged(fmt.Sprintf("%s record for %s, outside the answer chain of %s", dns.Type(h.Rrtype), h.Name, q.Name), ErrOwner)
+		case h.Rrtype == dns.TypeRRSIG:
+			continue
+		case h.Rrtype == dns.TypeCNAME && q.Qtype != dns.TypeCNAME:
+			continue // placed in the chain above
+		}
+		if h.Rrtype != q.Qtype && q.Qtype != dns.TypeANY {
+			return nil, forged(fmt.Sprintf("%s in answer to %s", dns.Type(h.Rrtype), dns.Type(q.Qtype)), ErrType)
+		}
+		if owner != last {
+			return nil, forged(fmt.Sprintf("CNAME and %s data both at %s", dns.Type(h.Rrtype), h.Name), ErrChain)
+		}
+		if m.Rcode == dns.RcodeNameError {
+			return nil, forged(fmt.Sprintf("%s data in an NXDOMAIN answer", dns.Type(h.Rrtype)), ErrType)
+		}
+	}
+	if err := v.rebinding(q, m.Answer); err != nil {
+		return nil, err
+	}
+	return chain, nil
+}
+
+func ancestorOfChain(owner string, chain []string) bool {
+	for _, n := range chain {
+		if n != owner && dns.IsSubDomain(owner, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// isLocal reports whether name is in one of the local domains.
+func (v *Validator) isLocal(name string) bool {
+	for _, d := range v.locals {
+		if dns.IsSubDomain(d, strings.ToLower(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// blocked says why addr may not be given for a public name ("" if it may).
+func (v *Validator) blocked(addr netip.Addr) string {
+	r, special := Special(addr)
+	if !special {
+		return ""
+	}
+	for _, p := range v.allowed {
+		if p.Contains(addr.Unmap()) || p.Contains(addr) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("%s is %s (%s)", addr, r.Name, r.Source)
+}
+
+func (v *Validator) rebinding(q dns.Question, rrs []dns.RR) error {
+	if !v.rebind || v.isLocal(q.Name) {
+		return nil
+	}
+	for _, rr := range rrs {
+		a, ok := address(rr)
+		if !ok {
+			continue
+		}
+		if why := v.blocked(a); why != "" {
+			return stage.Fail(dnswire.EDEBlocked, "rebinding: "+why+" for public name "+q.Name, ErrRebinding)
+		}
+	}
+	return nil
+}
+
+func address(rr dns.RR) (netip.Addr, bool) {
+	var ip net.IP
+	switch r := rr.(type) {
+	case *dns.A:
+		ip = r.A
+	case *dns.AAAA:
+		ip = r.AAAA
+	default:
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if ok && rr.Header().Rrtype == dns.TypeA {
+		a = a.Unmap()
+	}
+	return a, ok
+}
+
+// authority keeps the records that say something about the answer's last
+// name: SOA, NS and DNSSEC records owned by that name or an ancestor. A
+// strict device gets no authority section with a positive answer.
+func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
+	last := chain[len(chain)-1]
+	before := len(m.Ns)
+	if strict && len(m.Answer) > 0 {
+		m.Ns = nil
+		return before
+	}
+	// The zones the answer's last name sits in, as the kept SOA and NS
+	// records say.
+	var apexes []string
+	for _, rr := range m.Ns {
+		h := rr.Header()
+		if (h.Rrtype == dns.TypeSOA || h.Rrtype == dns.TypeNS) && h.Class == m.Question[0].Qclass && dns.IsSubDomain(strings.ToLower(h.Name), last) {
+			apexes = append(apexes, strings.ToLower(h.Name))
+		}
+	}
+	kept := make([]dns.RR, 0, len(m.Ns))
+	for _, rr := range m.Ns {
+		h := rr.Header()
+		if h.Class != m.Question[0].Qclass {
+			continue
+		}
+		owner := strings.ToLower(h.Name)
+		switch h.Rrtype {
+		case dns.TypeSOA, dns.TypeNS, dns.TypeDS:
+			if dns.IsSubDomain(owner, last) {
+				kept = append(kept, rr)
+			}
+		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
+			// Denial-of-existence proofs are owned by neighbours in the
+			// zone: keep them when they are in the answer's zone.
+			for _, apex := range apexes {
+				if dns.IsSubDomain(apex, owner) {
+					kept = append(kept, rr)
+					break
+				}
+			}
+		}
+	}
+	m.Ns = kept
+	return before - len(kept)
+}
+
+// additional keeps the OPT record and address records for names the
+// answer or authority refers to (chain names, NS/MX/SRV/SVCB targets),
+// dropping special-purpose addresses for public names. A strict device
+// gets only the OPT.
+func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, strict bool) int {
+	wanted := map[string]bool{}
+	for _, n := range chain {
+		wanted[n] = true
+	}
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns} {
+		for _, rr := range sec {
+			if t := target(rr); t != "" {
+				wanted[strings.ToLower(dns.Fqdn(t))] = true
+			}
+		}
+	}
+	before := len(m.Extra)
+	kept := make([]dns.RR, 0, len(m.Extra))
+	for _, rr := range m.Extra {
+		h := rr.Header()
+		if h.Rrtype == dns.TypeOPT {
+			kept = append(kept, rr)
+			continue
+		}
+		if strict || !wanted[strings.ToLower(h.Name)] || h.Class != q.Qclass {
+			continue
+		}
+		a, ok := address(rr)
+		if !ok {
+			continue
+		}
+		if v.rebind && !v.isLocal(q.Name) && v.blocked(a) != "" {
+			continue
+		}
+		kept = append(kept, rr)
+	}
+	m.Extra = kept
+	return before - len(kept)
+}
+
+func target(rr dns.RR) string {
+	switch r := rr.(type) {
+	case *dns.NS:
+		return r.Ns
+	case *dns.MX:
+		return r.Mx
+	case *dns.SRV:
+		return r.Target
+	case *dns.SVCB:
+		return r.Target
+	case *dns.HTTPS:
+		return r.Target
+	}
+	return ""
+}
+
+// normaliseTTLs gives every record of an RRset the set's smallest TTL
+// (RFC 2181 §5.2) and reads TTLs with the top bit set as 0 (RFC 2181 §8).
+func normaliseTTLs(m *dns.Msg) {
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		low := map[rrsetKey]uint32{}
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype == dns.TypeOPT {
+				continue
+			}
+			if h.Ttl > 1<<31-1 {
+				h.Ttl = 0
+			}
+			k := rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}
+			if t, ok := low[k]; !ok || h.Ttl < t {
+				low[k] = h.Ttl
+			}
+		}
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype != dns.TypeOPT {
+				h.Ttl = low[rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}]
+			}
+		}
+	}
+}

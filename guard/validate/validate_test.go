@@ -1,0 +1,264 @@
+package validate
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+func testPolicy() policy.Answers {
+	return policy.Answers{
+		MaxRecords:     64,
+		MaxRRset:       32,
+		MaxSize:        8192,
+		MaxCNAMEChain:  8,
+		RebindProtect:  true,
+		LocalDomains:   []string{"lan", "home.arpa."},
+		AllowedPrivate: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")},
+	}
+}
+
+func rr(s string) dns.RR {
+	r, err := dns.NewRR(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func msg(qname string, qtype uint16, answer ...string) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(qname, qtype)
+	m.Response, m.RecursionAvailable = true, true
+	for _, a := range answer {
+		m.Answer = append(m.Answer, rr(a))
+	}
+	return m
+}
+
+func q(name string, t uint16) dns.Question {
+	return dns.Question{Name: name, Qtype: t, Qclass: dns.ClassINET}
+}
+
+func TestCheck(t *testing.T) {
+	many := func(n int, f func(i int) string) []string {
+		s := make([]string, n)
+		for i := range s {
+			s[i] = f(i)
+		}
+		return s
+	}
+	chain := func(n int) *dns.Msg {
+		m := msg("c0.example.", dns.TypeA)
+		for i := 0; i < n; i++ {
+			m.Answer = append(m.Answer, rr("c"+itoa(i)+".example. 60 CNAME c"+itoa(i+1)+".example."))
+		}
+		m.Answer = append(m.Answer, rr("c"+itoa(n)+".example. 60 A 93.184.216.34"))
+		return m
+	}
+	tests := []struct {
+		name     string
+		q        dns.Question
+		m        *dns.Msg
+		strict   bool
+		wantEDE  int // -1: accepted
+		wantErr  error
+		check    func(t *testing.T, out *dns.Msg, rep Report)
+		mutateQ  func(m *dns.Msg)
+		policyFn func(a *policy.Answers)
+	}{
+		{name: "honest A", q: q("www.example.", dns.TypeA), m: msg("www.example.", dns.TypeA, "www.example. 300 A 93.184.216.34"), wantEDE: -1},
+		{name: "case differs (0x20)", q: q("WwW.example.", dns.TypeA), m: msg("www.EXAMPLE.", dns.TypeA, "www.example. 300 A 93.184.216.34"), wantEDE: -1},
+		{name: "other name asked", q: q("a.example.", dns.TypeA), m: msg("b.example.", dns.TypeA, "b.example. 300 A 93.184.216.34"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrQuestion},
+		{name: "other type asked", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrQuestion},
+		{name: "not a response", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA), mutateQ: func(m *dns.Msg) { m.Response = false }, wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrQuestion},
+		{name: "no question", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA), mutateQ: func(m *dns.Msg) { m.Question = nil }, wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrQuestion},
+		{name: "AAAA in answer to A (forged-aaaa)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 AAAA 2606:2800:220:1::1"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
+		{name: "TXT in answer to A", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34", `a.example. 300 TXT "x"`), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
+		{name: "out-of-chain owner", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34", "bank.example. 300 A 93.184.216.35"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrOwner},
+		{name: "CNAME chain ending in A", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.net.", "b.example.net. 300 CNAME c.example.org.", "c.example.org. 300 A 93.184.216.34"), wantEDE: -1},
+		{name: "CNAME chain out of order", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "c.example.org. 300 A 93.184.216.34", "b.example.net. 300 CNAME c.example.org.", "a.example. 300 CNAME b.example.net."), wantEDE: -1},
+		{name: "dangling CNAME (forged-cname, no address)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME alias.example.com."), wantEDE: -1},
+		{name: "CNAME and data at one name", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.", "a.example. 300 A 93.184.216.34", "b.example. 300 A 93.184.216.35"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrChain},
+		{name: "two CNAMEs for one name", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.", "a.example. 300 CNAME c.example.", "b.example. 300 A 93.184.216.34"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrChain},
+		{name: "CNAME loop", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.", "b.example. 300 CNAME a.example."), wantEDE: dnswire.EDEInvalidData, wantErr: ErrChain},
+		{name: "chain of 8 accepted", q: q("c0.example.", dns.TypeA), m: chain(8), wantEDE: -1},
+		{name: "chain of 9 refused", q: q("c0.example.", dns.TypeA), m: chain(9), wantEDE: dnswire.EDEInvalidData, wantErr: ErrChain},
+		{name: "CNAME asked", q: q("a.example.", dns.TypeCNAME), m: msg("a.example.", dns.TypeCNAME, "a.example. 300 CNAME b.example."), wantEDE: -1},
+		{name: "ANY gets any type", q: q("a.example.", dns.TypeANY), m: msg("a.example.", dns.TypeANY, "a.example. 300 A 93.184.216.34", `a.example. 300 TXT "x"`), wantEDE: -1},
+		{name: "RRSIG kept", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34", "a.example. 300 RRSIG A 13 2 300 20300101000000 20200101000000 1 example. AAAA"), wantEDE: -1},
+		{name: "DNAME above the name", q: q("a.old.example.", dns.TypeA), m: msg("a.old.example.", dns.TypeA, "old.example. 300 DNAME new.example.", "a.old.example. 300 CNAME a.new.example.", "a.new.example. 300 A 93.184.216.34"), wantEDE: -1},
+		{name: "DNAME elsewhere", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "other.test. 300 DNAME new.example.", "a.example. 300 A 93.184.216.34"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrOwner},
+		{name: "address in NXDOMAIN", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34"), mutateQ: func(m *dns.Msg) { m.Rcode = dns.RcodeNameError }, wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
+		{name: "NXDOMAIN after CNAME", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME gone.example."), mutateQ: func(m *dns.Msg) { m.Rcode = dns.RcodeNameError }, wantEDE: -1},
+		{name: "records in SERVFAIL", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34"), mutateQ: func(m *dns.Msg) { m.Rcode = dns.RcodeServerFailure }, wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
+		{name: "class mismatch in answer", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CH A 93.184.216.34"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
+		{name: "empty NOERROR (empty)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA), wantEDE: -1},
+		{name: "duplicates removed (amplify-100)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, many(100, func(int) string { return "a.example. 300 A 93.184.216.34" })...), wantEDE: -1,
+			check: func(t *testing.T, out *dns.Msg, rep Report) {
+				if len(out.Answer) != 1 || rep.Duplicates != 99 {
+					t.Errorf("answer %d records, %d duplicates", len(out.Answer), rep.Duplicates)
+				}
+			}},
+		{name: "duplicates differing in TTL and case", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34", "A.EXAMPLE. 20 A 93.184.216.34"), wantEDE: -1,
+			check: func(t *testing.T, out *dns.Msg, rep Report) {
+				if len(out.Answer) != 1 {
+					t.Errorf("answer %v", out.Answer)
+				}
+			}},
+		{name: "RRset TTLs made equal", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34", "a.example. 20 A 93.184.216.35"), wantEDE: -1,
+			check: func(t *testing.T, out *dns.Msg, _ Report) {
+				for _, r := range out.Answer {
+					if r.Header().Ttl != 20 {
+						t.Errorf("TTL %d, want 20", r.Header().Ttl)
+					}
+				}
+			}},
+		{name: "RRset over 32 distinct records", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, many(33, func(i int) string { return "a.example. 300 A 93.184.216." + itoa(i) })...), wantEDE: dnswire.EDEInvalidData, wantErr: ErrSize},
+		{name: "RRset of 32 accepted", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, many(32, func(i int) string { return "a.example. 300 A 93.184.216." + itoa(i) })...), wantEDE: -1},
+		{name: "message over 64 records", q: q("a.example.", dns.TypeA), m: func() *dns.Msg {
+			m := msg("a.example.", dns.TypeA, many(30, func(i int) string { return "a.example. 300 A 93.184.216." + itoa(i) })...)
+			for i := 0; i < 35; i++ {
+				m.Ns = append(m.Ns, rr("example. 300 NS ns"+itoa(i)+".example."))
+			}
+			return m
+		}(), wantEDE: dnswire.EDEInvalidData, wantErr: ErrSize},
+		{name: "message over the size cap (inflate)", q: q("a.example.", dns.TypeTXT), m: msg("a.example.", dns.TypeTXT, `a.example. 300 TXT "`+strings.Repeat("x", 250)+`"`),
+			policyFn: func(a *policy.Answers) { a.MaxSize = 200 }, wantEDE: dnswire.EDEInvalidData, wantErr: ErrSize},
+		{name: "two OPT", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA), mutateQ: func(m *dns.Msg) {
+			m.SetEdns0(1232, false)
+			m.Extra = append(m.Extra, dns.Copy(m.Extra[0]))
+			m.Extra[1].(*dns.OPT).SetUDPSize(4096)
+		}, wantEDE: dnswire.EDEInvalidData, wantErr: ErrMalformed},
+		{name: "RFC 1918 for public name", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 192.168.1.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "documentation (forged-a)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 192.0.2.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "documentation v6 (forged-aaaa)", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeAAAA, "a.example. 300 AAAA 2001:db8::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "private at the end of a CNAME", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME router.lan.", "router.lan. 300 A 192.168.1.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "private for a local name", q: q("router.lan.", dns.TypeA), m: msg("router.lan.", dns.TypeA, "router.lan. 300 A 192.168.1.1"), wantEDE: -1},
+		{name: "ULA for a local name (home.arpa.)", q: q("nas.home.arpa.", dns.TypeAAAA), m: msg("nas.home.arpa.", dns.TypeAAAA, "nas.home.arpa. 300 AAAA fd00::1"), wantEDE: -1},
+		{name: "allowed private prefix", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 10.99.3.4"), wantEDE: -1},
+		{name: "rebinding protection off", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 127.0.0.1"), policyFn: func(a *policy.Answers) { a.RebindProtect = false }, wantEDE: -1},
+		{name: "IPv4-mapped loopback in AAAA", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeAAAA, "a.example. 300 AAAA ::ffff:127.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "unrelated additional stripped", q: q("a.example.", dns.TypeA), m: func() *dns.Msg {
+			m := msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34")
+			m.Ns = []dns.RR{rr("example. 300 NS ns1.example."), rr("bank.test. 300 NS evil.test.")}
+			m.Extra = []dns.RR{rr("ns1.example. 300 A 93.184.216.1"), rr("www.bank.test. 300 A 6.6.6.6"), rr("ns1.example. 300 A 10.0.0.1")}
+			m.SetEdns0(1232, false)
+			return m
+		}(), wantEDE: -1, check: func(t *testing.T, out *dns.Msg, rep Report) {
+			if len(out.Ns) != 1 || len(out.Extra) != 2 || rep.Stripped != 3 {
+				t.Errorf("ns %v extra %v stripped %d", out.Ns, out.Extra, rep.Stripped)
+			}
+		}},
+		{name: "strict: minimal response", q: q("a.example.", dns.TypeA), strict: true, m: func() *dns.Msg {
+			m := msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34")
+			m.Ns = []dns.RR{rr("example. 300 NS ns1.example.")}
+			m.Extra = []dns.RR{rr("ns1.example. 300 A 93.184.216.1")}
+			return m
+		}(), wantEDE: -1, check: func(t *testing.T, out *dns.Msg, _ Report) {
+			if len(out.Ns) != 0 || len(out.Extra) != 0 || len(out.Answer) != 1 {
+				t.Errorf("not minimal: %v", out)
+			}
+		}},
+		{name: "negative answer keeps its SOA", q: q("gone.example.", dns.TypeA), strict: true, m: func() *dns.Msg {
+			m := msg("gone.example.", dns.TypeA)
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{rr("example. 300 SOA ns.example. h.example. 1 2 3 4 60"), rr("other.test. 300 SOA ns.test. h.test. 1 2 3 4 60")}
+			return m
+		}(), wantEDE: -1, check: func(t *testing.T, out *dns.Msg, _ Report) {
+			if len(out.Ns) != 1 || out.Ns[0].Header().Name != "example." {
+				t.Errorf("authority %v", out.Ns)
+			}
+		}},
+		{name: "TTL with top bit set read as 0", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34"),
+			mutateQ: func(m *dns.Msg) { m.Answer[0].Header().Ttl = 1 << 31 }, wantEDE: -1,
+			check: func(t *testing.T, out *dns.Msg, _ Report) {
+				if out.Answer[0].Header().Ttl != 0 {
+					t.Errorf("TTL %d", out.Answer[0].Header().Ttl)
+				}
+			}},
+		{name: "huge TTL (ttl-huge) passes: the cache clamps", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 1000000000 A 93.184.216.34"), wantEDE: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := testPolicy()
+			if tt.policyFn != nil {
+				tt.policyFn(&a)
+			}
+			if tt.mutateQ != nil {
+				tt.mutateQ(tt.m)
+			}
+			before := tt.m.String()
+			v := New(a)
+			out, rep, err := v.CheckReport(tt.q, tt.m, tt.strict)
+			if tt.m.String() != before {
+				t.Error("input message modified")
+			}
+			if tt.wantEDE < 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if verr := verify(a, tt.q, out); verr != "" {
+					t.Errorf("accepted answer breaks a rule: %s", verr)
+				}
+				if tt.check != nil {
+					tt.check(t, out, rep)
+				}
+				return
+			}
+			var se *stage.Error
+			if !errors.As(err, &se) {
+				t.Fatalf("err = %v, want a *stage.Error", err)
+			}
+			if int(se.EDE.Code) != tt.wantEDE || se.Rcode != dns.RcodeServerFailure {
+				t.Errorf("EDE %d rcode %d (%v), want EDE %d SERVFAIL", se.EDE.Code, se.Rcode, err, tt.wantEDE)
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("err %v, want %v", err, tt.wantErr)
+			}
+			if out != nil {
+				t.Error("refusal returned a message")
+			}
+		})
+	}
+}
+
+func TestSpecial(t *testing.T) {
+	tests := []struct {
+		addr    string
+		special bool
+	}{
+		{"10.1.2.3", true}, {"172.31.255.255", true}, {"172.32.0.1", false}, {"192.168.0.1", true},
+		{"127.0.0.1", true}, {"169.254.1.1", true}, {"100.64.0.1", true}, {"100.128.0.1", false},
+		{"0.0.0.0", true}, {"192.0.2.1", true}, {"198.51.100.9", true}, {"203.0.113.5", true},
+		{"198.18.0.1", true}, {"198.19.255.1", true}, {"198.20.0.1", false}, {"224.0.0.251", true},
+		{"240.0.0.1", true}, {"255.255.255.255", true}, {"192.0.0.8", true}, {"192.88.99.1", true},
+		{"93.184.216.34", false}, {"8.8.8.8", false}, {"192.31.196.1", false},
+		{"::1", true}, {"::", true}, {"fe80::1", true}, {"fd12::1", true}, {"fc00::1", true},
+		{"2001:db8::1", true}, {"3fff::1", true}, {"2001:2::1", true}, {"ff02::1", true},
+		{"::ffff:8.8.8.8", true}, {"64:ff9b::a00:1", true}, {"64:ff9b::808:808", false},
+		{"2002:c0a8:101::1", true}, {"2002:808:808::1", false}, {"100::1", true},
+		{"2606:4700:4700::1111", false}, {"2a00:1450::1", false}, {"5f00::1", true},
+	}
+	for _, tt := range tests {
+		a := netip.MustParseAddr(tt.addr)
+		r, got := Special(a)
+		if got != tt.special {
+			t.Errorf("Special(%s) = %v (%s), want %v", tt.addr, got, r.Name, tt.special)
+		}
+	}
+}
+
+func itoa(i int) string {
+	const d = "0123456789"
+	if i < 10 {
+		return d[i : i+1]
+	}
+	return itoa(i/10) + d[i%10:i%10+1]
+}
