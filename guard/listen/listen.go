@@ -28,7 +28,6 @@ type Options struct {
 	TCPMaxPerClient int
 	TCPMaxInflight  int // pipelined queries per connection being answered at once
 	MaxInflight     int // UDP queries being answered at once; more are dropped
-	QueryTimeout    time.Duration
 }
 
 func (o *Options) defaults() {
@@ -46,9 +45,6 @@ func (o *Options) defaults() {
 	}
 	if o.MaxInflight <= 0 {
 		o.MaxInflight = 4096
-	}
-	if o.QueryTimeout <= 0 {
-		o.QueryTimeout = 4 * time.Second
 	}
 }
 
@@ -175,9 +171,9 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 		}
 		return dnswire.AppendError(out, raw, qp, dns.RcodeFormatError)
 	}
+	// No per-query timer here: the stages that wait (the upstream pool,
+	// the cache's shared flight) bound their own waits.
 	req := &stage.Request{Raw: raw, Q: q, Client: client, Local: local, TCP: tcp, Received: time.Now()}
-	ctx, cancel := context.WithTimeout(ctx, s.opts.QueryTimeout)
-	defer cancel()
 	r, err := s.handler.Load().h.ServeDNS(ctx, req)
 	if err != nil {
 		r = stage.ErrorReply(req, err)
