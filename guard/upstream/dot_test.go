@@ -1,0 +1,201 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
+	"github.com/miekg/dns"
+)
+
+func newTLSTransport(t *testing.T, url string, ca *upstreamtest.CA) (Transport, *Counters) {
+	t.Helper()
+	c := new(Counters)
+	tr, err := NewTransport(url, Options{Roots: ca.Pool}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr, c
+}
+
+func TestDoTPaddedAndReused(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{})
+	tr, _ := newTLSTransport(t, srv.URL("dot.test"), ca)
+	names := []string{"a.example", "a-much-longer-name.with.several.labels.example.com", "x.y", "abcdefghijklmnopqrstuvwxyz0123456789.example.net"}
+	for _, n := range names {
+		for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeHTTPS} {
+			q := query(n, qt)
+			if qt == dns.TypeHTTPS {
+				q.SetEdns0(1232, true) // the caller's DO survives
+			}
+			resp, err := tr.Exchange(testCtx(t), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if paddingOf(resp) >= 0 {
+				t.Fatal("padding passed back")
+			}
+			if resp.Question[0].Name != dns.Fqdn(n) {
+				t.Fatalf("question %s", resp.Question[0].Name)
+			}
+		}
+	}
+	got := srv.Received()
+	if len(got) != len(names)*3 {
+		t.Fatalf("%d queries received", len(got))
+	}
+	for _, g := range got {
+		if len(g.Raw)%128 != 0 {
+			t.Errorf("query of %d octets, not a multiple of 128: %v", len(g.Raw), g.Msg)
+		}
+		if paddingOf(g.Msg) < 0 {
+			t.Errorf("no padding option: %v", g.Msg)
+		}
+		if g.Msg.Question[0].Qtype == dns.TypeHTTPS && !g.Msg.IsEdns0().Do() {
+			t.Error("DO bit lost")
+		}
+		if g.Msg.IsEdns0().UDPSize() != ednsSize {
+			t.Errorf("EDNS size %d", g.Msg.IsEdns0().UDPSize())
+		}
+	}
+	if srv.Conns() != 1 {
+		t.Errorf("%d connections for sequential queries, want 1 (reuse)", srv.Conns())
+	}
+}
+
+// TestDoTPipelinedOutOfOrder sends n queries at once; the server holds
+// them until all have arrived (so they were pipelined on one connection)
+// and answers in reverse order; each caller must get its own answer.
+func TestDoTPipelinedOutOfOrder(t *testing.T) {
+	const n = 8
+	name := func(i int) string { return fmt.Sprintf("q%d.example.", i) }
+	var arrivals sync.WaitGroup
+	arrivals.Add(n)
+	done := make([]chan struct{}, n+1)
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	close(done[n])
+	handler := func(q *dns.Msg) *dns.Msg {
+		var i int
+		if _, err := fmt.Sscanf(q.Question[0].Name, "q%d.example.", &i); err != nil || i < 0 || i >= n {
+			return upstreamtest.AnswerA("192.0.2.200")(q) // warm-up
+		}
+		arrivals.Done()
+		arrivals.Wait()
+		<-done[i+1] // q(n-1) first, then q(n-2), ...
+		time.AfterFunc(20*time.Millisecond, func() { close(done[i]) })
+		return upstreamtest.AnswerA(fmt.Sprintf("192.0.2.%d", i))(q)
+	}
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: handler})
+	tr, c := newTLSTransport(t, srv.URL("dot.test"), ca)
+	if _, err := tr.Exchange(testCtx(t), query("warmup.example", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := tr.Exchange(testCtx(t), query(name(i), dns.TypeA))
+			if err != nil {
+				errs <- err
+				return
+			}
+			if got, want := resp.Answer[0].(*dns.A).A.String(), fmt.Sprintf("192.0.2.%d", i); got != want {
+				errs <- fmt.Errorf("%s got %s, want %s", name(i), got, want)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ids := map[uint16]bool{}
+	var arrived []string
+	for _, g := range srv.Received()[1:] {
+		arrived = append(arrived, g.Msg.Question[0].Name)
+		if g.Conn != 1 {
+			t.Errorf("query on connection %d, want all on 1", g.Conn)
+		}
+		if ids[g.Msg.Id] {
+			t.Errorf("ID %d used twice in flight", g.Msg.Id)
+		}
+		ids[g.Msg.Id] = true
+	}
+	if len(ids) != n {
+		t.Errorf("%d distinct IDs, want %d", len(ids), n)
+	}
+	answered := srv.Answered()[1:]
+	for i, a := range answered {
+		if a != name(n-1-i) {
+			t.Fatalf("server answered in order %v, arrivals %v: the test did not reorder", answered, arrived)
+		}
+	}
+	if m := c.Mismatches.Load(); m != 0 {
+		t.Errorf("%d mismatches", m)
+	}
+}
+
+func TestDoTReconnectsAfterClose(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{})
+	tr, _ := newTLSTransport(t, srv.URL("dot.test"), ca)
+	for i := range 3 {
+		if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		srv.CloseConns()
+	}
+	if srv.Conns() != 3 {
+		t.Errorf("%d connections, want 3 (one per close)", srv.Conns())
+	}
+}
+
+func TestDoTVerification(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	cert := ca.Issue(t, "dot.test", "127.0.0.1")
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Cert: &cert})
+	other := ca.Issue(t, "other.test")
+	cases := []struct {
+		name string
+		url  string
+		ca   *upstreamtest.CA
+		ok   bool
+	}{
+		{"name", srv.URL("dot.test"), ca, true},
+		{"ip SAN without sni", srv.URL(""), ca, true},
+		{"right pin", srv.URL("dot.test", "pin="+upstreamtest.Pin(t, cert)), ca, true},
+		{"backup pin and right pin", srv.URL("dot.test", "pin="+upstreamtest.Pin(t, other), "pin="+upstreamtest.Pin(t, cert)), ca, true},
+		{"wrong pin", srv.URL("dot.test", "pin="+upstreamtest.Pin(t, other)), ca, false},
+		{"wrong name", srv.URL("other.test"), ca, false},
+		{"unknown CA", srv.URL("dot.test"), upstreamtest.NewCA(t), false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tr, _ := newTLSTransport(t, c.url, c.ca)
+			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+			if c.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !c.ok && err == nil {
+				t.Fatal("accepted")
+			}
+			if c.name == "wrong pin" && !errors.Is(err, ErrPin) {
+				t.Errorf("err %v, want ErrPin", err)
+			}
+		})
+	}
+	// Every refused handshake was refused before any query was sent.
+	if got := len(srv.Received()); got != 4 {
+		t.Errorf("server got %d queries, want 4 (only from the verified ones)", got)
+	}
+}

@@ -1,0 +1,167 @@
+package upstream
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// Message sizes and policies for upstream queries.
+const (
+	ednsSize   = 1232 // advertised upstream, DNS Flag Day 2020 (RFC 9715 App. A)
+	padBlock   = 128  // query padding block, RFC 8467 §4.1
+	maxMessage = 65535
+)
+
+// Errors a response can be dropped for (RFC 5452 §9.1).
+var (
+	ErrMismatch  = errors.New("response does not match the query")
+	ErrMalformed = errors.New("malformed response")
+)
+
+// randomID returns a transaction ID from the CSPRNG (RFC 5452 §9.2).
+func randomID() uint16 {
+	var b [2]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+// prepare copies the caller's query and sets what goes on the wire: the
+// ID, an OPT advertising ednsSize (keeping the DO bit the caller asked
+// for), and padding to the next multiple of padBlock when pad is set
+// (RFC 7830 and RFC 8467 §4.1; never on cleartext, RFC 7830 §6).
+func prepare(q *dns.Msg, id uint16, pad bool) *dns.Msg {
+	m := q.Copy()
+	m.Id = id
+	m.Response = false
+	opt := m.IsEdns0()
+	if opt == nil {
+		m.SetEdns0(ednsSize, false)
+		opt = m.IsEdns0()
+	}
+	opt.SetUDPSize(ednsSize)
+	opt.Option = withoutPadding(opt.Option)
+	if pad {
+		p := &dns.EDNS0_PADDING{}
+		opt.Option = append(opt.Option, p) // last option, RFC 8467 §3
+		// The empty option already counts its 4 octets in Len.
+		if n := m.Len() % padBlock; n != 0 {
+			p.Padding = make([]byte, padBlock-n)
+		}
+	}
+	return m
+}
+
+// pack packs a prepared query. Queries are packed uncompressed, so the
+// padding prepare computed from Len is exact.
+func pack(m *dns.Msg) ([]byte, error) {
+	b, err := m.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("pack query: %w", err)
+	}
+	return b, nil
+}
+
+func withoutPadding(opts []dns.EDNS0) []dns.EDNS0 {
+	out := opts[:0:0]
+	for _, o := range opts {
+		if o.Option() != dns.EDNS0PADDING {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// stripPadding removes Padding options from a response: they are for the
+// encrypted hop only and never go back to a device.
+func stripPadding(m *dns.Msg) {
+	if opt := m.IsEdns0(); opt != nil {
+		opt.Option = withoutPadding(opt.Option)
+	}
+}
+
+// randomizeCase applies 0x20 randomisation: each letter of name gets a
+// random case from the CSPRNG.
+func randomizeCase(name string) string {
+	b := []byte(name)
+	bits := make([]byte, (len(b)+7)/8)
+	_, _ = rand.Read(bits)
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' {
+			if bits[i/8]&(1<<(i%8)) != 0 {
+				b[i] = c ^ 0x20
+			} else {
+				b[i] = c | 0x20
+			}
+		}
+	}
+	return string(b)
+}
+
+// match decides whether wire is the answer to sent: a response with the
+// same ID and one question with the same type, class and name, the name
+// compared octet for octet when exactCase (0x20 in use) and ignoring ASCII
+// case otherwise (RFC 5452 §9.1). The source address is the caller's to
+// check. An answer without the question is rejected: nothing ties it to
+// the query.
+func match(sent *dns.Msg, wire []byte, exactCase bool) (*dns.Msg, error) {
+	if len(wire) < 12 {
+		return nil, fmt.Errorf("%w: %d octets", ErrMalformed, len(wire))
+	}
+	if id := binary.BigEndian.Uint16(wire); id != sent.Id {
+		return nil, fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, id, sent.Id)
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(wire); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := matchMsg(sent, m, exactCase); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// matchMsg is match on an unpacked message.
+func matchMsg(sent, m *dns.Msg, exactCase bool) error {
+	switch {
+	case !m.Response:
+		return fmt.Errorf("%w: not a response", ErrMismatch)
+	case m.Id != sent.Id:
+		return fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, m.Id, sent.Id)
+	case m.Opcode != sent.Opcode:
+		return fmt.Errorf("%w: opcode %d", ErrMismatch, m.Opcode)
+	case len(m.Question) != 1 || len(sent.Question) != 1:
+		return fmt.Errorf("%w: %d questions", ErrMismatch, len(m.Question))
+	}
+	got, want := m.Question[0], sent.Question[0]
+	if got.Qtype != want.Qtype || got.Qclass != want.Qclass {
+		return fmt.Errorf("%w: question %s %s, sent %s %s", ErrMismatch,
+			dns.ClassToString[got.Qclass], dns.TypeToString[got.Qtype],
+			dns.ClassToString[want.Qclass], dns.TypeToString[want.Qtype])
+	}
+	if exactCase && got.Name != want.Name || !strings.EqualFold(got.Name, want.Name) {
+		return fmt.Errorf("%w: name %q, sent %q", ErrMismatch, got.Name, want.Name)
+	}
+	return nil
+}
+
+// restoreName gives the response the question name the caller asked,
+// undoing 0x20 case in the question and in owner names that echo it.
+func restoreName(m *dns.Msg, name string) {
+	sent := m.Question[0].Name
+	m.Question[0].Name = name
+	if sent == name {
+		return
+	}
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Name == sent {
+				h.Name = name
+			}
+		}
+	}
+}

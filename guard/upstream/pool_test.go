@@ -1,0 +1,209 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
+	"github.com/miekg/dns"
+)
+
+// switchable answers with AnswerA(ip) while on, and drops queries while off.
+func switchable(ip string, on *atomic.Bool) func(*udpServer, netip.AddrPort, *dns.Msg) {
+	return func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		if on.Load() {
+			s.send(from, upstreamtest.AnswerA(ip)(q))
+		}
+	}
+}
+
+func newPool(t *testing.T, urls []string, opts Options) *Pool {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = quietLogger()
+	}
+	p, err := NewPool(urls, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// clientCtx is the time a device waits before it retries.
+func clientCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestPoolFailoverAndRecovery(t *testing.T) {
+	var aOn, bOn atomic.Bool
+	bOn.Store(true)
+	a := startUDP(t, switchable("192.0.2.1", &aOn))
+	b := startUDP(t, switchable("192.0.2.2", &bOn))
+	p := newPool(t, []string{a.url(), b.url()}, Options{Timeout: 300 * time.Millisecond, ProbeMin: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond})
+
+	// a is tried first (configured first, nothing measured) and is dead:
+	// the answer comes from b within a device's 2 s.
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := answerA(t, resp); got != "192.0.2.2" {
+		t.Fatalf("answer from %s", got)
+	}
+	st := p.Stats()
+	if st[0].Up || st[0].Failures != 1 || !st[1].Up {
+		t.Fatalf("stats after failover: %+v", st)
+	}
+	// While a is down, queries go straight to b.
+	for range 5 {
+		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(a.queries()); n > 1+10 { // the first query plus a few probes at most
+		t.Errorf("down upstream got %d queries", n)
+	}
+	// a comes back: the probe notices.
+	aOn.Store(true)
+	eventually(t, "a recovered", func() bool { return p.Stats()[0].Up })
+	if p.Stats()[0].RTT == 0 {
+		t.Error("no RTT measured on recovery")
+	}
+}
+
+func TestPoolPrefersFaster(t *testing.T) {
+	slow := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		time.AfterFunc(100*time.Millisecond, func() { s.send(from, upstreamtest.AnswerA("192.0.2.1")(q)) })
+	})
+	fast := startUDP(t, nil)
+	p := newPool(t, []string{slow.url(), fast.url()}, Options{})
+	for range 20 {
+		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s, f := len(slow.queries()), len(fast.queries()); s > 2 || f < 18 {
+		t.Errorf("slow upstream got %d queries, fast %d", s, f)
+	}
+	st := p.Stats()
+	if st[0].RTT <= st[1].RTT {
+		t.Errorf("RTTs slow %v fast %v", st[0].RTT, st[1].RTT)
+	}
+}
+
+func TestPoolNoUpstream(t *testing.T) {
+	var off atomic.Bool
+	a := startUDP(t, switchable("192.0.2.1", &off))
+	b := startUDP(t, switchable("192.0.2.2", &off))
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))
+	p := newPool(t, []string{a.url(), b.url()}, Options{Timeout: 200 * time.Millisecond, ProbeMin: time.Hour, Logger: logger})
+	for i := range 10 {
+		start := time.Now()
+		_, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+		var se *stage.Error
+		if !errors.As(err, &se) {
+			t.Fatalf("query %d: err %v, want a *stage.Error", i, err)
+		}
+		if se.Rcode != dns.RcodeServerFailure || se.EDE.Code != dnswire.EDENoReachableAut {
+			t.Fatalf("query %d: rcode %d EDE %d", i, se.Rcode, se.EDE.Code)
+		}
+		if i > 0 && time.Since(start) > time.Second {
+			t.Errorf("query %d took %v with every upstream known down", i, time.Since(start))
+		}
+	}
+	if n := len(a.queries()) + len(b.queries()); n > 3 {
+		t.Errorf("%d queries sent upstream, want at most 3 (the first query's attempts)", n)
+	}
+	logMu.Lock()
+	out := logs.String()
+	logMu.Unlock()
+	if n := strings.Count(out, "upstream down"); n != 2 {
+		t.Errorf("%d 'upstream down' lines, want 2:\n%s", n, out)
+	}
+	if n := strings.Count(out, "no upstream reachable"); n != 1 {
+		t.Errorf("%d 'no upstream reachable' lines, want 1:\n%s", n, out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func TestPoolCheck(t *testing.T) {
+	bad := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		s.send(from, upstreamtest.AnswerA("10.0.0.1")(q))
+	})
+	good := startUDP(t, nil)
+	errPrivate := stage.Fail(dnswire.EDEForgedAnswer, "private address", nil)
+	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
+		for _, rr := range resp.Answer {
+			if a, ok := rr.(*dns.A); ok && a.A.IsPrivate() {
+				return nil, errPrivate
+			}
+		}
+		return resp, nil
+	}
+	p := newPool(t, []string{bad.url(), good.url()}, Options{Check: check})
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answerA(t, resp) != "192.0.2.1" {
+		t.Fatalf("answer %v", resp)
+	}
+	if st := p.Stats(); st[0].Refused != 1 || !st[0].Up || st[1].Refused != 0 {
+		t.Errorf("stats %+v", st)
+	}
+
+	only := newPool(t, []string{bad.url()}, Options{Check: check, MaxAttempts: 2})
+	if _, err := only.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != errPrivate {
+		t.Errorf("err %v, want the check's error", err)
+	}
+	if st := only.Stats(); st[0].Refused != 2 {
+		t.Errorf("refused %d, want 2", st[0].Refused)
+	}
+}
+
+func TestPoolMixedTransports(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	dot := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: upstreamtest.AnswerA("192.0.2.53")})
+	doh := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Handler: upstreamtest.AnswerA("192.0.2.43")})
+	p := newPool(t, []string{dot.URL("dot.test"), doh.URL}, Options{CAPEM: ca.PEM})
+	for i := range 10 {
+		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("n%d.example", i), dns.TypeA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(dot.Received()) + len(doh.Received()); n != 10 {
+		t.Errorf("%d queries upstream for 10", n)
+	}
+	if _, err := NewPool([]string{dot.URL("dot.test"), "udp://nonsense"}, Options{}); err == nil {
+		t.Error("bad URL accepted")
+	}
+	if _, err := NewPool(nil, Options{}); err == nil {
+		t.Error("empty pool accepted")
+	}
+}

@@ -1,0 +1,304 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Stream connection limits (RFC 7766 §6.2).
+const (
+	streamIdle        = 10 * time.Second // close an idle connection after this
+	streamMaxInFlight = 1024             // queries pipelined on one connection
+)
+
+// errConnClosed is what in-flight queries get when the connection goes.
+var errConnClosed = errors.New("connection closed")
+
+// stream is DNS over TCP or TLS: one connection per upstream, reused and
+// pipelined, answers matched by ID in any order (RFC 7766 §6.2.1.1, RFC
+// 7858 §3.4), redialled when the upstream closes it, closed when idle.
+// TLS queries are padded; plain TCP ones never are.
+type stream struct {
+	ep     *Endpoint
+	cfg    config
+	pad    bool
+	dialer func(ctx context.Context) (net.Conn, error)
+
+	mu     sync.Mutex
+	conn   *streamConn
+	closed bool
+}
+
+func newStream(ep *Endpoint, cfg config, useTLS bool) *stream {
+	s := &stream{ep: ep, cfg: cfg, pad: useTLS}
+	addr := ep.Addr.String()
+	if useTLS {
+		tcfg := cfg.tls.clientConfig(ep, "dot")
+		s.dialer = func(ctx context.Context) (net.Conn, error) {
+			d := tls.Dialer{Config: tcfg}
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	} else {
+		s.dialer = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+	return s
+}
+
+func (s *stream) String() string { return s.ep.String() }
+
+// Exchange sends q on the shared connection, dialling one if needed. A
+// query that fails because a reused connection had been closed by the
+// upstream is sent once more on a fresh one.
+func (s *stream) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	// 0x20 is for cleartext, where it adds entropy against spoofing.
+	exact := !s.pad && caseRandomization(ctx, s.cfg.randomize)
+	name := q.Question[0].Name
+	for try := 0; ; try++ {
+		c, fresh, err := s.get(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.ep, err)
+		}
+		s.cfg.counters.Queries.Add(1)
+		resp, err := c.exchange(ctx, q, s.pad, exact)
+		if err == nil {
+			restoreName(resp, name)
+			stripPadding(resp)
+			return resp, nil
+		}
+		if fresh || try > 0 || !errors.Is(err, errConnClosed) || ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", s.ep, err)
+		}
+	}
+}
+
+// get returns the live connection or dials a new one.
+func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false, net.ErrClosed
+	}
+	if s.conn != nil && !s.conn.isDead() {
+		return s.conn, false, nil
+	}
+	// Dialling under the lock: concurrent queries share one connection
+	// (RFC 7766 §6.2.2) instead of racing to open several.
+	nc, err := s.dialer(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	s.conn = newStreamConn(nc, s.cfg.counters)
+	return s.conn, true, nil
+}
+
+// Close closes the connection; in-flight queries fail.
+func (s *stream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.conn != nil {
+		s.conn.close(net.ErrClosed)
+	}
+	return nil
+}
+
+// streamConn is one pipelined connection.
+type streamConn struct {
+	nc       net.Conn
+	counters *Counters
+	writeMu  sync.Mutex
+
+	mu      sync.Mutex
+	pending map[uint16]*call
+	err     error // set once the connection is dead
+}
+
+type call struct {
+	sent  *dns.Msg
+	exact bool
+	done  chan result
+}
+
+type result struct {
+	msg *dns.Msg
+	err error
+}
+
+func newStreamConn(nc net.Conn, counters *Counters) *streamConn {
+	c := &streamConn{nc: nc, counters: counters, pending: make(map[uint16]*call)}
+	_ = nc.SetReadDeadline(time.Now().Add(streamIdle))
+	go c.readLoop()
+	return c
+}
+
+func (c *streamConn) isDead() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err != nil
+}
+
+// exchange registers q under an ID unique among the in-flight ones,
+// writes it with its length prefix in one write (RFC 7766 §8) and waits.
+func (c *streamConn) exchange(ctx context.Context, q *dns.Msg, pad, exact bool) (*dns.Msg, error) {
+	cl := &call{exact: exact, done: make(chan result, 1)}
+	id, err := c.register(cl, func(id uint16) *dns.Msg {
+		m := prepare(q, id, pad)
+		if exact {
+			m.Question[0].Name = randomizeCase(m.Question[0].Name)
+		}
+		return m
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.unregister(id, cl)
+	b, err := pack(cl.sent)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 2+len(b))
+	binary.BigEndian.PutUint16(buf, uint16(len(b)))
+	copy(buf[2:], b)
+	if err := c.write(ctx, buf); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-cl.done:
+		return r.msg, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// register picks an ID no in-flight query on c uses and stores cl, with the
+// query build makes for that ID, under it.
+func (c *streamConn) register(cl *call, build func(id uint16) *dns.Msg) (uint16, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if len(c.pending) >= streamMaxInFlight {
+		return 0, fmt.Errorf("%d queries in flight on one connection", len(c.pending))
+	}
+	for {
+		id := randomID()
+		if _, busy := c.pending[id]; !busy {
+			cl.sent = build(id)
+			c.pending[id] = cl
+			// Not idle any more: no read deadline while answers are due.
+			_ = c.nc.SetReadDeadline(time.Time{})
+			return id, nil
+		}
+	}
+}
+
+func (c *streamConn) unregister(id uint16, cl *call) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending[id] == cl {
+		delete(c.pending, id)
+	}
+	if len(c.pending) == 0 && c.err == nil {
+		_ = c.nc.SetReadDeadline(time.Now().Add(streamIdle))
+	}
+}
+
+func (c *streamConn) write(ctx context.Context, b []byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(streamIdle)
+	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	if _, err := c.nc.Write(b); err != nil {
+		// A failed or partial write leaves the stream unusable.
+		c.close(fmt.Errorf("%w: write: %v", errConnClosed, err))
+		return fmt.Errorf("%w: write: %v", errConnClosed, err)
+	}
+	return nil
+}
+
+// readLoop delivers each answer to the query with its ID, in whatever
+// order they come. It ends when the connection fails or stays idle.
+func (c *streamConn) readLoop() {
+	var hdr [2]byte
+	for {
+		n, err := io.ReadFull(c.nc, hdr[:])
+		if err != nil {
+			var ne net.Error
+			if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.busy() {
+				continue // the idle deadline fired just as a query came in
+			}
+			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
+			return
+		}
+		b := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		if _, err := io.ReadFull(c.nc, b); err != nil {
+			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
+			return
+		}
+		c.deliver(b)
+	}
+}
+
+func (c *streamConn) busy() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) > 0
+}
+
+func (c *streamConn) deliver(b []byte) {
+	if len(b) < 2 {
+		c.counters.Mismatches.Add(1)
+		return
+	}
+	id := binary.BigEndian.Uint16(b)
+	c.mu.Lock()
+	cl := c.pending[id]
+	if cl != nil {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if cl == nil {
+		// Late (its query gave up) or never asked for.
+		c.counters.Mismatches.Add(1)
+		return
+	}
+	m, err := match(cl.sent, b, cl.exact)
+	if err != nil {
+		c.counters.Mismatches.Add(1)
+	}
+	cl.done <- result{m, err}
+}
+
+// close marks the connection dead and fails every in-flight query.
+func (c *streamConn) close(why error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = why
+	}
+	pending := c.pending
+	c.pending = make(map[uint16]*call)
+	c.mu.Unlock()
+	_ = c.nc.Close()
+	for _, cl := range pending {
+		select {
+		case cl.done <- result{err: why}:
+		default:
+		}
+	}
+}

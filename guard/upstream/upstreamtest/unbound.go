@@ -1,0 +1,216 @@
+package upstreamtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/testenv"
+	"github.com/miekg/dns"
+)
+
+// UnboundOptions configure a test unbound.
+type UnboundOptions struct {
+	// Name is the name on unbound's certificate; default "unbound.test".
+	Name string
+	// Records are local-data lines ("a.test. 300 IN A 192.0.2.10"). Each
+	// owner's zone is served statically, so names not listed get NXDOMAIN
+	// without any Internet. Default: a.test A and AAAA, b.test TXT.
+	Records []string
+	// Extra lines appended to the server: clause.
+	Extra []string
+}
+
+// Unbound is unbound (Debian's package) serving DNS over TLS with a
+// certificate from a test CA, and plain DNS on UDP and TCP, all on
+// 127.0.0.1.
+type Unbound struct {
+	Addr  netip.AddrPort // DoT
+	Do53  netip.AddrPort // plain UDP and TCP
+	Name  string         // the certificate's name
+	CA    *CA
+	CAPEM []byte
+}
+
+// URL returns the tls:// upstream URL for this unbound.
+func (u *Unbound) URL() string { return "tls://" + u.Addr.String() + "?sni=" + u.Name }
+
+// StartUnbound runs unbound for the test (skipped outside CI, failed in
+// CI, when unbound is not installed) and waits until it answers over TLS.
+func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
+	t.Helper()
+	bin := testenv.Require(t, "unbound")[0]
+	if opts.Name == "" {
+		opts.Name = "unbound.test"
+	}
+	if opts.Records == nil {
+		opts.Records = []string{
+			"a.test. 300 IN A 192.0.2.10",
+			"a.test. 300 IN AAAA 2001:db8::10",
+			`b.test. 300 IN TXT "dnsguard"`,
+		}
+	}
+	ca := NewCA(t)
+	dir := t.TempDir()
+	certPEM, keyPEM := ca.IssuePEM(t, opts.Name, "127.0.0.1")
+	write(t, filepath.Join(dir, "cert.pem"), certPEM)
+	write(t, filepath.Join(dir, "key.pem"), keyPEM)
+	tlsPort, plainPort := freePort(t), freePort(t)
+	conf := unboundConf(dir, tlsPort, plainPort, opts)
+	write(t, filepath.Join(dir, "unbound.conf"), []byte(conf))
+
+	cmd := exec.Command(bin, "-d", "-c", filepath.Join(dir, "unbound.conf"))
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start unbound: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("unbound output:\n%s", out.String())
+		}
+	})
+	u := &Unbound{
+		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), tlsPort),
+		Do53: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), plainPort),
+		Name: opts.Name, CA: ca, CAPEM: ca.PEM,
+	}
+	if err := u.waitReady(exited); err != nil {
+		t.Fatalf("unbound: %v\n%s", err, out.String())
+	}
+	return u
+}
+
+func unboundConf(dir string, tlsPort, plainPort uint16, opts UnboundOptions) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `server:
+	verbosity: 1
+	interface: 127.0.0.1@%d
+	interface: 127.0.0.1@%d
+	tls-port: %d
+	tls-service-key: %q
+	tls-service-pem: %q
+	do-ip6: no
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	directory: %q
+	pidfile: %q
+	use-syslog: no
+	logfile: ""
+	num-threads: 1
+	so-reuseport: no
+	access-control: 127.0.0.0/8 allow
+	module-config: "iterator"
+	pad-responses: yes
+	pad-responses-block-size: 468
+`, tlsPort, plainPort, tlsPort, filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem"),
+		dir, filepath.Join(dir, "unbound.pid"))
+	zones := map[string]bool{}
+	for _, r := range opts.Records {
+		owner := strings.Fields(r)[0]
+		zone := owner
+		if labels := dns.SplitDomainName(owner); len(labels) > 1 {
+			zone = dns.Fqdn(strings.Join(labels[len(labels)-1:], "."))
+		}
+		if !zones[zone] {
+			zones[zone] = true
+			fmt.Fprintf(&b, "\tlocal-zone: %q static\n", zone)
+		}
+		fmt.Fprintf(&b, "\tlocal-data: %q\n", r)
+	}
+	for _, e := range opts.Extra {
+		fmt.Fprintf(&b, "\t%s\n", e)
+	}
+	b.WriteString("remote-control:\n\tcontrol-enable: no\n")
+	return b.String()
+}
+
+// waitReady polls unbound over TLS until it answers.
+func (u *Unbound) waitReady(exited <-chan error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	cfg := &tls.Config{ServerName: u.Name, RootCAs: u.CA.Pool, MinVersion: tls.VersionTLS12}
+	var lastErr error
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited: %v", err)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		d := tls.Dialer{Config: cfg}
+		c, err := d.DialContext(ctx, "tcp", u.Addr.String())
+		cancel()
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		lastErr = err
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("not answering on %s: %v", u.Addr, lastErr)
+}
+
+// freePort returns a TCP and UDP port free on 127.0.0.1 just now.
+func freePort(t testing.TB) uint16 {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := uint16(l.Addr().(*net.TCPAddr).Port)
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		_ = l.Close()
+		if err == nil {
+			_ = pc.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func write(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's two output streams.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
