@@ -3,9 +3,178 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/dnsguard/dnsguard/guard/cache"
+	"github.com/dnsguard/dnsguard/guard/listen"
+	"github.com/dnsguard/dnsguard/policy"
 )
 
+const runUsage = `usage: dnsguard run [flags]
+
+Runs the guard. Without --config it uses the embedded default
+(listen on 127.0.0.1:5353 and [::1]:5353, DoT/DoH upstreams by IP).
+Flags override the config file. SIGHUP reloads the config (the cache is
+kept); SIGTERM stops cleanly.
+
+Upstream URLs:
+  tls://IP:PORT?sni=NAME[&pin=sha256/BASE64]    DNS over TLS
+  https://NAME/dns-query?ip=IP[&pin=...]        DNS over HTTPS (ip= is dialled)
+  udp://IP:PORT, tcp://IP:PORT                  cleartext DNS
+
+flags:
+`
+
+// runFlags are the command-line settings laid over the config file.
+type runFlags struct {
+	config     string
+	listen     listFlag
+	upstreams  listFlag
+	upstreamCA string
+	lan        listFlag
+	state      string
+	logLevel   string
+	check      bool
+}
+
+func (f *runFlags) load() (*policy.Config, error) {
+	cfg, err := policy.Load(f.config)
+	if err != nil {
+		return nil, err
+	}
+	if len(f.listen) > 0 {
+		cfg.Listen = f.listen
+	}
+	if len(f.upstreams) > 0 {
+		cfg.Upstreams = f.upstreams
+	}
+	if f.upstreamCA != "" {
+		cfg.UpstreamCA = f.upstreamCA
+	}
+	if len(f.lan) > 0 {
+		cfg.Intercept.LAN = f.lan
+	}
+	if f.state != "" {
+		cfg.State.File = f.state
+	}
+	if f.logLevel != "" {
+		cfg.LogLevel = f.logLevel
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("flags: %w", err)
+	}
+	return cfg, nil
+}
+
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("run: not built yet")
+	var f runFlags
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, runUsage); fs.PrintDefaults() }
+	fs.StringVar(&f.config, "config", "", "config `FILE` (UCI syntax, e.g. /etc/config/dnsguard); default: embedded")
+	fs.Var(&f.listen, "listen", "serve on `IP:PORT` (UDP and TCP; repeatable)")
+	fs.Var(&f.upstreams, "upstream", "upstream `URL` (repeatable)")
+	fs.StringVar(&f.upstreamCA, "upstream-ca", "", "PEM `FILE` trusted for DoT/DoH upstreams besides the system roots")
+	fs.Var(&f.lan, "lan", "intercept DNS from LAN interface `IFACE` (repeatable)")
+	fs.StringVar(&f.state, "state", "", "per-device state `FILE` (bbolt)")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
+	fs.BoolVar(&f.check, "check", false, "check the config and exit")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "run: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	cfg, err := f.load()
+	if err != nil {
+		return err
+	}
+	if f.check {
+		fmt.Fprintln(stdout, "config ok")
+		return nil
+	}
+	logLevel := new(slog.LevelVar)
+	logLevel.Set(parseLevel(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
+	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
+
+	c := cache.New(cfg.Cache, log.With("stage", "cache"), nil)
+	router, err := startRouterSide(ctx, cfg, log)
+	if err != nil {
+		return fmt.Errorf("router side: %w", err)
+	}
+	defer func() {
+		if err := router.Close(context.WithoutCancel(ctx)); err != nil {
+			log.Error("stopping router side", "err", err)
+		}
+	}()
+	g, err := buildGuard(cfg, c, router, log)
+	if err != nil {
+		return err
+	}
+	srv := listen.New(g.handler, listen.Options{
+		TCPIdleTimeout:  cfg.TCPIdleTimeout,
+		TCPMaxConns:     cfg.TCPMaxConns,
+		TCPMaxPerClient: cfg.TCPMaxPerClient,
+	}, log.With("stage", "listen"))
+	if err := srv.Listen(cfg.Listen); err != nil {
+		g.close()
+		return err
+	}
+	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	for {
+		select {
+		case <-hup:
+			next, err := f.load()
+			if err != nil {
+				log.Error("reload failed; keeping the running config", "err", err)
+				continue
+			}
+			if fmt.Sprint(next.Listen) != fmt.Sprint(cfg.Listen) {
+				log.Warn("listen addresses change only on restart", "running", cfg.Listen, "config", next.Listen)
+			}
+			ng, err := buildGuard(next, c, router, log)
+			if err != nil {
+				log.Error("reload failed; keeping the running config", "err", err)
+				continue
+			}
+			c.SetPolicy(next.Cache)
+			logLevel.Set(parseLevel(next.LogLevel))
+			srv.SetHandler(ng.handler)
+			g.close()
+			g, cfg = ng, next
+			log.Info("config reloaded", "upstreams", cfg.Upstreams)
+		case err := <-done:
+			g.close()
+			if err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			log.Info("dnsguard stopped")
+			return nil
+		}
+	}
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
 }

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/dnsguard/dnsguard/guard/cache"
+	"github.com/dnsguard/dnsguard/guard/forward"
+	"github.com/dnsguard/dnsguard/guard/limit"
+	"github.com/dnsguard/dnsguard/guard/protocol"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/guard/upstream"
+	"github.com/dnsguard/dnsguard/guard/validate"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+// guardChain is one configuration's query chain and what it holds open.
+type guardChain struct {
+	handler stage.Handler
+	pool    *upstream.Pool
+	close   func()
+}
+
+// buildGuard wires the chain for cfg around the long-lived cache and
+// router side:
+//
+//	router stages (identify, local names) -> protocol -> limit -> cache -> upstreams (checked)
+func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slog.Logger) (*guardChain, error) {
+	v := validate.New(cfg.Answers)
+	pool, err := upstream.NewPool(cfg.Upstreams, upstream.Options{
+		CAFile:        cfg.UpstreamCA,
+		Timeout:       cfg.UpstreamTimeout,
+		MaxAttempts:   cfg.Cache.UpstreamMax,
+		Randomize0x20: cfg.Randomize0x20,
+		Logger:        log.With("stage", "upstream"),
+		Check: func(q, resp *dns.Msg) (*dns.Msg, error) {
+			return v.Check(q.Question[0], resp, false)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upstreams: %w", err)
+	}
+	lim := limit.New(cfg.Limits, limit.Options{})
+	stages := append([]stage.Middleware{}, router.Stages...)
+	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap)
+	return &guardChain{
+		handler: stage.Chain(forward.Handler(strictExchanger{pool, v}), stages...),
+		pool:    pool,
+		close:   func() { pool.Close() },
+	}, nil
+}
+
+// strictExchanger holds devices graded weak to stricter terms upstream:
+// 0x20 case randomisation on cleartext upstreams and the validator's
+// strict checks.
+type strictExchanger struct {
+	pool *upstream.Pool
+	v    *validate.Validator
+}
+
+func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	req := forward.RequestFrom(ctx)
+	strict := req != nil && (req.Randomize || req.Device != nil && req.Device.Strict)
+	if !strict {
+		return s.pool.Exchange(ctx, q)
+	}
+	resp, err := s.pool.Exchange(upstream.WithCaseRandomization(ctx, true), q)
+	if err != nil {
+		return nil, err
+	}
+	return s.v.Check(q.Question[0], resp, true)
+}

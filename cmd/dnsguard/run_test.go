@@ -1,0 +1,215 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestRunBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name, conf, want string
+	}{
+		{"unknown option", "config cache\n\toption max_entries '10'\n\toption min_tll '5'\n", "bad.conf:3: unknown option \"min_tll\" in cache section"},
+		{"bad value", "config dnsguard 'main'\n\tlist listen '127.0.0.1'\n", "listen \"127.0.0.1\": want IP:PORT"},
+		{"syntax", "config cache\n\toption min_ttl '5\n", "bad.conf:2: unterminated ' quote"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(dir, "bad.conf")
+			os.WriteFile(p, []byte(tt.conf), 0o644)
+			out, err := exec.Command(binary, "run", "--config", p).CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit %v, want status 1; output:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tt.want) || strings.Contains(string(out), "panic") {
+				t.Errorf("output %q, want it to name %q", out, tt.want)
+			}
+		})
+	}
+	out, err := exec.Command(binary, "run", "--config", filepath.Join(dir, "missing.conf")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no such file") {
+		t.Errorf("missing config: %v %s", err, out)
+	}
+	if out, err := exec.Command(binary, "run", "--check").CombinedOutput(); err != nil || !strings.Contains(string(out), "config ok") {
+		t.Errorf("--check on the embedded default: %v %s", err, out)
+	}
+}
+
+// TestRunTTLZeroAndOne: an upstream TTL of 0 or 1 does not turn device
+// queries into upstream queries.
+func TestRunTTLZeroAndOne(t *testing.T) {
+	for _, ttl := range []uint32{0, 1} {
+		t.Run(fmt.Sprintf("ttl%d", ttl), func(t *testing.T) {
+			up := startRecorder(t, ttl)
+			g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+			for i := 0; i < 20; i++ {
+				r := ask(t, g.addr, "Zero.Example.", dns.TypeA, false)
+				if len(r.Answer) != 1 || r.Answer[0].Header().Ttl == 0 || r.Answer[0].Header().Ttl > 30 {
+					t.Fatalf("answer %v", r.Answer)
+				}
+				time.Sleep(50 * time.Millisecond) // > 1 s in all: a TTL of 1 would have expired
+			}
+			if n := len(up.arrivals()); n != 1 {
+				t.Errorf("20 device queries over 1 s with upstream TTL %d: %d upstream queries, want 1", ttl, n)
+			}
+			t.Logf("upstream TTL %d: device queries 20, upstream queries %d", ttl, len(up.arrivals()))
+		})
+	}
+}
+
+// TestRunFreshIDsAndPorts: a device with a fixed port and a fixed ID gets
+// every upstream query sent with a fresh random ID and port.
+func TestRunFreshIDsAndPorts(t *testing.T) {
+	up := startRecorder(t, 300)
+	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+	c, err := net.Dial("udp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 200
+	for i := 0; i < n; i++ {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("n%d.example.", i), dns.TypeA)
+		m.Id = 0x1234 // the device's constant ID
+		b, _ := m.Pack()
+		c.Write(b)
+		c.SetReadDeadline(time.Now().Add(4 * time.Second))
+		buf := make([]byte, 1500)
+		k, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:k]); err != nil || r.Id != 0x1234 || len(r.Answer) != 1 {
+			t.Fatalf("answer %d: %v %v", i, r, err)
+		}
+	}
+	ids, ports := map[uint16]bool{}, map[int]bool{}
+	lo, hi := 65535, 0
+	for _, a := range up.arrivals() {
+		ids[a.id], ports[a.port] = true, true
+		lo, hi = min(lo, a.port), max(hi, a.port)
+	}
+	// 200 draws from 65536 IDs: the chance of more than 5 collisions is negligible.
+	if len(ids) < n-5 || ids[0x1234] && len(ids) < n {
+		t.Errorf("%d distinct upstream IDs for %d queries", len(ids), n)
+	}
+	if len(ports) < n-10 {
+		t.Errorf("%d distinct upstream source ports for %d queries", len(ports), n)
+	}
+	if hi-lo < 10000 {
+		t.Errorf("upstream source ports span only %d..%d", lo, hi)
+	}
+	t.Logf("%d queries: %d distinct IDs, %d distinct ports in %d..%d", n, len(ids), len(ports), lo, hi)
+}
+
+func TestRunCoalescing(t *testing.T) {
+	up := startRecorder(t, 300)
+	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+	var wg sync.WaitGroup
+	for i := 0; i < 30; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := ask(t, g.addr, "slow.example.", dns.TypeA, false); len(r.Answer) != 1 {
+				t.Errorf("answer %v", r)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(up.arrivals()); n != 1 {
+		t.Errorf("30 concurrent identical questions: %d upstream queries, want 1", n)
+	}
+}
+
+// TestRunNoUpstream: with nothing reachable the guard still starts,
+// answers SERVFAIL with an Extended DNS Error within a device's timeout,
+// and says why once, not per query.
+func TestRunNoUpstream(t *testing.T) {
+	dead := freePort(t) // nothing listens there
+	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+dead, "--upstream", "tls://192.0.2.1:853?sni=dns.example")
+	for i := 0; i < 10; i++ {
+		start := time.Now()
+		r := ask(t, g.addr, fmt.Sprintf("q%d.example.", i), dns.TypeA, true)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("rcode %s", dns.RcodeToString[r.Rcode])
+		}
+		e := edeOf(r)
+		if e == nil {
+			t.Fatalf("SERVFAIL without an Extended DNS Error: %v", r)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("SERVFAIL after %v: a device gives up at 2 s", d)
+		}
+		if i == 0 {
+			t.Logf("EDE %d %q", e.InfoCode, e.ExtraText)
+		}
+	}
+	logs := g.log()
+	lines := 0
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+			lines++
+		}
+	}
+	if lines == 0 || lines > 4 {
+		t.Errorf("%d warning/error lines for 10 failing queries (want the reason once per upstream, not per query):\n%s", lines, logs)
+	}
+}
+
+// TestRunReloadAndStop: SIGHUP reloads the config without dropping the
+// cache; SIGTERM stops with status 0.
+func TestRunReloadAndStop(t *testing.T) {
+	a, b := startRecorder(t, 300), startRecorder(t, 300)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "dnsguard.conf")
+	listen := freePort(t)
+	write := func(up string) {
+		os.WriteFile(conf, []byte(fmt.Sprintf("config dnsguard 'main'\n\tlist listen '%s'\n\tlist upstream 'udp://%s'\n", listen, up)), 0o644)
+	}
+	write(a.addr)
+	g := startGuard(t, "--config", conf)
+	ask(t, g.addr, "kept.example.", dns.TypeA, false)
+	write(b.addr)
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(g.log(), "config reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload after SIGHUP")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ask(t, g.addr, "kept.example.", dns.TypeA, false)
+	ask(t, g.addr, "new.example.", dns.TypeA, false)
+	if na, nb := len(a.arrivals()), len(b.arrivals()); na != 1 || nb != 1 {
+		t.Errorf("upstream queries: old %d (want 1), new %d (want 1: the cached name is not asked again)", na, nb)
+	}
+	// A broken config on reload is reported and the guard keeps serving.
+	os.WriteFile(conf, []byte("config cache\n\toption nonsense '1'\n"), 0o644)
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	for !strings.Contains(g.log(), "reload failed") {
+		if time.Now().After(deadline) {
+			t.Fatal("no reload failure logged")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r := ask(t, g.addr, "kept.example.", dns.TypeA, false); len(r.Answer) != 1 {
+		t.Errorf("after a failed reload: %v", r)
+	}
+	if err := g.stop(t, syscall.SIGTERM); err != nil {
+		t.Errorf("SIGTERM: %v, want exit status 0", err)
+	}
+}
