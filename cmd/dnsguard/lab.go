@@ -2,11 +2,386 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/emulate"
+	"github.com/dnsguard/dnsguard/guard/lab"
+	"github.com/miekg/dns"
 )
 
-// cmdLab is being built (see the open issue); it fails loudly until then.
+const labUsage = `usage: dnsguard lab [serve] [flags]     play an adversarial resolver
+       dnsguard lab report [--record FILE]  grade each client seen (study's Table I)
+       dnsguard lab device [flags]          run an emulated IoT device against a resolver
+       dnsguard lab table [flags]           every experiment, weak device direct vs through the guard
+
+The lab serves a synthetic zone (any name under --suffix: A, AAAA, TXT;
+nx* names NXDOMAIN; cname* names a CNAME; self* names the --self address)
+and manipulates its answers as the study's experiments do:
+
+  baseline ttl-zero ttl-one ttl-huge forged-a forged-aaaa forged-cname
+  empty inflate unavailable amplify-10 amplify-50 amplify-100
+  flood-10 flood-50 flood-100          (amplify-N, flood-N: any N <= 1000)
+
+--schedule plays several in turn: baseline:60s,unavailable:60s,baseline
+(the last phase plays on). What each client did is written to --record
+(JSON, rewritten every --record-every and at exit); 'dnsguard lab report'
+reads it. Honest addresses are in 198.51.100.0/24 and 3fff:51::/32
+(documentation ranges): a guard in front of the lab must allow them
+(config answers: list allow_private '198.51.100.0/24').
+
+flags:
+`
+
 func cmdLab(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("lab: not built yet")
+	if len(args) > 0 {
+		switch args[0] {
+		case "serve":
+			return labServe(ctx, args[1:], stdout, stderr)
+		case "report":
+			return labReport(args[1:], stdout, stderr)
+		case "device":
+			return labDevice(ctx, args[1:], stdout, stderr)
+		case "table":
+			return labTable(ctx, args[1:], stdout, stderr)
+		}
+	}
+	return labServe(ctx, args, stdout, stderr)
+}
+
+func labServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var (
+		listens, dots, dohs, probes, selfs listFlag
+	)
+	fs := flag.NewFlagSet("lab", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, labUsage); fs.PrintDefaults() }
+	fs.Var(&listens, "listen", "serve Do53 on `IP:PORT`, UDP and TCP (repeatable)")
+	fs.Var(&dots, "dot", "serve DNS over TLS on `IP:PORT` (repeatable)")
+	fs.Var(&dohs, "doh", "serve DNS over HTTPS on `IP:PORT`, any path (repeatable)")
+	fs.Var(&probes, "probe", "accept TCP on `IP:PORT` and count clients that connect (use of a forged address; repeatable)")
+	fs.Var(&selfs, "self", "`IP` that self* names resolve to (repeatable)")
+	experiment := fs.String("experiment", "baseline", "the experiment to play")
+	schedule := fs.String("schedule", "", "experiments in turn, `NAME:DUR,...` (overrides --experiment)")
+	suffix := fs.String("suffix", "lab.example.", "the zone served")
+	ttl := fs.Uint("ttl", 300, "honest TTL in seconds")
+	aNet := fs.String("a-net", "198.51.100.0/24", "honest A answers are drawn from this `PREFIX`")
+	aaaaNet := fs.String("aaaa-net", "3fff:51::/32", "honest AAAA answers are drawn from this `PREFIX`")
+	forgeA := fs.String("forge-a", "192.0.2.1", "the forged IPv4 `ADDR` (forged-a, forged-cname)")
+	forgeAAAA := fs.String("forge-aaaa", "2001:db8::1", "the forged IPv6 `ADDR` (forged-aaaa)")
+	inflateTo := fs.Int("inflate-to", 4096, "octets the inflate experiment pads answers to")
+	certFile := fs.String("cert", "", "PEM certificate `FILE` for DoT/DoH (default: self-signed, generated now)")
+	keyFile := fs.String("key", "", "PEM key `FILE` for --cert")
+	certOut := fs.String("cert-out", "", "write the generated certificate to `FILE` (for dnsguard run --upstream-ca); default: print it")
+	record := fs.String("record", "lab-record.json", "write what clients did to `FILE`")
+	recordEvery := fs.Duration("record-every", 2*time.Second, "how often the record file is rewritten")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "lab: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	if len(listens)+len(dots)+len(dohs) == 0 {
+		fmt.Fprintln(stderr, "lab: give at least one of --listen, --dot, --doh")
+		return errUsage
+	}
+	sched, err := lab.ParseSchedule(*experiment)
+	if *schedule != "" {
+		sched, err = lab.ParseSchedule(*schedule)
+	}
+	if err != nil {
+		return err
+	}
+	zone := lab.Zone{Suffix: dns.Fqdn(*suffix), TTL: uint32(*ttl)}
+	if zone.ANet, err = netip.ParsePrefix(*aNet); err != nil || !zone.ANet.Addr().Is4() {
+		return fmt.Errorf("lab: --a-net %q is not an IPv4 prefix", *aNet)
+	}
+	if zone.AAAANet, err = netip.ParsePrefix(*aaaaNet); err != nil || zone.AAAANet.Addr().Is4() {
+		return fmt.Errorf("lab: --aaaa-net %q is not an IPv6 prefix", *aaaaNet)
+	}
+	for _, s := range selfs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("lab: --self %q: %w", s, err)
+		}
+		zone.Self = append(zone.Self, a)
+	}
+	forgery := lab.DefaultForgery()
+	forgery.InflateTo = *inflateTo
+	if forgery.A, err = netip.ParseAddr(*forgeA); err != nil || !forgery.A.Is4() {
+		return fmt.Errorf("lab: --forge-a %q is not an IPv4 address", *forgeA)
+	}
+	if forgery.AAAA, err = netip.ParseAddr(*forgeAAAA); err != nil || forgery.AAAA.Is4() {
+		return fmt.Errorf("lab: --forge-aaaa %q is not an IPv6 address", *forgeAAAA)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: parseLevel(*logLevel)}))
+	l := lab.New(lab.Config{Zone: zone, Forgery: forgery, Schedule: sched, Log: log})
+
+	var tlsCfg *tls.Config
+	if len(dots)+len(dohs) > 0 {
+		if tlsCfg, err = labTLS(*certFile, *keyFile, *certOut, append(append(dots, dohs...), "localhost"), stdout); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	serve := func(f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errs <- err
+				cancel()
+			}
+		}()
+	}
+	var addrs []string
+	closeAll := func(closers []io.Closer) {
+		for _, c := range closers {
+			c.Close()
+		}
+	}
+	var opened []io.Closer
+	for _, a := range listens {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			closeAll(opened)
+			return fmt.Errorf("lab: %w", err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			closeAll(opened)
+			return fmt.Errorf("lab: %w", err)
+		}
+		opened = append(opened, pc, ln)
+		addrs = append(addrs, "udp+tcp://"+pc.LocalAddr().String())
+		serve(func() error { return l.ServeUDP(ctx, pc) })
+		serve(func() error { return l.ServeStream(ctx, ln, "tcp") })
+	}
+	for _, a := range dots {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll(opened)
+			return fmt.Errorf("lab: %w", err)
+		}
+		opened = append(opened, ln)
+		addrs = append(addrs, "tls://"+ln.Addr().String())
+		serve(func() error { return l.ServeStream(ctx, tls.NewListener(ln, tlsCfg), "dot") })
+	}
+	for _, a := range dohs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll(opened)
+			return fmt.Errorf("lab: %w", err)
+		}
+		opened = append(opened, ln)
+		addrs = append(addrs, "https://"+ln.Addr().String()+"/dns-query")
+		serve(func() error { return l.ServeDoH(ctx, tls.NewListener(ln, tlsCfg)) })
+	}
+	for _, a := range probes {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll(opened)
+			return fmt.Errorf("lab: %w", err)
+		}
+		opened = append(opened, ln)
+		addrs = append(addrs, "probe://"+ln.Addr().String())
+		serve(func() error { return l.ServeProbe(ctx, ln) })
+	}
+	log.Info("lab serving", "listen", strings.Join(addrs, " "), "schedule", sched.String(), "zone", zone.String(), "record", *record)
+
+	tick := time.NewTicker(*recordEvery)
+	defer tick.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errs:
+			runErr = err
+			break loop
+		case <-tick.C:
+			if err := l.Snapshot().WriteFile(*record); err != nil {
+				log.Error("writing the record", "err", err)
+			}
+		}
+	}
+	cancel()
+	wg.Wait()
+	if err := l.Snapshot().WriteFile(*record); err != nil {
+		return errors.Join(runErr, err)
+	}
+	return runErr
+}
+
+// labTLS loads or generates the DoT/DoH certificate.
+func labTLS(certFile, keyFile, certOut string, hosts []string, stdout io.Writer) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1", "dot"}}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("lab: certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		return cfg, nil
+	}
+	var names []string
+	for _, h := range hosts {
+		if host, _, err := net.SplitHostPort(h); err == nil {
+			h = host
+		}
+		names = append(names, h)
+	}
+	cert, pemBytes, err := lab.SelfSigned(names)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Certificates = []tls.Certificate{cert}
+	if certOut != "" {
+		if err := os.WriteFile(certOut, pemBytes, 0o644); err != nil {
+			return nil, fmt.Errorf("lab: --cert-out: %w", err)
+		}
+	} else {
+		stdout.Write(pemBytes)
+	}
+	return cfg, nil
+}
+
+func labReport(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("lab report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	record := fs.String("record", "lab-record.json", "the record `FILE` a running or finished lab wrote")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	s, err := lab.ReadSnapshot(*record)
+	if err != nil {
+		return err
+	}
+	return lab.WriteReport(stdout, s)
+}
+
+func labDevice(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("lab device", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	profile := fs.String("profile", "random", "device profile: "+strings.Join(emulate.ProfileNames(), ", "))
+	target := fs.String("target", "", "resolver `IP:PORT` (default: the profile's hard-coded 8.8.8.8:53)")
+	local := fs.String("local", "", "source `IP` (e.g. 127.0.0.7)")
+	names := fs.String("names", "www.lab.example.,cname-cdn.lab.example.", "comma-separated names to resolve")
+	qtype := fs.String("type", "A", "query type")
+	duration := fs.Duration("duration", 30*time.Second, "how long to run")
+	interval := fs.Duration("interval", 0, "override the profile's re-query interval")
+	timeout := fs.Duration("timeout", 0, "override the profile's answer timeout")
+	seed := fs.Uint64("seed", 1, "seed for ports and IDs")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	p, err := emulate.ProfileByName(*profile)
+	if err != nil {
+		return err
+	}
+	if *interval > 0 {
+		p.Interval = *interval
+	}
+	if *timeout > 0 {
+		p.Timeout = *timeout
+	}
+	cfg := emulate.Config{Profile: p, Seed: *seed}
+	if *target != "" {
+		if cfg.Target, err = netip.ParseAddrPort(*target); err != nil {
+			return fmt.Errorf("lab device: --target: %w", err)
+		}
+	}
+	if *local != "" {
+		if cfg.Local, err = netip.ParseAddr(*local); err != nil {
+			return fmt.Errorf("lab device: --local: %w", err)
+		}
+	}
+	t, ok := dns.StringToType[strings.ToUpper(*qtype)]
+	if !ok {
+		return fmt.Errorf("lab device: unknown type %q", *qtype)
+	}
+	d := emulate.New(cfg)
+	defer d.Close()
+	rctx, cancel := context.WithTimeout(ctx, *duration)
+	defer cancel()
+	d.Run(rctx, t, strings.Split(*names, ",")...)
+	d.Close()
+	s := summarize(d)
+	fmt.Fprintf(stdout, "profile %s: %d queries, %d answered with an address, %d failed; %d datagrams received; records per answer %.1f\n",
+		p.Name, s.queries, s.usable, s.failed, s.datagrams, s.recordsPerAnswer())
+	return nil
+}
+
+// deviceSummary is what an emulated device saw.
+type deviceSummary struct {
+	queries, usable, failed, timeouts int
+	servfail, refused, nxdomain       int
+	datagrams, records, answers       int
+	addrs                             map[netip.Addr]int
+	ede                               map[uint16]int // Extended DNS Errors seen (EDNS clients only)
+}
+
+func (s *deviceSummary) recordsPerAnswer() float64 {
+	if s.answers == 0 {
+		return 0
+	}
+	return float64(s.records) / float64(s.answers)
+}
+
+func summarize(d *emulate.Device) deviceSummary {
+	s := deviceSummary{addrs: map[netip.Addr]int{}, ede: map[uint16]int{}}
+	for _, ex := range d.Exchanges() {
+		if errors.Is(ex.Err, context.Canceled) || errors.Is(ex.Err, context.DeadlineExceeded) {
+			continue // cut by the end of the run, not by the resolver
+		}
+		s.queries++
+		if ex.Failed() {
+			s.failed++
+		} else {
+			s.usable++
+		}
+		switch {
+		case ex.Reply == nil:
+			s.timeouts++
+		case ex.Reply.Rcode == dns.RcodeServerFailure:
+			s.servfail++
+		case ex.Reply.Rcode == dns.RcodeRefused:
+			s.refused++
+		case ex.Reply.Rcode == dns.RcodeNameError:
+			s.nxdomain++
+		}
+		if ex.Reply != nil {
+			s.answers++
+			s.records += len(ex.Reply.Answer)
+			for _, a := range emulate.Addresses(ex.Reply, dns.TypeANY) {
+				s.addrs[a]++
+			}
+			if opt := ex.Reply.IsEdns0(); opt != nil {
+				for _, o := range opt.Option {
+					if e, ok := o.(*dns.EDNS0_EDE); ok {
+						s.ede[e.InfoCode]++
+					}
+				}
+			}
+		}
+	}
+	s.datagrams = len(d.Received())
+	return s
 }
