@@ -13,6 +13,11 @@ if [ -n "$unformatted" ]; then
 	echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi
 go vet ./...
+if command -v shellcheck >/dev/null; then
+	shellcheck scripts/*.sh .ci/run
+elif [ "${DNSGUARD_CI:-}" = 1 ]; then
+	echo "shellcheck missing"; exit 1
+fi
 go test -count=1 -timeout 30m "$@" ./...
 
 # Every fuzz target, briefly, seeded from testdata and the shared corpus.
