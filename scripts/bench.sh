@@ -1,0 +1,587 @@
+#!/usr/bin/env bash
+# bench.sh: dnsguard against dnsmasq, unbound and dnsdist, on one machine,
+# in one run, with dnsperf (issue 2).
+#
+#   scripts/bench.sh             full benchmark, prints one table
+#   scripts/bench.sh --profile   CPU profiles of the guard under hit and miss load
+#
+# Every server under test has a cache and forwards to the same local upstream:
+# an unbound instance configured as an authoritative stand-in (local zones
+# only, no recursion, no cache of its own to warm), so each server's misses
+# cost the same on the far side. The upstream and dnsperf share one core
+# (BENCH_CLIENT_CPU); the server under test is pinned alone to another
+# (BENCH_SERVER_CPU). All configs live in a temp dir; no system service is
+# touched; every process started here is stopped on exit.
+#
+# Per server and run (medians of BENCH_RUNS runs are reported):
+#   hit qps       dnsperf over BENCH_HIT_NAMES names after a warm-up
+#   miss qps      dnsperf over unique names (never repeated) answered NXDOMAIN
+#   cpu/hit, cpu/miss  server utime+stime (/proc/PID/stat) / queries answered
+#   hit avg, p99  latency under full hit load (separate dnsperf -v pass)
+#   2k avg, p99   latency at a steady 2,000 queries/s (-Q 2000), hits and misses
+#   rss, hwm      VmRSS and VmHWM of a fresh instance after 100,000 unique names
+#
+# Environment:
+#   BENCH_RUNS=5  BENCH_SECONDS=5  BENCH_SERVERS="dnsguard dnsmasq unbound dnsdist"
+#   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1  BENCH_PORT=15300 (upstream; +1 server)
+#   BENCH_CLIENTS=4  BENCH_OUTSTANDING=100   dnsperf -c and -q
+#   BENCH_CACHE_ENTRIES=20000  BENCH_CACHE_BYTES=8M   every server's cache size
+#                               (the guard's shipped defaults; peers sized alike)
+#   BENCH_HIT_NAMES=100  BENCH_MEM_NAMES=100000
+#   BENCH_NICE=-10       niceness of servers, upstream and dnsperf (0: as is), so
+#                        other work on a shared machine disturbs less
+#   BENCH_MAX_LOST=0     lost queries tolerated per phase before failing
+#   BENCH_KEEP=1         keep the work dir (configs, dnsperf logs, results)
+#   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree
+#   BENCH_OUT=DIR        where --profile writes (default /tmp/dnsguard-profile)
+#
+# Needs (Debian): golang (or Go in /usr/local/go), dnsperf, dnsmasq-base,
+# unbound, dnsdist, util-linux (taskset); linux-perf for --profile when the
+# guard has no --cpuprofile flag.
+set -euo pipefail
+
+RUNS=${BENCH_RUNS:-5}
+SECONDS_PER_PHASE=${BENCH_SECONDS:-5}
+SERVERS=${BENCH_SERVERS:-dnsguard dnsmasq unbound dnsdist}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+UP_PORT=${BENCH_PORT:-15300}
+SRV_PORT=$((UP_PORT + 1))
+CLIENTS=${BENCH_CLIENTS:-4}
+OUTSTANDING=${BENCH_OUTSTANDING:-100}
+CACHE_ENTRIES=${BENCH_CACHE_ENTRIES:-20000}
+CACHE_BYTES=${BENCH_CACHE_BYTES:-8M}
+HIT_NAMES=${BENCH_HIT_NAMES:-100}
+MEM_NAMES=${BENCH_MEM_NAMES:-100000}
+MAX_LOST=${BENCH_MAX_LOST:-0}
+NICE=${BENCH_NICE:--10}
+STEADY_QPS=2000
+PROFILE=0
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+for arg in "$@"; do
+	case $arg in
+	--profile) PROFILE=1 ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "bench.sh: unknown argument $arg" >&2; usage >&2; exit 2 ;;
+	esac
+done
+
+die() { echo "bench.sh: $*" >&2; exit 1; }
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
+[[ $SECONDS_PER_PHASE =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
+case " $SERVERS " in *" dnsguard "*) ;; *) die "BENCH_SERVERS must include dnsguard" ;; esac
+
+export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
+need=(go dnsperf unbound taskset awk sort)
+for s in $SERVERS; do
+	case $s in
+	dnsguard | unbound) ;;
+	dnsmasq | dnsdist) need+=("$s") ;;
+	*) die "unknown server $s (dnsguard, dnsmasq, unbound, dnsdist)" ;;
+	esac
+done
+for t in "${need[@]}"; do
+	command -v "$t" >/dev/null || die "$t not found (apt-get install dnsperf dnsmasq-base unbound dnsdist util-linux)"
+done
+ncpu=$(nproc --all)
+((SERVER_CPU < ncpu && CLIENT_CPU < ncpu)) || die "CPUs $SERVER_CPU/$CLIENT_CPU not present ($ncpu CPUs)"
+[[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "server and client must be on different CPUs"
+
+[[ $NICE =~ ^-?[0-9]+$ ]] || die "BENCH_NICE must be an integer"
+PIN_SERVER=(taskset -c "$SERVER_CPU")
+PIN_CLIENT=(taskset -c "$CLIENT_CPU")
+if ((NICE != 0)); then
+	PIN_SERVER=(nice -n "$NICE" "${PIN_SERVER[@]}")
+	PIN_CLIENT=(nice -n "$NICE" "${PIN_CLIENT[@]}")
+fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/dnsguard-bench.XXXXXX)
+mkdir -p "$WORK/logs"
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+PIDS=()
+CLK_TCK=$(getconf CLK_TCK)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.2
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	if [[ ${BENCH_KEEP:-0} == 1 || $rc != 0 ]]; then
+		echo "bench.sh: work dir kept: $WORK" >&2
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget_pid() {
+	local keep=() p
+	for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+# ---- build -------------------------------------------------------------
+
+GUARD=$WORK/dnsguard
+if [[ -n ${BENCH_GUARD_BIN:-} ]]; then
+	log "using prebuilt guard $BENCH_GUARD_BIN"
+	cp "$BENCH_GUARD_BIN" "$GUARD"
+else
+	log "building dnsguard (linux/amd64, -trimpath)"
+	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o "$GUARD" ./cmd/dnsguard)
+fi
+
+# ---- query files -------------------------------------------------------
+
+# Hit names are answered A by the upstream with a long TTL; miss names are
+# unique and answered NXDOMAIN (with SOA, so negative caching applies);
+# memory names fall under a redirect zone answering A for any label.
+awk -v n="$HIT_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "h%d.hit.bench A\n", i }' >"$WORK/hit.txt"
+MISS_NAMES=$((150000 * SECONDS_PER_PHASE))
+awk -v n="$MISS_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "u%07d.miss.bench A\n", i }' >"$WORK/miss.txt"
+awk -v n=$((STEADY_QPS * SECONDS_PER_PHASE + STEADY_QPS)) 'BEGIN { for (i = 1; i <= n; i++) printf "s%07d.miss.bench A\n", i }' >"$WORK/steady-miss.txt"
+awk -v n="$MEM_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "m%06d.mem.bench A\n", i }' >"$WORK/mem.txt"
+
+# ---- configs -----------------------------------------------------------
+
+bytes() { # 8M -> 8388608
+	local v=$1
+	case $v in
+	*[kK]) echo $((${v%?} * 1024)) ;;
+	*[mM]) echo $((${v%?} * 1024 * 1024)) ;;
+	*[gG]) echo $((${v%?} * 1024 * 1024 * 1024)) ;;
+	*) echo "$v" ;;
+	esac
+}
+CACHE_BYTES_N=$(bytes "$CACHE_BYTES")
+
+{
+	cat <<EOF
+# upstream stand-in: authoritative local zones only, never recurses
+server:
+	interface: 127.0.0.1@$UP_PORT
+	port: $UP_PORT
+	num-threads: 1
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	pidfile: ""
+	directory: "$WORK"
+	use-syslog: no
+	logfile: ""
+	verbosity: 0
+	do-ip6: no
+	access-control: 127.0.0.0/8 allow
+	module-config: "iterator"
+	num-queries-per-thread: 4096
+	local-zone: "." static
+	local-zone: "hit.bench." static
+	local-data: "hit.bench. 3600 IN SOA ns.hit.bench. host.hit.bench. 1 3600 600 86400 3600"
+	local-zone: "miss.bench." static
+	local-data: "miss.bench. 3600 IN SOA ns.miss.bench. host.miss.bench. 1 3600 600 86400 3600"
+	local-zone: "mem.bench." redirect
+	local-data: "mem.bench. 3600 IN A 11.0.1.1"
+EOF
+	awk -v n="$HIT_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "\tlocal-data: \"h%d.hit.bench. 3600 IN A 11.0.%d.%d\"\n", i, 2 + int(i / 250), 1 + i % 250 }'
+	printf 'remote-control:\n\tcontrol-enable: no\n'
+} >"$WORK/upstream.conf"
+
+# The guard: the shipped cache defaults; limits lifted (dnsperf is one
+# "device" sending tens of thousands of queries a second); state in WORK.
+cat >"$WORK/dnsguard.conf" <<EOF
+config dnsguard 'main'
+	option log_level 'warn'
+	option state_file '$WORK/dnsguard-state.db'
+	option upstream_timeout '600ms'
+
+config cache
+	option max_entries '$CACHE_ENTRIES'
+	option max_bytes '$CACHE_BYTES'
+	option min_ttl '30s'
+	option max_ttl '7d'
+	option neg_max_ttl '1h'
+
+config limits
+	option device_rate '10000000'
+	option device_burst '10000000'
+	option name_rate '10000000'
+	option name_burst '10000000'
+EOF
+
+cat >"$WORK/dnsmasq.conf" <<EOF
+port=$SRV_PORT
+listen-address=127.0.0.1
+bind-interfaces
+no-resolv
+no-hosts
+no-poll
+server=127.0.0.1#$UP_PORT
+cache-size=$CACHE_ENTRIES
+dns-forward-max=4096
+pid-file=
+log-facility=$WORK/logs/dnsmasq-daemon.log
+EOF
+
+cat >"$WORK/unbound.conf" <<EOF
+server:
+	interface: 127.0.0.1@$SRV_PORT
+	port: $SRV_PORT
+	num-threads: 1
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	pidfile: ""
+	directory: "$WORK"
+	use-syslog: no
+	logfile: ""
+	verbosity: 0
+	do-ip6: no
+	access-control: 127.0.0.0/8 allow
+	module-config: "iterator"
+	do-not-query-localhost: no
+	qname-minimisation: no
+	num-queries-per-thread: 4096
+	msg-cache-size: $((CACHE_BYTES_N / 2))
+	rrset-cache-size: $((CACHE_BYTES_N / 2))
+forward-zone:
+	name: "."
+	forward-addr: 127.0.0.1@$UP_PORT
+remote-control:
+	control-enable: no
+EOF
+
+cat >"$WORK/dnsdist.conf" <<EOF
+setLocal("127.0.0.1:$SRV_PORT")
+newServer({address="127.0.0.1:$UP_PORT", checkName="h1.hit.bench.", checkInterval=1})
+pc = newPacketCache($CACHE_ENTRIES, {maxTTL=86400, minTTL=0, temporaryFailureTTL=60, staleTTL=60, dontAge=false})
+getPool(""):setCache(pc)
+setSecurityPollSuffix("")
+EOF
+
+# ---- processes ---------------------------------------------------------
+
+# start NAME: starts a server pinned to SERVER_CPU; sets SRV_PID.
+SRV_PID=
+start_server() {
+	local name=$1 tag=$2 err=$WORK/logs/$1.$2.stderr
+	local -a cmd
+	case $name in
+	dnsguard) cmd=("$GUARD" run --config "$WORK/dnsguard.conf" --listen "127.0.0.1:$SRV_PORT" --upstream "udp://127.0.0.1:$UP_PORT" "${GUARD_EXTRA[@]}") ;;
+	dnsmasq) cmd=(dnsmasq -k -C "$WORK/dnsmasq.conf") ;;
+	unbound) cmd=(unbound -d -c "$WORK/unbound.conf") ;;
+	dnsdist) cmd=(dnsdist --supervised --disable-syslog -C "$WORK/dnsdist.conf") ;;
+	esac
+	"${PIN_SERVER[@]}" "${cmd[@]}" </dev/null >"$err" 2>&1 &
+	SRV_PID=$!
+	PIDS+=("$SRV_PID")
+	wait_ready "$name" "$SRV_PORT" "$SRV_PID" "$err"
+}
+GUARD_EXTRA=()
+
+stop_server() {
+	local pid=$1
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	forget_pid "$pid"
+}
+
+# probe PORT NAME: prints the response code of one query (or "none").
+probe() {
+	local out
+	out=$(echo "$2 A" | dnsperf -s 127.0.0.1 -p "$1" -n 1 -t 1 2>&1) || true
+	awk '/Response codes:/ { print $3; found = 1 } END { if (!found) print "none" }' <<<"$out"
+}
+
+wait_ready() {
+	local name=$1 port=$2 pid=$3 err=$4 rc
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || { cat "$err" >&2; die "$name exited during start-up"; }
+		rc=$(probe "$port" h1.hit.bench)
+		[[ $rc == NOERROR ]] && return 0
+		sleep 0.2
+	done
+	cat "$err" >&2
+	die "$name on port $port does not answer h1.hit.bench with NOERROR (last: $rc)"
+}
+
+cpu_ticks() { # utime+stime of all threads of PID
+	local stat f
+	stat=$(<"/proc/$1/stat")
+	stat=${stat##*) }
+	read -r -a f <<<"$stat"
+	echo $((f[11] + f[12]))
+}
+
+core_busy() { # busy ticks of SERVER_CPU since boot
+	awk -v c="cpu$SERVER_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
+# dnsperf_phase LABEL EXPECT_RCODE ARGS...: runs dnsperf on CLIENT_CPU at the
+# server, fails loudly on lost queries or any other response code, and sets
+# DP_DONE, DP_QPS and DP_LOG.
+dnsperf_phase() {
+	local label=$1 expect=$2
+	shift 2
+	DP_LOG=$WORK/logs/$label.log
+	"${PIN_CLIENT[@]}" dnsperf -s 127.0.0.1 -p "$SRV_PORT" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" >"$DP_LOG" 2>&1 ||
+		{ tail -20 "$DP_LOG" >&2; die "$label: dnsperf failed"; }
+	local stats
+	stats=$(awk '
+		/Queries completed:/ { done = $3 }
+		/Queries lost:/ { lost = $3 }
+		/Queries per second:/ { qps = $4 }
+		/Average Latency \(s\):/ { avg = $4 }
+		/Response codes:/ { sub(/.*Response codes: */, ""); codes = $0; gsub(/ /, "_", codes) }
+		END { print done + 0, lost + 0, qps + 0, avg + 0, (codes == "" ? "none" : codes) }' "$DP_LOG")
+	local lost codes
+	read -r DP_DONE lost DP_QPS _ codes <<<"$stats"
+	((DP_DONE > 0)) || { tail -20 "$DP_LOG" >&2; die "$label: no query answered"; }
+	if ((lost > MAX_LOST)); then
+		tail -12 "$DP_LOG" >&2
+		die "$label: $lost queries lost (BENCH_MAX_LOST=$MAX_LOST)"
+	fi
+	# Every answer must carry the expected code: "NOERROR_N_(100.00%)".
+	if [[ $codes != "${expect}_${DP_DONE}_"* ]]; then
+		tail -12 "$DP_LOG" >&2
+		die "$label: expected only $expect, got: ${codes//_/ }"
+	fi
+}
+
+# latency LOG: prints "avg_us p99_us" from dnsperf -v per-query lines.
+latency() {
+	awk '$1 == ">" { print $NF }' "$1" | sort -g | awk '
+		{ v[NR] = $1; s += $1 }
+		END {
+			if (NR == 0) { print "nan nan"; exit }
+			i = int(NR * 0.99); if (i < NR * 0.99) i++
+			printf "%.1f %.1f\n", s / NR * 1e6, v[i] * 1e6
+		}'
+}
+
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
+
+# measure NAME RUN: one run of every phase against server NAME.
+measure() {
+	local name=$1 run=$2 tag="$1.r$2" t0 t1 b0 b1 e0 e1 lat
+	start_server "$name" "$tag"
+	local pid=$SRV_PID
+
+	# warm-up: fill the cache with the hit names and let the server settle
+	dnsperf_phase "$tag.warm" NOERROR -d "$WORK/hit.txt" -l 1
+
+	# (a) hits, (c) CPU per hit
+	t0=$(cpu_ticks "$pid") b0=$(core_busy) e0=$(date +%s%N)
+	dnsperf_phase "$tag.hit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE"
+	t1=$(cpu_ticks "$pid") b1=$(core_busy) e1=$(date +%s%N)
+	record "$name" "$run" hit_qps "$DP_QPS"
+	record "$name" "$run" cpu_hit "$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$DP_DONE" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+	# other work on the server's core during the hit phase, in % of the core
+	record "$name" "$run" noise "$(awk -v b=$((b1 - b0 - (t1 - t0))) -v hz="$CLK_TCK" -v ns=$((e1 - e0)) 'BEGIN { x = b / hz / (ns / 1e9) * 100; printf "%.1f", (x < 0 ? 0 : x) }')"
+
+	# (d) latency under full hit load (per-query output costs dnsperf
+	# some speed, hence its own pass)
+	dnsperf_phase "$tag.hitlat" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -v
+	read -r -a lat <<<"$(latency "$DP_LOG")"
+	record "$name" "$run" hit_avg "${lat[0]}"
+	record "$name" "$run" hit_p99 "${lat[1]}"
+
+	# (e) steady 2,000 queries/s: hits
+	dnsperf_phase "$tag.steadyhit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
+	read -r -a lat <<<"$(latency "$DP_LOG")"
+	record "$name" "$run" s2k_hit_avg "${lat[0]}"
+	record "$name" "$run" s2k_hit_p99 "${lat[1]}"
+
+	# (b) misses: unique names, each asked once (-n 1), NXDOMAIN upstream
+	t0=$(cpu_ticks "$pid")
+	dnsperf_phase "$tag.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$SECONDS_PER_PHASE"
+	t1=$(cpu_ticks "$pid")
+	record "$name" "$run" miss_qps "$DP_QPS"
+	record "$name" "$run" cpu_miss "$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$DP_DONE" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+	((DP_DONE < MISS_NAMES)) || die "$tag.miss: ran out of unique names; raise MISS_NAMES"
+
+	# (e) steady 2,000 queries/s: misses
+	dnsperf_phase "$tag.steadymiss" NXDOMAIN -d "$WORK/steady-miss.txt" -n 1 -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
+	read -r -a lat <<<"$(latency "$DP_LOG")"
+	record "$name" "$run" s2k_miss_avg "${lat[0]}"
+	record "$name" "$run" s2k_miss_p99 "${lat[1]}"
+	stop_server "$pid"
+
+	# (f) memory of a fresh instance after MEM_NAMES unique names
+	start_server "$name" "$tag.mem"
+	pid=$SRV_PID
+	dnsperf_phase "$tag.mem" NOERROR -d "$WORK/mem.txt" -n 1
+	((DP_DONE == MEM_NAMES)) || die "$tag.mem: $DP_DONE of $MEM_NAMES answered"
+	sleep 1
+	record "$name" "$run" rss "$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
+	record "$name" "$run" hwm "$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
+	stop_server "$pid"
+}
+
+start_upstream() {
+	"${PIN_CLIENT[@]}" unbound -d -c "$WORK/upstream.conf" </dev/null >"$WORK/logs/upstream.stderr" 2>&1 &
+	UP_PID=$!
+	PIDS+=("$UP_PID")
+	wait_ready upstream "$UP_PORT" "$UP_PID" "$WORK/logs/upstream.stderr"
+	[[ $(probe "$UP_PORT" x.miss.bench) == NXDOMAIN ]] || die "upstream does not answer NXDOMAIN for miss names"
+	[[ $(probe "$UP_PORT" x.mem.bench) == NOERROR ]] || die "upstream does not answer the mem zone"
+}
+
+# ---- profile mode ------------------------------------------------------
+
+profile() {
+	local out=${BENCH_OUT:-/tmp/dnsguard-profile} phase pid
+	mkdir -p "$out"
+	local flag=0
+	if "$GUARD" run -h 2>&1 | grep -q -- '-cpuprofile'; then flag=1; fi
+	if ((!flag)) && ! command -v perf >/dev/null; then
+		die "the guard has no --cpuprofile flag and perf is not installed (apt-get install linux-perf)"
+	fi
+	for phase in hit miss; do
+		GUARD_EXTRA=()
+		((flag)) && GUARD_EXTRA=(--cpuprofile "$out/$phase.pprof")
+		start_server dnsguard "profile.$phase"
+		pid=$SRV_PID
+		dnsperf_phase "profile.$phase.warm" NOERROR -d "$WORK/hit.txt" -l 1
+		local perfpid=
+		if ((!flag)); then
+			taskset -c "$CLIENT_CPU" perf record -q -F 2999 -g -p "$pid" -o "$out/$phase.perf.data" -- sleep "$((SECONDS_PER_PHASE * 2))" >"$WORK/logs/perf.$phase.log" 2>&1 &
+			perfpid=$!
+			PIDS+=("$perfpid")
+			sleep 0.3
+		fi
+		if [[ $phase == hit ]]; then
+			dnsperf_phase "profile.hit" NOERROR -d "$WORK/hit.txt" -l "$((SECONDS_PER_PHASE * 2))"
+		else
+			dnsperf_phase "profile.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$((SECONDS_PER_PHASE * 2))"
+		fi
+		log "$phase: $DP_QPS queries/s"
+		if [[ -n $perfpid ]]; then
+			wait "$perfpid" || true
+			forget_pid "$perfpid"
+		fi
+		stop_server "$pid"
+		echo
+		echo "=== dnsguard CPU profile, cache $phase load ($DP_QPS q/s) ==="
+		if ((flag)); then
+			go tool pprof -top -nodecount=40 "$GUARD" "$out/$phase.pprof" 2>/dev/null | sed -n '1,50p'
+			echo "--- cumulative ---"
+			go tool pprof -top -cum -nodecount=30 "$GUARD" "$out/$phase.pprof" 2>/dev/null | sed -n '6,40p'
+		else
+			perf report -i "$out/$phase.perf.data" --stdio --no-children --sort symbol --percent-limit 0.7 2>/dev/null |
+				grep -E '^ +[0-9.]+%' | head -40
+			echo "--- cumulative (children) ---"
+			perf report -i "$out/$phase.perf.data" --stdio --children --sort symbol --percent-limit 3 2>/dev/null |
+				grep -E '^ +[0-9.]+% +[0-9.]+%' | head -40
+		fi
+	done
+	cp "$GUARD" "$out/dnsguard"
+	echo
+	echo "profiles and binary in $out"
+	if ((flag)); then
+		echo "  go tool pprof -top $out/dnsguard $out/hit.pprof"
+	else
+		echo "  perf report -i $out/hit.perf.data"
+	fi
+}
+
+# ---- table -------------------------------------------------------------
+
+table() {
+	awk -F'\t' -v servers="$SERVERS" -v runs="$RUNS" '
+	function median(key,   n, i, j, t, a) {
+		n = split(vals[key], a, " ")
+		if (n == 0) return ""
+		for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	{ vals[$1 SUBSEP $3] = vals[$1 SUBSEP $3] " " $4 }
+	END {
+		nm = split("hit_qps miss_qps cpu_hit cpu_miss hit_avg hit_p99 s2k_hit_avg s2k_hit_p99 s2k_miss_avg s2k_miss_p99 rss hwm noise", m, " ")
+		split("hit q/s|miss q/s|cpu us/hit|cpu us/miss|hit avg us|hit p99 us|2k hit avg|2k hit p99|2k miss avg|2k miss p99|RSS MiB|HWM MiB|noise %", head, "|")
+		ns = split(servers, s, " ")
+		printf "%-16s", "server"
+		for (k = 1; k <= nm; k++) printf " %11s", head[k]
+		printf "\n"
+		for (i = 1; i <= ns; i++) {
+			printf "%-16s", s[i]
+			for (k = 1; k <= nm; k++) {
+				v = median(s[i] SUBSEP m[k]); med[s[i], m[k]] = v
+				printf (m[k] ~ /qps/ ? " %11.0f" : " %11.1f"), v
+			}
+			printf "\n"
+		}
+		for (i = 1; i <= ns; i++) {
+			if (s[i] == "dnsguard") continue
+			printf "%-16s", "guard/" s[i]
+			for (k = 1; k < nm; k++) {
+				p = med[s[i], m[k]]; g = med["dnsguard", m[k]]
+				if (p + 0 == 0) printf " %11s", "-"; else printf " %11.2f", g / p
+			}
+			printf " %11s\n", ""
+		}
+		printf "\nmedians of %d runs; ratios are guard/peer (q/s: higher is better; cpu, latency, memory: lower is better)\n", runs
+		printf "noise %%: other work on the server core during the hit phase (neighbours, softirq), in %% of the core\n"
+		# the targets of issue 2
+		printf "\ntargets (issue 2):\n"
+		g = med["dnsguard", "cpu_hit"]
+		if (med["dnsdist", "cpu_hit"] != "") printf "  cpu/hit %.1f us <= dnsdist x1.1 = %.1f: %s\n", g, med["dnsdist", "cpu_hit"] * 1.1, (g <= med["dnsdist", "cpu_hit"] * 1.1 ? "met" : "NOT met")
+		if (med["dnsmasq", "cpu_hit"] != "") printf "  cpu/hit %.1f us < dnsmasq %.1f: %s\n", g, med["dnsmasq", "cpu_hit"], (g < med["dnsmasq", "cpu_hit"] ? "met" : "NOT met")
+		g = med["dnsguard", "cpu_miss"]
+		if (med["unbound", "cpu_miss"] != "") printf "  cpu/miss %.1f us <= unbound / 2 = %.1f: %s\n", g, med["unbound", "cpu_miss"] / 2, (g <= med["unbound", "cpu_miss"] / 2 ? "met" : "NOT met")
+		g = med["dnsguard", "hit_p99"]
+		if (med["unbound", "hit_p99"] != "") printf "  hit p99 %.0f us <= unbound %.0f us: %s\n", g, med["unbound", "hit_p99"], (g <= med["unbound", "hit_p99"] ? "met" : "NOT met")
+		g = med["dnsguard", "rss"]
+		printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", g, "'"$MEM_NAMES"'", (g < 30 ? "met" : "NOT met")
+	}' "$RESULTS"
+}
+
+# ---- main --------------------------------------------------------------
+
+log "work dir $WORK; server on CPU $SERVER_CPU, dnsperf and upstream on CPU $CLIENT_CPU"
+start_upstream
+
+if ((PROFILE)); then
+	profile
+	exit 0
+fi
+
+log "$RUNS runs x $SECONDS_PER_PHASE s per phase; servers: $SERVERS"
+for run in $(seq "$RUNS"); do
+	for name in $SERVERS; do
+		log "run $run/$RUNS: $name"
+		measure "$name" "$run"
+	done
+done
+
+echo
+echo "dnsguard benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "dnsguard $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'); $(dnsmasq --version 2>/dev/null | head -1 | awk '{print "dnsmasq " $3}'); unbound $(unbound -V 2>/dev/null | awk '/^Version/ {print $2}'); $(dnsdist --version 2>/dev/null | awk 'NR == 1 {print $1, $2}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf " $2}')"
+echo "dnsperf -c $CLIENTS -q $OUTSTANDING, $SECONDS_PER_PHASE s per phase, nice $NICE; $HIT_NAMES hit names; cache $CACHE_ENTRIES entries / $CACHE_BYTES each"
+echo
+table
+cp "$RESULTS" "${BENCH_RESULTS:-/tmp/dnsguard-bench-results.tsv}"
+echo "per-run figures: ${BENCH_RESULTS:-/tmp/dnsguard-bench-results.tsv}"
