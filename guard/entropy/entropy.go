@@ -1,0 +1,417 @@
+// Package entropy grades how predictable a device's 16-bit DNS fields are
+// (transaction IDs, UDP source ports), the way an off-path spoofer would
+// see them (RFC 5452): a constant, a counter, values confined to a narrow
+// range or a small set, or values that come back boot after boot.
+//
+// An Estimator is streaming and bounded: whatever the number of values it
+// sees, it keeps one 8 KiB bitmap of the values seen so far, two sets of
+// heavy-hitter counters, the last few values of the current boot and a few
+// running sums. The same estimator serves the live guard (one per device
+// and field, saved in the device store with MarshalBinary) and the capture
+// audit (one boot per capture file).
+//
+// Beside the verdict it reports the study's figure: the standard deviation
+// sigma of the values and bits = log2(sigma*sqrt(12)), which is about 16
+// for values uniform over 0..65535. That figure cannot see a counter (IDs
+// counting through 0..65535 have sigma near 18,900); the verdict can.
+package entropy
+
+import (
+	"fmt"
+	"math"
+	"math/bits"
+)
+
+// Verdict is the grade of one field of one device.
+type Verdict string
+
+// The three verdicts, spelled as the JSON report and the device store spell them.
+const (
+	Weak         Verdict = "weak"
+	Random       Verdict = "random"
+	Insufficient Verdict = "insufficient"
+)
+
+// Reasons a field is weak.
+const (
+	ReasonConstant    = "constant"
+	ReasonCounter     = "counter"
+	ReasonNarrowRange = "narrow range"
+	ReasonSmallSet    = "small set"
+	ReasonBootRepeats = "repeats across boots"
+)
+
+// Thresholds of the verdict. Each is chosen so that a uniformly random
+// source of at least MinSamples values trips it with a probability far
+// below one in a million (see the false-positive test), while every weak
+// device of the study and of the IoT Sentinel captures trips one.
+const (
+	// MinSamples is the number of values below which no verdict is given.
+	MinSamples = 10
+	// constantShare: one value carries at least this share of the samples.
+	constantShare = 0.9
+	// counterMaxStep is the largest forward step (mod 65536) from one of
+	// the last recentLen values of the boot that counts as counting.
+	counterMaxStep = 64
+	recentLen      = 4
+	// counterShare of the steps within boots must be counting steps, over
+	// at least counterMinSteps steps.
+	counterShare    = 0.5
+	counterMinSteps = 4
+	// narrowSpan: every value lies in a circular window this wide (12 bits).
+	narrowSpan = 4096
+	// smallSetK most frequent values carry at least smallSetShare of the
+	// samples (needs at least smallSetMinN samples)...
+	smallSetK        = 8
+	smallSetShare    = 0.8
+	smallSetMinN     = 20
+	dominantShare    = 0.1 // ...or one value carries this share
+	dominantMinCount = 5   // and was seen at least this often.
+	// A value seen in at least bootShareMin of the boots (and in at least
+	// minBoots boots), when chance would put it in few.
+	bootShareMin = 0.5
+	minBoots     = 3
+	// Or most boots (replayShare of them) mostly replay values seen before.
+	replayShare = 0.5
+
+	heavyK     = 32
+	firstLen   = 4 // values at the start of each boot tracked on their own
+	bitmapSize = 65536 / 64
+)
+
+// heavy is one heavy-hitter counter (the space-saving algorithm): count
+// over-estimates the value's frequency by at most err.
+type heavy struct {
+	value    uint16
+	count    uint64
+	err      uint64
+	boots    uint32 // boots in which the value was counted (a lower bound)
+	lastBoot uint32
+}
+
+// hitters tracks the most frequent values in fixed space: every value more
+// frequent than 1/heavyK of the stream is among them.
+type hitters struct {
+	h [heavyK]heavy
+	n int
+}
+
+func (hs *hitters) observe(v uint16, boot uint32) {
+	for i := 0; i < hs.n; i++ {
+		h := &hs.h[i]
+		if h.value == v {
+			h.count++
+			if h.lastBoot != boot {
+				h.boots++
+				h.lastBoot = boot
+			}
+			return
+		}
+	}
+	if hs.n < heavyK {
+		hs.h[hs.n] = heavy{value: v, count: 1, boots: 1, lastBoot: boot}
+		hs.n++
+		return
+	}
+	low := 0
+	for i := 1; i < heavyK; i++ {
+		if hs.h[i].count < hs.h[low].count {
+			low = i
+		}
+	}
+	c := hs.h[low].count
+	hs.h[low] = heavy{value: v, count: c + 1, err: c, boots: 1, lastBoot: boot}
+}
+
+// sorted returns the hitters, most frequent (lower bound) first.
+func (hs *hitters) sorted() []heavy {
+	top := make([]heavy, hs.n)
+	copy(top, hs.h[:hs.n])
+	for i := 1; i < len(top); i++ { // insertion sort of a few dozen
+		for j := i; j > 0 && top[j].count-top[j].err > top[j-1].count-top[j-1].err; j-- {
+			top[j], top[j-1] = top[j-1], top[j]
+		}
+	}
+	return top
+}
+
+// Estimator accumulates one field of one device. The zero value is not
+// ready; use New. Its size is fixed (about 10 KiB) whatever it observes.
+type Estimator struct {
+	n        uint64
+	mean, m2 float64 // Welford's running mean and sum of squared deviations
+
+	seen     [bitmapSize]uint64 // every value observed
+	distinct uint32
+
+	heavy hitters // over all values
+	first hitters // over the first firstLen values of each boot
+
+	// Boots. Values are expected boot by boot; a boot number different
+	// from the current one starts a new boot.
+	boots       uint32
+	boot        uint32
+	bootN       uint64 // values in the current boot
+	bootHits    uint64 // of which seen before (in any boot)
+	closedBoots uint32 // boots before the current one
+	replayed    uint32 // of those, boots that mostly replayed earlier values
+
+	// Counting: the last values of the current boot and the steps seen.
+	recent  [recentLen]uint16
+	nRecent int
+	steps   uint64 // steps within boots with a non-zero difference
+	small   uint64 // of which counting steps
+}
+
+// New returns an empty estimator.
+func New() *Estimator { return &Estimator{} }
+
+// Observe adds one value seen in the given boot (a device power-cycle or
+// session index). Callers drop retransmissions (same question, ID and
+// port) before calling.
+func (e *Estimator) Observe(v uint16, boot uint32) {
+	if e.n == 0 || boot != e.boot {
+		e.closeBoot()
+		e.boot = boot
+		e.boots++
+	}
+	e.n++
+	d := float64(v) - e.mean
+	e.mean += d / float64(e.n)
+	e.m2 += d * (float64(v) - e.mean)
+
+	w, b := v>>6, uint64(1)<<(v&63)
+	if e.seen[w]&b != 0 {
+		e.bootHits++
+	} else {
+		e.seen[w] |= b
+		e.distinct++
+	}
+	e.bootN++
+
+	e.observeStep(v)
+	e.heavy.observe(v, boot)
+	if e.bootN <= firstLen {
+		e.first.observe(v, boot)
+	}
+}
+
+// closeBoot ends the current boot, if any, and grades whether it replayed.
+func (e *Estimator) closeBoot() {
+	if e.bootN == 0 {
+		return
+	}
+	if e.boots > 1 {
+		e.closedBoots++
+		if e.bootReplayed(e.bootN, e.bootHits) {
+			e.replayed++
+		}
+	}
+	e.bootN, e.bootHits, e.nRecent, e.recent = 0, 0, 0, [recentLen]uint16{}
+}
+
+// bootReplayed: at least half of the boot's values had been seen before,
+// when the values seen so far cover too little of the space for chance to
+// explain it.
+func (e *Estimator) bootReplayed(n, hits uint64) bool {
+	occupancy := float64(e.distinct) / 65536
+	return 2*hits >= n && occupancy < 0.25
+}
+
+func (e *Estimator) observeStep(v uint16) {
+	counted, moved := false, false
+	for i := 0; i < e.nRecent; i++ {
+		step := v - e.recent[i]
+		if step != 0 {
+			moved = true
+		}
+		if step != 0 && step <= counterMaxStep {
+			counted = true
+		}
+	}
+	if moved {
+		e.steps++
+		if counted {
+			e.small++
+		}
+	}
+	// Keep the most recent values first.
+	if e.nRecent < recentLen {
+		e.nRecent++
+	}
+	copy(e.recent[1:e.nRecent], e.recent[:e.nRecent-1])
+	e.recent[0] = v
+}
+
+// Result is the grade of the values observed so far.
+type Result struct {
+	Verdict Verdict
+	// Reason is why the field is weak (one of the Reason constants), ""
+	// when random, or why there is not enough data.
+	Reason string
+	N      int
+	// Sigma is the standard deviation of the values (the study's metric),
+	// Bits = log2(Sigma*sqrt(12)), floored at 0.
+	Sigma float64
+	Bits  float64
+	// Detail says what was measured, in one line for people.
+	Detail string
+
+	Boots    int     // boots with at least one value
+	Distinct int     // distinct values
+	Span     int     // width of the smallest circular window holding every value
+	Top      uint16  // the most frequent value
+	TopShare float64 // its share of the values (a lower bound)
+	Counting float64 // share of steps within boots that count forward by small steps
+}
+
+// Result grades the values observed so far. It does not change the estimator.
+func (e *Estimator) Result() Result {
+	r := Result{N: int(e.n), Boots: int(e.boots), Distinct: int(e.distinct)}
+	if e.n == 0 {
+		r.Verdict, r.Reason = Insufficient, "no values seen"
+		r.Detail = "no values seen"
+		return r
+	}
+	r.Sigma = math.Sqrt(e.m2 / float64(e.n))
+	if x := r.Sigma * math.Sqrt(12); x > 1 {
+		r.Bits = math.Log2(x)
+	}
+	r.Span = e.span()
+	top := e.heavy.sorted()
+	r.Top = top[0].value
+	r.TopShare = float64(top[0].count-top[0].err) / float64(e.n)
+	if e.steps > 0 {
+		r.Counting = float64(e.small) / float64(e.steps)
+	}
+
+	// The current boot counts as closed for the replay test.
+	closed, replayed := e.closedBoots, e.replayed
+	if e.boots > 1 && e.bootN > 0 {
+		closed++
+		if e.bootReplayed(e.bootN, e.bootHits) {
+			replayed++
+		}
+	}
+	var topK uint64
+	for i, h := range top {
+		if i == smallSetK {
+			break
+		}
+		topK += h.count - h.err
+	}
+	topKShare := float64(topK) / float64(e.n)
+	bootRepeat, bootRepeatValue := e.bootRepeat(top, r.Span)
+
+	r.Detail = fmt.Sprintf("n=%d boots=%d distinct=%d span=%d top=0x%04x (%.0f%%) counting=%.0f%% of %d steps replayed-boots=%d/%d sigma=%.1f bits=%.1f",
+		e.n, e.boots, e.distinct, r.Span, r.Top, 100*r.TopShare, 100*r.Counting, e.steps, replayed, closed, r.Sigma, r.Bits)
+
+	if e.n < MinSamples {
+		r.Verdict = Insufficient
+		r.Reason = fmt.Sprintf("only %d values (need %d)", e.n, MinSamples)
+		return r
+	}
+	r.Verdict = Weak
+	switch {
+	case e.distinct == 1 || r.TopShare >= constantShare:
+		r.Reason = ReasonConstant
+		r.Detail = fmt.Sprintf("0x%04x in %.0f%% of values; ", r.Top, 100*r.TopShare) + r.Detail
+	case e.steps >= counterMinSteps && r.Counting >= counterShare && countingChance(r.Span) <= 0.1:
+		r.Reason = ReasonCounter
+		r.Detail = fmt.Sprintf("%.0f%% of steps count forward by 1..%d; ", 100*r.Counting, counterMaxStep) + r.Detail
+	case r.Span <= narrowSpan:
+		r.Reason = ReasonNarrowRange
+		r.Detail = fmt.Sprintf("all values within a window of %d; ", r.Span) + r.Detail
+	case e.n >= smallSetMinN && topKShare >= smallSetShare:
+		r.Reason = ReasonSmallSet
+		r.Detail = fmt.Sprintf("%d most frequent values carry %.0f%%; ", smallSetK, 100*topKShare) + r.Detail
+	case top[0].count-top[0].err >= dominantMinCount && r.TopShare >= dominantShare:
+		r.Reason = ReasonSmallSet
+		r.Detail = fmt.Sprintf("0x%04x (%d) carries %.0f%% of values; ", r.Top, r.Top, 100*r.TopShare) + r.Detail
+	case bootRepeat:
+		r.Reason = ReasonBootRepeats
+		r.Detail = fmt.Sprintf("0x%04x recurs in most boots; ", bootRepeatValue) + r.Detail
+	case closed >= minBoots-1 && float64(replayed) >= replayShare*float64(closed):
+		r.Reason = ReasonBootRepeats
+		r.Detail = fmt.Sprintf("%d of %d boots mostly replay earlier values; ", replayed, closed) + r.Detail
+	default:
+		r.Verdict = Random
+	}
+	return r
+}
+
+// countingChance is the share of counting steps random values spread over
+// a window of span values would show: a counter is only told apart from
+// values confined to a window much wider than the counting step.
+func countingChance(span int) float64 {
+	if span <= 0 {
+		return 1
+	}
+	return min(1, float64(recentLen*counterMaxStep)/float64(span))
+}
+
+// bootRepeat reports a value that recurs in at least half of the boots
+// (and in at least minBoots), when chance would put a given value in at
+// most a tenth of them.
+func (e *Estimator) bootRepeat(top []heavy, span int) (bool, uint16) {
+	if e.boots < minBoots {
+		return false, 0
+	}
+	recurs := func(h heavy) bool {
+		return h.boots >= minBoots && float64(h.boots) >= bootShareMin*float64(e.boots)
+	}
+	// Values that open most boots: chance would put a given value among
+	// the first few of a boot once in thousands of boots.
+	for _, h := range e.first.sorted() {
+		if recurs(h) {
+			return true, h.value
+		}
+	}
+	perBoot := float64(e.n) / float64(e.boots)
+	space := float64(max(span, int(e.distinct), 1))
+	if chance := 1 - math.Exp(-perBoot/space); chance > 0.1 {
+		return false, 0
+	}
+	for _, h := range top {
+		if recurs(h) {
+			return true, h.value
+		}
+	}
+	return false, 0
+}
+
+// span is 65536 minus the largest circular run of unseen values: the width
+// of the smallest window (wrapping at 65535) that holds every seen value.
+func (e *Estimator) span() int {
+	if e.distinct == 0 {
+		return 0
+	}
+	// Longest run of zero bits, circularly. Start just after a set bit so
+	// the run that wraps around is counted whole.
+	start := -1
+	for w := 0; w < bitmapSize; w++ {
+		if e.seen[w] != 0 {
+			start = w*64 + 63 - bits.LeadingZeros64(e.seen[w])
+			break
+		}
+	}
+	longest, run := 0, 0
+	for i := 1; i <= 65536; i++ {
+		v := (start + i) & 0xFFFF
+		word := e.seen[v>>6]
+		if word == 0 && v&63 == 0 && i+64 <= 65536 {
+			run += 64
+			longest = max(longest, run)
+			i += 63
+			continue
+		}
+		if word&(1<<(v&63)) == 0 {
+			run++
+			longest = max(longest, run)
+		} else {
+			run = 0
+		}
+	}
+	longest = max(longest, run)
+	return 65536 - longest
+}

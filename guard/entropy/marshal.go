@@ -1,0 +1,233 @@
+package entropy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+)
+
+// Encoding: a version byte, the fixed fields as uvarints and float64 bits,
+// the heavy hitters, then the seen-values bitmap either as a sorted list of
+// values (when few) or as the raw 8 KiB.
+const (
+	encVersion    = 1
+	bitmapAsList  = 0
+	bitmapAsWords = 1
+)
+
+// ErrEncoding is wrapped by UnmarshalBinary's errors.
+var ErrEncoding = errors.New("entropy: bad estimator encoding")
+
+// MarshalBinary encodes the estimator for the device store.
+func (e *Estimator) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, 256)
+	b = append(b, encVersion)
+	for _, u := range []uint64{
+		e.n, math.Float64bits(e.mean), math.Float64bits(e.m2),
+		uint64(e.boots), uint64(e.boot), e.bootN, e.bootHits,
+		uint64(e.closedBoots), uint64(e.replayed),
+		uint64(e.nRecent), e.steps, e.small,
+	} {
+		b = binary.AppendUvarint(b, u)
+	}
+	for i := 0; i < e.nRecent; i++ {
+		b = binary.BigEndian.AppendUint16(b, e.recent[i])
+	}
+	b = e.heavy.appendBinary(b)
+	b = e.first.appendBinary(b)
+	if e.distinct < bitmapSize*8/2 { // a list of 2-byte values is smaller
+		b = append(b, bitmapAsList)
+		b = binary.AppendUvarint(b, uint64(e.distinct))
+		for w, word := range e.seen {
+			for word != 0 {
+				bit := bits.TrailingZeros64(word)
+				word &= word - 1
+				b = binary.BigEndian.AppendUint16(b, uint16(w*64+bit))
+			}
+		}
+	} else {
+		b = append(b, bitmapAsWords)
+		for _, word := range e.seen {
+			b = binary.BigEndian.AppendUint64(b, word)
+		}
+	}
+	return b, nil
+}
+
+func (hs *hitters) appendBinary(b []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(hs.n))
+	for _, h := range hs.h[:hs.n] {
+		b = binary.BigEndian.AppendUint16(b, h.value)
+		b = binary.AppendUvarint(b, h.count)
+		b = binary.AppendUvarint(b, h.err)
+		b = binary.AppendUvarint(b, uint64(h.boots))
+		b = binary.AppendUvarint(b, uint64(h.lastBoot))
+	}
+	return b
+}
+
+func (hs *hitters) decode(d *decoder, total uint64) {
+	n := d.uvarint("hitter count")
+	if n > heavyK {
+		d.fail("hitter count out of range")
+		return
+	}
+	hs.n = int(n)
+	for i := range hs.n {
+		h := &hs.h[i]
+		h.value = d.u16("hitter value")
+		h.count = d.uvarint("hitter count")
+		h.err = d.uvarint("hitter error")
+		h.boots = d.u32("hitter boots")
+		h.lastBoot = d.u32("hitter last boot")
+		if h.err >= h.count || h.count > total {
+			d.fail("hitter count out of range")
+		}
+	}
+}
+
+// UnmarshalBinary restores an estimator encoded by MarshalBinary. On error
+// the estimator is left empty.
+func (e *Estimator) UnmarshalBinary(data []byte) error {
+	*e = Estimator{}
+	if err := e.unmarshal(data); err != nil {
+		*e = Estimator{}
+		return err
+	}
+	return nil
+}
+
+type decoder struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s at offset %d", ErrEncoding, what, d.off)
+	}
+}
+
+func (d *decoder) uvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b[d.off:])
+	if n <= 0 {
+		d.fail(what)
+		return 0
+	}
+	d.off += n
+	return v
+}
+
+func (d *decoder) u32(what string) uint32 {
+	v := d.uvarint(what)
+	if v > math.MaxUint32 {
+		d.fail(what + " out of range")
+	}
+	return uint32(v)
+}
+
+func (d *decoder) byte1(what string) byte {
+	if d.err != nil {
+		return 0
+	}
+	if d.off >= len(d.b) {
+		d.fail(what)
+		return 0
+	}
+	d.off++
+	return d.b[d.off-1]
+}
+
+func (d *decoder) u16(what string) uint16 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b)-d.off < 2 {
+		d.fail(what)
+		return 0
+	}
+	d.off += 2
+	return binary.BigEndian.Uint16(d.b[d.off-2:])
+}
+
+func (d *decoder) u64(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b)-d.off < 8 {
+		d.fail(what)
+		return 0
+	}
+	d.off += 8
+	return binary.BigEndian.Uint64(d.b[d.off-8:])
+}
+
+func (e *Estimator) unmarshal(data []byte) error {
+	d := &decoder{b: data}
+	if v := d.byte1("version"); d.err == nil && v != encVersion {
+		return fmt.Errorf("%w: version %d, want %d", ErrEncoding, v, encVersion)
+	}
+	e.n = d.uvarint("count")
+	e.mean = math.Float64frombits(d.uvarint("mean"))
+	e.m2 = math.Float64frombits(d.uvarint("m2"))
+	e.boots = d.u32("boots")
+	e.boot = d.u32("boot")
+	e.bootN = d.uvarint("boot count")
+	e.bootHits = d.uvarint("boot hits")
+	e.closedBoots = d.u32("closed boots")
+	e.replayed = d.u32("replayed boots")
+	nRecent := d.uvarint("recent count")
+	e.steps = d.uvarint("steps")
+	e.small = d.uvarint("small steps")
+	if d.err != nil {
+		return d.err
+	}
+	if nRecent > recentLen {
+		return fmt.Errorf("%w: %d recent values", ErrEncoding, nRecent)
+	}
+	e.nRecent = int(nRecent)
+	for i := range e.nRecent {
+		e.recent[i] = d.u16("recent value")
+	}
+	e.heavy.decode(d, e.n)
+	e.first.decode(d, e.n)
+	switch d.byte1("bitmap form") {
+	case bitmapAsList:
+		k := d.uvarint("distinct count")
+		if k > 65536 {
+			d.fail("distinct count out of range")
+		}
+		for i := uint64(0); i < k && d.err == nil; i++ {
+			v := d.u16("value")
+			e.seen[v>>6] |= 1 << (v & 63)
+		}
+	case bitmapAsWords:
+		for w := range e.seen {
+			e.seen[w] = d.u64("bitmap")
+		}
+	default:
+		d.fail("bitmap form")
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if d.off != len(data) {
+		return fmt.Errorf("%w: %d trailing bytes", ErrEncoding, len(data)-d.off)
+	}
+	for _, w := range e.seen {
+		e.distinct += uint32(bits.OnesCount64(w))
+	}
+	if (e.n == 0) != (e.heavy.n == 0) || (e.n == 0) != (e.distinct == 0) {
+		return fmt.Errorf("%w: %d values but %d heavy hitters and %d distinct", ErrEncoding, e.n, e.heavy.n, e.distinct)
+	}
+	if uint64(e.distinct) > e.n || e.bootHits > e.bootN || e.small > e.steps || e.replayed > e.closedBoots {
+		return fmt.Errorf("%w: inconsistent counters", ErrEncoding)
+	}
+	return nil
+}
