@@ -91,7 +91,7 @@ URL: https://github.com/dnsguard/dnsguard
 Maintainer: dnsguard maintainers
 Architecture: $2
 Installed-Size: $3
-Description:  DNS guard for home routers: answers the LAN's DNS on port 53 for
+Description: DNS guard for home routers: answers the LAN's DNS on port 53 for
  every device, resolves over DoT/DoH, caches, rate-limits retry storms,
  refuses forged or oversized answers and intercepts hard-coded resolvers.
  dnsmasq keeps DHCP and local names on 127.0.0.1:5354.

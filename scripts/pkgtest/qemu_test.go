@@ -1,0 +1,191 @@
+package pkgtest
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dnsguard/dnsguard/guard/testenv"
+)
+
+const (
+	testName = "pkgtest.dnsguard.example."
+	testAddr = "45.45.45.45" // recognisable; an answer only, never contacted
+)
+
+// upstream is a small DNS server on loopback that answers testName with
+// testAddr and counts what it was asked.
+type upstream struct {
+	addr    string
+	queries atomic.Int64
+	srv     *dns.Server
+}
+
+func startUpstream(t *testing.T) *upstream {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &upstream{addr: pc.LocalAddr().String()}
+	u.srv = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if len(q.Question) == 1 && strings.EqualFold(q.Question[0].Name, testName) && q.Question[0].Qtype == dns.TypeA {
+			u.queries.Add(1)
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300},
+				A:   net.ParseIP(testAddr),
+			})
+		} else {
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	u.srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = u.srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = u.srv.Shutdown() })
+	return u
+}
+
+// freePort returns a loopback port free for both UDP and TCP.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err == nil {
+			pc.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port for UDP and TCP")
+	return 0
+}
+
+// lockedBuffer collects a process's output safely while it runs.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestQemuAnswers runs each router binary under qemu-user as the guard in
+// front of a local upstream and resolves a name through it.
+func TestQemuAnswers(t *testing.T) {
+	built(t)
+	for _, a := range arches {
+		if a.qemu == "" {
+			continue
+		}
+		t.Run(a.name, func(t *testing.T) {
+			qemu := testenv.Require(t, a.qemu)[0]
+			up := startUpstream(t)
+			listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+
+			ctx, cancel := context.WithCancel(context.Background())
+			cmd := exec.CommandContext(ctx, qemu, binPath(a.name), "run",
+				"--listen", listen,
+				"--upstream", "udp://"+up.addr,
+				"--state", filepath.Join(t.TempDir(), "state.db"))
+			var out lockedBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() {
+				cancel()
+				<-exited
+			})
+
+			// Ask until the guard answers (qemu takes a moment to start it),
+			// or it exits, or a generous bound passes.
+			c := &dns.Client{Net: "udp", Timeout: time.Second}
+			q := new(dns.Msg)
+			q.SetQuestion(testName, dns.TypeA)
+			deadline := time.Now().Add(60 * time.Second)
+			var (
+				resp    *dns.Msg
+				lastErr error
+			)
+			for resp == nil {
+				select {
+				case err := <-exited:
+					exited <- err
+					t.Fatalf("guard exited (%v) before answering:\n%s", err, out.String())
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no answer from the guard on %s: %v\n%s", listen, lastErr, out.String())
+				}
+				r, _, err := c.Exchange(q, listen)
+				if err != nil {
+					lastErr = err
+					time.Sleep(200 * time.Millisecond)
+					continue
+				}
+				resp = r
+			}
+
+			if resp.Rcode != dns.RcodeSuccess {
+				t.Fatalf("rcode %s, want NOERROR:\n%s\nguard output:\n%s", dns.RcodeToString[resp.Rcode], resp, out.String())
+			}
+			var got []netip.Addr
+			for _, rr := range resp.Answer {
+				if ar, ok := rr.(*dns.A); ok && strings.EqualFold(ar.Hdr.Name, testName) {
+					addr, _ := netip.AddrFromSlice(ar.A.To4())
+					got = append(got, addr)
+				}
+			}
+			if len(got) != 1 || got[0] != netip.MustParseAddr(testAddr) {
+				t.Fatalf("answer %v, want one A %s:\n%s", got, testAddr, resp)
+			}
+			if up.queries.Load() == 0 {
+				t.Fatal("the upstream was never asked: the answer did not come through it")
+			}
+			if resp.Id != q.Id {
+				t.Errorf("answer ID %d, query ID %d", resp.Id, q.Id)
+			}
+
+			// The version the build stamped in is the package's.
+			v, err := exec.Command(qemu, binPath(a.name), "version").Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(v), testVersion) {
+				t.Errorf("version %q, want %s", v, testVersion)
+			}
+		})
+	}
+}
