@@ -27,7 +27,10 @@ type Options struct {
 	TCPMaxConns     int           // RFC 7766 §10
 	TCPMaxPerClient int
 	TCPMaxInflight  int // pipelined queries per connection being answered at once
-	MaxInflight     int // UDP queries being answered at once; more are dropped
+	// UDPReaders is how many queries per UDP socket can be answered at
+	// once (each reader answers inline); a query waiting on an upstream
+	// holds one.
+	UDPReaders int
 }
 
 func (o *Options) defaults() {
@@ -43,8 +46,8 @@ func (o *Options) defaults() {
 	if o.TCPMaxInflight <= 0 {
 		o.TCPMaxInflight = 32
 	}
-	if o.MaxInflight <= 0 {
-		o.MaxInflight = 4096
+	if o.UDPReaders <= 0 {
+		o.UDPReaders = 64
 	}
 }
 
@@ -60,7 +63,6 @@ type Server struct {
 	handler atomic.Pointer[handlerBox]
 	udp     []*net.UDPConn
 	tcp     []*net.TCPListener
-	sem     chan struct{}
 
 	mu        sync.Mutex
 	perClient map[netip.Addr]int
@@ -78,7 +80,7 @@ func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{opts: opts, log: log, sem: make(chan struct{}, opts.MaxInflight),
+	s := &Server{opts: opts, log: log,
 		perClient: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
 	s.SetHandler(h)
 	return s
@@ -140,8 +142,10 @@ func (s *Server) closeAll() {
 // the answers in progress.
 func (s *Server) Serve(ctx context.Context) error {
 	for _, u := range s.udp {
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.serveUDP(ctx, u) }()
+		for range s.opts.UDPReaders {
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.serveUDP(ctx, u) }()
+		}
 	}
 	for _, t := range s.tcp {
 		s.wg.Add(1)
@@ -152,8 +156,6 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.wg.Wait()
 	return nil
 }
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // answer turns one message from a device into the bytes to send back,
 // appended to out; nil means send nothing.
@@ -186,39 +188,35 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 	return b
 }
 
+// serveUDP is one of the socket's readers: it reads a query, answers it
+// and writes the answer, all inline. No goroutine is started per packet
+// (a cache hit costs two syscalls and a copy); a query that waits on an
+// upstream holds only its own reader while the others go on.
 func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
 	local := u.LocalAddr().(*net.UDPAddr).AddrPort()
+	buf := make([]byte, 65535)
+	out := make([]byte, 0, 4096)
 	for {
-		bp := bufPool.Get().(*[]byte)
-		buf := (*bp)[:cap(*bp)]
 		n, client, err := u.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			bufPool.Put(bp)
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			s.log.Debug("udp read", "err", err)
 			continue
 		}
-		select {
-		case s.sem <- struct{}{}:
-		default:
-			s.Stats.Dropped.Add(1) // overloaded: drop rather than queue without bound
-			bufPool.Put(bp)
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		out = s.answer(ctx, buf[:n], client, local, false, out[:0])
+		if out == nil {
+			out = buf[:0:0]
 			continue
 		}
-		s.wg.Add(1)
-		go func() {
-			defer func() { <-s.sem; bufPool.Put(bp); s.wg.Done() }()
-			raw := buf[:n]
-			// The answer goes into the buffer's free tail when it fits.
-			out := s.answer(ctx, raw, netip.AddrPortFrom(client.Addr().Unmap(), client.Port()), local, false, buf[n:n])
-			if out != nil {
-				if _, err := u.WriteToUDPAddrPort(out, client); err != nil && ctx.Err() == nil {
-					s.log.Debug("udp write", "client", client, "err", err)
-				}
-			}
-		}()
+		if _, err := u.WriteToUDPAddrPort(out, client); err != nil && ctx.Err() == nil {
+			s.log.Debug("udp write", "client", client, "err", err)
+		}
+		if cap(out) > 64*1024 {
+			out = nil
+		}
 	}
 }
 
