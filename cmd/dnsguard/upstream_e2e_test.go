@@ -82,7 +82,9 @@ func TestRunPaddedEncryptedUpstreams(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		url  string
-		rec  interface{ Received() []upstreamtest.Received }
+		rec  interface {
+			Received() []upstreamtest.Received
+		}
 	}{{"dot", dot.URL(dot.Name), dot}, {"doh", doh.URL, doh}} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := startGuard(t, "--listen", freePort(t), "--upstream", tc.url, "--upstream-ca", caFile)
