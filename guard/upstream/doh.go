@@ -9,6 +9,8 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -78,6 +80,12 @@ func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A failure before a connection was had (connect, TLS handshake,
+	// verification) is a failure to connect.
+	var gotConn atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) },
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.ep.URL, bytes.NewReader(b))
 	if err != nil {
 		return nil, err
@@ -87,6 +95,9 @@ func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	d.cfg.counters.Queries.Add(1)
 	hr, err := d.client.Do(req)
 	if err != nil {
+		if !gotConn.Load() {
+			return nil, fmt.Errorf("%w: %w", ErrDial, err)
+		}
 		return nil, err
 	}
 	defer hr.Body.Close()

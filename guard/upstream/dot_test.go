@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -197,5 +199,95 @@ func TestDoTVerification(t *testing.T) {
 	// Every refused handshake was refused before any query was sent.
 	if got := len(srv.Received()); got != 4 {
 		t.Errorf("server got %d queries, want 4 (only from the verified ones)", got)
+	}
+}
+
+func TestStreamIdleCloseAndClose(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{})
+	tr, _ := newTLSTransport(t, srv.URL("dot.test"), ca)
+	s := tr.(*stream)
+	s.idle = 100 * time.Millisecond
+	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	eventually(t, "idle connection closed", c.isDead)
+	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Conns() != 2 {
+		t.Errorf("%d connections, want 2", srv.Conns())
+	}
+
+	// Close fails a query in flight and refuses new ones.
+	hold := make(chan struct{})
+	defer close(hold)
+	slow := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: func(q *dns.Msg) *dns.Msg { <-hold; return nil }})
+	tr2, _ := newTLSTransport(t, slow.URL("dot.test"), ca)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		errc <- err
+	}()
+	eventually(t, "query arrived", func() bool { return len(slow.Received()) == 1 })
+	tr2.Close()
+	if err := <-errc; err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("in-flight query: %v, want a closed-connection error", err)
+	}
+	if _, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA)); err == nil {
+		t.Error("query after Close")
+	}
+}
+
+func TestTCPPlain(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 10)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				for {
+					raw, err := upstreamtest.ReadMsg(conn)
+					if err != nil {
+						return
+					}
+					got <- raw
+					q := new(dns.Msg)
+					if q.Unpack(raw) != nil {
+						return
+					}
+					b, _ := upstreamtest.AnswerA("192.0.2.9")(q).Pack()
+					_ = upstreamtest.WriteMsg(conn, b)
+				}
+			}()
+		}
+	}()
+	tr, _ := newUDPTransport(t, "tcp://"+ln.Addr().String(), true)
+	for range 3 {
+		resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if answerA(t, resp) != "192.0.2.9" || resp.Question[0].Name != "example.com." {
+			t.Fatalf("answer %v", resp)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(<-got); err != nil {
+			t.Fatal(err)
+		}
+		if paddingOf(m) >= 0 || m.IsEdns0().UDPSize() != ednsSize {
+			t.Errorf("cleartext TCP query: %v", m)
+		}
 	}
 }

@@ -43,9 +43,15 @@ type member struct {
 
 	// guarded by Pool.mu
 	rtt     time.Duration // EWMA; 0 until the first answer
+	fails   int           // consecutive failures
 	down    bool
 	probing bool
 }
+
+// downAfter consecutive failures mark an upstream down. One timeout may be
+// a lost datagram or a slow name; a refused or failed connection (see
+// hardFailure) marks it down at once.
+const downAfter = 2
 
 // NewPool parses the upstream URLs and builds their transports. No
 // connection is opened until the first query.
@@ -93,6 +99,9 @@ func (p *Pool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		resp, err := p.attempt(ctx, m, q)
 		if err != nil {
 			lastErr = err
+			if p.noneUp() {
+				break // that was the last one up: fail now, not after more timeouts
+			}
 			continue
 		}
 		if p.opts.Check == nil {
@@ -125,7 +134,7 @@ func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg) (*dns.Msg, er
 			return nil, ctx.Err() // the caller gave up; not the upstream's fault
 		}
 		m.counters.Failures.Add(1)
-		p.failed(m, q, err)
+		p.failed(m, q, err, time.Since(start))
 		return nil, err
 	}
 	p.answered(m, time.Since(start), false)
@@ -147,6 +156,12 @@ func (p *Pool) order() []*member {
 	return up
 }
 
+func (p *Pool) noneUp() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.allDown
+}
+
 // answered records an answer time and marks the upstream up; probe says
 // the answer ends its probing.
 func (p *Pool) answered(m *member, rtt time.Duration, probe bool) {
@@ -156,11 +171,8 @@ func (p *Pool) answered(m *member, rtt time.Duration, probe bool) {
 	if probe {
 		m.probing = false
 	}
-	if m.rtt == 0 {
-		m.rtt = rtt
-	} else {
-		m.rtt = (7*m.rtt + 3*rtt) / 10
-	}
+	m.rtt = ewma(m.rtt, rtt)
+	m.fails = 0
 	if m.down {
 		m.down = false
 		p.log.Info("upstream recovered", "upstream", m.t.String(), "rtt", rtt)
@@ -171,10 +183,25 @@ func (p *Pool) answered(m *member, rtt time.Duration, probe bool) {
 	}
 }
 
-// failed marks the upstream down, logging the change, and starts probing it.
-func (p *Pool) failed(m *member, q *dns.Msg, err error) {
+// ewma folds a sample into a smoothed time (weight 0.3 for the new one).
+func ewma(avg, sample time.Duration) time.Duration {
+	if avg == 0 {
+		return sample
+	}
+	return (7*avg + 3*sample) / 10
+}
+
+// failed counts a failure, which also weighs on the upstream's time so
+// that it loses its place to the others, and after downAfter in a row (or
+// a hard failure) marks it down, logging the change, and starts probing.
+func (p *Pool) failed(m *member, q *dns.Msg, err error, took time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	m.rtt = ewma(m.rtt, max(took, p.opts.Timeout))
+	m.fails++
+	if m.fails < downAfter && !hardFailure(err) {
+		return
+	}
 	if !m.down {
 		m.down = true
 		p.log.Warn("upstream down", "upstream", m.t.String(), "err", err)
@@ -190,8 +217,10 @@ func (p *Pool) failed(m *member, q *dns.Msg, err error) {
 	}
 }
 
-// probe asks a down upstream the question that failed, backing off, until
-// it answers (any answer: the upstream is reachable) or the pool closes.
+// probe asks a down upstream, backing off, until it answers (any answer:
+// the upstream is reachable) or the pool closes. It asks the question
+// that failed and, alongside, ". NS", which any working resolver answers
+// from its cache, so that one slow name cannot keep an upstream down.
 func (p *Pool) probe(m *member, q *dns.Msg) {
 	defer p.wg.Done()
 	delay := p.opts.ProbeMin
@@ -206,16 +235,39 @@ func (p *Pool) probe(m *member, q *dns.Msg) {
 		if p.upAgain(m) {
 			return // a query found it up meanwhile
 		}
-		ctx, cancel := context.WithTimeout(p.ctx, 2*p.opts.Timeout)
-		start := time.Now()
-		_, err := m.t.Exchange(ctx, q)
-		cancel()
-		if err == nil {
-			p.answered(m, time.Since(start), true)
+		if rtt, ok := p.probeOnce(m, q); ok {
+			p.answered(m, rtt, true)
 			return
 		}
 		delay = min(2*delay, p.opts.ProbeMax)
 	}
+}
+
+// probeOnce sends the probe questions at once and reports the first
+// answer's time.
+func (p *Pool) probeOnce(m *member, q *dns.Msg) (time.Duration, bool) {
+	ctx, cancel := context.WithTimeout(p.ctx, 2*p.opts.Timeout)
+	defer cancel()
+	root := new(dns.Msg)
+	root.RecursionDesired = true
+	root.Question = []dns.Question{{Name: ".", Qtype: dns.TypeNS, Qclass: dns.ClassINET}}
+	answered := make(chan time.Duration, 2)
+	start := time.Now()
+	for _, pq := range []*dns.Msg{q, root} {
+		go func() {
+			if _, err := m.t.Exchange(ctx, pq); err == nil {
+				answered <- time.Since(start)
+				return
+			}
+			answered <- -1
+		}()
+	}
+	for range 2 {
+		if rtt := <-answered; rtt >= 0 {
+			return rtt, true
+		}
+	}
+	return 0, false
 }
 
 // upAgain reports whether m is up, ending its probing if so (in the same

@@ -48,12 +48,12 @@ func clientCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestPoolFailoverAndRecovery(t *testing.T) {
+func TestPoolFailover(t *testing.T) {
 	var aOn, bOn atomic.Bool
 	bOn.Store(true)
 	a := startUDP(t, switchable("192.0.2.1", &aOn))
 	b := startUDP(t, switchable("192.0.2.2", &bOn))
-	p := newPool(t, []string{a.url(), b.url()}, Options{Timeout: 300 * time.Millisecond, ProbeMin: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond})
+	p := newPool(t, []string{a.url(), b.url()}, Options{Timeout: 300 * time.Millisecond})
 
 	// a is tried first (configured first, nothing measured) and is dead:
 	// the answer comes from b within a device's 2 s.
@@ -65,23 +65,66 @@ func TestPoolFailoverAndRecovery(t *testing.T) {
 		t.Fatalf("answer from %s", got)
 	}
 	st := p.Stats()
-	if st[0].Up || st[0].Failures != 1 || !st[1].Up {
+	if st[0].Failures != 1 || st[0].RTT <= st[1].RTT || !st[1].Up {
 		t.Fatalf("stats after failover: %+v", st)
 	}
-	// While a is down, queries go straight to b.
+	// Having failed, a lost its place: queries go straight to b.
 	for range 5 {
 		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := len(a.queries()); n > 1+10 { // the first query plus a few probes at most
-		t.Errorf("down upstream got %d queries", n)
+	if n := len(a.queries()); n != 1 {
+		t.Errorf("failed upstream got %d queries, want 1", n)
 	}
-	// a comes back: the probe notices.
-	aOn.Store(true)
+}
+
+func TestPoolRecovery(t *testing.T) {
+	var on atomic.Bool
+	a := startUDP(t, switchable("192.0.2.1", &on))
+	p := newPool(t, []string{a.url()}, Options{Timeout: 200 * time.Millisecond, ProbeMin: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond})
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+		t.Fatal("answer from a dead upstream")
+	}
+	if st := p.Stats(); st[0].Up || st[0].Failures != downAfter {
+		t.Fatalf("stats: %+v", st)
+	}
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+		t.Fatal("answer with the only upstream down")
+	}
+	on.Store(true)
 	eventually(t, "a recovered", func() bool { return p.Stats()[0].Up })
-	if p.Stats()[0].RTT == 0 {
-		t.Error("no RTT measured on recovery")
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answerA(t, resp) != "192.0.2.1" {
+		t.Fatalf("answer %v", resp)
+	}
+	// The probe asked the failed question and the root's NS.
+	asked := map[dns.Question]bool{}
+	for _, q := range a.queries() {
+		asked[q.msg.Question[0]] = true
+	}
+	if !asked[dns.Question{Name: ".", Qtype: dns.TypeNS, Qclass: dns.ClassINET}] ||
+		!asked[dns.Question{Name: "example.com.", Qtype: dns.TypeA, Qclass: dns.ClassINET}] {
+		t.Errorf("questions asked: %v", asked)
+	}
+}
+
+func TestPoolHardFailureMarksDownAtOnce(t *testing.T) {
+	srv := startUDP(t, nil)
+	// Nothing listens on TCP at the UDP server's port: connection refused.
+	p := newPool(t, []string{"tcp://" + srv.addr.String(), srv.url()}, Options{})
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answerA(t, resp) != "192.0.2.1" {
+		t.Fatalf("answer %v", resp)
+	}
+	if st := p.Stats(); st[0].Up || st[0].Failures != 1 {
+		t.Errorf("refused TCP upstream: %+v", st[0])
 	}
 }
 
@@ -123,12 +166,13 @@ func TestPoolNoUpstream(t *testing.T) {
 		if se.Rcode != dns.RcodeServerFailure || se.EDE.Code != dnswire.EDENoReachableAut {
 			t.Fatalf("query %d: rcode %d EDE %d", i, se.Rcode, se.EDE.Code)
 		}
-		if i > 0 && time.Since(start) > time.Second {
+		if i > 1 && time.Since(start) > time.Second {
 			t.Errorf("query %d took %v with every upstream known down", i, time.Since(start))
 		}
 	}
-	if n := len(a.queries()) + len(b.queries()); n > 3 {
-		t.Errorf("%d queries sent upstream, want at most 3 (the first query's attempts)", n)
+	// Query 1: a, b, a (a down); query 2: b (b down, none left); then none.
+	if n := len(a.queries()) + len(b.queries()); n != 4 {
+		t.Errorf("%d queries sent upstream, want 4", n)
 	}
 	logMu.Lock()
 	out := logs.String()

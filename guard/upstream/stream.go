@@ -32,14 +32,16 @@ type stream struct {
 	cfg    config
 	pad    bool
 	dialer func(ctx context.Context) (net.Conn, error)
+	idle   time.Duration
 
-	mu     sync.Mutex
-	conn   *streamConn
-	closed bool
+	mu      sync.Mutex
+	conn    *streamConn
+	dialing chan struct{} // closed when the dial in progress ends
+	closed  bool
 }
 
 func newStream(ep *Endpoint, cfg config, useTLS bool) *stream {
-	s := &stream{ep: ep, cfg: cfg, pad: useTLS}
+	s := &stream{ep: ep, cfg: cfg, pad: useTLS, idle: streamIdle}
 	addr := ep.Addr.String()
 	if useTLS {
 		tcfg := cfg.tls.clientConfig(ep, "dot")
@@ -83,24 +85,51 @@ func (s *stream) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	}
 }
 
-// get returns the live connection or dials a new one.
+// get returns the live connection or dials a new one. Concurrent queries
+// wait for one dial and share its connection (RFC 7766 §6.2.2), each
+// still bounded by its own context.
 func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, false, net.ErrClosed
+	for {
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			return nil, false, net.ErrClosed
+		case s.conn != nil && !s.conn.isDead():
+			c := s.conn
+			s.mu.Unlock()
+			return c, false, nil
+		case s.dialing != nil:
+			wait := s.dialing
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		s.dialing = done
+		s.mu.Unlock()
+
+		nc, err := s.dialer(ctx)
+		s.mu.Lock()
+		s.dialing = nil
+		close(done)
+		if err == nil && s.closed {
+			_ = nc.Close()
+			err = net.ErrClosed
+		}
+		if err != nil {
+			s.mu.Unlock()
+			return nil, false, fmt.Errorf("%w: %w", ErrDial, err)
+		}
+		c := newStreamConn(nc, s.cfg.counters, s.idle)
+		s.conn = c
+		s.mu.Unlock()
+		return c, true, nil
 	}
-	if s.conn != nil && !s.conn.isDead() {
-		return s.conn, false, nil
-	}
-	// Dialling under the lock: concurrent queries share one connection
-	// (RFC 7766 §6.2.2) instead of racing to open several.
-	nc, err := s.dialer(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	s.conn = newStreamConn(nc, s.cfg.counters)
-	return s.conn, true, nil
 }
 
 // Close closes the connection; in-flight queries fail.
@@ -118,6 +147,7 @@ func (s *stream) Close() error {
 type streamConn struct {
 	nc       net.Conn
 	counters *Counters
+	idle     time.Duration
 	writeMu  sync.Mutex
 
 	mu      sync.Mutex
@@ -136,9 +166,9 @@ type result struct {
 	err error
 }
 
-func newStreamConn(nc net.Conn, counters *Counters) *streamConn {
-	c := &streamConn{nc: nc, counters: counters, pending: make(map[uint16]*call)}
-	_ = nc.SetReadDeadline(time.Now().Add(streamIdle))
+func newStreamConn(nc net.Conn, counters *Counters, idle time.Duration) *streamConn {
+	c := &streamConn{nc: nc, counters: counters, idle: idle, pending: make(map[uint16]*call)}
+	_ = nc.SetReadDeadline(time.Now().Add(idle))
 	go c.readLoop()
 	return c
 }
@@ -212,7 +242,7 @@ func (c *streamConn) unregister(id uint16, cl *call) {
 		delete(c.pending, id)
 	}
 	if len(c.pending) == 0 && c.err == nil {
-		_ = c.nc.SetReadDeadline(time.Now().Add(streamIdle))
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.idle))
 	}
 }
 
@@ -221,7 +251,7 @@ func (c *streamConn) write(ctx context.Context, b []byte) error {
 	defer c.writeMu.Unlock()
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		deadline = time.Now().Add(streamIdle)
+		deadline = time.Now().Add(c.idle)
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
 	if _, err := c.nc.Write(b); err != nil {
