@@ -345,9 +345,14 @@ func (s *deviceSummary) recordsPerAnswer() float64 {
 	return float64(s.records) / float64(s.answers)
 }
 
-func summarize(d *emulate.Device) deviceSummary {
+func summarize(devs ...*emulate.Device) deviceSummary {
 	s := deviceSummary{addrs: map[netip.Addr]int{}, ede: map[uint16]int{}}
-	for _, ex := range d.Exchanges() {
+	var exs []emulate.Exchange
+	for _, d := range devs {
+		exs = append(exs, d.Exchanges()...)
+		s.datagrams += len(d.Received())
+	}
+	for _, ex := range exs {
 		if errors.Is(ex.Err, context.Canceled) || errors.Is(ex.Err, context.DeadlineExceeded) {
 			continue // cut by the end of the run, not by the resolver
 		}
@@ -382,6 +387,5 @@ func summarize(d *emulate.Device) deviceSummary {
 			}
 		}
 	}
-	s.datagrams = len(d.Received())
 	return s
 }

@@ -33,7 +33,8 @@ type tableOptions struct {
 	TTL         uint32        // the lab's honest TTL
 	Profile     emulate.Profile
 	Names       []string
-	GuardConfig string // extra UCI text appended to the guard's config
+	Fresh       []string // names asked only after the baseline
+	GuardConfig string   // extra UCI text appended to the guard's config
 	Parallel    int
 }
 
@@ -52,6 +53,8 @@ type tableRow struct {
 	DirectLab int
 	GuardLog  string
 	Err       error
+	// The devices themselves, for tests that look at every exchange.
+	DirectDevice, GuardedDevice *emulate.Device
 }
 
 // labRun is a lab serving UDP and TCP on loopback.
@@ -185,18 +188,38 @@ func freeAddr() (string, error) {
 }
 
 // runDevice runs an emulated device against target for d and returns it
-// (closed).
-func runDevice(ctx context.Context, p emulate.Profile, target string, local netip.Addr, seed uint64, d time.Duration, names []string) (*emulate.Device, error) {
+// (closed). If fresh names are given, a second device of the same profile
+// (the next loopback address) asks them from after the baseline on: names
+// the guard has not cached, so its refusals show.
+func runDevice(ctx context.Context, p emulate.Profile, target string, local netip.Addr, seed uint64, d time.Duration, names []string, baseline time.Duration, fresh []string) ([]*emulate.Device, error) {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil {
 		return nil, err
 	}
-	dev := emulate.New(emulate.Config{Profile: p, Target: ap, Local: local, Seed: seed})
 	rctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	dev.Run(rctx, dns.TypeA, names...)
-	dev.Close()
-	return dev, nil
+	devs := []*emulate.Device{emulate.New(emulate.Config{Profile: p, Target: ap, Local: local, Seed: seed})}
+	var wg sync.WaitGroup
+	if len(fresh) > 0 && baseline > 0 && baseline < d {
+		late := emulate.New(emulate.Config{Profile: p, Target: ap, Local: local.Next(), Seed: seed + 1000})
+		devs = append(devs, late)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-rctx.Done():
+				return
+			case <-time.After(baseline):
+			}
+			late.Run(rctx, dns.TypeA, fresh...)
+		}()
+	}
+	devs[0].Run(rctx, dns.TypeA, names...)
+	wg.Wait()
+	for _, dev := range devs {
+		dev.Close()
+	}
+	return devs, nil
 }
 
 // runExperiment plays one experiment to the device twice, directly and
@@ -208,7 +231,7 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 		sched = lab.Schedule{{Experiment: e}}
 	}
 	var wg sync.WaitGroup
-	var direct, guarded *emulate.Device
+	var direct, guarded []*emulate.Device
 	var directLab, guardLab *labRun
 	var derr, gerr error
 	wg.Add(2)
@@ -218,7 +241,7 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 			return
 		}
 		defer directLab.stop()
-		direct, derr = runDevice(ctx, o.Profile, directLab.addr, netip.AddrFrom4([4]byte{127, 0, 10, byte(1 + i)}), uint64(i), o.Duration, o.Names)
+		direct, derr = runDevice(ctx, o.Profile, directLab.addr, netip.AddrFrom4([4]byte{127, 0, 10, byte(1 + 2*i)}), uint64(i), o.Duration, o.Names, o.Baseline, o.Fresh)
 	}()
 	go func() {
 		defer wg.Done()
@@ -242,13 +265,14 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 		// Errors (stale, forged, blocked) can be counted.
 		p := o.Profile
 		p.EDNS = 1232
-		guarded, gerr = runDevice(ctx, p, g.addr, netip.AddrFrom4([4]byte{127, 0, 20, byte(1 + i)}), uint64(i), o.Duration, o.Names)
+		guarded, gerr = runDevice(ctx, p, g.addr, netip.AddrFrom4([4]byte{127, 0, 20, byte(1 + 2*i)}), uint64(i), o.Duration, o.Names, o.Baseline, o.Fresh)
 	}()
 	wg.Wait()
 	if row.Err = errors.Join(derr, gerr); row.Err != nil {
 		return row
 	}
-	row.Direct, row.Guarded = summarize(direct), summarize(guarded)
+	row.Direct, row.Guarded = summarize(direct...), summarize(guarded...)
+	row.DirectDevice, row.GuardedDevice = direct[0], guarded[0]
 	ds := directLab.lab.Snapshot()
 	for _, c := range ds.Clients {
 		for _, x := range c.Experiments {
@@ -362,17 +386,22 @@ func edeName(c uint16) string {
 func writeTable(w io.Writer, o tableOptions, rows []tableRow) error {
 	fmt.Fprintf(w, "device profile %s (re-asks every %v whatever the TTL, x%d on failure, %v timeout), names %s;\n",
 		o.Profile.Name, o.Profile.Interval, o.Profile.FailFactor, o.Profile.Timeout, strings.Join(o.Names, " "))
-	fmt.Fprintf(w, "each run: lab honest for %v, then the experiment, %v in all; lab TTL %d s; guard with its default config.\n\n", o.Baseline, o.Duration, o.TTL)
+	fmt.Fprintf(w, "each run: lab honest for %v, then the experiment, %v in all; lab TTL %d s; guard with its default config.\n", o.Baseline, o.Duration, o.TTL)
+	if len(o.Fresh) > 0 {
+		fmt.Fprintf(w, "a second device asks %s from the experiment's start (a name the guard has not cached).\n", strings.Join(o.Fresh, " "))
+	}
+	fmt.Fprintln(w, "through the guard the device sends EDNS so the guard's Extended DNS Errors can be counted.")
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "experiment\tdirect: device gets\tdevice q/min\tthrough guard: device gets\trefused (SERVFAIL)\tupstream q/min\tstale answers\tEDE seen")
+	fmt.Fprintln(tw, "experiment\tdirect: device gets\tdevice q/min\tthrough guard: device gets\tdevice q/min\tSERVFAIL (refused)\tupstream q/min (experiment phase)\tstale answers\tEDE seen")
 	for _, r := range rows {
 		if r.Err != nil {
 			fmt.Fprintf(tw, "%s\terror: %v\n", r.Experiment, strings.SplitN(r.Err.Error(), "\n", 2)[0])
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%d\t%.1f\t%d\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%d\t%.1f\t%d\t%s\n",
 			r.Experiment, gets(r.Direct), perMinute(r.Direct.queries, o.Duration),
-			gets(r.Guarded), r.Guarded.servfail, perMinute(r.Upstream, r.UpstreamPhase), r.Guarded.ede[3], edeSummary(r.Guarded))
+			gets(r.Guarded), perMinute(r.Guarded.queries, o.Duration), r.Guarded.servfail, perMinute(r.Upstream, r.UpstreamPhase), r.Guarded.ede[3], edeSummary(r.Guarded))
 	}
 	return tw.Flush()
 }
@@ -387,6 +416,7 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	interval := fs.Duration("interval", time.Second, "the device's re-query interval")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "the device's answer timeout")
 	names := fs.String("names", "www.lab.example.,cname-cdn.lab.example.", "names the device asks for")
+	fresh := fs.String("fresh", "fresh.lab.example.", "names a second device starts asking after the baseline (not cached by the guard); empty for none")
 	only := fs.String("experiments", "", "comma-separated experiments (default: all)")
 	parallel := fs.Int("parallel", 16, "experiments run at once")
 	binary := fs.String("binary", "", "dnsguard binary playing the guard (default: this one)")
@@ -399,7 +429,7 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	p.Interval, p.Timeout = *interval, *timeout
 	o := tableOptions{Binary: *binary, Baseline: *baseline, Duration: *duration, TTL: uint32(*ttl), Profile: p,
-		Names: strings.Split(*names, ","), Parallel: *parallel, Experiments: lab.Experiments()}
+		Names: strings.Split(*names, ","), Fresh: splitList(*fresh), Parallel: *parallel, Experiments: lab.Experiments()}
 	if o.Binary == "" {
 		if o.Binary, err = os.Executable(); err != nil {
 			return err
@@ -425,4 +455,14 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
