@@ -138,15 +138,20 @@ func TestLabExperiments(t *testing.T) {
 		{"flood-50", []check{allUsable, oneDatagram, boundedUpstream(len(names))}},
 		{"flood-100", []check{allUsable, oneDatagram, boundedUpstream(len(names))}},
 	}
+	// All experiments at once (each with its own labs and guard), then the
+	// checks per experiment.
+	o := tableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names, Parallel: len(tests)}
+	for _, tt := range tests {
+		e, err := lab.ParseExperiment(tt.exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Experiments = append(o.Experiments, e)
+	}
+	rows := runTable(context.Background(), o)
 	for i, tt := range tests {
 		t.Run(tt.exp, func(t *testing.T) {
-			t.Parallel()
-			e, err := lab.ParseExperiment(tt.exp)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o := tableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names}
-			r := runExperiment(context.Background(), o, e, 100+i)
+			r := rows[i]
 			if r.Err != nil {
 				t.Fatal(r.Err)
 			}
