@@ -3,10 +3,11 @@ package lab
 import (
 	"fmt"
 	"io"
-	"math"
 	"sort"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/dnsguard/dnsguard/guard/entropy"
 )
 
 // Thresholds behind the marks. They are this lab's reading of the study,
@@ -24,14 +25,6 @@ const (
 	// Share of baseline repeats asked before the TTL expired above which
 	// TTLs are not honoured (query consistency).
 	earlyShare = 0.10
-	// Randomness: a standard deviation below this (about 14 bits by the
-	// study's log2(sigma*sqrt(12))), or one value in more than maxShare of
-	// the samples, is weak. The study's weak devices had port sigma up to
-	// 4918 and ID sigma up to 726; uniform 16-bit values give ~18900, and
-	// a Linux ephemeral port range alone ~8150.
-	minSigma   = 5000.0
-	maxShare   = 0.10
-	minSamples = 20
 )
 
 // Mark is one Table I cell: vulnerable (x), resilient (ok) or not seen
@@ -93,34 +86,25 @@ func secureDNS(c *ClientRecord) Mark {
 		Figures: fmt.Sprintf("udp %d, tcp %d, dot %d, doh %d; EDNS in %d (max %d)", c.Transports["udp"], c.Transports["tcp"], c.Transports["dot"], c.Transports["doh"], c.EDNS, c.MaxUDPSize)}
 }
 
-// randomness grades a sample of 16-bit values the study's way (sigma
-// and bits = log2(sigma*sqrt(12))), plus the share of the commonest value,
-// which sigma misses (a fixed port among random ones).
+// randomness grades a client's IDs or source ports with the guard's own
+// estimator (guard/entropy: constant, counter, narrow range, small set),
+// which also gives the study's sigma and bits.
 func randomness(v []uint16, what string) Mark {
-	if len(v) < minSamples {
-		return Mark{Figures: fmt.Sprintf("%d %s samples (need %d)", len(v), what, minSamples)}
-	}
-	var sum float64
-	count := map[uint16]int{}
-	top := 0
+	e := entropy.New()
 	for _, x := range v {
-		sum += float64(x)
-		count[x]++
-		top = max(top, count[x])
+		e.Observe(x, 0)
 	}
-	mean := sum / float64(len(v))
-	var ss float64
-	for _, x := range v {
-		ss += (float64(x) - mean) * (float64(x) - mean)
+	r := e.Result()
+	m := Mark{Known: r.Verdict != entropy.Insufficient, Vulnerable: r.Verdict == entropy.Weak}
+	switch r.Verdict {
+	case entropy.Insufficient:
+		m.Figures = fmt.Sprintf("%s: %s", what, r.Reason)
+	case entropy.Weak:
+		m.Figures = fmt.Sprintf("%s %s: %s", what, r.Reason, r.Detail)
+	default:
+		m.Figures = fmt.Sprintf("%s: %s", what, r.Detail)
 	}
-	sigma := math.Sqrt(ss / float64(len(v)))
-	bits := 0.0
-	if sigma > 0 {
-		bits = math.Max(0, math.Log2(sigma*math.Sqrt(12)))
-	}
-	share := float64(top) / float64(len(v))
-	return Mark{Known: true, Vulnerable: sigma < minSigma || share > maxShare,
-		Figures: fmt.Sprintf("%s sigma %.0f (%.1f bits), %d distinct of %d, commonest %.0f%%", what, sigma, bits, len(count), len(v), 100*share)}
+	return m
 }
 
 func consistency(c *ClientRecord) Mark {
