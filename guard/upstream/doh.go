@@ -80,8 +80,9 @@ func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A failure before a connection was had (connect, TLS handshake,
-	// verification) is a failure to connect.
+	// A failure before a connection was had (connect refused, TLS
+	// verification), other than running out of time, is a failure to
+	// connect.
 	var gotConn atomic.Bool
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) },
@@ -95,7 +96,7 @@ func (d *doh) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	d.cfg.counters.Queries.Add(1)
 	hr, err := d.client.Do(req)
 	if err != nil {
-		if !gotConn.Load() {
+		if !gotConn.Load() && ctx.Err() == nil {
 			return nil, fmt.Errorf("%w: %w", ErrDial, err)
 		}
 		return nil, err

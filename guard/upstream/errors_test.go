@@ -11,8 +11,9 @@ import (
 	"github.com/miekg/dns"
 )
 
-// TestConnectFailuresAreHard: failing to connect, whether refused or
-// timed out, or to verify, counts as a hard failure for DoT and DoH.
+// TestConnectFailuresAreHard: failing to connect or to verify the server
+// is a hard failure for DoT and DoH; a handshake still going when the
+// attempt's time is up is not (the connection may yet serve the next).
 func TestConnectFailuresAreHard(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -28,19 +29,24 @@ func TestConnectFailuresAreHard(t *testing.T) {
 	}
 	defer stuck.Close()
 	wrong := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{})
-	for _, u := range []string{
-		"tls://" + closed + "?sni=dot.test",
-		"https://doh.test:" + closed[len("127.0.0.1:"):] + "/dns-query?ip=127.0.0.1",
-		"tls://" + stuck.Addr().String() + "?sni=dot.test",
-		"https://doh.test:" + stuck.Addr().String()[len("127.0.0.1:"):] + "/dns-query?ip=127.0.0.1",
-		wrong.URL("wrong.test"),
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	for _, c := range []struct {
+		url  string
+		hard bool
+	}{
+		{"tls://" + closed + "?sni=dot.test", true},
+		{"https://doh.test:" + port(closed) + "/dns-query?ip=127.0.0.1", true},
+		{wrong.URL("wrong.test"), true},
+		{"https://wrong.test:" + port(wrong.Addr.String()) + "/dns-query?ip=127.0.0.1", true},
+		{"tls://" + stuck.Addr().String() + "?sni=dot.test", false},
+		{"https://doh.test:" + port(stuck.Addr().String()) + "/dns-query?ip=127.0.0.1", false},
 	} {
-		tr, _ := newTLSTransport(t, u, ca)
+		tr, _ := newTLSTransport(t, c.url, ca)
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		_, err := tr.Exchange(ctx, query("example.com", dns.TypeA))
 		cancel()
-		if err == nil || !hardFailure(err) {
-			t.Errorf("%s: %v is not a hard failure", u, err)
+		if err == nil || hardFailure(err) != c.hard {
+			t.Errorf("%s: %v: hard %v, want %v", c.url, err, hardFailure(err), c.hard)
 		}
 	}
 	if hardFailure(context.DeadlineExceeded) || hardFailure(ErrMismatch) || hardFailure(errors.New("x")) {

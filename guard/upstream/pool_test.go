@@ -251,3 +251,22 @@ func TestPoolMixedTransports(t *testing.T) {
 		t.Error("empty pool accepted")
 	}
 }
+
+// TestPoolSlowHandshakeServesNextAttempt: a TLS handshake slower than one
+// attempt is not thrown away; the next attempt uses its connection.
+func TestPoolSlowHandshakeServesNextAttempt(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{HandshakeDelay: 400 * time.Millisecond})
+	p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := p.Exchange(ctx, query("example.com", dns.TypeA)); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Conns() != 1 {
+		t.Errorf("%d connections, want 1", srv.Conns())
+	}
+	if st := p.Stats()[0]; !st.Up || st.Failures < 1 {
+		t.Errorf("stats %+v: want the first attempt failed, upstream up", st)
+	}
+}

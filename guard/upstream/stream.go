@@ -17,6 +17,7 @@ import (
 // Stream connection limits (RFC 7766 §6.2).
 const (
 	streamIdle        = 10 * time.Second // close an idle connection after this
+	dialTimeout       = 5 * time.Second  // TCP connect and TLS handshake
 	streamMaxInFlight = 1024             // queries pipelined on one connection
 )
 
@@ -36,7 +37,7 @@ type stream struct {
 
 	mu      sync.Mutex
 	conn    *streamConn
-	dialing chan struct{} // closed when the dial in progress ends
+	dialing *dial // the dial in progress, if any
 	closed  bool
 }
 
@@ -44,7 +45,7 @@ func newStream(ep *Endpoint, cfg config, useTLS bool) *stream {
 	s := &stream{ep: ep, cfg: cfg, pad: useTLS, idle: streamIdle}
 	addr := ep.Addr.String()
 	if useTLS {
-		tcfg := cfg.tls.clientConfig(ep, "dot")
+		tcfg := cfg.tls.clientConfig(ep)
 		s.dialer = func(ctx context.Context) (net.Conn, error) {
 			d := tls.Dialer{Config: tcfg}
 			return d.DialContext(ctx, "tcp", addr)
@@ -85,10 +86,13 @@ func (s *stream) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	}
 }
 
-// get returns the live connection or dials a new one. Concurrent queries
-// wait for one dial and share its connection (RFC 7766 §6.2.2), each
-// still bounded by its own context.
-func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
+// get returns the live connection or waits for a dial. The dial runs on
+// its own, bounded by dialTimeout rather than by the query that started
+// it: concurrent queries wait for the one dial and share its connection
+// (RFC 7766 §6.2.2), and a handshake slower than one attempt still
+// serves the next attempt instead of being thrown away. fresh reports a
+// connection dialled for this wait, not one reused.
+func (s *stream) get(ctx context.Context) (c *streamConn, fresh bool, err error) {
 	for {
 		s.mu.Lock()
 		switch {
@@ -98,38 +102,52 @@ func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
 		case s.conn != nil && !s.conn.isDead():
 			c := s.conn
 			s.mu.Unlock()
-			return c, false, nil
-		case s.dialing != nil:
-			wait := s.dialing
-			s.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, false, ctx.Err()
-			}
+			return c, fresh, nil
+		case s.dialing == nil:
+			s.dialing = s.dial()
 		}
-		done := make(chan struct{})
-		s.dialing = done
+		d := s.dialing
 		s.mu.Unlock()
+		select {
+		case <-d.done:
+			if d.err != nil {
+				return nil, false, d.err
+			}
+			fresh = true
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+	}
+}
 
+// dial is a connection attempt in progress.
+type dial struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// dial starts connecting; s.mu is held.
+func (s *stream) dial() *dial {
+	d := &dial{done: make(chan struct{})}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+		defer cancel()
 		nc, err := s.dialer(ctx)
 		s.mu.Lock()
+		defer s.mu.Unlock()
+		defer close(d.done)
 		s.dialing = nil
-		close(done)
-		if err == nil && s.closed {
+		switch {
+		case err != nil:
+			d.err = fmt.Errorf("%w: %w", ErrDial, err)
+		case s.closed:
 			_ = nc.Close()
-			err = net.ErrClosed
+			d.err = net.ErrClosed
+		default:
+			s.conn = newStreamConn(nc, s.cfg.counters, s.idle)
 		}
-		if err != nil {
-			s.mu.Unlock()
-			return nil, false, fmt.Errorf("%w: %w", ErrDial, err)
-		}
-		c := newStreamConn(nc, s.cfg.counters, s.idle)
-		s.conn = c
-		s.mu.Unlock()
-		return c, true, nil
-	}
+	}()
+	return d
 }
 
 // Close closes the connection; in-flight queries fail.
@@ -304,9 +322,7 @@ func (c *streamConn) deliver(b []byte) {
 	}
 	c.mu.Unlock()
 	if cl == nil {
-		// Late (its query gave up) or never asked for.
-		c.counters.Mismatches.Add(1)
-		return
+		return // late: its query gave up (on TLS nobody else can write here)
 	}
 	m, err := match(cl.sent, b, cl.exact)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,10 +37,13 @@ type udp struct {
 	cfg    config
 	tcp    *stream
 	drains chan struct{}
+	bufs   sync.Pool // *[]byte of maxMessage octets
 }
 
 func newUDP(ep *Endpoint, cfg config) *udp {
-	return &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false), drains: make(chan struct{}, drainers)}
+	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false), drains: make(chan struct{}, drainers)}
+	u.bufs.New = func() any { b := make([]byte, maxMessage); return &b }
+	return u
 }
 
 func (u *udp) String() string { return u.ep.String() }
@@ -89,7 +93,9 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 	if _, err := conn.WriteToUDPAddrPort(b, u.ep.Addr); err != nil {
 		return nil, fmt.Errorf("send: %w", err)
 	}
-	buf := make([]byte, maxMessage)
+	bp := u.bufs.Get().(*[]byte)
+	defer u.bufs.Put(bp)
+	buf := *bp
 	for {
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -126,7 +132,9 @@ func (u *udp) drain(conn *net.UDPConn, sent *dns.Msg) bool {
 		defer func() { <-u.drains }()
 		defer conn.Close()
 		_ = conn.SetReadDeadline(time.Now().Add(drainWindow))
-		buf := make([]byte, maxMessage)
+		bp := u.bufs.Get().(*[]byte)
+		defer u.bufs.Put(bp)
+		buf := *bp
 		for range drainMax {
 			n, from, err := conn.ReadFromUDPAddrPort(buf)
 			if err != nil {

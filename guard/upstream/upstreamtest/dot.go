@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -18,6 +19,9 @@ import (
 type DoTOptions struct {
 	Cert    *tls.Certificate // default: issued by the CA for "dot.test" and 127.0.0.1
 	Handler Handler          // default: AnswerA("192.0.2.1")
+	// HandshakeDelay holds each new connection this long before the TLS
+	// handshake, as a far-away or loaded resolver would.
+	HandshakeDelay time.Duration
 }
 
 // DoT is a DNS-over-TLS server on 127.0.0.1 that records every query. It
@@ -30,6 +34,7 @@ type DoT struct {
 
 	ln      net.Listener
 	handler Handler
+	delay   time.Duration
 
 	mu       sync.Mutex
 	conns    []net.Conn
@@ -51,7 +56,7 @@ func StartDoT(t testing.TB, ca *CA, opts DoTOptions) *DoT {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &DoT{Addr: netip.MustParseAddrPort(ln.Addr().String()), Name: "dot.test", ln: ln, handler: opts.Handler}
+	s := &DoT{Addr: netip.MustParseAddrPort(ln.Addr().String()), Name: "dot.test", ln: ln, handler: opts.Handler, delay: opts.HandshakeDelay}
 	s.wg.Add(1)
 	go s.serve()
 	t.Cleanup(s.Close)
@@ -127,6 +132,7 @@ func (s *DoT) serveConn(c net.Conn, n int) {
 	var writeMu sync.Mutex
 	var handlers sync.WaitGroup
 	defer handlers.Wait()
+	time.Sleep(s.delay)
 	for {
 		raw, err := ReadMsg(c)
 		if err != nil {
