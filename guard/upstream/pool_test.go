@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,6 +245,25 @@ func TestPoolMixedTransports(t *testing.T) {
 	}
 	if n := len(dot.Received()) + len(doh.Received()); n != 10 {
 		t.Errorf("%d queries upstream for 10", n)
+	}
+	// The CA as a file, as --upstream-ca gives it.
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp := newPool(t, []string{doh.URL}, Options{CAFile: caFile})
+	if _, err := fp.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+		t.Fatalf("with CAFile: %v", err)
+	}
+	sys := newPool(t, []string{doh.URL}, Options{})
+	if _, err := sys.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+		t.Fatal("test CA trusted without being configured")
+	}
+	if _, err := NewPool([]string{doh.URL}, Options{CAFile: caFile + ".missing"}); err == nil {
+		t.Error("missing CA file accepted")
+	}
+	if _, err := NewPool([]string{doh.URL}, Options{CAPEM: []byte("not PEM")}); err == nil {
+		t.Error("bad CA PEM accepted")
 	}
 	if _, err := NewPool([]string{dot.URL("dot.test"), "udp://nonsense"}, Options{}); err == nil {
 		t.Error("bad URL accepted")

@@ -113,7 +113,7 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 			u.cfg.counters.Mismatches.Add(1)
 			continue
 		}
-		keep = u.drain(conn, m)
+		keep = u.drain(conn, m, exact)
 		return resp, nil
 	}
 }
@@ -122,7 +122,7 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 // what still arrives: copies of the answer from the upstream as flood,
 // anything else as mismatches. It reports false (and does nothing) when
 // too many sockets are draining already.
-func (u *udp) drain(conn *net.UDPConn, sent *dns.Msg) bool {
+func (u *udp) drain(conn *net.UDPConn, sent *dns.Msg, exact bool) bool {
 	select {
 	case u.drains <- struct{}{}:
 	default:
@@ -140,7 +140,7 @@ func (u *udp) drain(conn *net.UDPConn, sent *dns.Msg) bool {
 			if err != nil {
 				return
 			}
-			if _, err := match(sent, buf[:n], false); err == nil && sameAddr(from, u.ep.Addr) {
+			if _, err := match(sent, buf[:n], exact); err == nil && sameAddr(from, u.ep.Addr) {
 				u.cfg.counters.Flood.Add(1)
 			} else {
 				u.cfg.counters.Mismatches.Add(1)

@@ -303,3 +303,34 @@ func TestUDPTimeout(t *testing.T) {
 		t.Fatalf("err %v, want deadline exceeded", err)
 	}
 }
+
+func TestUDPIPv6(t *testing.T) {
+	conn, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer conn.Close()
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			q := new(dns.Msg)
+			if q.Unpack(buf[:n]) != nil {
+				continue
+			}
+			b, _ := upstreamtest.AnswerA("192.0.2.6")(q).Pack()
+			_, _ = conn.WriteToUDPAddrPort(b, from)
+		}
+	}()
+	tr, _ := newUDPTransport(t, "udp://"+conn.LocalAddr().String(), true)
+	resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if answerA(t, resp) != "192.0.2.6" {
+		t.Fatalf("answer %v", resp)
+	}
+}
