@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,3 +227,68 @@ func TestLabCommand(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestLabEncryptedUpstreams: the lab's DoT and DoH, with the certificate
+// it generates (--cert-out), are upstreams the guard can trust with
+// --upstream-ca.
+func TestLabEncryptedUpstreams(t *testing.T) {
+	testenv.Short(t)
+	dir := t.TempDir()
+	dot, doh := freePort(t), freePort(t)
+	cert, record := dir+"/lab.pem", dir+"/record.json"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- cmdLab(ctx, []string{"--dot", dot, "--doh", doh, "--cert-out", cert, "--record", record,
+			"--record-every", "100ms"}, discard{}, discard{})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", doh); err == nil {
+			c.Close()
+			if _, err := os.Stat(cert); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lab did not start")
+		}
+	}
+	conf := dir + "/guard.conf"
+	if err := os.WriteFile(conf, []byte("config answers\n\tlist allow_private '198.51.100.0/24'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, dohPort, _ := net.SplitHostPort(doh)
+	for _, up := range []string{"tls://" + dot + "?sni=localhost", "https://localhost:" + dohPort + "/dns-query?ip=127.0.0.1"} {
+		g := startGuard(t, "--config", conf, "--listen", freePort(t), "--upstream", up, "--upstream-ca", cert, "--state", dir+"/state.db")
+		r := ask(t, g.addr, "www.lab.example.", dns.TypeA, false)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Errorf("%s: %v", up, r)
+		}
+		g.stop(t, syscall.SIGTERM)
+	}
+	snap := waitRecord(t, record, func(s *lab.Snapshot) bool {
+		c := s.Client("127.0.0.1")
+		return c != nil && c.Transports["dot"] > 0 && c.Transports["doh"] > 0
+	})
+	t.Logf("lab saw transports %v", snap.Client("127.0.0.1").Transports)
+}
+
+// waitRecord reads the lab's record file until ok accepts it.
+func waitRecord(t *testing.T, path string, ok func(*lab.Snapshot) bool) *lab.Snapshot {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		s, err := lab.ReadSnapshot(path)
+		if err == nil && ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record never matched (last error %v)", err)
+		}
+	}
+}
