@@ -1,0 +1,242 @@
+package device
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Neighbours is the kernel's neighbour table (ARP and NDP) as seen through
+// netlink, kept current from its updates, plus the router's own addresses
+// (to tell a device's hard-coded resolver from the router itself) and
+// which interfaces are the LAN.
+type Neighbours struct {
+	log    *slog.Logger
+	lan    map[string]bool // interface names; empty: every interface
+	onGone func(mac string)
+
+	mu      sync.RWMutex
+	byIP    map[netip.Addr]string // IP -> MAC
+	local   map[netip.Addr]int    // router address -> interface index
+	lanIdx  map[int]bool
+	lanNets []netip.Prefix
+}
+
+// WatchNeighbours starts following the neighbour table and interface
+// addresses until ctx is done. onGone (may be nil) is called with the MAC
+// of each neighbour that disappears or fails (a device leaving or
+// rebooting).
+func WatchNeighbours(ctx context.Context, lan []string, onGone func(mac string), log *slog.Logger) (*Neighbours, error) {
+	n := &Neighbours{
+		log:    log,
+		lan:    map[string]bool{},
+		onGone: onGone,
+		byIP:   map[netip.Addr]string{},
+		local:  map[netip.Addr]int{},
+		lanIdx: map[int]bool{},
+	}
+	for _, name := range lan {
+		n.lan[name] = true
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("device: LAN interface %q: %w", name, err)
+		}
+		n.lanIdx[l.Attrs().Index] = true
+	}
+	// The first subscriptions list what exists, so the table is complete
+	// before the first query is identified.
+	neighCh, addrCh, err := n.subscribe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n.drainInitial(neighCh, addrCh)
+	go n.follow(ctx, neighCh, addrCh)
+	return n, nil
+}
+
+func (n *Neighbours) subscribe(ctx context.Context) (chan netlink.NeighUpdate, chan netlink.AddrUpdate, error) {
+	neighCh := make(chan netlink.NeighUpdate, 256)
+	addrCh := make(chan netlink.AddrUpdate, 64)
+	errf := func(err error) { n.log.Warn("netlink subscription", "err", err) }
+	if err := netlink.NeighSubscribeWithOptions(neighCh, ctx.Done(), netlink.NeighSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
+		return nil, nil, fmt.Errorf("device: neighbour updates: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrCh, ctx.Done(), netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
+		return nil, nil, fmt.Errorf("device: address updates: %w", err)
+	}
+	return neighCh, addrCh, nil
+}
+
+// drainInitial applies the listed entries, waiting briefly for the dump.
+func (n *Neighbours) drainInitial(neighCh chan netlink.NeighUpdate, addrCh chan netlink.AddrUpdate) {
+	quiet := time.NewTimer(200 * time.Millisecond)
+	defer quiet.Stop()
+	for {
+		select {
+		case u, ok := <-neighCh:
+			if !ok {
+				return
+			}
+			n.applyNeigh(u)
+		case u, ok := <-addrCh:
+			if !ok {
+				return
+			}
+			n.applyAddr(u)
+		case <-quiet.C:
+			return
+		}
+		quiet.Reset(50 * time.Millisecond)
+	}
+}
+
+func (n *Neighbours) follow(ctx context.Context, neighCh chan netlink.NeighUpdate, addrCh chan netlink.AddrUpdate) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case u, ok := <-neighCh:
+			if ok {
+				n.applyNeigh(u)
+				continue
+			}
+		case u, ok := <-addrCh:
+			if ok {
+				n.applyAddr(u)
+				continue
+			}
+		}
+		// A subscription ended (socket error): start both again.
+		n.log.Warn("netlink subscription ended; resubscribing")
+		for ctx.Err() == nil {
+			var err error
+			neighCh, addrCh, err = n.subscribe(ctx)
+			if err == nil {
+				break
+			}
+			n.log.Error("netlink resubscribe", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (n *Neighbours) applyNeigh(u netlink.NeighUpdate) {
+	ip, ok := netip.AddrFromSlice(u.IP)
+	if !ok {
+		return
+	}
+	ip = ip.Unmap()
+	gone := u.Type == unix.RTM_DELNEIGH || u.State&(unix.NUD_FAILED|unix.NUD_INCOMPLETE) != 0
+	n.mu.Lock()
+	if len(n.lanIdx) > 0 && !n.lanIdx[u.LinkIndex] {
+		n.mu.Unlock()
+		return
+	}
+	old, had := n.byIP[ip]
+	if gone {
+		delete(n.byIP, ip)
+	} else if len(u.HardwareAddr) == 6 {
+		n.byIP[ip] = u.HardwareAddr.String()
+	}
+	n.mu.Unlock()
+	if gone && had && n.onGone != nil {
+		n.onGone(old)
+	}
+}
+
+func (n *Neighbours) applyAddr(u netlink.AddrUpdate) {
+	ip, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+	if !ok {
+		return
+	}
+	ip = ip.Unmap()
+	ones, _ := u.LinkAddress.Mask.Size()
+	pfx := netip.PrefixFrom(ip, ones).Masked()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if u.NewAddr {
+		n.local[ip] = u.LinkIndex
+	} else {
+		delete(n.local, ip)
+	}
+	if !n.lanIdx[u.LinkIndex] {
+		return
+	}
+	nets := n.lanNets[:0:0]
+	for _, p := range n.lanNets {
+		if p != pfx {
+			nets = append(nets, p)
+		}
+	}
+	if u.NewAddr {
+		nets = append(nets, pfx)
+	}
+	n.lanNets = nets
+}
+
+// MAC returns the MAC address of the neighbour at ip.
+func (n *Neighbours) MAC(ip netip.Addr) (string, bool) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	mac, ok := n.byIP[ip.Unmap().WithZone("")]
+	return mac, ok
+}
+
+// IPs returns the neighbour addresses of a MAC.
+func (n *Neighbours) IPs(mac string) []netip.Addr {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	var out []netip.Addr
+	for ip, m := range n.byIP {
+		if m == mac {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// IsLocal reports whether ip is one of the router's own addresses.
+func (n *Neighbours) IsLocal(ip netip.Addr) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	_, ok := n.local[ip.Unmap().WithZone("")]
+	return ok
+}
+
+// OnLAN reports whether ip is inside a LAN interface's prefix (every
+// address is, when no LAN interface was given).
+func (n *Neighbours) OnLAN(ip netip.Addr) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if len(n.lanIdx) == 0 {
+		return true
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.IsLinkLocalUnicast() {
+		return true
+	}
+	for _, p := range n.lanNets {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// macString normalises a MAC for use as a device ID.
+func macString(b []byte) string {
+	if len(b) != 6 {
+		return ""
+	}
+	return net.HardwareAddr(b).String()
+}

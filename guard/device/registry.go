@@ -1,0 +1,627 @@
+package device
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/policy"
+)
+
+// Options configure a Registry.
+type Options struct {
+	Store           *Store // nil: records live in memory only
+	Persist         string // persistent copy of the store's file; "" for none
+	PersistInterval time.Duration
+	FlushInterval   time.Duration
+	Leases          string // dnsmasq leases file; "" for none
+	Classes         []policy.Class
+	Neighbours      *Neighbours // nil: addresses are learned from observed packets only
+	// OnExempt is called with the MACs that must not be intercepted,
+	// whenever that list changes (the nftables exempt set).
+	OnExempt func([]net.HardwareAddr)
+	Log      *slog.Logger
+	Now      func() time.Time
+}
+
+// Query is one observed device query, as the graders need it.
+type Query struct {
+	ID   uint16
+	Port uint16 // UDP source port; 0 over TCP (the kernel picks those)
+	EDNS bool
+	Name string
+	Type uint16
+}
+
+// Outcome is how the guard answered a query.
+type Outcome int
+
+// Outcomes counted per device.
+const (
+	Answered Outcome = iota
+	Refused
+	RateLimited
+)
+
+// silenceIsReboot: a device silent this long is taken to have restarted
+// (for the across-boots estimators) even if its neighbour entry stayed.
+const silenceIsReboot = 30 * time.Minute
+
+// gradeEvery: estimators are graded after every observation for the first
+// gradeAlways values, then every gradeEvery-th.
+const (
+	gradeAlways = 64
+	gradeEvery  = 8
+)
+
+// Registry holds the device records in memory, grades them, and writes
+// the changed ones to the store in batches.
+type Registry struct {
+	opts Options
+	log  *slog.Logger
+	cls  *Classifier
+	seed maphash.Seed
+
+	mu        sync.Mutex
+	devices   map[string]*entry
+	learned   map[netip.Addr]string // IP -> MAC from observed packets and leases
+	leaseName map[string]string     // MAC -> DHCP name
+	dirty     map[string]bool
+	deleted   []string
+	orig      origRing
+	exempt    string // last exempt list given to OnExempt, joined
+}
+
+type entry struct {
+	rec      *Record
+	ids      *entropy.Estimator
+	ports    *entropy.Estimator
+	recent   [8]uint64 // hashes of the last queries, to drop retransmissions
+	recentAt [8]time.Time
+	nRecent  int
+	away     bool // neighbour gone: the next sighting is a new boot
+	ungraded int
+	decision Decision
+}
+
+// NewRegistry loads the store's records and returns a registry; call Run
+// to start its flushing and Close to write the last batch.
+func NewRegistry(opts Options) (*Registry, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 5 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	r := &Registry{
+		opts:      opts,
+		log:       opts.Log,
+		cls:       NewClassifier(opts.Classes),
+		seed:      maphash.MakeSeed(),
+		devices:   map[string]*entry{},
+		learned:   map[netip.Addr]string{},
+		leaseName: map[string]string{},
+		dirty:     map[string]bool{},
+	}
+	if opts.Store != nil {
+		recs, err := opts.Store.Load()
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range recs {
+			e, err := r.restore(rec)
+			if err != nil {
+				r.log.Warn("device estimator state unreadable; grading starts over", "device", rec.ID, "err", err)
+			}
+			r.devices[rec.ID] = e
+		}
+	}
+	return r, nil
+}
+
+func (r *Registry) restore(rec *Record) (*entry, error) {
+	e := &entry{rec: rec, ids: entropy.New(), ports: entropy.New()}
+	var err error
+	if len(rec.IDState) > 0 {
+		if uerr := e.ids.UnmarshalBinary(rec.IDState); uerr != nil {
+			e.ids, err = entropy.New(), uerr
+		}
+	}
+	if len(rec.PortState) > 0 {
+		if uerr := e.ports.UnmarshalBinary(rec.PortState); uerr != nil {
+			e.ports, err = entropy.New(), uerr
+		}
+	}
+	e.decision = r.cls.Decide(rec)
+	return e, err
+}
+
+// entryLocked returns the entry for id, creating it.
+func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
+	e, ok := r.devices[id]
+	if !ok {
+		e = &entry{rec: &Record{ID: id, MAC: mac, FirstSeen: now}, ids: entropy.New(), ports: entropy.New()}
+		if n := r.leaseName[mac]; n != "" {
+			e.rec.noteName(n)
+		}
+		e.decision = r.cls.Decide(e.rec)
+		r.devices[id] = e
+		r.log.Info("new device", "device", id)
+	}
+	if !e.rec.LastSeen.IsZero() && now.Sub(e.rec.LastSeen) > silenceIsReboot {
+		e.away = true
+	}
+	if e.away {
+		e.away = false
+		e.rec.Boots++
+	}
+	e.rec.LastSeen = now
+	r.dirty[id] = true
+	return e
+}
+
+// MAC returns the MAC of the device at ip: from the neighbour table, else
+// from addresses learned from logged packets and DHCP leases.
+func (r *Registry) MAC(ip netip.Addr) (string, bool) {
+	ip = ip.Unmap().WithZone("")
+	if n := r.opts.Neighbours; n != nil {
+		if mac, ok := n.MAC(ip); ok {
+			return mac, true
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	mac, ok := r.learned[ip]
+	return mac, ok
+}
+
+// learnLocked records that ip belongs to mac, and folds a record kept
+// under the bare address into the device's.
+func (r *Registry) learnLocked(ip netip.Addr, mac string) {
+	if mac == "" || !ip.IsValid() {
+		return
+	}
+	if r.learned[ip] == mac {
+		return
+	}
+	if len(r.learned) > 4096 { // bounded: forget everything rather than grow
+		clear(r.learned)
+	}
+	r.learned[ip] = mac
+	ipRec, ok := r.devices[ipID(ip.String())]
+	if !ok {
+		return
+	}
+	dst, ok := r.devices[mac]
+	if !ok {
+		ipRec.rec.ID, ipRec.rec.MAC = mac, mac
+		r.devices[mac] = ipRec
+	} else {
+		mergeRecords(dst.rec, ipRec.rec)
+	}
+	delete(r.devices, ipID(ip.String()))
+	delete(r.dirty, ipID(ip.String()))
+	r.deleted = append(r.deleted, ipID(ip.String()))
+	r.dirty[mac] = true
+}
+
+func mergeRecords(dst, src *Record) {
+	dst.Queries += src.Queries
+	dst.Refused += src.Refused
+	dst.RateLimited += src.RateLimited
+	dst.EDNSQueries += src.EDNSQueries
+	dst.NoEDNSQueries += src.NoEDNSQueries
+	if src.FirstSeen.Before(dst.FirstSeen) {
+		dst.FirstSeen = src.FirstSeen
+	}
+	for _, ip := range slices.Backward(src.IPs) {
+		dst.noteIP(ip)
+	}
+	for _, a := range src.Bypass {
+		dst.addBypass(a)
+	}
+}
+
+// Identify returns the device record's ID and the policy for a query from
+// client, creating the record on first sight. A client whose MAC is not
+// known is kept under its address until the MAC is learned.
+func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name string) {
+	client = client.Unmap().WithZone("")
+	mac, _ = r.MAC(client)
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id = mac
+	if mac == "" {
+		id = ipID(client.String())
+	} else {
+		r.learnLocked(client, mac)
+	}
+	e := r.entryLocked(id, mac, now)
+	e.rec.noteIP(client.String())
+	return id, mac, e.decision, e.rec.Name()
+}
+
+// Count records how the guard answered one query of device id; when feed
+// is set (no packet observer runs) the query also feeds the graders.
+func (r *Registry) Count(id string, o Outcome, q *Query) {
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.devices[id]
+	if !ok {
+		return
+	}
+	switch o {
+	case Answered:
+		e.rec.Queries++
+	case Refused:
+		e.rec.Queries++
+		e.rec.Refused++
+	case RateLimited:
+		e.rec.Queries++
+		e.rec.RateLimited++
+	}
+	if q != nil {
+		r.observeLocked(e, q, now)
+	}
+	r.dirty[id] = true
+}
+
+// ObserveQuery records a device's DNS query as logged before the redirect:
+// mac and src are the device, dst where it sent the query. A query to an
+// address that is not the router's is a hard-coded resolver.
+func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
+	if mac == "" {
+		return
+	}
+	now := r.opts.Now()
+	local := r.isLocal(dst.Addr())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ip := src.Addr().Unmap().WithZone("")
+	r.learnLocked(ip, mac)
+	e := r.entryLocked(mac, mac, now)
+	e.rec.noteIP(ip.String())
+	if !local {
+		e.rec.noteBypass("do53", dst.String(), now)
+		if q != nil {
+			r.orig.put(src, q.ID, dst)
+		}
+	}
+	if q != nil {
+		r.observeLocked(e, q, now)
+	}
+}
+
+// ObserveBypass records an attempt to reach an encrypted resolver around
+// the guard (kind dot, doq or doh).
+func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind string) {
+	if mac == "" {
+		return
+	}
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ip := src.Addr().Unmap().WithZone("")
+	r.learnLocked(ip, mac)
+	e := r.entryLocked(mac, mac, now)
+	e.rec.noteIP(ip.String())
+	e.rec.noteBypass(kind, dst.String(), now)
+}
+
+// OrigDst returns where a redirected query from client with the given ID
+// was first sent, if the observer saw it.
+func (r *Registry) OrigDst(client netip.AddrPort, id uint16) (netip.AddrPort, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.orig.get(client, id)
+}
+
+func (r *Registry) isLocal(a netip.Addr) bool {
+	if n := r.opts.Neighbours; n != nil {
+		return n.IsLocal(a)
+	}
+	return false
+}
+
+// Gone marks a device whose neighbour entry disappeared: its next query
+// starts a new boot.
+func (r *Registry) Gone(mac string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.devices[mac]; ok {
+		e.away = true
+	}
+}
+
+func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
+	if q.EDNS {
+		e.rec.EDNSQueries++
+	} else {
+		e.rec.NoEDNSQueries++
+	}
+	// Retransmissions (same question, ID and port) are no evidence.
+	var h maphash.Hash
+	h.SetSeed(r.seed)
+	h.WriteString(q.Name)
+	var b [6]byte
+	b[0], b[1], b[2], b[3], b[4], b[5] = byte(q.ID>>8), byte(q.ID), byte(q.Port>>8), byte(q.Port), byte(q.Type>>8), byte(q.Type)
+	h.Write(b[:])
+	sum := h.Sum64()
+	for i := range e.recent {
+		if e.recent[i] == sum && now.Sub(e.recentAt[i]) < 30*time.Second {
+			e.recentAt[i] = now // a device retrying the same question for long is still retrying
+			return
+		}
+	}
+	e.recent[e.nRecent%len(e.recent)], e.recentAt[e.nRecent%len(e.recent)] = sum, now
+	e.nRecent++
+
+	boot := e.rec.Boots
+	e.ids.Observe(q.ID, boot)
+	if q.Port != 0 {
+		e.ports.Observe(q.Port, boot)
+	}
+	e.rec.Observed++
+	e.ungraded++
+	if e.rec.Observed <= gradeAlways || e.ungraded >= gradeEvery {
+		e.ungraded = 0
+		r.gradeLocked(e, now)
+	}
+}
+
+// gradeLocked moves a device whose IDs or ports are weak to strict
+// policy, and says so once.
+func (r *Registry) gradeLocked(e *entry, now time.Time) {
+	if e.rec.Strict {
+		return
+	}
+	id, port := e.ids.Result(), e.ports.Result()
+	var why string
+	switch {
+	case id.Verdict == entropy.Weak && port.Verdict == entropy.Weak:
+		why = fmt.Sprintf("transaction IDs weak (%s), source ports weak (%s)", id.Reason, port.Reason)
+	case id.Verdict == entropy.Weak:
+		why = fmt.Sprintf("transaction IDs weak (%s)", id.Reason)
+	case port.Verdict == entropy.Weak:
+		why = fmt.Sprintf("source ports weak (%s)", port.Reason)
+	default:
+		return
+	}
+	e.rec.Strict, e.rec.StrictReason, e.rec.StrictSince = true, why, now
+	e.decision = r.cls.Decide(e.rec)
+	r.log.Warn("device moved to the strict class", "device", e.rec.ID, "name", e.rec.Name(), "class", e.decision.Class, "why", why)
+}
+
+// Snapshot returns a copy of every record, estimator state included.
+func (r *Registry) Snapshot() []*Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Record, 0, len(r.devices))
+	for _, e := range r.devices {
+		r.syncStateLocked(e)
+		out = append(out, e.rec.clone())
+	}
+	slices.SortFunc(out, func(a, b *Record) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func (r *Registry) syncStateLocked(e *entry) {
+	if b, err := e.ids.MarshalBinary(); err == nil {
+		e.rec.IDState = b
+	}
+	if b, err := e.ports.MarshalBinary(); err == nil {
+		e.rec.PortState = b
+	}
+}
+
+// Flush writes every changed record in one transaction.
+func (r *Registry) Flush() error {
+	r.mu.Lock()
+	recs := make([]*Record, 0, len(r.dirty))
+	for id := range r.dirty {
+		if e, ok := r.devices[id]; ok {
+			r.syncStateLocked(e)
+			recs = append(recs, e.rec.clone())
+		}
+	}
+	clear(r.dirty)
+	deleted := r.deleted
+	r.deleted = nil
+	r.mu.Unlock()
+	if r.opts.Store == nil {
+		return nil
+	}
+	if err := r.opts.Store.Save(recs, deleted); err != nil {
+		// Keep them dirty for the next batch.
+		r.mu.Lock()
+		for _, rec := range recs {
+			r.dirty[rec.ID] = true
+		}
+		r.deleted = append(r.deleted, deleted...)
+		r.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// Persist copies the store's file to the persistent path.
+func (r *Registry) Persist() error {
+	if r.opts.Store == nil || r.opts.Persist == "" {
+		return nil
+	}
+	return r.opts.Store.CopyTo(r.opts.Persist)
+}
+
+// Run flushes changed records every FlushInterval, copies the file to
+// persistent storage every PersistInterval, and follows the leases file,
+// until ctx is done.
+func (r *Registry) Run(ctx context.Context) {
+	flush := time.NewTicker(r.opts.FlushInterval)
+	defer flush.Stop()
+	var persist <-chan time.Time
+	if r.opts.Persist != "" && r.opts.PersistInterval > 0 {
+		t := time.NewTicker(r.opts.PersistInterval)
+		defer t.Stop()
+		persist = t.C
+	}
+	leases := &leaseFile{path: r.opts.Leases}
+	r.reloadLeases(leases)
+	r.updateExempt()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-flush.C:
+			if err := r.Flush(); err != nil {
+				r.log.Error("writing device records", "err", err)
+			}
+			r.reloadLeases(leases)
+			r.updateExempt()
+		case <-persist:
+			if err := r.Persist(); err != nil {
+				r.log.Error("copying device state to persistent storage", "err", err)
+			}
+		}
+	}
+}
+
+// Close writes the last batch and the persistent copy.
+func (r *Registry) Close() error {
+	err := r.Flush()
+	if perr := r.Persist(); perr != nil && err == nil {
+		err = perr
+	}
+	return err
+}
+
+func (r *Registry) reloadLeases(lf *leaseFile) {
+	if lf.path == "" {
+		return
+	}
+	leases, changed, err := lf.load()
+	if err != nil {
+		r.log.Warn("reading DHCP leases", "err", err)
+		return
+	}
+	if !changed {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.leaseName)
+	for _, l := range leases {
+		mac := macString(l.MAC)
+		if mac == "" {
+			continue
+		}
+		r.learnLocked(l.IP, mac)
+		if l.Name == "" {
+			continue
+		}
+		r.leaseName[mac] = l.Name
+		if e, ok := r.devices[mac]; ok && e.rec.Name() != l.Name {
+			e.rec.noteName(l.Name)
+			e.decision = r.cls.Decide(e.rec)
+			r.dirty[mac] = true
+		}
+	}
+}
+
+// updateExempt tells OnExempt the exempt MACs when they changed: those
+// named in exempt classes and the known devices whose policy exempts them.
+func (r *Registry) updateExempt() {
+	if r.opts.OnExempt == nil {
+		return
+	}
+	set := map[string]bool{}
+	for _, c := range r.opts.Classes {
+		if c.Exempt && !c.Strict {
+			for _, m := range c.MACs {
+				if hw, err := net.ParseMAC(m); err == nil && len(hw) == 6 {
+					set[hw.String()] = true
+				}
+			}
+		}
+	}
+	r.mu.Lock()
+	for _, e := range r.devices {
+		if e.rec.MAC == "" {
+			continue
+		}
+		if e.decision.Exempt {
+			set[e.rec.MAC] = true
+		} else {
+			delete(set, e.rec.MAC) // graded weak: intercepted whatever its class
+		}
+	}
+	r.mu.Unlock()
+	macs := make([]string, 0, len(set))
+	for m := range set {
+		macs = append(macs, m)
+	}
+	slices.Sort(macs)
+	key := fmt.Sprint(macs)
+	if key == r.exempt {
+		return
+	}
+	r.exempt = key
+	hws := make([]net.HardwareAddr, 0, len(macs))
+	for _, m := range macs {
+		hw, _ := net.ParseMAC(m)
+		hws = append(hws, hw)
+	}
+	r.opts.OnExempt(hws)
+}
+
+// origRing remembers the original destination of the last redirected
+// queries, bounded.
+type origRing struct {
+	keys [1024]origKey
+	next int
+	m    map[origKey]netip.AddrPort
+}
+
+type origKey struct {
+	src netip.AddrPort
+	id  uint16
+}
+
+func (o *origRing) put(src netip.AddrPort, id uint16, dst netip.AddrPort) {
+	if o.m == nil {
+		o.m = make(map[origKey]netip.AddrPort, len(o.keys))
+	}
+	k := origKey{netip.AddrPortFrom(src.Addr().Unmap().WithZone(""), src.Port()), id}
+	if _, ok := o.m[k]; !ok {
+		if old := o.keys[o.next]; old.src.IsValid() {
+			delete(o.m, old)
+		}
+		o.keys[o.next] = k
+		o.next = (o.next + 1) % len(o.keys)
+	}
+	o.m[k] = dst
+}
+
+func (o *origRing) get(src netip.AddrPort, id uint16) (netip.AddrPort, bool) {
+	d, ok := o.m[origKey{netip.AddrPortFrom(src.Addr().Unmap().WithZone(""), src.Port()), id}]
+	return d, ok
+}

@@ -1,0 +1,254 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketDevices = []byte("devices")
+	keySchema     = []byte("schema")
+)
+
+// Store is the bbolt file holding device records.
+type Store struct {
+	db   *bolt.DB
+	path string
+	log  *slog.Logger
+}
+
+// ErrLocked means another process (a running guard) holds the file.
+var ErrLocked = errors.New("device: state file is in use by another process")
+
+// OpenStore opens (or creates) the state file at path. When persist is
+// set and path does not exist yet (a router after a reboot: path is in
+// RAM), the persistent copy is restored first. A file that cannot be read,
+// fails bbolt's consistency check or has another schema version is moved
+// aside (path.damaged-TIME) and a fresh one started: the guard runs with
+// no history rather than not at all.
+func OpenStore(path, persist string, log *slog.Logger) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("device: state directory: %w", err)
+	}
+	if persist != "" {
+		if _, err := os.Stat(path); os.IsNotExist(err) {
+			if err := copyFile(persist, path); err == nil {
+				log.Info("state restored from the persistent copy", "from", persist, "to", path)
+			} else if !os.IsNotExist(err) {
+				log.Warn("persistent state copy unreadable; starting fresh", "file", persist, "err", err)
+			}
+		}
+	}
+	db, err := openChecked(path)
+	if errors.Is(err, ErrLocked) {
+		return nil, err
+	}
+	if err != nil {
+		aside := path + ".damaged-" + time.Now().UTC().Format("20060102T150405")
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("device: state file %s damaged (%v) and cannot be moved aside: %w", path, err, rerr)
+		}
+		log.Error("state file damaged; moved aside, starting fresh", "file", path, "moved_to", aside, "err", err)
+		db, err = openChecked(path)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return &Store{db: db, path: path, log: log}, nil
+}
+
+func openChecked(path string) (db *bolt.DB, err error) {
+	defer func() {
+		// bbolt panics on some kinds of corruption; a damaged file must
+		// not take the guard down.
+		if p := recover(); p != nil {
+			if db != nil {
+				db.Close()
+			}
+			db, err = nil, fmt.Errorf("device: state file unreadable: %v", p)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device: open state file: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		var first error
+		for cerr := range tx.Check() { // drained: Check's goroutine sends every error
+			if first == nil {
+				first = cerr
+			}
+		}
+		if first != nil {
+			return fmt.Errorf("consistency check: %w", first)
+		}
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.CreateBucketIfNotExists(bucketDevices); err != nil {
+			return err
+		}
+		v := meta.Get(keySchema)
+		if v == nil {
+			return meta.Put(keySchema, []byte(strconv.Itoa(SchemaVersion)))
+		}
+		if string(v) != strconv.Itoa(SchemaVersion) {
+			return fmt.Errorf("%w: file has %q, guard has %d", ErrSchema, v, SchemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("device: state file: %w", err)
+	}
+	return db, nil
+}
+
+// Load returns every record. Records that do not decode are skipped and
+// logged.
+func (s *Store) Load() ([]*Record, error) {
+	return loadRecords(s.db, s.log)
+}
+
+func loadRecords(db *bolt.DB, log *slog.Logger) ([]*Record, error) {
+	var out []*Record
+	err := db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			r, err := DecodeRecord(v)
+			if err != nil {
+				log.Warn("skipping unreadable device record", "key", string(k), "err", err)
+				return nil
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("device: load: %w", err)
+	}
+	return out, nil
+}
+
+// Save writes records and deletes the IDs in gone, all in one transaction.
+func (s *Store) Save(records []*Record, gone []string) error {
+	if len(records) == 0 && len(gone) == 0 {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		for _, r := range records {
+			v, err := EncodeRecord(r)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(r.ID), v); err != nil {
+				return err
+			}
+		}
+		for _, id := range gone {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("device: save %d records: %w", len(records), err)
+	}
+	return nil
+}
+
+// CopyTo writes a consistent copy of the file to path, through a
+// temporary file and a rename, so path is never half written.
+func (s *Store) CopyTo(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("device: persist directory: %w", err)
+	}
+	tmp := path + ".tmp"
+	err := s.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(tmp, 0o600) })
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("device: copy state to %s: %w", path, err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("device: copy state to %s: %w", path, err)
+	}
+	return nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// ReadRecords reads the records of a state file without writing to it
+// (dnsguard devices while no guard runs). It fails with ErrLocked while a
+// guard holds the file.
+func ReadRecords(path string, log *slog.Logger) ([]*Record, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("device: state file: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device: open state file: %w", err)
+	}
+	defer db.Close()
+	return loadRecords(db, log)
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := to + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, to)
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("device: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("device: sync %s: %w", path, err)
+	}
+	return nil
+}
