@@ -92,7 +92,8 @@ func (s *stream) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 // (RFC 7766 §6.2.2), and a handshake slower than one attempt still
 // serves the next attempt instead of being thrown away. fresh reports a
 // connection dialled for this wait, not one reused.
-func (s *stream) get(ctx context.Context) (c *streamConn, fresh bool, err error) {
+func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
+	fresh := false
 	for {
 		s.mu.Lock()
 		switch {
@@ -100,9 +101,9 @@ func (s *stream) get(ctx context.Context) (c *streamConn, fresh bool, err error)
 			s.mu.Unlock()
 			return nil, false, net.ErrClosed
 		case s.conn != nil && !s.conn.isDead():
-			c := s.conn
+			conn := s.conn
 			s.mu.Unlock()
-			return c, fresh, nil
+			return conn, fresh, nil
 		case s.dialing == nil:
 			s.dialing = s.dial()
 		}

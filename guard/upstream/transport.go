@@ -27,7 +27,7 @@ type Transport interface {
 // Counters are the per-upstream counts kept for metrics and tests.
 type Counters struct {
 	Queries    atomic.Uint64 // queries sent (attempts, including TCP retries)
-	Failures   atomic.Uint64 // attempts that got no usable answer
+	Failures   atomic.Uint64 // attempts that got no answer (counted by the Pool)
 	Mismatches atomic.Uint64 // responses dropped for not matching (RFC 5452 §9.1)
 	Flood      atomic.Uint64 // further copies after the accepted answer
 	Refused    atomic.Uint64 // answers the pool's Check refused
