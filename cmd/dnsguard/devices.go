@@ -2,11 +2,154 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/policy"
 )
 
-// cmdDevices is being built (see the open issue); it fails loudly until then.
+const devicesUsage = `usage: dnsguard devices [--json] [--state FILE] [--config FILE]
+
+Prints the device table: name, MAC, addresses, queries, bypass attempts,
+the transaction-ID and source-port verdicts (with the study's sigma), and
+the columns of the study's Table I as the guard grades them live
+(x vulnerable, ok not, - not gradable from live traffic). It asks the
+running guard (the socket beside the state file) and reads the state file
+itself when no guard runs.
+
+flags:
+`
+
 func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("devices: not built yet")
+	fs := flag.NewFlagSet("devices", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, devicesUsage); fs.PrintDefaults() }
+	asJSON := fs.Bool("json", false, "print JSON for scripts")
+	state := fs.String("state", "", "state `FILE` (default: the config's state_file)")
+	config := fs.String("config", "", "config `FILE` (for the state file and the classes); default: embedded")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "devices: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	cfg, err := policy.Load(*config)
+	if err != nil {
+		return err
+	}
+	if *state != "" {
+		cfg.State.File = *state
+	}
+	views, err := loadViews(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(views)
+	}
+	return printDevices(stdout, views)
+}
+
+// loadViews asks the running guard, else reads the state file.
+func loadViews(ctx context.Context, cfg *policy.Config) ([]device.View, error) {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	views, err := device.FetchViews(cctx, device.ControlPath(cfg.State.File))
+	if err == nil {
+		return views, nil
+	}
+	recs, rerr := device.ReadRecords(cfg.State.File, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if rerr != nil {
+		if errors.Is(rerr, device.ErrLocked) {
+			return nil, fmt.Errorf("devices: a guard holds %s but does not answer on its socket (%v)", cfg.State.File, err)
+		}
+		return nil, fmt.Errorf("devices: %w", rerr)
+	}
+	cls := device.NewClassifier(cfg.Classes)
+	views = make([]device.View, 0, len(recs))
+	for _, r := range recs {
+		views = append(views, device.ViewOf(r, cls))
+	}
+	return views, nil
+}
+
+func printDevices(w io.Writer, views []device.View) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tMAC\tIP\tCLASS\tQUERIES\tREFUSED\tLIMITED\tBYPASS\tTXID\tPORT\tEDNS\tSECURE\tRPORT\tRID\tCONSIST\tMODRR\tFTTL\tDOS\tHARDCODED")
+	for _, v := range views {
+		name := v.Name
+		if name == "" {
+			name = "-"
+		}
+		mac := v.MAC
+		if mac == "" {
+			mac = "-"
+		}
+		ip := "-"
+		if len(v.IPs) > 0 {
+			ip = v.IPs[0]
+		}
+		class := v.Class
+		if class == "" {
+			class = "-"
+		}
+		if v.Exempt {
+			class += "(exempt)"
+		}
+		t := v.TableI
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			name, mac, ip, class, v.Queries, v.Refused, v.RateLimited, v.BypassTotal,
+			gradeText(v.TXID), gradeText(v.Port), v.EDNS,
+			t.SecureDNS, t.RandomPort, t.RandomID, t.QueryConsist, t.ModifiedRR, t.ForgedTTL, t.DoSResilience, t.HardCodedResol)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The attempts, one line each, under the table.
+	for _, v := range views {
+		for _, a := range v.Bypass {
+			who := v.Name
+			if who == "" {
+				who = v.ID
+			}
+			fmt.Fprintf(w, "bypass: %s %s %s x%d (last %s)\n", who, a.Kind, a.Target, a.Count, a.Last.UTC().Format(time.RFC3339))
+		}
+		if v.StrictReason != "" {
+			fmt.Fprintf(w, "strict: %s: %s\n", orDash(v.Name, v.ID), v.StrictReason)
+		}
+	}
+	return nil
+}
+
+// gradeText is "weak(counter) s=18900" style: the verdict, then the
+// study's sigma beside it.
+func gradeText(g device.Grade) string {
+	var b strings.Builder
+	b.WriteString(g.Verdict)
+	if g.Reason != "" {
+		b.WriteString("(" + g.Reason + ")")
+	}
+	if g.N > 0 {
+		b.WriteString(" s=" + strconv.FormatFloat(g.Sigma, 'f', 0, 64))
+	}
+	return b.String()
+}
+
+func orDash(s, alt string) string {
+	if s != "" {
+		return s
+	}
+	return alt
 }

@@ -50,6 +50,10 @@ const (
 	RateLimited
 )
 
+// LocalID is the identity of queries from the router itself (the guard's
+// own lookups, local services); they are not device records.
+const LocalID = "local"
+
 // silenceIsReboot: a device silent this long is taken to have restarted
 // (for the across-boots estimators) even if its neighbour entry stayed.
 const silenceIsReboot = 30 * time.Minute
@@ -237,6 +241,9 @@ func mergeRecords(dst, src *Record) {
 // known is kept under its address until the MAC is learned.
 func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name string) {
 	client = client.Unmap().WithZone("")
+	if client.IsLoopback() || r.isLocal(client) {
+		return LocalID, "", Decision{}, "router"
+	}
 	mac, _ = r.MAC(client)
 	now := r.opts.Now()
 	r.mu.Lock()

@@ -34,6 +34,9 @@ const negativeTTL = 3600
 func Stage() stage.Middleware {
 	return func(next stage.Handler) stage.Handler {
 		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+			if req.Q.Opcode != dns.OpcodeQuery {
+				return next.ServeDNS(ctx, req)
+			}
 			name := dnswire.NameString(req.Q.Name)
 			if zone, ok := under(name, resolverArpa); ok {
 				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone)})

@@ -1,0 +1,103 @@
+package device
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// Views returns the device table of the running registry.
+func (r *Registry) Views() []View {
+	recs := r.Snapshot()
+	out := make([]View, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, ViewOf(rec, r.cls))
+	}
+	return out
+}
+
+// ControlPath is where the running guard serves its device table: a unix
+// socket beside the state file.
+func ControlPath(stateFile string) string { return stateFile + ".sock" }
+
+// Control serves the device table as JSON on a unix socket (GET /devices),
+// for `dnsguard devices` while the guard holds the state file.
+type Control struct {
+	srv  *http.Server
+	ln   net.Listener
+	path string
+}
+
+// ServeControl starts serving reg's table on the unix socket at path,
+// replacing a stale socket left by a guard that was killed.
+func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("device: control socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("device: control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("device: control socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(reg.Views()); err != nil {
+			log.Debug("control: writing device table", "err", err)
+		}
+	})
+	c := &Control{
+		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
+		ln:   ln,
+		path: path,
+	}
+	go func() {
+		if err := c.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("control socket stopped", "err", err)
+		}
+	}()
+	return c, nil
+}
+
+// Close stops serving and removes the socket.
+func (c *Control) Close(ctx context.Context) error {
+	err := c.srv.Shutdown(ctx)
+	os.Remove(c.path)
+	return err
+}
+
+// FetchViews asks a running guard for its device table.
+func FetchViews(ctx context.Context, path string) ([]View, error) {
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsguard/devices", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
+	}
+	var views []View
+	if err := json.NewDecoder(resp.Body).Decode(&views); err != nil {
+		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	return views, nil
+}
