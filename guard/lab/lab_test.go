@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/emulate"
 	"github.com/miekg/dns"
 )
 
@@ -347,5 +348,55 @@ func TestTransports(t *testing.T) {
 	tr := snap.Clients[0].Transports
 	if tr["udp"] != 1 || tr["tcp"] != 1 || tr["dot"] != 1 || tr["doh"] != 1 {
 		t.Errorf("transports %v", tr)
+	}
+}
+
+// TestForgedAddressUse points the forged A record at the lab's own probe
+// and lets an emulated device that uses what it is told resolve a name:
+// the record shows the use, and the report marks the device.
+func TestForgedAddressUse(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := DefaultForgery()
+	f.A = netip.MustParseAddr("127.0.0.1")
+	s, _ := ParseSchedule("forged-a")
+	l := New(Config{Schedule: s, Forgery: f})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go l.ServeUDP(ctx, pc)
+	go l.ServeProbe(ctx, probe)
+
+	p, _ := emulate.ProfileByName("random")
+	d := emulate.New(emulate.Config{Profile: p, Target: pc.LocalAddr().(*net.UDPAddr).AddrPort(),
+		Local: netip.MustParseAddr("127.0.0.44"), UsePort: uint16(probe.Addr().(*net.TCPAddr).Port)})
+	defer d.Close()
+	for i := 0; i < 3; i++ {
+		ex := d.Query(ctx, "shop.lab.example.", dns.TypeA)
+		if ex.Failed() || !ex.Used {
+			t.Fatalf("exchange %d: %+v", i, ex)
+		}
+	}
+	// The probe records a connection when it accepts it, after the dial
+	// returned: wait for the three.
+	var used int
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if c := l.Snapshot().Client("127.0.0.44"); c != nil {
+			if used = c.Experiments["forged-a"].Used; used == 3 {
+				break
+			}
+		}
+	}
+	if used != 3 {
+		t.Fatalf("probe saw %d uses, want 3", used)
+	}
+	g := Grades(l.Snapshot())[0]
+	if !g.ModifiedRR.Known || !g.ModifiedRR.Vulnerable || !strings.Contains(g.ModifiedRR.Figures, "used the forged address 3 times") {
+		t.Errorf("modified RR %s: %s", g.ModifiedRR, g.ModifiedRR.Figures)
 	}
 }
