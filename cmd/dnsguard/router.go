@@ -202,7 +202,7 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		var d net.Dialer
 		return d.DialContext(ctx, network, server.String())
 	}}
-	wait := 2 * time.Second // the listener starts after the router side
+	wait := time.Second // the listener starts after the router side
 	for {
 		select {
 		case <-ctx.Done():
@@ -227,9 +227,13 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		} else {
 			log.Info("DoH endpoints blocked", "addresses", len(addrs), "hosts", len(ic.DoHHosts), "unresolved", failed)
 		}
-		wait = dohRefreshEvery
-		if failed == len(ic.DoHHosts) {
-			wait = time.Minute // upstreams not there yet: try again soon
+		switch {
+		case failed == 0:
+			wait = dohRefreshEvery
+		case wait < time.Minute:
+			wait *= 2 // the listener or the upstreams are not there yet: try again soon
+		default:
+			wait = time.Minute
 		}
 	}
 }
