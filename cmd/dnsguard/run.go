@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -90,7 +87,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.state, "state", "", "per-device state `FILE` (bbolt)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.BoolVar(&f.check, "check", false, "check the config and exit")
-	fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
+	if profilesBuilt {
+		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -189,19 +188,4 @@ func parseLevel(s string) slog.Level {
 		return slog.LevelInfo
 	}
 	return l
-}
-
-// serveProfiles serves net/http/pprof on addr until the returned stop.
-func serveProfiles(addr string) (func(), error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("pprof: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(l)
-	return func() { srv.Close() }, nil
 }
