@@ -46,7 +46,7 @@ type Auditor struct {
 	log      *slog.Logger
 	only     map[string]bool // normalised device keys, when filtering
 	devices  map[string]*device
-	order    []string          // device keys in order of first query
+	order    []string              // device keys in order of first query
 	byIP     map[netip.Addr]string // device key by address, for answers without a MAC
 	hosts    map[[6]byte]netip.Addr
 	answered map[netip.Addr]int // addresses that answered DNS: resolvers

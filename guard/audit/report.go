@@ -407,7 +407,9 @@ func (d *device) periodic() []Periodic {
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Repeats > out[j].Repeats || out[i].Repeats == out[j].Repeats && out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Repeats > out[j].Repeats || out[i].Repeats == out[j].Repeats && out[i].Name < out[j].Name
+	})
 	if len(out) > 5 {
 		out = out[:5]
 	}
