@@ -367,3 +367,22 @@ func TestIdentifyStage(t *testing.T) {
 		t.Errorf("counts q=%d rl=%d refused=%d", r.Queries, r.RateLimited, r.Refused)
 	}
 }
+
+func TestRegistrySameQueryEveryBootCounts(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	mac := "20:f8:5e:ca:91:52"
+	src := netip.MustParseAddrPort("10.0.0.2:59904")
+	for range 20 { // Aria: one query per boot, ID 1 from port 59904
+		reg.ObserveQuery(mac, src, netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 1, Port: 59904, Name: "www.fitbit.com.", Type: 1})
+		clk.add(time.Second)
+		reg.Gone(mac)
+	}
+	r := reg.Snapshot()[0]
+	if r.Observed != 20 || r.Boots != 19 {
+		t.Fatalf("observed %d in %d boots, want 20 in 19", r.Observed, r.Boots)
+	}
+	if v := ViewOf(r, nil); v.TXID.Verdict != "weak" || v.Port.Verdict != "weak" {
+		t.Errorf("Aria graded id=%s port=%s", v.TXID.Verdict, v.Port.Verdict)
+	}
+}

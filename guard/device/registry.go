@@ -168,6 +168,8 @@ func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
 	if e.away {
 		e.away = false
 		e.rec.Boots++
+		e.nRecent = 0 // a query repeated after a reboot is not a retransmission
+		clear(e.recent[:])
 	}
 	e.rec.LastSeen = now
 	r.dirty[id] = true
