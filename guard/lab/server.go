@@ -113,11 +113,16 @@ func (l *Lab) Respond(raw []byte, client netip.AddrPort, transport string) [][]b
 	}
 	msgs := e.Apply(q, l.zone.Answer(q), l.forgery)
 	var out [][]byte
+	packed := map[*dns.Msg][]byte{} // a flood sends one message N times
 	for _, m := range msgs {
-		b, err := m.Pack()
-		if err != nil {
-			l.log.Warn("lab: cannot pack answer", "experiment", e.String(), "err", err)
-			continue
+		b, ok := packed[m]
+		if !ok {
+			var err error
+			if b, err = m.Pack(); err != nil {
+				l.log.Warn("lab: cannot pack answer", "experiment", e.String(), "err", err)
+				continue
+			}
+			packed[m] = b
 		}
 		out = append(out, b)
 	}
