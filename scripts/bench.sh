@@ -16,10 +16,12 @@
 # Per server and run (medians of BENCH_RUNS runs are reported):
 #   hit qps       dnsperf over BENCH_HIT_NAMES names after a warm-up
 #   miss qps      dnsperf over unique names (never repeated) answered NXDOMAIN
-#   cpu/hit, cpu/miss  server utime+stime (/proc/PID/stat) / queries answered
+#   cpu/hit, cpu/miss  server utime+stime (/proc/PID/stat) / queries answered,
+#                 also shown split into user and system time
 #   hit avg, p99  latency under full hit load (separate dnsperf -v pass)
 #   2k avg, p99   latency at a steady 2,000 queries/s (-Q 2000), hits and misses
 #   rss, hwm      VmRSS and VmHWM of a fresh instance after 100,000 unique names
+#   noise         CPU time on the server's core not spent by the server
 #
 # Environment:
 #   BENCH_RUNS=5  BENCH_SECONDS=5  BENCH_SERVERS="dnsguard dnsmasq unbound dnsdist"
@@ -28,16 +30,18 @@
 #   BENCH_CACHE_ENTRIES=20000  BENCH_CACHE_BYTES=8M   every server's cache size
 #                               (the guard's shipped defaults; peers sized alike)
 #   BENCH_HIT_NAMES=100  BENCH_MEM_NAMES=100000
-#   BENCH_NICE=-10       niceness of servers, upstream and dnsperf (0: as is), so
-#                        other work on a shared machine disturbs less
+#   BENCH_SCHED=rr       how servers, upstream and dnsperf are scheduled, so other
+#                        work on a shared machine disturbs the figures less:
+#                        rr (SCHED_RR priority 10, needs root), nice
+#                        (BENCH_NICE=-10), none
 #   BENCH_MAX_LOST=0     lost queries tolerated per phase before failing
 #   BENCH_KEEP=1         keep the work dir (configs, dnsperf logs, results)
 #   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree
 #   BENCH_OUT=DIR        where --profile writes (default /tmp/dnsguard-profile)
 #
 # Needs (Debian): golang (or Go in /usr/local/go), dnsperf, dnsmasq-base,
-# unbound, dnsdist, util-linux (taskset); linux-perf for --profile when the
-# guard has no --cpuprofile flag.
+# unbound, dnsdist, util-linux (taskset); curl for --profile (linux-perf when
+# the guard has no --pprof flag).
 set -euo pipefail
 
 RUNS=${BENCH_RUNS:-5}
@@ -54,6 +58,7 @@ CACHE_BYTES=${BENCH_CACHE_BYTES:-8M}
 HIT_NAMES=${BENCH_HIT_NAMES:-100}
 MEM_NAMES=${BENCH_MEM_NAMES:-100000}
 MAX_LOST=${BENCH_MAX_LOST:-0}
+SCHED=${BENCH_SCHED:-rr}
 NICE=${BENCH_NICE:--10}
 STEADY_QPS=2000
 PROFILE=0
@@ -76,7 +81,7 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 case " $SERVERS " in *" dnsguard "*) ;; *) die "BENCH_SERVERS must include dnsguard" ;; esac
 
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
-need=(go dnsperf unbound taskset awk sort)
+need=(go dnsperf unbound taskset chrt awk sort)
 for s in $SERVERS; do
 	case $s in
 	dnsguard | unbound) ;;
@@ -91,13 +96,22 @@ ncpu=$(nproc --all)
 ((SERVER_CPU < ncpu && CLIENT_CPU < ncpu)) || die "CPUs $SERVER_CPU/$CLIENT_CPU not present ($ncpu CPUs)"
 [[ $SERVER_CPU != "$CLIENT_CPU" ]] || die "server and client must be on different CPUs"
 
-[[ $NICE =~ ^-?[0-9]+$ ]] || die "BENCH_NICE must be an integer"
 PIN_SERVER=(taskset -c "$SERVER_CPU")
 PIN_CLIENT=(taskset -c "$CLIENT_CPU")
-if ((NICE != 0)); then
+case $SCHED in
+rr)
+	chrt -r 10 true 2>/dev/null || die "chrt -r 10 failed (not root?); try BENCH_SCHED=nice"
+	PIN_SERVER=(chrt -r 10 "${PIN_SERVER[@]}")
+	PIN_CLIENT=(chrt -r 10 "${PIN_CLIENT[@]}")
+	;;
+nice)
+	[[ $NICE =~ ^-?[0-9]+$ ]] || die "BENCH_NICE must be an integer"
 	PIN_SERVER=(nice -n "$NICE" "${PIN_SERVER[@]}")
 	PIN_CLIENT=(nice -n "$NICE" "${PIN_CLIENT[@]}")
-fi
+	;;
+none) ;;
+*) die "BENCH_SCHED must be rr, nice or none" ;;
+esac
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/dnsguard-bench.XXXXXX)
@@ -328,13 +342,26 @@ wait_ready() {
 	die "$name on port $port does not answer h1.hit.bench with NOERROR (last: $rc)"
 }
 
-cpu_ticks() { # utime+stime of all threads of PID
+cpu_ticks() { # "utime stime" of all threads of PID, in clock ticks
 	local stat f
 	stat=$(<"/proc/$1/stat")
 	stat=${stat##*) }
 	read -r -a f <<<"$stat"
-	echo $((f[11] + f[12]))
+	echo "${f[11]} ${f[12]}"
 }
+
+# record_cpu NAME RUN WHAT "U0 S0" "U1 S1" QUERIES: CPU microseconds per
+# query, in all and split into user and system (kernel) time.
+record_cpu() {
+	local u0 s0 u1 s1
+	read -r u0 s0 <<<"$4"
+	read -r u1 s1 <<<"$5"
+	record "$1" "$2" "cpu_$3" "$(per_query $((u1 - u0 + s1 - s0)) "$6")"
+	record "$1" "$2" "usr_$3" "$(per_query $((u1 - u0)) "$6")"
+	record "$1" "$2" "sys_$3" "$(per_query $((s1 - s0)) "$6")"
+}
+
+per_query() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }'; }
 
 core_busy() { # busy ticks of SERVER_CPU since boot
 	awk -v c="cpu$SERVER_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
@@ -398,9 +425,11 @@ measure() {
 	dnsperf_phase "$tag.hit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE"
 	t1=$(cpu_ticks "$pid") b1=$(core_busy) e1=$(date +%s%N)
 	record "$name" "$run" hit_qps "$DP_QPS"
-	record "$name" "$run" cpu_hit "$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$DP_DONE" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+	record_cpu "$name" "$run" hit "$t0" "$t1" "$DP_DONE"
 	# other work on the server's core during the hit phase, in % of the core
-	record "$name" "$run" noise "$(awk -v b=$((b1 - b0 - (t1 - t0))) -v hz="$CLK_TCK" -v ns=$((e1 - e0)) 'BEGIN { x = b / hz / (ns / 1e9) * 100; printf "%.1f", (x < 0 ? 0 : x) }')"
+	local used
+	used=$(awk -v a="$t0" -v b="$t1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] + y[2] - x[1] - x[2] }')
+	record "$name" "$run" noise "$(awk -v b=$((b1 - b0 - used)) -v hz="$CLK_TCK" -v ns=$((e1 - e0)) 'BEGIN { x = b / hz / (ns / 1e9) * 100; printf "%.1f", (x < 0 ? 0 : x) }')"
 
 	# (d) latency under full hit load (per-query output costs dnsperf
 	# some speed, hence its own pass)
@@ -420,7 +449,7 @@ measure() {
 	dnsperf_phase "$tag.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$SECONDS_PER_PHASE"
 	t1=$(cpu_ticks "$pid")
 	record "$name" "$run" miss_qps "$DP_QPS"
-	record "$name" "$run" cpu_miss "$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$DP_DONE" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
+	record_cpu "$name" "$run" miss "$t0" "$t1" "$DP_DONE"
 	((DP_DONE < MISS_NAMES)) || die "$tag.miss: ran out of unique names; raise MISS_NAMES"
 
 	# (e) steady 2,000 queries/s: misses
@@ -452,56 +481,68 @@ start_upstream() {
 
 # ---- profile mode ------------------------------------------------------
 
+# With a guard that has `run --pprof ADDR`, CPU profiles are taken over
+# HTTP (go tool pprof reads them); otherwise perf samples the process.
 profile() {
-	local out=${BENCH_OUT:-/tmp/dnsguard-profile} phase pid
+	local out=${BENCH_OUT:-/tmp/dnsguard-profile} phase pid bg
+	local pprof_addr=127.0.0.1:$((UP_PORT + 2)) use_pprof=0
 	mkdir -p "$out"
-	local flag=0
-	if "$GUARD" run -h 2>&1 | grep -q -- '-cpuprofile'; then flag=1; fi
-	if ((!flag)) && ! command -v perf >/dev/null; then
-		die "the guard has no --cpuprofile flag and perf is not installed (apt-get install linux-perf)"
+	if "$GUARD" run -h 2>&1 | grep -q -- '-pprof'; then
+		use_pprof=1
+		command -v curl >/dev/null || die "curl not found (apt-get install curl)"
+		GUARD_EXTRA=(--pprof "$pprof_addr")
+	elif ! command -v perf >/dev/null; then
+		die "the guard has no --pprof flag and perf is not installed (apt-get install linux-perf)"
 	fi
+	local secs=$((SECONDS_PER_PHASE * 2))
 	for phase in hit miss; do
-		GUARD_EXTRA=()
-		((flag)) && GUARD_EXTRA=(--cpuprofile "$out/$phase.pprof")
 		start_server dnsguard "profile.$phase"
 		pid=$SRV_PID
 		dnsperf_phase "profile.$phase.warm" NOERROR -d "$WORK/hit.txt" -l 1
-		local perfpid=
-		if ((!flag)); then
-			taskset -c "$CLIENT_CPU" perf record -q -F 2999 -g -p "$pid" -o "$out/$phase.perf.data" -- sleep "$((SECONDS_PER_PHASE * 2))" >"$WORK/logs/perf.$phase.log" 2>&1 &
-			perfpid=$!
-			PIDS+=("$perfpid")
-			sleep 0.3
-		fi
-		if [[ $phase == hit ]]; then
-			dnsperf_phase "profile.hit" NOERROR -d "$WORK/hit.txt" -l "$((SECONDS_PER_PHASE * 2))"
+		rm -f "$out/$phase.pprof" "$out/$phase.perf.data"
+		if ((use_pprof)); then
+			"${PIN_CLIENT[@]}" curl -sf -o "$out/$phase.pprof" "http://$pprof_addr/debug/pprof/profile?seconds=$secs" &
 		else
-			dnsperf_phase "profile.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$((SECONDS_PER_PHASE * 2))"
+			"${PIN_CLIENT[@]}" perf record -q -F 2999 -g -p "$pid" -o "$out/$phase.perf.data" -- sleep "$secs" >"$WORK/logs/perf.$phase.log" 2>&1 &
 		fi
-		log "$phase: $DP_QPS queries/s"
-		if [[ -n $perfpid ]]; then
-			wait "$perfpid" || true
-			forget_pid "$perfpid"
+		bg=$!
+		PIDS+=("$bg")
+		sleep 0.2
+		if [[ $phase == hit ]]; then
+			dnsperf_phase "profile.hit" NOERROR -d "$WORK/hit.txt" -l "$((secs + 1))"
+		else
+			dnsperf_phase "profile.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$((secs + 1))"
+		fi
+		wait "$bg" || die "profiling $phase failed"
+		forget_pid "$bg"
+		if ((use_pprof)) && [[ $phase == miss ]]; then
+			# what the cache holds after the miss load, for the memory figure
+			curl -sf -o "$out/heap.pprof" "http://$pprof_addr/debug/pprof/heap" || true
 		fi
 		stop_server "$pid"
 		echo
-		echo "=== dnsguard CPU profile, cache $phase load ($DP_QPS q/s) ==="
-		if ((flag)); then
-			go tool pprof -top -nodecount=40 "$GUARD" "$out/$phase.pprof" 2>/dev/null | sed -n '1,50p'
+		echo "=== dnsguard CPU profile under cache-$phase load ($DP_QPS q/s, cpu profile over $secs s) ==="
+		if ((use_pprof)); then
+			go tool pprof -top -nodecount=45 "$GUARD" "$out/$phase.pprof" 2>/dev/null
 			echo "--- cumulative ---"
-			go tool pprof -top -cum -nodecount=30 "$GUARD" "$out/$phase.pprof" 2>/dev/null | sed -n '6,40p'
+			go tool pprof -top -cum -nodecount=45 "$GUARD" "$out/$phase.pprof" 2>/dev/null | sed -n '6,$p'
 		else
 			perf report -i "$out/$phase.perf.data" --stdio --no-children --sort symbol --percent-limit 0.7 2>/dev/null |
-				grep -E '^ +[0-9.]+%' | head -40
+				grep -E '^ +[0-9.]+%' | head -45
 			echo "--- cumulative (children) ---"
 			perf report -i "$out/$phase.perf.data" --stdio --children --sort symbol --percent-limit 3 2>/dev/null |
-				grep -E '^ +[0-9.]+% +[0-9.]+%' | head -40
+				grep -E '^ +[0-9.]+% +[0-9.]+%' | head -45
 		fi
 	done
+	if [[ -s $out/heap.pprof ]]; then
+		echo
+		echo "=== dnsguard heap in use after the miss load ==="
+		go tool pprof -top -sample_index=inuse_space -nodecount=20 "$GUARD" "$out/heap.pprof" 2>/dev/null
+	fi
 	cp "$GUARD" "$out/dnsguard"
 	echo
-	echo "profiles and binary in $out"
-	if ((flag)); then
+	echo "profiles and the binary they belong to are in $out, e.g."
+	if ((use_pprof)); then
 		echo "  go tool pprof -top $out/dnsguard $out/hit.pprof"
 	else
 		echo "  perf report -i $out/hit.perf.data"
@@ -543,8 +584,13 @@ table() {
 			}
 			printf " %11s\n", ""
 		}
+		printf "\nCPU per query split, microseconds (user + system = total):\n"
+		printf "%-16s %11s %11s %11s %11s\n", "server", "hit usr", "hit sys", "miss usr", "miss sys"
+		for (i = 1; i <= ns; i++)
+			printf "%-16s %11.1f %11.1f %11.1f %11.1f\n", s[i], median(s[i] SUBSEP "usr_hit"), median(s[i] SUBSEP "sys_hit"), median(s[i] SUBSEP "usr_miss"), median(s[i] SUBSEP "sys_miss")
 		printf "\nmedians of %d runs; ratios are guard/peer (q/s: higher is better; cpu, latency, memory: lower is better)\n", runs
-		printf "noise %%: other work on the server core during the hit phase (neighbours, softirq), in %% of the core\n"
+		printf "noise %%: time on the server core not charged to the server during the hit phase\n"
+		printf "         (other processes, interrupts), in %% of the core; high values make the figures suspect\n"
 		# the targets of issue 2
 		printf "\ntargets (issue 2):\n"
 		g = med["dnsguard", "cpu_hit"]
@@ -580,7 +626,7 @@ done
 echo
 echo "dnsguard benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "dnsguard $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'); $(dnsmasq --version 2>/dev/null | head -1 | awk '{print "dnsmasq " $3}'); unbound $(unbound -V 2>/dev/null | awk '/^Version/ {print $2}'); $(dnsdist --version 2>/dev/null | awk 'NR == 1 {print $1, $2}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf " $2}')"
-echo "dnsperf -c $CLIENTS -q $OUTSTANDING, $SECONDS_PER_PHASE s per phase, nice $NICE; $HIT_NAMES hit names; cache $CACHE_ENTRIES entries / $CACHE_BYTES each"
+echo "dnsperf -c $CLIENTS -q $OUTSTANDING, $SECONDS_PER_PHASE s per phase, scheduling $SCHED; $HIT_NAMES hit names; cache $CACHE_ENTRIES entries / $CACHE_BYTES each"
 echo
 table
 cp "$RESULTS" "${BENCH_RESULTS:-/tmp/dnsguard-bench-results.tsv}"
