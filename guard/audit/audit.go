@@ -25,8 +25,9 @@ import (
 
 // Limits that keep memory bounded.
 const (
-	maxDevices = 4096 // DNS clients analysed in full
+	maxDevices = 2048 // DNS clients analysed in full
 	maxHosts   = 65536
+	nameBudget = 1 << 18 // distinct names counted exactly, over all devices
 )
 
 // Options configure an Auditor.
@@ -54,6 +55,7 @@ type Auditor struct {
 	files    []FileStat
 	tcp      *capture.Reassembler
 	dropped  int // devices beyond maxDevices
+	names    int // what is left of nameBudget
 
 	msg   message // scratch
 	frame capture.Frame
@@ -70,6 +72,7 @@ func New(opts Options) (*Auditor, error) {
 		answered: make(map[netip.Addr]int),
 		dhcpDNS:  make(map[netip.Addr]bool),
 		tcp:      capture.NewReassembler(),
+		names:    nameBudget,
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -283,7 +286,7 @@ func (a *Auditor) dns(f *capture.Frame, payload []byte, t int64, boot uint32, tc
 	switch {
 	case !m.response && f.DstPort == 53:
 		if d := a.device(f); d != nil {
-			d.query(m, f, t, boot, tcp, len(payload))
+			d.query(m, f, t, boot, tcp, len(payload), &a.names)
 		}
 	case m.response && f.SrcPort == 53:
 		a.answered[f.Src.Unmap()]++

@@ -14,8 +14,8 @@ import (
 
 // Per-device bounds.
 const (
-	maxQuestions = 4096 // questions remembered (two generations of this many)
-	maxNames     = 8192 // distinct names counted exactly
+	maxQuestions = 512  // questions remembered (two generations of this many)
+	maxNames     = 4096 // distinct names counted exactly (also bounded by the auditor's budget)
 	topNames     = 16
 	maxIPs       = 8
 	maxResolvers = 32
@@ -50,10 +50,15 @@ type device struct {
 	hasMAC bool
 	ips    []netip.Addr
 
-	queries, responses   int
-	tcpQueries           int
-	first, last          int64
-	lastQuery            int64
+	queries, responses int
+	tcpQueries         int
+	first, last        int64
+	lastQuery          int64
+	// Activity time: captures are boots, often far apart; rates and plots
+	// use the time the device was seen active, boot after boot.
+	boot                 uint32
+	bootFirst, bootLast  int64
+	active               int64   // of the boots before the current one
 	intervals            [26]int // log2 buckets of ms; [0] < 1 ms
 	qtypes, rtypes       map[uint16]int
 	rcodes               map[uint8]int
@@ -86,12 +91,11 @@ type device struct {
 	scatter   []point
 	seen      int
 	rate      []int
-	rateStart int64
 	rateWidth int64
 }
 
 type point struct {
-	T    float64 `json:"t"` // seconds since the device's first query
+	T    float64 `json:"t"` // seconds of activity since the device's first query
 	ID   uint16  `json:"id"`
 	Port uint16  `json:"port"`
 }
@@ -156,7 +160,26 @@ func (d *device) lookup(k qkey, create bool) *question {
 	return q
 }
 
-func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp bool, size int) {
+// timeline maps capture time to activity time (ns since the device's
+// first query, leaving out the gaps between boots).
+func (d *device) timeline(t int64, boot uint32) int64 {
+	if d.queries == 0 || boot != d.boot {
+		if d.queries > 0 {
+			d.active += d.bootLast - d.bootFirst
+		}
+		d.boot, d.bootFirst, d.bootLast, d.lastQuery = boot, t, t, 0
+	}
+	if t > d.bootLast {
+		d.bootLast = t
+	}
+	return d.active + max(t-d.bootFirst, 0)
+}
+
+// activeNs is how long the device was seen querying, over all boots.
+func (d *device) activeNs() int64 { return d.active + d.bootLast - d.bootFirst }
+
+func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp bool, size int, names *int) {
+	tl := d.timeline(t, boot)
 	d.queries++
 	if tcp {
 		d.tcpQueries++
@@ -179,13 +202,16 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 		}
 	}
 	name := string(m.name)
-	if _, ok := d.names[name]; ok || len(d.names) < maxNames {
+	if _, ok := d.names[name]; ok {
 		d.names[name]++
+	} else if len(d.names) < maxNames && *names > 0 {
+		d.names[name] = 1
+		*names--
 	} else {
 		d.namesOverflow = true
 	}
 	d.top.add(name)
-	d.plotRate(t)
+	d.plotRate(tl)
 	d.burst(t)
 
 	q := d.lookup(qkey{name, m.qtype}, true)
@@ -217,7 +243,7 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 		if !tcp {
 			d.port.Observe(f.SrcPort, boot)
 		}
-		d.plotPoint(t, m.id, f.SrcPort)
+		d.plotPoint(tl, m.id, f.SrcPort)
 	}
 	q.id, q.port, q.boot, q.last, q.answered = m.id, f.SrcPort, boot, t, false
 }
@@ -299,16 +325,10 @@ func (d *device) burst(t int64) {
 	}
 }
 
-// plotRate counts queries in time buckets, doubling the bucket width
-// when the timeline outgrows rateBuckets.
+// plotRate counts queries in buckets of activity time, doubling the
+// bucket width when the timeline outgrows rateBuckets.
 func (d *device) plotRate(t int64) {
-	if d.rate == nil {
-		d.rateStart = t
-	}
-	if t < d.rateStart {
-		return // out-of-order capture files: not plotted
-	}
-	i := int((t - d.rateStart) / d.rateWidth)
+	i := int(t / d.rateWidth)
 	for i >= rateBuckets {
 		merged := make([]int, (len(d.rate)+1)/2, rateBuckets)
 		for j, n := range d.rate {
@@ -316,7 +336,7 @@ func (d *device) plotRate(t int64) {
 		}
 		d.rate = merged
 		d.rateWidth *= 2
-		i = int((t - d.rateStart) / d.rateWidth)
+		i = int(t / d.rateWidth)
 	}
 	for len(d.rate) <= i {
 		d.rate = append(d.rate, 0)
@@ -327,7 +347,7 @@ func (d *device) plotRate(t int64) {
 // plotPoint keeps a uniform sample of (time, ID, port) (reservoir sampling).
 func (d *device) plotPoint(t int64, id, port uint16) {
 	d.seen++
-	p := point{T: float64(t-d.rateStart) / 1e9, ID: id, Port: port}
+	p := point{T: float64(t) / 1e9, ID: id, Port: port}
 	if len(d.scatter) < scatterN {
 		d.scatter = append(d.scatter, p)
 		return

@@ -36,7 +36,8 @@ type Device struct {
 
 	First    *time.Time `json:"first_seen,omitempty"`
 	Last     *time.Time `json:"last_seen,omitempty"`
-	RatePerM float64    `json:"queries_per_minute"`
+	ActiveS  float64    `json:"active_s"`           // time seen querying, summed over boots
+	RatePerM float64    `json:"queries_per_minute"` // over the active time
 
 	Intervals Intervals  `json:"intervals"`
 	Names     NameStats  `json:"names"`
@@ -226,9 +227,10 @@ func (d *device) report(network []netip.Addr) Device {
 	if d.first != 0 {
 		f, l := time.Unix(0, d.first).UTC(), time.Unix(0, d.last).UTC()
 		out.First, out.Last = &f, &l
-		if span := float64(d.last-d.first) / 60e9; span > 0 {
+		if span := float64(d.activeNs()) / 60e9; span > 0 {
 			out.RatePerM = round(float64(d.queries)/span, 3)
 		}
+		out.ActiveS = round(float64(d.activeNs())/1e9, 1)
 	}
 
 	// Intervals.
