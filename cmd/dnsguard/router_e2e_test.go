@@ -619,3 +619,34 @@ func TestRouterKill9KeepsState(t *testing.T) {
 		t.Errorf("no table after restart: %v", err)
 	}
 }
+
+// TestRouterExemptDevice: a device in an exempt class keeps its own
+// resolver; the others are still intercepted.
+func TestRouterExemptDevice(t *testing.T) {
+	tb := newTestbed(t)
+	f, err := os.OpenFile(tb.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("config class 'trusted'\n\tlist mac '02:d9:00:00:00:01'\n\toption exempt '1'\n")
+	f.Close()
+	tb.startGuard(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l, _ := nftTable(t, tb.rtr)
+		if strings.Contains(l, "02:d9:00:00:00:01") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exempt MAC never in the table:\n%s", l)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := tb.devDig(t, "@8.8.8.8", "exempt.example"); got != standinAnswer {
+		t.Errorf("exempt device asking 8.8.8.8 got %q, want the stand-in's %s", got, standinAnswer)
+	}
+	tb.setDevice(t, "02:d9:00:00:00:02", "10.10.10.3", "fd10::3")
+	if got := tb.devDig(t, "@8.8.8.8", "other.example"); got != guardAnswer {
+		t.Errorf("a device outside the class got %q, want the guard's %s", got, guardAnswer)
+	}
+}
