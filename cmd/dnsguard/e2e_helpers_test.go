@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -54,6 +55,9 @@ var listenRE = regexp.MustCompile(`msg="dnsguard serving".*listen="?\[([^\] ]+)`
 // startGuard runs dnsguard run with args and waits until it serves.
 func startGuard(t *testing.T, args ...string) *guardProc {
 	t.Helper()
+	if !slices.Contains(args, "--state") { // each guard its own state file
+		args = append(args, "--state", filepath.Join(t.TempDir(), "state.db"))
+	}
 	g := &guardProc{cmd: exec.Command(binary, append([]string{"run"}, args...)...), done: make(chan error, 1)}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
