@@ -18,13 +18,16 @@ import (
 )
 
 const devicesUsage = `usage: dnsguard devices [--json] [--state FILE] [--config FILE]
+       dnsguard devices --override MAC [--class NAME] [--strict yes|no] [--exempt yes|no] [--clear]
 
 Prints the device table: name, MAC, addresses, queries, bypass attempts,
 the transaction-ID and source-port verdicts (with the study's sigma), and
 the columns of the study's Table I as the guard grades them live
 (x vulnerable, ok not, - not gradable from live traffic). It asks the
 running guard (the socket beside the state file) and reads the state file
-itself when no guard runs.
+itself when no guard runs. --override sets a device's policy in the
+running guard (kept in its record): a class by name, strict or not,
+exempt from interception or not; --clear removes it.
 
 flags:
 `
@@ -36,6 +39,11 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	asJSON := fs.Bool("json", false, "print JSON for scripts")
 	state := fs.String("state", "", "state `FILE` (default: the config's state_file)")
 	config := fs.String("config", "", "config `FILE` (for the state file and the classes); default: embedded")
+	override := fs.String("override", "", "set the policy override of the device with this `MAC`")
+	class := fs.String("class", "", "with --override: the device's class `NAME`")
+	strict := fs.String("strict", "", "with --override: `yes` or no")
+	exempt := fs.String("exempt", "", "with --override: `yes` or no")
+	clearIt := fs.Bool("clear", false, "with --override: remove the override")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -49,6 +57,39 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if *state != "" {
 		cfg.State.File = *state
+	}
+	if *override != "" {
+		o := device.Override{Class: *class}
+		if !*clearIt {
+			for _, f := range []struct {
+				val string
+				p   **bool
+			}{{*strict, &o.Strict}, {*exempt, &o.Exempt}} {
+				if f.val == "" {
+					continue
+				}
+				b, err := yesNo(f.val)
+				if err != nil {
+					fmt.Fprintln(stderr, "devices:", err)
+					return errUsage
+				}
+				*f.p = &b
+			}
+			if o == (device.Override{}) {
+				fmt.Fprintln(stderr, "devices: --override needs --class, --strict, --exempt or --clear")
+				return errUsage
+			}
+		} else {
+			o = device.Override{}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		d, err := device.PutOverride(cctx, device.ControlPath(cfg.State.File), *override, o)
+		if err != nil {
+			return fmt.Errorf("devices: %w (overrides need the running guard)", err)
+		}
+		fmt.Fprintf(stdout, "%s: class %s, strict %v, exempt %v\n", *override, orDash(d.Class, "-"), d.Strict, d.Exempt)
+		return nil
 	}
 	views, err := loadViews(ctx, cfg)
 	if err != nil {
@@ -152,4 +193,14 @@ func orDash(s, alt string) string {
 		return s
 	}
 	return alt
+}
+
+func yesNo(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "yes", "1", "true", "on":
+		return true, nil
+	case "no", "0", "false", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not yes or no", s)
 }

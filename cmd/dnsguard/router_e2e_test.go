@@ -555,6 +555,26 @@ func TestRouterWeakDeviceAndIPChange(t *testing.T) {
 			t.Errorf("a second record for the device: %+v", o)
 		}
 	}
+
+	// The owner overrides the guard's grading, then clears the override.
+	for _, step := range []struct {
+		args   []string
+		strict bool
+	}{
+		{[]string{"--strict", "no"}, false},
+		{[]string{"--clear"}, true},
+	} {
+		out, err := exec.Command(binary, append([]string{"devices", "--state", tb.state, "--override", mac}, step.args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("devices --override %v: %v\n%s", step.args, err, out)
+		}
+		if v := findDevice(tb.devices(t), mac); v == nil || v.Strict != step.strict {
+			t.Errorf("after --override %v: %+v", step.args, v)
+		}
+	}
+	if out, err := exec.Command(binary, "devices", "--state", tb.state, "--override", "02:00:00:00:00:99", "--strict", "no").CombinedOutput(); err == nil {
+		t.Errorf("override of an unknown device succeeded: %s", out)
+	}
 }
 
 func TestRouterKill9KeepsState(t *testing.T) {

@@ -1,13 +1,16 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 )
@@ -55,6 +58,24 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 			log.Debug("control: writing device table", "err", err)
 		}
 	})
+	mux.HandleFunc("PUT /devices/{id}/override", func(w http.ResponseWriter, req *http.Request) {
+		var o Override
+		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 4096)).Decode(&o); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		d, err := reg.SetOverride(req.PathValue("id"), &o)
+		if errors.Is(err, ErrUnknownDevice) {
+			http.Error(w, err.Error(), http.StatusNotFound)
+			return
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(d)
+	})
 	c := &Control{
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		ln:   ln,
@@ -75,14 +96,45 @@ func (c *Control) Close(ctx context.Context) error {
 	return err
 }
 
-// FetchViews asks a running guard for its device table.
-func FetchViews(ctx context.Context, path string) ([]View, error) {
-	client := &http.Client{Transport: &http.Transport{
+func unixClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		},
 	}}
+}
+
+// PutOverride sets a device's policy override in a running guard (an
+// empty override clears it) and returns the decision it now gets.
+func PutOverride(ctx context.Context, path, id string, o Override) (Decision, error) {
+	body, err := json.Marshal(o)
+	if err != nil {
+		return Decision{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://dnsguard/devices/"+url.PathEscape(id)+"/override", bytes.NewReader(body))
+	if err != nil {
+		return Decision{}, err
+	}
+	resp, err := unixClient(path).Do(req)
+	if err != nil {
+		return Decision{}, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return Decision{}, fmt.Errorf("device: override %s: %s: %s", id, resp.Status, bytes.TrimSpace(msg))
+	}
+	var d Decision
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		return Decision{}, fmt.Errorf("device: override %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// FetchViews asks a running guard for its device table.
+func FetchViews(ctx context.Context, path string) ([]View, error) {
+	client := unixClient(path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsguard/devices", nil)
 	if err != nil {
 		return nil, err

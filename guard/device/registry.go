@@ -2,6 +2,7 @@ package device
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
@@ -411,6 +412,33 @@ func (r *Registry) gradeLocked(e *entry, now time.Time) {
 	e.rec.Strict, e.rec.StrictReason, e.rec.StrictSince = true, why, now
 	e.decision = r.cls.Decide(e.rec)
 	r.log.Warn("device moved to the strict class", "device", e.rec.ID, "name", e.rec.Name(), "class", e.decision.Class, "why", why)
+}
+
+// ErrUnknownDevice is returned for an override of a device never seen.
+var ErrUnknownDevice = errors.New("device: no such device")
+
+// SetOverride sets (nil: clears) the policy override of device id (a MAC
+// or "ip:ADDR"). It takes effect on the device's next query; the exempt
+// set follows at the next flush.
+func (r *Registry) SetOverride(id string, o *Override) (Decision, error) {
+	if hw, err := net.ParseMAC(id); err == nil {
+		id = hw.String()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.devices[id]
+	if !ok {
+		return Decision{}, fmt.Errorf("%w: %s", ErrUnknownDevice, id)
+	}
+	if o != nil && *o == (Override{}) {
+		o = nil
+	}
+	e.rec.Override = o
+	e.decision = r.cls.Decide(e.rec)
+	r.dirty[id] = true
+	r.log.Info("device policy override", "device", id, "override", o, "class", e.decision.Class,
+		"strict", e.decision.Strict, "exempt", e.decision.Exempt)
+	return e.decision, nil
 }
 
 // Snapshot returns a copy of every record, estimator state included.
