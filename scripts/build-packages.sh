@@ -9,6 +9,8 @@
 #   RELEASE  package release (default: number of commits on HEAD)
 #   ARCHES   space-separated subset of the architectures below (default: all)
 #   SOURCE_DATE_EPOCH  timestamp of every packed file (default: HEAD's commit time)
+#   GO_TAGS  build tags (default: router, which leaves out what only a
+#            workstation needs: the lab, profiling)
 #
 # Writes OUTDIR/bin/ARCH/dnsguard (stripped static binary) and
 # OUTDIR/dnsguard_VERSION-rRELEASE_ARCH.ipk, then prints a size table.
@@ -38,6 +40,7 @@ export PATH="/usr/local/go/bin:$PATH"
 VERSION=${VERSION:-0.1.0}
 RELEASE=${RELEASE:-$(git -C "$root" rev-list --count HEAD 2>/dev/null || echo 1)}
 pkgver="$VERSION-r$RELEASE"
+GO_TAGS=${GO_TAGS-router}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
 
@@ -102,12 +105,14 @@ EOF
 #!/bin/sh
 [ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0
 [ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+# shellcheck source=/dev/null # OpenWrt's, on the router
 . "${IPKG_INSTROOT}/lib/functions.sh"
 default_postinst "$0" "$@"
 EOF
 	cat >"$d/prerm" <<'EOF'
 #!/bin/sh
 [ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+# shellcheck source=/dev/null # OpenWrt's, on the router
 . "${IPKG_INSTROOT}/lib/functions.sh"
 default_prerm "$0" "$@"
 EOF
@@ -139,7 +144,7 @@ for arch in $arches; do
 	echo "building $arch (${goenv[$arch]})" >&2
 	# shellcheck disable=SC2086 # goenv values are word lists of VAR=value
 	(cd "$root" && env CGO_ENABLED=0 GOOS=linux GOTOOLCHAIN=local ${goenv[$arch]} \
-		go build -trimpath -buildvcs=false \
+		go build -trimpath -buildvcs=false -tags "$GO_TAGS" \
 		-ldflags "-s -w -X main.version=$pkgver" -o "$bin" ./cmd/dnsguard)
 	build_ipk "$arch" "$bin"
 	ipk="$out/dnsguard_${pkgver}_${arch}.ipk"
