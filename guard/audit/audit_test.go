@@ -245,7 +245,7 @@ func TestSyntheticPatterns(t *testing.T) {
 			return uint16(r.UintN(65536)), uint16(32768 + r.UintN(28000))
 		}, entropy.Random, entropy.Random, ""},
 		{"fixed port, counter ID", 3, 30, func(r *rand.Rand, b, i int) (uint16, uint16) { return uint16(9000 + b*20011 + i*3), 4096 }, entropy.Weak, entropy.Weak, entropy.ReasonCounter},
-		{"counter restarting each boot", 6, 15, func(r *rand.Rand, _, i int) (uint16, uint16) { return uint16(1 + i), uint16(32768 + r.UintN(28000)) }, entropy.Weak, entropy.Random, entropy.ReasonNarrowRange},
+		{"counter restarting each boot", 6, 15, func(r *rand.Rand, _, i int) (uint16, uint16) { return uint16(1 + i), uint16(32768 + r.UintN(28000)) }, entropy.Weak, entropy.Random, entropy.ReasonCounter},
 		{"small set of IDs", 3, 40, func(r *rand.Rand, _, _ int) (uint16, uint16) {
 			return []uint16{0x1111, 0x8888, 0xeeee}[r.IntN(3)], uint16(32768 + r.UintN(28000))
 		}, entropy.Weak, entropy.Random, entropy.ReasonSmallSet},

@@ -58,6 +58,12 @@ const (
 	// at least counterMinSteps steps.
 	counterShare    = 0.5
 	counterMinSteps = 4
+	// A counter is also told apart inside a narrow window when nearly
+	// every step (directShare of at least directMinSteps) counts forward
+	// from the value just before: values drawn at random in a window go
+	// up only about half the time.
+	directShare    = 0.9
+	directMinSteps = 8
 	// narrowSpan: every value lies in a circular window this wide (12 bits).
 	narrowSpan = 4096
 	// smallSetK most frequent values carry at least smallSetShare of the
@@ -160,7 +166,8 @@ type Estimator struct {
 	recent  [recentLen]uint16
 	nRecent int
 	steps   uint64 // steps within boots with a non-zero difference
-	small   uint64 // of which counting steps
+	small   uint64 // of which counting steps (from any of the recent values)
+	direct  uint64 // of which counting steps from the previous value
 }
 
 // New returns an empty estimator.
@@ -233,6 +240,9 @@ func (e *Estimator) observeStep(v uint16) {
 		e.steps++
 		if counted {
 			e.small++
+		}
+		if step := v - e.recent[0]; e.nRecent > 0 && step != 0 && step <= counterMaxStep {
+			e.direct++
 		}
 	}
 	// Keep the most recent values first.
@@ -316,7 +326,8 @@ func (e *Estimator) Result() Result {
 	case e.distinct == 1 || r.TopShare >= constantShare:
 		r.Reason = ReasonConstant
 		r.Detail = fmt.Sprintf("0x%04x in %.0f%% of values; ", r.Top, 100*r.TopShare) + r.Detail
-	case e.steps >= counterMinSteps && r.Counting >= counterShare && countingChance(r.Span) <= 0.1:
+	case e.steps >= counterMinSteps && r.Counting >= counterShare && countingChance(r.Span) <= 0.1,
+		e.steps >= directMinSteps && float64(e.direct) >= directShare*float64(e.steps):
 		r.Reason = ReasonCounter
 		r.Detail = fmt.Sprintf("%.0f%% of steps count forward by 1..%d; ", 100*r.Counting, counterMaxStep) + r.Detail
 	case r.Span <= narrowSpan:

@@ -91,7 +91,7 @@ func TestPatterns(t *testing.T) {
 				return b
 			})
 		}(), Weak, ReasonCounter},
-		{"counter restarting at 2 every boot (TP-Link)", perBoot(20, 3, func(_, i int) uint16 { return uint16(2 + i) }), Weak, ReasonNarrowRange},
+		{"counter restarting at 2 every boot (TP-Link)", perBoot(20, 3, func(_, i int) uint16 { return uint16(2 + i) }), Weak, ReasonCounter},
 		{"Eufy IDs only in 0x00-0x4F", func() []sample {
 			r := rng(7)
 			return perBoot(5, 60, func(_, _ int) uint16 { return uint16(r.IntN(0x50)) })

@@ -28,7 +28,7 @@ func (e *Estimator) MarshalBinary() ([]byte, error) {
 		e.n, math.Float64bits(e.mean), math.Float64bits(e.m2),
 		uint64(e.boots), uint64(e.boot), e.bootN, e.bootHits,
 		uint64(e.closedBoots), uint64(e.replayed),
-		uint64(e.nRecent), e.steps, e.small,
+		uint64(e.nRecent), e.steps, e.small, e.direct,
 	} {
 		b = binary.AppendUvarint(b, u)
 	}
@@ -185,6 +185,7 @@ func (e *Estimator) unmarshal(data []byte) error {
 	nRecent := d.uvarint("recent count")
 	e.steps = d.uvarint("steps")
 	e.small = d.uvarint("small steps")
+	e.direct = d.uvarint("direct steps")
 	if d.err != nil {
 		return d.err
 	}
@@ -226,7 +227,7 @@ func (e *Estimator) unmarshal(data []byte) error {
 	if (e.n == 0) != (e.heavy.n == 0) || (e.n == 0) != (e.distinct == 0) {
 		return fmt.Errorf("%w: %d values but %d heavy hitters and %d distinct", ErrEncoding, e.n, e.heavy.n, e.distinct)
 	}
-	if uint64(e.distinct) > e.n || e.bootHits > e.bootN || e.small > e.steps || e.replayed > e.closedBoots {
+	if uint64(e.distinct) > e.n || e.bootHits > e.bootN || e.small > e.steps || e.direct > e.small || e.replayed > e.closedBoots {
 		return fmt.Errorf("%w: inconsistent counters", ErrEncoding)
 	}
 	return nil
