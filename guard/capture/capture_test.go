@@ -390,3 +390,36 @@ func writeCaptureF(ng bool, lt int, pkts ...[]byte) []byte {
 	}
 	return buf.Bytes()
 }
+
+// TestTimestampsAndByteOrder: pcapng microsecond resolution (if_tsresol 6),
+// and a big-endian pcap.
+func TestTimestampsAndByteOrder(t *testing.T) {
+	pkt := BuildUDP(LinkEthernet, dev4, res4, []byte("ts"))
+	var buf bytes.Buffer
+	w, _ := NewNGWriter(&buf, LinkEthernet)
+	w.WritePacket(1234567, pkt) // written as 1234567 units
+	ng := buf.Bytes()
+	if ng[48] != 9 {
+		t.Fatalf("if_tsresol not where expected: % x", ng[40:52])
+	}
+	ng[48] = 6 // microseconds
+	got, err := readAll(t, ng)
+	if err != nil || len(got) != 1 || got[0].Time != 1234567*1000 {
+		t.Fatalf("pcapng µs: %v %+v", err, got)
+	}
+
+	le := writeCapture(t, false, LinkEthernet, [][]byte{pkt})
+	be := bytes.Clone(le)
+	swap32 := func(b []byte) { b[0], b[1], b[2], b[3] = b[3], b[2], b[1], b[0] }
+	swap16 := func(b []byte) { b[0], b[1] = b[1], b[0] }
+	swap32(be[0:])
+	swap16(be[4:])
+	swap16(be[6:])
+	for _, o := range []int{8, 12, 16, 20, 24, 28, 32, 36} {
+		swap32(be[o:])
+	}
+	got, err = readAll(t, be)
+	if err != nil || len(got) != 1 || got[0].Time != 1700000000e9 || !bytes.Equal(got[0].Data, pkt) {
+		t.Fatalf("big-endian pcap: %v %+v", err, got)
+	}
+}

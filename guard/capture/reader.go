@@ -82,8 +82,8 @@ type Reader struct {
 
 type iface struct {
 	linkType int
-	// Timestamps count units of 1/tsDiv seconds (tsDiv 0 means 10^-6 by
-	// default); tsShift > 0 for power-of-two resolutions.
+	// A timestamp t is t*tsMul/tsDiv nanoseconds: microseconds by default
+	// (1000/1), else 1e9/10^n or 1e9/2^n per if_tsresol.
 	tsMul, tsDiv int64
 }
 
@@ -111,7 +111,7 @@ func (r *Reader) errorf(off int64, format string, args ...any) error {
 	return &Error{File: r.name, Offset: off, Err: fmt.Errorf(format, args...)}
 }
 
-// fill returns the next n bytes without consuming them.
+// peek returns the next n bytes without consuming them.
 func (r *Reader) peek(n int) ([]byte, error) {
 	b, err := r.br.Peek(n)
 	if err != nil {
