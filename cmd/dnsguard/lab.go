@@ -286,7 +286,7 @@ func labDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	names := fs.String("names", "www.lab.example.,cname-cdn.lab.example.", "comma-separated names to resolve")
 	qtype := fs.String("type", "A", "query type")
 	duration := fs.Duration("duration", 30*time.Second, "how long to run")
-	interval := fs.Duration("interval", 0, "override the profile's re-query interval")
+	interval := fs.Duration("interval", 0, "override the re-query interval of a TTL-ignoring profile")
 	timeout := fs.Duration("timeout", 0, "override the profile's answer timeout")
 	seed := fs.Uint64("seed", 1, "seed for ports and IDs")
 	if err := parseFlags(fs, args); err != nil {
@@ -296,7 +296,7 @@ func labDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if *interval > 0 {
+	if *interval > 0 && p.Interval > 0 {
 		p.Interval = *interval
 	}
 	if *timeout > 0 {

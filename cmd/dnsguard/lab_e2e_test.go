@@ -156,9 +156,7 @@ func TestLabExperiments(t *testing.T) {
 			if r.Guarded.usable != 0 || r.Guarded.servfail == 0 {
 				t.Errorf("through the guard: %s", gets(r.Guarded))
 			}
-			if r.Guarded.timeouts > r.Guarded.queries/2 {
-				t.Errorf("the guard left the device waiting: %s", gets(r.Guarded))
-			}
+
 		}, boundedUpstream(36), printCounts}},
 		{"amplify-10", []check{allUsable, maxRecords, boundedUpstream(cached)}},
 		{"amplify-50", []check{allUsable, maxRecords, boundedUpstream(cached)}},

@@ -413,7 +413,7 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	baseline := fs.Duration("baseline", 10*time.Second, "honest phase before each experiment")
 	ttl := fs.Uint("ttl", 5, "the lab's honest TTL (short, so the guard's cache refreshes during the run)")
 	profile := fs.String("profile", "random", "device profile: "+strings.Join(emulate.ProfileNames(), ", "))
-	interval := fs.Duration("interval", time.Second, "the device's re-query interval")
+	interval := fs.Duration("interval", time.Second, "the re-query interval of a TTL-ignoring profile")
 	timeout := fs.Duration("timeout", 500*time.Millisecond, "the device's answer timeout")
 	names := fs.String("names", "www.lab.example.,cname-cdn.lab.example.", "names the device asks for")
 	fresh := fs.String("fresh", "fresh.lab.example.", "names a second device starts asking after the baseline (not cached by the guard); empty for none")
@@ -427,7 +427,10 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	p.Interval, p.Timeout = *interval, *timeout
+	p.Timeout = *timeout
+	if p.Interval > 0 {
+		p.Interval = *interval
+	}
 	o := tableOptions{Binary: *binary, Baseline: *baseline, Duration: *duration, TTL: uint32(*ttl), Profile: p,
 		Names: strings.Split(*names, ","), Fresh: splitList(*fresh), Parallel: *parallel, Experiments: lab.Experiments()}
 	if o.Binary == "" {

@@ -138,6 +138,10 @@ func (d *Device) Profile() Profile { return d.cfg.Profile }
 // first datagram with its ID. Copies that arrive later are recorded in
 // Received, not here.
 func (d *Device) Query(ctx context.Context, name string, qtype uint16) Exchange {
+	return d.query(ctx, name, qtype, d.cfg.Profile.Timeout)
+}
+
+func (d *Device) query(ctx context.Context, name string, qtype uint16, timeout time.Duration) Exchange {
 	d.mu.Lock()
 	port, id := d.cfg.Profile.Port(d.rng), d.cfg.Profile.ID(d.rng)
 	d.mu.Unlock()
@@ -171,7 +175,7 @@ func (d *Device) Query(ctx context.Context, name string, qtype uint16) Exchange 
 		d.record(ex)
 		return ex
 	}
-	timer := time.NewTimer(d.cfg.Profile.Timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 wait:
 	for {
@@ -304,22 +308,32 @@ func (d *Device) read(s *socket) {
 // Run makes the device resolve names of type qtype until ctx ends, each
 // name on its own schedule: every Interval whatever the TTL (or at TTL
 // expiry when Interval is 0), FailFactor times as often while a name
-// fails. It returns when ctx is done.
+// fails. A failing TTL-ignoring device does not wait out its timeout
+// before asking again: it gives up on the answer when the next retry is
+// due, so its rate really grows FailFactor-fold (the study's storms). It
+// returns when ctx is done.
 func (d *Device) Run(ctx context.Context, qtype uint16, names ...string) {
 	var wg sync.WaitGroup
+	p := d.cfg.Profile
 	for _, n := range names {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			fails := 0
+			timeout := p.Timeout
 			for ctx.Err() == nil {
-				ex := d.Query(ctx, n, qtype)
+				ex := d.query(ctx, n, qtype, timeout)
 				if ex.Failed() {
 					fails++
 				} else {
 					fails = 0
 				}
-				t := time.NewTimer(d.next(&ex, fails))
+				period := d.next(&ex, fails)
+				timeout = p.Timeout
+				if fails > 0 && p.Interval > 0 {
+					timeout = min(timeout, period)
+				}
+				t := time.NewTimer(max(period-time.Since(ex.Sent), 0))
 				select {
 				case <-ctx.Done():
 				case <-t.C:
@@ -331,7 +345,7 @@ func (d *Device) Run(ctx context.Context, qtype uint16, names ...string) {
 	wg.Wait()
 }
 
-// next is the wait before asking for a name again.
+// next is the time from one query for a name to the next.
 func (d *Device) next(ex *Exchange, fails int) time.Duration {
 	p := d.cfg.Profile
 	if p.Interval > 0 {
