@@ -29,6 +29,8 @@ type guardChain struct {
 //	router stages (identify, local names) -> protocol -> limit -> cache -> upstreams (checked)
 func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slog.Logger) (*guardChain, error) {
 	v := validate.New(cfg.Answers)
+	// TTL anomalies per name (the study's ttl-huge): logged, bounded memory.
+	ttls := validate.NewTTLWatch(cfg.Answers.TTLJumpFactor, cfg.Cache.MaxEntries, log.With("stage", "validate"))
 	pool, err := upstream.NewPool(cfg.Upstreams, upstream.Options{
 		CAFile:        cfg.UpstreamCA,
 		Timeout:       cfg.UpstreamTimeout,
@@ -36,7 +38,11 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 		Randomize0x20: cfg.Randomize0x20,
 		Logger:        log.With("stage", "upstream"),
 		Check: func(q, resp *dns.Msg) (*dns.Msg, error) {
-			return v.Check(q.Question[0], resp, false)
+			checked, err := v.Check(q.Question[0], resp, false)
+			if err == nil {
+				ttls.Observe(checked)
+			}
+			return checked, err
 		},
 	})
 	if err != nil {
