@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -281,12 +282,12 @@ func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.Add
 	hdr := make([]byte, 2)
 	for {
 		c.SetReadDeadline(time.Now().Add(s.opts.TCPIdleTimeout))
-		if _, err := readFull(c, hdr); err != nil {
+		if _, err := io.ReadFull(c, hdr); err != nil {
 			return
 		}
 		n := int(hdr[0])<<8 | int(hdr[1])
 		msg := make([]byte, n, n+2048)
-		if _, err := readFull(c, msg); err != nil {
+		if _, err := io.ReadFull(c, msg); err != nil {
 			return
 		}
 		select {
@@ -312,16 +313,4 @@ func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.Add
 			}
 		}()
 	}
-}
-
-func readFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -251,11 +252,11 @@ func TestTCPPipelining(t *testing.T) {
 	var order []uint16
 	for range names {
 		hdr := make([]byte, 2)
-		if _, err := ioReadFull(conn, hdr); err != nil {
+		if _, err := io.ReadFull(conn, hdr); err != nil {
 			t.Fatal(err)
 		}
 		b := make([]byte, binary.BigEndian.Uint16(hdr))
-		if _, err := ioReadFull(conn, b); err != nil {
+		if _, err := io.ReadFull(conn, b); err != nil {
 			t.Fatal(err)
 		}
 		order = append(order, binary.BigEndian.Uint16(b))
@@ -263,18 +264,6 @@ func TestTCPPipelining(t *testing.T) {
 	if order[len(order)-1] != 100 {
 		t.Errorf("answer order %v: the slow query (100) should come last", order)
 	}
-}
-
-func ioReadFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 func TestTCPLimits(t *testing.T) {
