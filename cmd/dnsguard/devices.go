@@ -179,7 +179,7 @@ func printDevices(w io.Writer, views []device.View) error {
 func gradeText(g device.Grade) string {
 	var b strings.Builder
 	b.WriteString(g.Verdict)
-	if g.Reason != "" {
+	if g.Reason != "" && g.Verdict == "weak" { // why it is insufficient is in --json
 		b.WriteString("(" + g.Reason + ")")
 	}
 	if g.N > 0 {

@@ -454,6 +454,7 @@ func TestRouterInterception(t *testing.T) {
 	if err != nil || !strings.Contains(string(human), "bypass: "+mac+" dot 1.1.1.1:853") || !strings.Contains(string(human), mac) {
 		t.Errorf("dnsguard devices (%v):\n%s", err, human)
 	}
+	t.Logf("dnsguard devices:\n%s", human)
 
 	// Removed table comes back within 5 s.
 	sh(t, "ip", "netns", "exec", tb.rtr, "nft", "delete", "table", "inet", "dnsguard")
