@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/capture"
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
 
@@ -116,6 +117,9 @@ func bootQueries(t *testing.T, dir string, mac net.HardwareAddr) [][]sentinelQue
 // grades them from what NFLOG shows it. Its verdicts must be LABELS.md's.
 func TestRouterReplayIoTSentinel(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(sentinelDir, "LABELS.md")); err != nil {
+		if testenv.InCI() {
+			t.Fatalf("IoT Sentinel data not beside the clone: %v", err)
+		}
 		t.Skipf("IoT Sentinel data not here: %v", err)
 	}
 	tb := newTestbed(t)
