@@ -59,10 +59,17 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	if cfg.State.File != "" {
 		var err error
 		store, err = device.OpenStore(cfg.State.File, cfg.State.Persist, log.With("part", "state"))
-		if err != nil {
+		switch {
+		case errors.Is(err, device.ErrLocked):
+			// Another guard runs on this file: keep records in memory
+			// and leave its file and control socket alone.
+			log.Error("state file held by another process; device records kept in memory only", "file", cfg.State.File)
+			store = nil
+		case err != nil:
 			return fail(err)
+		default:
+			closers = append(closers, func(context.Context) error { return store.Close() })
 		}
-		closers = append(closers, func(context.Context) error { return store.Close() })
 	}
 
 	var table *intercept.Table
@@ -143,7 +150,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		closers = append(closers, func(context.Context) error { return obs.Close() })
 	}
 
-	if cfg.State.File != "" {
+	if store != nil {
 		ctl, err := device.ServeControl(device.ControlPath(cfg.State.File), reg, log.With("part", "control"))
 		if err != nil {
 			return fail(err)

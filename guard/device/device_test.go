@@ -386,3 +386,20 @@ func TestRegistrySameQueryEveryBootCounts(t *testing.T) {
 		t.Errorf("Aria graded id=%s port=%s", v.TXID.Verdict, v.Port.Verdict)
 	}
 }
+
+func TestRegistryBounded(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	for i := range MaxDevices + 10 {
+		clk.add(time.Millisecond)
+		mac := net.HardwareAddr{2, 0, 0, 0, byte(i >> 8), byte(i)}.String()
+		reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	}
+	snap := reg.Snapshot()
+	if len(snap) != MaxDevices {
+		t.Fatalf("%d devices, want the bound %d", len(snap), MaxDevices)
+	}
+	if snap[0].ID == "02:00:00:00:00:00" {
+		t.Errorf("the oldest device was kept")
+	}
+}

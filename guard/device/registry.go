@@ -155,6 +155,7 @@ func (r *Registry) restore(rec *Record) (*entry, error) {
 func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
 	e, ok := r.devices[id]
 	if !ok {
+		r.makeRoomLocked()
 		e = &entry{rec: &Record{ID: id, MAC: mac, FirstSeen: now}, ids: entropy.New(), ports: entropy.New()}
 		if n := r.leaseName[mac]; n != "" {
 			e.rec.noteName(n)
@@ -175,6 +176,27 @@ func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
 	e.rec.LastSeen = now
 	r.dirty[id] = true
 	return e
+}
+
+// MaxDevices bounds the registry: a LAN device spoofing source MACs must
+// not grow the guard's memory or file without end. When full, the device
+// seen least recently is forgotten.
+const MaxDevices = 4096
+
+func (r *Registry) makeRoomLocked() {
+	if len(r.devices) < MaxDevices {
+		return
+	}
+	var oldest *entry
+	for _, e := range r.devices {
+		if oldest == nil || e.rec.LastSeen.Before(oldest.rec.LastSeen) {
+			oldest = e
+		}
+	}
+	delete(r.devices, oldest.rec.ID)
+	delete(r.dirty, oldest.rec.ID)
+	r.deleted = append(r.deleted, oldest.rec.ID)
+	r.log.Warn("device table full; forgot the device seen least recently", "device", oldest.rec.ID, "last_seen", oldest.rec.LastSeen)
 }
 
 // MAC returns the MAC of the device at ip: from the neighbour table, else
