@@ -37,6 +37,7 @@
 #   BENCH_MAX_LOST=0     lost queries tolerated per phase before failing
 #   BENCH_KEEP=1         keep the work dir (configs, dnsperf logs, results)
 #   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree
+#                        (for --profile, one built with -tags pprof)
 #   BENCH_OUT=DIR        where --profile writes (default /tmp/dnsguard-profile)
 #
 # Needs (Debian): golang (or Go in /usr/local/go), dnsperf, dnsmasq-base,
@@ -160,8 +161,11 @@ if [[ -n ${BENCH_GUARD_BIN:-} ]]; then
 	log "using prebuilt guard $BENCH_GUARD_BIN"
 	cp "$BENCH_GUARD_BIN" "$GUARD"
 else
-	log "building dnsguard (linux/amd64, -trimpath)"
-	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o "$GUARD" ./cmd/dnsguard)
+	# --profile needs run --pprof, which only -tags pprof builds serve
+	tags=()
+	((PROFILE)) && tags=(-tags pprof)
+	log "building dnsguard (linux/amd64, -trimpath ${tags[*]})"
+	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath "${tags[@]}" -o "$GUARD" ./cmd/dnsguard)
 fi
 
 # ---- query files -------------------------------------------------------
@@ -481,8 +485,9 @@ start_upstream() {
 
 # ---- profile mode ------------------------------------------------------
 
-# With a guard that has `run --pprof ADDR`, CPU profiles are taken over
-# HTTP (go tool pprof reads them); otherwise perf samples the process.
+# The guard is built with -tags pprof, so `run --pprof ADDR` serves Go
+# profiles over HTTP (go tool pprof reads them); a guard without that flag
+# is sampled with perf instead.
 profile() {
 	local out=${BENCH_OUT:-/tmp/dnsguard-profile} phase pid bg
 	local pprof_addr=127.0.0.1:$((UP_PORT + 2)) use_pprof=0
