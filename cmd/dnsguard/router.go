@@ -25,6 +25,9 @@ type routerSide struct {
 	Stages []stage.Middleware
 	// Close removes the nftables table and flushes state.
 	Close func(context.Context) error
+	// Reload applies what a config reload may change without a restart:
+	// the device classes. (Interception settings change on restart.)
+	Reload func(*policy.Config)
 }
 
 // Router-side timings.
@@ -165,6 +168,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	return &routerSide{
 		Stages: []stage.Middleware{device.Identify(reg, idopts), localzone.Stage()},
 		Close:  closeAll,
+		Reload: func(next *policy.Config) { reg.SetClasses(next.Classes) },
 	}, nil
 }
 

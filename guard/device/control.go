@@ -18,9 +18,12 @@ import (
 // Views returns the device table of the running registry.
 func (r *Registry) Views() []View {
 	recs := r.Snapshot()
+	r.mu.Lock()
+	cls := r.cls
+	r.mu.Unlock()
 	out := make([]View, 0, len(recs))
 	for _, rec := range recs {
-		out = append(out, ViewOf(rec, r.cls))
+		out = append(out, ViewOf(rec, cls))
 	}
 	return out
 }

@@ -403,3 +403,15 @@ func TestRegistryBounded(t *testing.T) {
 		t.Errorf("the oldest device was kept")
 	}
 }
+
+func TestRegistrySetClasses(t *testing.T) {
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: newClock().now})
+	reg.ObserveBypass("9c:8e:cd:00:00:01", netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	if v := reg.Views()[0]; v.Class != "" {
+		t.Fatalf("class %q before any class exists", v.Class)
+	}
+	reg.SetClasses([]policy.Class{{Name: "cams", MACPrefixes: []string{"9c:8e:cd"}}})
+	if _, _, d, _ := reg.Identify(netip.MustParseAddr("10.0.0.2")); d.Class != "cams" {
+		t.Errorf("after reload: %+v", d)
+	}
+}

@@ -436,6 +436,18 @@ func (r *Registry) gradeLocked(e *entry, now time.Time) {
 	r.log.Warn("device moved to the strict class", "device", e.rec.ID, "name", e.rec.Name(), "class", e.decision.Class, "why", why)
 }
 
+// SetClasses replaces the device classes (a config reload) and decides
+// every device's policy again.
+func (r *Registry) SetClasses(classes []policy.Class) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.opts.Classes = classes
+	r.cls = NewClassifier(classes)
+	for _, e := range r.devices {
+		e.decision = r.cls.Decide(e.rec)
+	}
+}
+
 // ErrUnknownDevice is returned for an override of a device never seen.
 var ErrUnknownDevice = errors.New("device: no such device")
 
@@ -613,7 +625,10 @@ func (r *Registry) updateExempt() {
 		return
 	}
 	set := map[string]bool{}
-	for _, c := range r.opts.Classes {
+	r.mu.Lock()
+	classes := r.opts.Classes
+	r.mu.Unlock()
+	for _, c := range classes {
 		if c.Exempt && !c.Strict {
 			for _, m := range c.MACs {
 				if hw, err := net.ParseMAC(m); err == nil && len(hw) == 6 {
