@@ -1,0 +1,106 @@
+package device
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/netip"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/testenv"
+	"github.com/vishvananda/netns"
+)
+
+func sh(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// TestNeighbours follows a namespace's neighbour table: an entry added is
+// found by IP, its deletion reports the MAC gone, the router's own
+// addresses are local and the LAN prefix is known.
+func TestNeighbours(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "ip")
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "dgnb-" + hex.EncodeToString(b)
+	sh(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	sh(t, "ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
+	sh(t, "ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "lan0")
+	sh(t, "ip", "-n", ns, "link", "set", "lan0", "up")
+	sh(t, "ip", "-n", ns, "link", "set", "lan0p", "up")
+	sh(t, "ip", "-n", ns, "neigh", "add", "10.9.0.7", "lladdr", "02:00:00:00:00:07", "dev", "lan0", "nud", "reachable")
+
+	gone := make(chan string, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n *Neighbours
+	// The netlink sockets are opened in the namespace, on a locked thread.
+	err := func() error {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			return err
+		}
+		defer orig.Close()
+		h, err := netns.GetFromName(ns)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			return err
+		}
+		defer netns.Set(orig)
+		n, err = WatchNeighbours(ctx, []string{"lan0"}, func(mac string) { gone <- mac }, quiet())
+		return err
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mac, ok := n.MAC(netip.MustParseAddr("10.9.0.7")); !ok || mac != "02:00:00:00:00:07" {
+		t.Errorf("existing entry: %q %v", mac, ok)
+	}
+	if !n.IsLocal(netip.MustParseAddr("10.9.0.1")) || n.IsLocal(netip.MustParseAddr("10.9.0.7")) {
+		t.Error("router address not local, or a device's is")
+	}
+	if !n.OnLAN(netip.MustParseAddr("10.9.0.200")) || n.OnLAN(netip.MustParseAddr("8.8.8.8")) {
+		t.Error("LAN prefix wrong")
+	}
+	// Updates: a new entry appears, a deleted one is reported gone.
+	sh(t, "ip", "-n", ns, "neigh", "add", "10.9.0.8", "lladdr", "02:00:00:00:00:08", "dev", "lan0", "nud", "reachable")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if mac, ok := n.MAC(netip.MustParseAddr("10.9.0.8")); ok && mac == "02:00:00:00:00:08" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("new neighbour not seen within 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sh(t, "ip", "-n", ns, "neigh", "del", "10.9.0.7", "dev", "lan0")
+	select {
+	case mac := <-gone:
+		if mac != "02:00:00:00:00:07" {
+			t.Errorf("gone %q", mac)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("deleted neighbour not reported gone")
+	}
+	if _, ok := n.MAC(netip.MustParseAddr("10.9.0.7")); ok {
+		t.Error("deleted neighbour still known")
+	}
+	if ips := n.IPs("02:00:00:00:00:08"); len(ips) != 1 || ips[0] != netip.MustParseAddr("10.9.0.8") {
+		t.Errorf("IPs = %v", ips)
+	}
+}
