@@ -166,6 +166,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				continue
 			}
 			c.SetPolicy(next.Cache)
+			if router.Reload != nil {
+				router.Reload(next)
+			}
 			logLevel.Set(parseLevel(next.LogLevel))
 			srv.SetHandler(ng.handler)
 			g.close()
