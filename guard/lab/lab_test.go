@@ -400,3 +400,31 @@ func TestForgedAddressUse(t *testing.T) {
 		t.Errorf("modified RR %s: %s", g.ModifiedRR, g.ModifiedRR.Figures)
 	}
 }
+
+// TestNoBackoffAndSlack: a client that keeps its rate when the resolver
+// is down but never backs off is still marked (Recommendation 6), and a
+// client that re-asks exactly when the TTL ends, timed from its own send,
+// is not marked early.
+func TestNoBackoffAndSlack(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	r := NewRecorder(start, "baseline:60s,unavailable:60s")
+	r.Phase("baseline", start)
+	client := netip.MustParseAddrPort("10.0.0.9:5000")
+	for i := 0; i < 12; i++ { // every 5 s, TTL 5, the lab's clock a little late
+		r.Record(Event{At: start.Add(time.Duration(i)*5*time.Second + 3*time.Millisecond), Client: client, Name: "a.", Type: dns.TypeA,
+			Experiment: "baseline", Answered: true, HasTTL: true, TTL: 5, Transport: "udp"})
+	}
+	r.Phase("unavailable", start.Add(time.Minute))
+	for i := 0; i < 12; i++ { // same rate, no backoff, but bursts of two
+		at := start.Add(time.Minute + time.Duration(i/2)*10*time.Second + time.Duration(i%2)*500*time.Millisecond)
+		r.Record(Event{At: at, Client: client, Name: "a.", Type: dns.TypeA, Experiment: "unavailable", Transport: "udp"})
+	}
+	s := r.Snapshot(start.Add(2 * time.Minute))
+	g := Grades(s)[0]
+	if !g.QueryConsistency.Known || g.QueryConsistency.Vulnerable {
+		t.Errorf("consistency %s: %s", g.QueryConsistency, g.QueryConsistency.Figures)
+	}
+	if !g.DoS.Vulnerable || !strings.Contains(g.DoS.Figures, "no backoff") {
+		t.Errorf("DoS %s: %s", g.DoS, g.DoS.Figures)
+	}
+}

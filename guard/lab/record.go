@@ -70,7 +70,7 @@ type ExpRecord struct {
 	Queries       int     `json:"queries"`
 	Names         int     `json:"names"`              // distinct (name, type) asked
 	Repeats       int     `json:"repeats"`            // queries for a (name, type) already asked in this experiment
-	EarlyRepeats  int     `json:"early_repeats"`      // repeats before the TTL last given for it expired
+	EarlyRepeats  int     `json:"early_repeats"`      // repeats more than a second before the TTL last given for it expired
 	AfterFailures int     `json:"repeats_after_fail"` // repeats after a query that got no answer or no records
 	MaxPerName    int     `json:"max_per_name"`
 	IntervalSum   float64 `json:"interval_sum_s"` // seconds between repeats of one name
@@ -188,7 +188,7 @@ func (r *Recorder) Record(ev Event) {
 		e.Names++
 	} else {
 		e.Repeats++
-		if st.hasTTL && ev.At.Before(st.answerAt.Add(time.Duration(st.ttl)*time.Second)) {
+		if st.hasTTL && ev.At.Before(st.answerAt.Add(time.Duration(st.ttl)*time.Second-ttlSlack)) {
 			e.EarlyRepeats++
 		}
 		if st.failed {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/entropy"
 )
@@ -18,10 +19,21 @@ const (
 	// forged AAAA make "query and retry rates jump").
 	rrJump = 3.0
 	// Rate multiple under TTL 0/1 (the study: "TTL 0 multiplies query
-	// rates") and under an unavailable resolver (the study and ANRW'25:
-	// about tenfold, no backoff) that marks a client vulnerable.
-	ttlJump   = 10.0
-	stormJump = 10.0
+	// rates") that marks a client vulnerable.
+	ttlJump = 10.0
+	// Under an unavailable resolver or a flood, a client is vulnerable if
+	// its rate grows this much (the study and ANRW'25 saw about tenfold),
+	// or if it does not back off at all (Recommendation 6): at least
+	// noBackoffRetries retries of failing names, some of them less than
+	// noBackoffInterval apart.
+	stormJump         = 3.0
+	noBackoffRetries  = 5
+	noBackoffInterval = 1.0 // seconds
+	// A repeat is early when it comes more than this before the TTL the
+	// lab gave expired: TTLs count whole seconds, and a client times its
+	// TTL from when it sent the query, a round trip before the lab's
+	// clock started.
+	ttlSlack = time.Second
 	// Share of baseline repeats asked before the TTL expired above which
 	// TTLs are not honoured (query consistency).
 	earlyShare = 0.10
@@ -75,6 +87,10 @@ func Grades(s *Snapshot) []Grade {
 		g.ModifiedRR = reaction(s, c, base, rrJump, true, ForgedA, ForgedAAAA, ForgedCNAME, Empty, Inflate, Amplify)
 		g.ForgedTTL = forgedTTL(s, c, base)
 		g.DoS = reaction(s, c, base, stormJump, false, Unavailable, Flood)
+		if e := c.Experiments[string(Unavailable)]; e != nil && e.AfterFailures >= noBackoffRetries && e.MinInterval < noBackoffInterval {
+			g.DoS.Known, g.DoS.Vulnerable = true, true
+			g.DoS.Figures += fmt.Sprintf("; no backoff: %d retries of failing names, some %.2fs apart", e.AfterFailures, e.MinInterval)
+		}
 		out = append(out, g)
 	}
 	return out
