@@ -25,6 +25,7 @@ func builtin() *Config {
 			File:            "/tmp/dnsguard/state.db",
 			PersistInterval: 6 * time.Hour,
 			FlushInterval:   5 * time.Second,
+			Leases:          "/tmp/dhcp.leases",
 		},
 		Cache: Cache{
 			MaxEntries:  20000,

@@ -56,6 +56,7 @@ type State struct {
 	Persist         string        // copy on flash; empty for none
 	PersistInterval time.Duration // how often the live file is copied
 	FlushInterval   time.Duration // how often batched writes are committed
+	Leases          string        // DHCP leases file (dnsmasq format) naming devices
 }
 
 // Cache bounds and TTL policy.
@@ -233,6 +234,7 @@ func (c *Config) mainFields() map[string]setter {
 		"state_persist":      str(&c.State.Persist),
 		"persist_interval":   dur(&c.State.PersistInterval),
 		"flush_interval":     dur(&c.State.FlushInterval),
+		"leases_file":        str(&c.State.Leases),
 	}
 }
 

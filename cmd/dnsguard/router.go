@@ -35,7 +35,6 @@ const (
 	tableCheckEvery = time.Second      // the watchdog puts a removed table back within this
 	dohRefreshEvery = 30 * time.Minute // DoH host names are resolved again this often
 	macWait         = 50 * time.Millisecond
-	leasesFile      = "/tmp/dhcp.leases" // dnsmasq's, on OpenWrt
 )
 
 // startRouterSide starts what cfg asks for: interception when
@@ -123,7 +122,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	}
 	opts := device.Options{
 		Store: store, Persist: cfg.State.Persist, PersistInterval: cfg.State.PersistInterval,
-		FlushInterval: cfg.State.FlushInterval, Leases: leasesFile, Classes: cfg.Classes,
+		FlushInterval: cfg.State.FlushInterval, Leases: cfg.State.Leases, Classes: cfg.Classes,
 		Neighbours: neigh, Log: log.With("part", "devices"),
 	}
 	if table != nil {
