@@ -75,6 +75,10 @@ stage_data() {
 	install -D -m 0755 "$files/dnsguard.init" "$d/etc/init.d/dnsguard"
 	install -D -m 0644 "$files/dnsguard.config" "$d/etc/config/dnsguard"
 	install -D -m 0755 "$files/dnsguard.uci-defaults" "$d/etc/uci-defaults/90-dnsguard"
+	install -D -m 0755 "$files/dnsguard.postrm" "$d/etc/uci-defaults/99-dnsguard-restore-dnsmasq"
+	install -d -m 0755 "$d/lib/upgrade/keep.d"
+	printf '%s\n' /etc/uci-defaults/99-dnsguard-restore-dnsmasq /etc/dnsguard/ >"$d/lib/upgrade/keep.d/dnsguard"
+	chmod 0644 "$d/lib/upgrade/keep.d/dnsguard"
 }
 
 # stage_control DIR ARCH INSTALLED_SIZE: control file, conffiles, maintainer scripts.

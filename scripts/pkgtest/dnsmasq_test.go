@@ -139,6 +139,24 @@ func (r *uciRoot) postrm(t *testing.T) string {
 	return string(out)
 }
 
+// bootDefaults runs the restore script as a uci-defaults script at boot
+// (sourced in a subshell) and reports whether it exited 0, i.e. would be
+// deleted.
+func (r *uciRoot) bootDefaults(t *testing.T) bool {
+	t.Helper()
+	script := filepath.Join(repoRoot, "openwrt/files/dnsguard.postrm")
+	cmd := exec.Command(r.sh, "-c", `( . "$1" )`, "sh", script)
+	cmd.Env = r.env()
+	out, err := cmd.CombinedOutput()
+	if _, exit := err.(*exec.ExitError); err != nil && !exit {
+		t.Fatal(err)
+	}
+	if len(out) > 0 {
+		t.Logf("99-dnsguard-restore-dnsmasq: %s", out)
+	}
+	return err == nil
+}
+
 // get is uci get; "" for a missing entry.
 func (r *uciRoot) get(t *testing.T, key string) string {
 	t.Helper()
@@ -312,5 +330,40 @@ func TestHandoverLANDomain(t *testing.T) {
 	}
 	if !found(c.Answers.LocalDomains, "home") {
 		t.Errorf("rebinding exemptions %q lack 'home': its private addresses would be refused", c.Answers.LocalDomains)
+	}
+}
+
+// TestSysupgradeWithoutGuard: the restore script waits while the guard is
+// installed, and gives port 53 back at the first boot of an image without it.
+func TestSysupgradeWithoutGuard(t *testing.T) {
+	r := newUCIRoot(t, dhcpDefault)
+	before := r.show(t, "dhcp")
+	r.uciDefaults(t)
+	moved := r.show(t, "dhcp")
+
+	bin := filepath.Join(r.dir, "usr/sbin/dnsguard")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r.bootDefaults(t) {
+		t.Error("restore script exited 0 with the guard installed: it would be deleted")
+	}
+	if r.show(t, "dhcp") != moved {
+		t.Error("restore script changed dhcp while the guard is installed")
+	}
+
+	// sysupgrade to an image without dnsguard: config kept, binary gone.
+	if err := os.Remove(bin); err != nil {
+		t.Fatal(err)
+	}
+	if !r.bootDefaults(t) {
+		t.Error("restore script failed without the guard")
+	}
+	r.committed(t)
+	if after := r.show(t, "dhcp"); after != before {
+		t.Errorf("dhcp after first boot without the guard:\n%s\nwant:\n%s", after, before)
 	}
 }

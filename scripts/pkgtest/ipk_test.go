@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -263,10 +264,12 @@ func TestIPKStructure(t *testing.T) {
 
 			// Files and modes.
 			for path, mode := range map[string]int64{
-				"usr/sbin/dnsguard":            0o755,
-				"etc/init.d/dnsguard":          0o755,
-				"etc/uci-defaults/90-dnsguard": 0o755,
-				"etc/config/dnsguard":          0o644,
+				"usr/sbin/dnsguard":                            0o755,
+				"etc/init.d/dnsguard":                          0o755,
+				"etc/uci-defaults/90-dnsguard":                 0o755,
+				"etc/config/dnsguard":                          0o644,
+				"etc/uci-defaults/99-dnsguard-restore-dnsmasq": 0o755,
+				"lib/upgrade/keep.d/dnsguard":                  0o644,
 			} {
 				e, ok := p.data[path]
 				if !ok {
@@ -297,6 +300,15 @@ func TestIPKStructure(t *testing.T) {
 				if e, ok := p.data[strings.TrimPrefix(c, "/")]; !ok || e.typeflag != '0' {
 					t.Errorf("conffile %s is not a file the package ships", c)
 				}
+			}
+
+			// sysupgrade keeps the restore script and /etc/dnsguard.
+			keep := strings.Fields(string(p.data["lib/upgrade/keep.d/dnsguard"].data))
+			if !slices.Equal(keep, []string{"/etc/uci-defaults/99-dnsguard-restore-dnsmasq", "/etc/dnsguard/"}) {
+				t.Errorf("keep.d/dnsguard lists %q", keep)
+			}
+			if !bytes.Equal(p.data["etc/uci-defaults/99-dnsguard-restore-dnsmasq"].data, p.control["postrm"].data) {
+				t.Error("the sysupgrade restore script is not the postrm")
 			}
 
 			// The binary is a static executable for this architecture.
