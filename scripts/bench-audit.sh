@@ -23,20 +23,16 @@ if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$tmp"' EXIT; fi
 
 go build -o "$tmp/dnsguard" ./cmd/dnsguard
 
-# One pass over the data set, then doubled until large enough.
+# One pass over the data set, then that pass repeated until large enough.
 mapfile -t files < <(find "$DATA" -name '*.pcap' | sort)
 [ "${#files[@]}" -gt 0 ] || { echo "bench-audit: no captures under $DATA" >&2; exit 1; }
-mergecap -F pcap -a -w "$tmp/part0.pcap" "${files[@]}"
-cur="$tmp/part0.pcap"
-i=0
-while [ "$(stat -c %s "$cur")" -lt $((MIN_MB * 1000 * 1000)) ]; do
-	i=$((i + 1))
-	mergecap -F pcap -a -w "$tmp/part$i.pcap" "$cur" "$cur"
-	rm -f "$cur"
-	cur="$tmp/part$i.pcap"
-done
+mergecap -F pcap -a -w "$tmp/pass.pcap" "${files[@]}"
+pass=$(stat -c %s "$tmp/pass.pcap")
+copies=$(( (MIN_MB * 1000 * 1000 + pass - 1) / pass ))
 big="$tmp/big.pcap"
-mv "$cur" "$big"
+mapfile -t repeated < <(for _ in $(seq "$copies"); do echo "$tmp/pass.pcap"; done)
+mergecap -F pcap -a -w "$big" "${repeated[@]}"
+rm -f "$tmp/pass.pcap"
 size=$(stat -c %s "$big")
 mb=$(awk -v s="$size" 'BEGIN{printf "%.1f", s/1e6}')
 packets=$(capinfos -c -M "$big" | awk -F: '/Number of packets/{gsub(/ /,"",$2); print $2}')
