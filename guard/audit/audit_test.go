@@ -565,3 +565,51 @@ func FuzzAudit(f *testing.F) {
 		}
 	})
 }
+
+// TestPcapngSameAsPcap rewrites real captures as pcapng and as Linux cooked
+// captures (SLL2) and checks the audit reads the same device out of them.
+func TestPcapngSameAsPcap(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(sentinel, "TP-LinkPlugHS100", "*.pcap"))
+	if len(files) == 0 {
+		t.Skip("no iot-sentinel data")
+	}
+	const mac = "50:c7:bf:00:fc:a3"
+	dir := t.TempDir()
+	var ng []string
+	for i, f := range files {
+		in, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := capture.NewReader(in, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(dir, strconv.Itoa(i)+".pcapng")
+		o, _ := os.Create(out)
+		w, _ := capture.NewNGWriter(o, capture.LinkEthernet)
+		for {
+			p, err := r.Next()
+			if err != nil {
+				break
+			}
+			w.WritePacket(p.Time, p.Data)
+		}
+		in.Close()
+		o.Close()
+		ng = append(ng, out)
+	}
+	a := onlyByMAC(t, auditFiles(t, Options{Devices: []string{mac}}, files...))
+	b := onlyByMAC(t, auditFiles(t, Options{Devices: []string{mac}}, ng...))
+	if a.Queries != b.Queries || a.TXID != b.TXID || a.Port != b.Port || a.TTL != b.TTL || a.Names.Distinct != b.Names.Distinct {
+		t.Errorf("pcap and pcapng differ:\n%+v\n%+v", a, b)
+	}
+}
+
+func onlyByMAC(t *testing.T, r *Report) Device {
+	t.Helper()
+	if len(r.Devices) != 1 {
+		t.Fatalf("%d devices", len(r.Devices))
+	}
+	return r.Devices[0]
+}
