@@ -566,8 +566,8 @@ func FuzzAudit(f *testing.F) {
 	})
 }
 
-// TestPcapngSameAsPcap rewrites real captures as pcapng and as Linux cooked
-// captures (SLL2) and checks the audit reads the same device out of them.
+// TestPcapngSameAsPcap rewrites real captures as pcapng and checks the
+// audit reads the same device out of them.
 func TestPcapngSameAsPcap(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(sentinel, "TP-LinkPlugHS100", "*.pcap"))
 	if len(files) == 0 {
