@@ -113,6 +113,13 @@ func (p *Pool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		}
 		m.counters.Refused.Add(1)
 		checkErr = err
+		// Its answer was refused: asking it again gets the same answer
+		// (RFC 9520 §3.1 spirit); only the other upstreams are tried.
+		order = slices.DeleteFunc(slices.Clone(order), func(o *member) bool { return o == m })
+		if len(order) == 0 {
+			break
+		}
+		i-- // the next upstream now sits at the same index
 	}
 	if checkErr != nil {
 		return nil, checkErr
