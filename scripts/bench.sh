@@ -164,7 +164,7 @@ else
 	# --profile needs run --pprof, which only -tags pprof builds serve
 	tags=()
 	((PROFILE)) && tags=(-tags pprof)
-	log "building dnsguard (linux/amd64, -trimpath ${tags[*]})"
+	log "building dnsguard (linux/amd64, -trimpath${tags[*]:+ ${tags[*]}})"
 	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath "${tags[@]}" -o "$GUARD" ./cmd/dnsguard)
 fi
 
