@@ -39,9 +39,10 @@
 #   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree
 #                        (for --profile, one built with -tags pprof)
 #   BENCH_OUT=DIR        where --profile writes (default /tmp/dnsguard-profile)
+#   BENCH_RESULTS=FILE   per-run figures (default /tmp/dnsguard-bench-results.tsv)
 #
 # Needs (Debian): golang (or Go in /usr/local/go), dnsperf, dnsmasq-base,
-# unbound, dnsdist, util-linux (taskset); curl for --profile (linux-perf when
+# unbound, dnsdist, util-linux (taskset, chrt); curl for --profile (linux-perf when
 # the guard has no --pprof flag).
 set -euo pipefail
 
