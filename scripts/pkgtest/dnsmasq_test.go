@@ -367,3 +367,21 @@ func TestSysupgradeWithoutGuard(t *testing.T) {
 		t.Errorf("dhcp after first boot without the guard:\n%s\nwant:\n%s", after, before)
 	}
 }
+
+// TestHandoverCIDRAddress: since 21.02 the LAN address may be written as a
+// list of CIDR addresses.
+func TestHandoverCIDRAddress(t *testing.T) {
+	r := newUCIRoot(t, dhcpDefault)
+	network := strings.Replace(networkConfig, "option ipaddr '192.168.8.1'\n\toption netmask '255.255.255.0'",
+		"list ipaddr '10.20.30.1/24'\n\tlist ipaddr '10.20.31.1/24'", 1)
+	if network == networkConfig {
+		t.Fatal("network config not rewritten")
+	}
+	if err := os.WriteFile(filepath.Join(r.confDir(), "network"), []byte(network), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.uciDefaults(t)
+	if c := r.guardConfig(t); strings.Join(c.Listen, " ") != "10.20.30.1:53 127.0.0.1:53 [::1]:53" {
+		t.Errorf("guard listens on %q, want the first LAN address without its prefix length", c.Listen)
+	}
+}
