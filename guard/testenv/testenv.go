@@ -7,6 +7,7 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -50,4 +51,27 @@ func missing(t testing.TB, why string) {
 		t.Fatal(why + " (DNSGUARD_CI=1: .ci/run should have installed it)")
 	}
 	t.Skip(why)
+}
+
+// SharedData returns the directory of the named data set under the
+// project's shared/data (../shared/data beside the checkout, found by
+// walking up from the test's directory), or "" when it is not there.
+// The data sets live outside the repository, so a test that needs one
+// skips without it, in CI too.
+func SharedData(name string) string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		p := filepath.Join(dir, "shared", "data", name)
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			return p
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
 }
