@@ -20,7 +20,6 @@ import (
 	"github.com/miekg/dns"
 )
 
-
 type sentinelLabel struct {
 	device, txid, port string
 }
