@@ -54,12 +54,12 @@ cat "$big" >/dev/null
 
 read -r a_s a_rss < <(run audit "$tmp/dnsguard" audit --json "$big")
 read -r t_s t_rss < <(run tshark tshark -n -r "$big" -T fields \
-	-e eth.src -e ip.src -e ip.dst -e ipv6.src -e ipv6.dst -e udp.srcport -e udp.dstport \
+	-e eth.src -e ip.src -e ip.dst -e ipv6.src -e ipv6.dst -e udp.srcport -e udp.dstport -e tcp.dstport \
 	-e dns.id -e dns.flags.response -e dns.qry.name -e dns.qry.type -e dns.resp.ttl -e dns.resp.type)
 
-queries=$(grep -o '"queries": [0-9]*' "$tmp/audit.out" | awk '{s+=$2} END{print s}')
-lines=$(awk -F'\t' '$8 != "" && $9 == "0"' "$tmp/tshark.out" | wc -l)
-echo "DNS queries: audit counted $queries, tshark printed $lines query lines"
+queries=$(python3 -c 'import json,sys; print(sum(d["queries"] for d in json.load(sys.stdin)["devices"]))' <"$tmp/audit.out")
+lines=$(awk -F'\t' '$9 != "" && $10 == "0" && ($7 == "53" || $8 == "53")' "$tmp/tshark.out" | wc -l)
+echo "DNS queries to port 53: audit counted $queries, tshark printed $lines"
 
 awk -v mb="$mb" -v as="$a_s" -v ts="$t_s" -v ar="$a_rss" -v tr="$t_rss" 'BEGIN{
 	printf "%-8s %10s %10s %14s\n", "tool", "seconds", "MB/s", "peak RSS MiB"
