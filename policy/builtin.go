@@ -17,6 +17,7 @@ func builtin() *Config {
 			"https://dns.google/dns-query?ip=8.8.8.8",
 		},
 		LogLevel:        "info",
+		MemoryLimit:     24 << 20,
 		UpstreamTimeout: 600 * time.Millisecond,
 		TCPIdleTimeout:  10 * time.Second,
 		TCPMaxConns:     256,

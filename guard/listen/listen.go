@@ -52,6 +52,10 @@ func (o *Options) defaults() {
 	}
 }
 
+// maxUDPQuery bounds a query read over UDP. A question with EDNS and a
+// cookie is under 300 octets; the buffer is per reader, so it stays small.
+const maxUDPQuery = 4096
+
 // Stats counts what the listener did.
 type Stats struct {
 	Queries, Malformed, Dropped, Truncated, TCPRefused atomic.Uint64
@@ -195,7 +199,7 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 // upstream holds only its own reader while the others go on.
 func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
 	local := u.LocalAddr().(*net.UDPAddr).AddrPort()
-	buf := make([]byte, 65535)
+	buf := make([]byte, maxUDPQuery)
 	out := make([]byte, 0, 4096)
 	for {
 		n, client, err := u.ReadFromUDPAddrPort(buf)
@@ -204,6 +208,11 @@ func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
 				return
 			}
 			s.log.Debug("udp read", "err", err)
+			continue
+		}
+		if n == len(buf) { // cut short: no real query is this large
+			s.Stats.Queries.Add(1)
+			s.Stats.Malformed.Add(1)
 			continue
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())

@@ -32,17 +32,25 @@ const (
 // first matching response wins; the socket then stays open briefly to
 // count further copies as flood. A truncated answer is asked again over
 // TCP. Queries advertise EDNS(0) 1232 and are never padded (RFC 7830 §6).
+// udpBuffer bounds a UDP answer read: the guard advertises 1232 octets
+// (RFC 9715), so anything of 4 KiB or more is answered over TCP instead.
+// A small buffer keeps the memory of queries in flight low.
+const udpBuffer = 4096
+
+// errOversize is an answer larger than udpBuffer.
+var errOversize = errors.New("answer larger than the UDP buffer")
+
 type udp struct {
 	ep     *Endpoint
 	cfg    config
 	tcp    *stream
 	drains chan struct{}
-	bufs   sync.Pool // *[]byte of maxMessage octets
+	bufs   sync.Pool // *[]byte of udpBuffer octets
 }
 
 func newUDP(ep *Endpoint, cfg config) *udp {
 	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false), drains: make(chan struct{}, drainers)}
-	u.bufs.New = func() any { b := make([]byte, maxMessage); return &b }
+	u.bufs.New = func() any { b := make([]byte, udpBuffer); return &b }
 	return u
 }
 
@@ -59,6 +67,9 @@ func (u *udp) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		m.Question[0].Name = randomizeCase(m.Question[0].Name)
 	}
 	resp, err := u.exchange(ctx, m, exact)
+	if errors.Is(err, errOversize) {
+		return u.tcp.Exchange(ctx, q) // more than it was asked for (EDNS 1232): as if TC
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", u.ep, err)
 	}
@@ -107,6 +118,9 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 		if !sameAddr(from, u.ep.Addr) {
 			u.cfg.counters.Mismatches.Add(1)
 			continue
+		}
+		if n == len(buf) {
+			return nil, errOversize
 		}
 		resp, err := match(m, buf[:n], exact)
 		if err != nil {
