@@ -9,7 +9,6 @@ package localzone
 
 import (
 	"context"
-	"strings"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
@@ -37,13 +36,13 @@ func Stage() stage.Middleware {
 			if req.Q.Opcode != dns.OpcodeQuery {
 				return next.ServeDNS(ctx, req)
 			}
-			name := dnswire.NameString(req.Q.Name)
-			if zone, ok := under(name, resolverArpa); ok {
-				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone)})
+			// On the wire, without building the name: this runs for every query.
+			if underWire(req.Q.Name, resolverArpaWire) {
+				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(resolverArpa)})
 			}
-			for _, c := range canaries {
-				if zone, ok := under(name, c); ok {
-					return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(zone)})
+			for i, c := range canaryWire {
+				if underWire(req.Q.Name, c) {
+					return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(canaries[i])})
 				}
 			}
 			return next.ServeDNS(ctx, req)
@@ -51,12 +50,47 @@ func Stage() stage.Middleware {
 	}
 }
 
-// under reports whether name is zone or below it.
-func under(name, zone string) (string, bool) {
-	if name == zone || strings.HasSuffix(name, "."+zone) {
-		return zone, true
+// Wire forms of the zones, for underWire.
+var (
+	resolverArpaWire = wire(resolverArpa)
+	canaryWire       = func() [][]byte {
+		out := make([][]byte, len(canaries))
+		for i, c := range canaries {
+			out[i] = wire(c)
+		}
+		return out
+	}()
+)
+
+func wire(name string) []byte {
+	b := make([]byte, 256)
+	n, err := dns.PackDomainName(name, b, 0, nil, false)
+	if err != nil {
+		panic("localzone: bad zone " + name) // constants above
 	}
-	return "", false
+	return b[:n]
+}
+
+// underWire reports whether the wire-format name is zone (wire format,
+// lower case) or below it, comparing ASCII letters without case.
+func underWire(name, zone []byte) bool {
+	for off := 0; off < len(name) && len(name)-off >= len(zone); off += int(name[off]) + 1 {
+		if len(name)-off == len(zone) {
+			for i, c := range name[off:] {
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				if c != zone[i] {
+					return false
+				}
+			}
+			return true
+		}
+		if name[off] == 0 {
+			return false
+		}
+	}
+	return false
 }
 
 func soa(zone string) dns.RR {
