@@ -520,7 +520,7 @@ func TestHTMLInChromium(t *testing.T) {
 	if n := bytes.Count(dom, []byte("<circle")); n < 1166 {
 		t.Errorf("%d points drawn, want the HueBridge's 1166 IDs and ports", n)
 	}
-	if !bytes.Contains(dom, []byte("weak (narrow range)")) {
+	if !bytes.Contains(dom, []byte(`<span class="weak"`)) || !bytes.Contains(dom, []byte("weak (constant)")) {
 		t.Error("verdicts missing from the rendered page")
 	}
 }
