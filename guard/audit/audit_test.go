@@ -21,7 +21,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/testenv"
 )
 
-const sentinel = "../../../shared/data/iot-sentinel"
+var sentinel = testenv.SharedData("iot-sentinel")
 
 // label is one row of LABELS.md.
 type label struct {

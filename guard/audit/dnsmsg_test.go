@@ -6,10 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
 
-const corpus = "../../../shared/data/dns-fuzzing/packet"
+var corpus = filepath.Join(testenv.SharedData("dns-fuzzing"), "packet")
 
 // TestParseCorpus reads every message of the shared DNS corpus and, for
 // each one miekg/dns also reads, compares what both make of it.

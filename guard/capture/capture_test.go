@@ -286,7 +286,7 @@ func TestReassemblerBounded(t *testing.T) {
 // and UDP ports with tshark's reading of the same file.
 func TestAgainstTshark(t *testing.T) {
 	tshark := testenv.Require(t, "tshark")[0]
-	files, _ := filepath.Glob("../../../shared/data/iot-sentinel/HueBridge/Setup-A-1-STA.pcap")
+	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("iot-sentinel"), "HueBridge", "Setup-A-1-STA.pcap"))
 	if len(files) == 0 {
 		t.Skip("no iot-sentinel data")
 	}

@@ -7,13 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
 
 // FuzzRespond: whatever a client sends, under every experiment, the lab
 // does not panic, and what it sends back parses and answers the query's ID.
 func FuzzRespond(f *testing.F) {
-	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
 	for i, p := range files {
 		if i%32 == 0 {
 			if b, err := os.ReadFile(p); err == nil {

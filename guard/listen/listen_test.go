@@ -18,6 +18,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/guard/protocol"
 	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
@@ -296,7 +297,7 @@ func TestTCPLimits(t *testing.T) {
 // TestCorpusReplay sends every message of the shared fuzzing corpus over
 // UDP and TCP: each is answered or dropped, and the server keeps serving.
 func TestCorpusReplay(t *testing.T) {
-	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
 	if len(files) == 0 {
 		t.Skip("no corpus at ../shared/data/dns-fuzzing")
 	}

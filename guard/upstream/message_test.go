@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
 
@@ -129,7 +130,7 @@ func TestRestoreName(t *testing.T) {
 
 // corpus adds the shared DNS message collection to a fuzz target.
 func corpus(f *testing.F) {
-	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
 	for i, p := range files {
 		if i%8 != 0 { // a spread of the 9,774 is plenty for seeding
 			continue

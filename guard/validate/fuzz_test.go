@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
@@ -126,7 +127,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 
 // seeds adds a spread of the shared corpus of raw DNS messages.
 func seeds(f *testing.F) {
-	files, _ := filepath.Glob("../../../shared/data/dns-fuzzing/packet/*")
+	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
 	for i, p := range files {
 		if i%16 != 0 {
 			continue
