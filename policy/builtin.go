@@ -41,7 +41,7 @@ func builtin() *Config {
 			FailMax:     5 * time.Minute,
 			UpstreamMax: 3,
 		},
-		Limits: Limits{DeviceRate: 50, DeviceBurst: 200, NameRate: 1, NameBurst: 5},
+		Limits: Limits{DeviceRate: 50, DeviceBurst: 200},
 		Answers: Answers{
 			MaxRecords:    64,
 			MaxRRset:      32,

@@ -78,21 +78,18 @@ type Cache struct {
 type Limits struct {
 	DeviceRate  float64 // queries per second per device (token refill)
 	DeviceBurst int
-	NameRate    float64 // queries per second per (device, name, type) that may go past the cache
-	NameBurst   int
 }
 
 // Answers is the answer shield: what an upstream answer may contain.
 type Answers struct {
-	MaxRecords      int // per message
-	MaxRRset        int // per RRset
-	MaxSize         int // octets of an upstream message
-	MaxCNAMEChain   int
-	RebindProtect   bool
-	LocalDomains    []string
-	TTLJumpFactor   float64 // log a TTL that grows by more than this factor
-	AllowedPrivate  []netip.Prefix
-	AllowForwardPTR bool
+	MaxRecords     int // per message
+	MaxRRset       int // per RRset
+	MaxSize        int // octets of an upstream message
+	MaxCNAMEChain  int
+	RebindProtect  bool
+	LocalDomains   []string
+	TTLJumpFactor  float64 // log a TTL that grows by more than this factor
+	AllowedPrivate []netip.Prefix
 }
 
 // Intercept configures the nftables table and the NFLOG observer.
@@ -258,8 +255,6 @@ func (l *Limits) fields() map[string]setter {
 	return map[string]setter{
 		"device_rate":  float(&l.DeviceRate),
 		"device_burst": integer(&l.DeviceBurst),
-		"name_rate":    float(&l.NameRate),
-		"name_burst":   integer(&l.NameBurst),
 	}
 }
 
@@ -273,7 +268,6 @@ func (a *Answers) fields() map[string]setter {
 		"local_domain":      strList(&a.LocalDomains),
 		"ttl_jump_factor":   float(&a.TTLJumpFactor),
 		"allow_private":     prefixList(&a.AllowedPrivate),
-		"allow_forward_ptr": boolean(&a.AllowForwardPTR),
 	}
 }
 

@@ -242,8 +242,6 @@ config cache
 config limits
 	option device_rate '10000000'
 	option device_burst '10000000'
-	option name_rate '10000000'
-	option name_burst '10000000'
 EOF
 
 cat >"$WORK/dnsmasq.conf" <<EOF

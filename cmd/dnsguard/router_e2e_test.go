@@ -111,8 +111,6 @@ config intercept
 config limits
 	option device_rate '2000'
 	option device_burst '4000'
-	option name_rate '1000'
-	option name_burst '1000'
 `
 	if err := os.WriteFile(tb.config, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
