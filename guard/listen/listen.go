@@ -32,6 +32,9 @@ type Options struct {
 	// once (each reader answers inline); a query waiting on an upstream
 	// holds one.
 	UDPReaders int
+	// MaxSpill bounds the UDP queries answered on goroutines of their own
+	// while nearly every reader waits on an upstream.
+	MaxSpill int
 }
 
 func (o *Options) defaults() {
@@ -50,6 +53,9 @@ func (o *Options) defaults() {
 	if o.UDPReaders <= 0 {
 		o.UDPReaders = 64
 	}
+	if o.MaxSpill <= 0 {
+		o.MaxSpill = 1024
+	}
 }
 
 // maxUDPQuery bounds a query read over UDP. A question with EDNS and a
@@ -58,7 +64,7 @@ const maxUDPQuery = 4096
 
 // Stats counts what the listener did.
 type Stats struct {
-	Queries, Malformed, Dropped, Truncated, TCPRefused atomic.Uint64
+	Queries, Malformed, Dropped, Truncated, TCPRefused, Spilled atomic.Uint64
 }
 
 // Server answers devices with a chain that can be swapped (on reload).
@@ -74,6 +80,9 @@ type Server struct {
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
 
+	spillAt  int32         // busy readers of a socket from which its queries are spilled
+	spilling chan struct{} // spilled queries being answered
+
 	Stats Stats
 }
 
@@ -86,6 +95,8 @@ func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
 		log = slog.Default()
 	}
 	s := &Server{opts: opts, log: log,
+		spillAt:   int32(max(opts.UDPReaders-opts.UDPReaders/8, 1)),
+		spilling:  make(chan struct{}, opts.MaxSpill),
 		perClient: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
 	s.SetHandler(h)
 	return s
@@ -147,9 +158,10 @@ func (s *Server) closeAll() {
 // the answers in progress.
 func (s *Server) Serve(ctx context.Context) error {
 	for _, u := range s.udp {
+		busy := new(atomic.Int32) // readers of this socket inside answer
 		for range s.opts.UDPReaders {
 			s.wg.Add(1)
-			go func() { defer s.wg.Done(); s.serveUDP(ctx, u) }()
+			go func() { defer s.wg.Done(); s.serveUDP(ctx, u, busy) }()
 		}
 	}
 	for _, t := range s.tcp {
@@ -197,7 +209,7 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 // and writes the answer, all inline. No goroutine is started per packet
 // (a cache hit costs two syscalls and a copy); a query that waits on an
 // upstream holds only its own reader while the others go on.
-func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
+func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn, busy *atomic.Int32) {
 	local := u.LocalAddr().(*net.UDPAddr).AddrPort()
 	buf := make([]byte, maxUDPQuery)
 	out := make([]byte, 0, 4096)
@@ -216,18 +228,46 @@ func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn) {
 			continue
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		out = s.answer(ctx, buf[:n], client, local, false, out[:0])
-		if out == nil {
-			out = buf[:0:0]
+		if busy.Load() >= s.spillAt {
+			// Nearly every reader waits on an upstream: answer this one
+			// on its own goroutine, so that cache hits are not held up
+			// behind slow misses.
+			s.spill(ctx, u, append([]byte(nil), buf[:n]...), client, local)
 			continue
 		}
-		if _, err := u.WriteToUDPAddrPort(out, client); err != nil && ctx.Err() == nil {
+		busy.Add(1)
+		b := s.answer(ctx, buf[:n], client, local, false, out[:0])
+		busy.Add(-1)
+		if b == nil {
+			continue
+		}
+		if _, err := u.WriteToUDPAddrPort(b, client); err != nil && ctx.Err() == nil {
 			s.log.Debug("udp write", "client", client, "err", err)
 		}
-		if cap(out) > 64*1024 {
-			out = nil
+		if cap(b) <= 64*1024 {
+			out = b
 		}
 	}
+}
+
+// spill answers one UDP query on a goroutine of its own, within
+// MaxSpill; beyond it the query is dropped (the device will retry).
+func (s *Server) spill(ctx context.Context, u *net.UDPConn, raw []byte, client, local netip.AddrPort) {
+	select {
+	case s.spilling <- struct{}{}:
+	default:
+		s.Stats.Queries.Add(1)
+		s.Stats.Dropped.Add(1)
+		return
+	}
+	s.Stats.Spilled.Add(1)
+	s.wg.Add(1)
+	go func() {
+		defer func() { <-s.spilling; s.wg.Done() }()
+		if b := s.answer(ctx, raw, client, local, false, nil); b != nil {
+			u.WriteToUDPAddrPort(b, client)
+		}
+	}()
 }
 
 func (s *Server) serveTCP(ctx context.Context, l *net.TCPListener) {

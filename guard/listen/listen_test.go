@@ -25,7 +25,10 @@ import (
 
 // zone answers like an upstream: n A records for "N.many.test.", a
 // delay for "slow.test.", NXDOMAIN for the rest.
-type zone struct{ calls atomic.Int64 }
+type zone struct {
+	calls atomic.Int64
+	gate  chan struct{} // names under gate.test. wait for it to close
+}
 
 func (z *zone) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	z.calls.Add(1)
@@ -34,6 +37,13 @@ func (z *zone) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	name := q.Question[0].Name
 	var n int
 	switch {
+	case dns.IsSubDomain("gate.test.", name) && z.gate != nil:
+		select {
+		case <-z.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		n = 1
 	case name == "slow.test.":
 		select {
 		case <-time.After(300 * time.Millisecond):
@@ -63,7 +73,8 @@ func manyRecords(name string, n *int) bool {
 
 func start(t *testing.T, opts listen.Options) (string, *zone, *listen.Server) {
 	t.Helper()
-	z := &zone{}
+	z := &zone{gate: make(chan struct{})}
+	t.Cleanup(func() { close(z.gate) })
 	c := cache.New(policy.Cache{MaxEntries: 1000, MaxBytes: 1 << 20, MinTTL: 30 * time.Second, MaxTTL: time.Hour,
 		NegMaxTTL: time.Hour, FailMin: time.Second, FailMax: time.Minute}, nil, nil)
 	h := stage.Chain(forward.Handler(z), protocol.Stage(), c.Wrap)
@@ -351,4 +362,36 @@ func TestCorpusReplay(t *testing.T) {
 		t.Errorf("after replay (tcp): %v", r)
 	}
 	t.Logf("replayed %d messages: %d queries, %d malformed", len(files), s.Stats.Queries.Load(), s.Stats.Malformed.Load())
+}
+
+// TestHitsNotHeldBySlowMisses: with every UDP reader waiting on a slow
+// upstream, a cached name is still answered (the waiting queries spill
+// onto goroutines of their own).
+func TestHitsNotHeldBySlowMisses(t *testing.T) {
+	addr, _, s := start(t, listen.Options{UDPReaders: 8})
+	m := new(dns.Msg)
+	m.SetQuestion("1.many.test.", dns.TypeA)
+	exchange(t, "udp", addr, m.Copy()) // cached now
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 40; i++ { // more slow misses than readers
+		q := new(dns.Msg)
+		q.SetQuestion(fmt.Sprintf("q%d.gate.test.", i), dns.TypeA)
+		b, _ := q.Pack()
+		c.Write(b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats.Spilled.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s.Stats.Spilled.Load() == 0 {
+		t.Fatal("no query spilled while the readers waited")
+	}
+	// The gate is still closed: this answer can only come from the cache.
+	if r := exchange(t, "udp", addr, m.Copy()); len(r.Answer) != 1 {
+		t.Errorf("cached name while readers wait: %v", r)
+	}
 }
