@@ -19,7 +19,6 @@ import (
 // guardChain is one configuration's query chain and what it holds open.
 type guardChain struct {
 	handler stage.Handler
-	pool    *upstream.Pool
 	close   func()
 }
 
@@ -53,8 +52,17 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap)
 	return &guardChain{
 		handler: stage.Chain(forward.Handler(strictExchanger{pool, v}), stages...),
-		pool:    pool,
-		close:   func() { pool.Close() },
+		close: func() {
+			// What each upstream did while this configuration ran: the
+			// answers the shield refused and the flood copies dropped
+			// are counted per upstream.
+			for _, st := range pool.Stats() {
+				log.Info("upstream totals", "upstream", st.URL, "up", st.Up, "rtt", st.RTT,
+					"queries", st.Queries, "failures", st.Failures, "mismatches", st.Mismatches,
+					"flood", st.Flood, "refused", st.Refused)
+			}
+			pool.Close()
+		},
 	}, nil
 }
 
