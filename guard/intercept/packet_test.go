@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/dnsguard/dnsguard/guard/capture"
 	"github.com/miekg/dns"
 )
 
@@ -27,9 +28,9 @@ func buildPacket(t testing.TB, src, dst netip.AddrPort, tcp bool, payload []byte
 	binary.BigEndian.PutUint16(l4, src.Port())
 	binary.BigEndian.PutUint16(l4[2:], dst.Port())
 	l4 = append(l4, payload...)
-	proto := byte(protoUDP)
+	proto := byte(capture.ProtoUDP)
 	if tcp {
-		proto = protoTCP
+		proto = capture.ProtoTCP
 	}
 	if src.Addr().Is4() {
 		h := make([]byte, 20)
@@ -143,7 +144,7 @@ func TestParsePacketFragment(t *testing.T) {
 func TestParsePacketIPv6Extension(t *testing.T) {
 	b := buildPacket(t, netip.MustParseAddrPort("[fd00::2]:1000"), netip.MustParseAddrPort("[2001:db8::53]:53"), false, query(t, 42, "x.", false))
 	// Insert an 8-octet destination-options header before UDP.
-	ext := []byte{protoUDP, 0, 1, 4, 0, 0, 0, 0}
+	ext := []byte{capture.ProtoUDP, 0, 1, 4, 0, 0, 0, 0}
 	out := append(append(append([]byte(nil), b[:40]...), ext...), b[40:]...)
 	out[6] = 60
 	binary.BigEndian.PutUint16(out[4:], uint16(len(out)-40))
