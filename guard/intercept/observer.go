@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
@@ -28,6 +29,31 @@ type Observer struct {
 // the current one) and calls handle for each packet, from one goroutine,
 // until ctx is done or Close is called.
 func Observe(ctx context.Context, group uint16, netns int, handle func(Packet), log *slog.Logger) (*Observer, error) {
+	// Binding the group while the table already logs traffic can read a
+	// logged packet where the kernel's acknowledgement was expected
+	// ("mismatched sequence in netlink reply"): a restart under load hits
+	// it. A fresh socket a moment later binds; only repeated failures are
+	// an error.
+	var err error
+	for attempt := 1; attempt <= bindAttempts; attempt++ {
+		var o *Observer
+		if o, err = observe(ctx, group, netns, handle, log); err == nil {
+			return o, nil
+		}
+		log.Debug("nflog: bind failed, retrying", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+		}
+	}
+	return nil, err
+}
+
+// bindAttempts bounds the tries to bind the NFLOG group at start.
+const bindAttempts = 5
+
+func observe(ctx context.Context, group uint16, netns int, handle func(Packet), log *slog.Logger) (*Observer, error) {
 	nf, err := nflog.Open(&nflog.Config{
 		Group:    group,
 		Copymode: nflog.CopyPacket,
