@@ -58,7 +58,15 @@ func startGuard(t *testing.T, args ...string) *guardProc {
 	if !slices.Contains(args, "--state") { // each guard its own state file
 		args = append(args, "--state", filepath.Join(t.TempDir(), "state.db"))
 	}
-	g := &guardProc{cmd: exec.Command(binary, append([]string{"run"}, args...)...), done: make(chan error, 1)}
+	return runGuard(t, exec.Command(binary, append([]string{"run"}, args...)...))
+}
+
+// runGuard starts cmd (a dnsguard run, possibly wrapped, as by ip netns
+// exec), keeps its log, waits until it serves and kills it when the test
+// ends.
+func runGuard(t *testing.T, cmd *exec.Cmd) *guardProc {
+	t.Helper()
+	g := &guardProc{cmd: cmd, done: make(chan error, 1)}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +107,7 @@ func startGuard(t *testing.T, args ...string) *guardProc {
 			t.Fatalf("dnsguard exited before serving:\n%s", g.log())
 		}
 		g.addr = a
-	case <-time.After(15 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatalf("dnsguard did not start serving:\n%s", g.log())
 	}
 	return g
@@ -118,7 +126,7 @@ func (g *guardProc) stop(t *testing.T, sig syscall.Signal) error {
 	select {
 	case err := <-g.done:
 		return err
-	case <-time.After(10 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatalf("dnsguard did not stop on %v", sig)
 	}
 	return nil

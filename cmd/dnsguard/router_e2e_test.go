@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,7 +20,6 @@ import (
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 )
 
 // The router testbed: a dev namespace (the devices), rtr (the guard and
@@ -140,28 +136,6 @@ func sh(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// inNS runs f on a thread inside network namespace ns; sockets f opens
-// stay in ns.
-func inNS(ns string, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(ns)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return err
-	}
-	defer netns.Set(orig)
-	return f()
-}
-
 // startWAN starts the upstream and the stand-ins inside the wan namespace.
 func (tb *testbed) startWAN(t *testing.T) {
 	t.Helper()
@@ -185,7 +159,7 @@ func (tb *testbed) startWAN(t *testing.T) {
 	}
 	var servers []*dns.Server
 	var listeners []net.Listener
-	err := inNS(tb.wan, func() error {
+	err := testenv.InNetns(tb.wan, func() error {
 		for _, s := range []struct{ addr, a string }{
 			{"10.78.0.2:53", guardAnswer},
 			{"8.8.8.8:53", standinAnswer},
@@ -234,75 +208,13 @@ func (tb *testbed) startWAN(t *testing.T) {
 	}
 }
 
-// routerGuard is dnsguard run inside the rtr namespace.
-type routerGuard struct {
-	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs bytes.Buffer
-	done chan error
-}
-
-func (tb *testbed) startGuard(t *testing.T) *routerGuard {
+// startGuard runs dnsguard inside the rtr namespace, intercepting lan0.
+func (tb *testbed) startGuard(t *testing.T) *guardProc {
 	t.Helper()
-	g := &routerGuard{done: make(chan error, 1)}
-	g.cmd = exec.Command("ip", "netns", "exec", tb.rtr, binary, "run",
+	return runGuard(t, exec.Command("ip", "netns", "exec", tb.rtr, binary, "run",
 		"--config", tb.config, "--lan", "lan0", "--state", tb.state,
 		"--listen", rtrLAN4+":53", "--listen", "["+rtrLAN6+"]:53",
-		"--upstream", "udp://10.78.0.2:53")
-	stderr, err := g.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			g.mu.Lock()
-			g.logs.WriteString(sc.Text() + "\n")
-			g.mu.Unlock()
-			if strings.Contains(sc.Text(), "dnsguard serving") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		g.done <- g.cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if g.cmd.ProcessState == nil {
-			g.cmd.Process.Kill()
-			<-g.done
-		}
-		if t.Failed() {
-			t.Logf("guard log:\n%s", g.log())
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-g.done:
-		t.Fatalf("dnsguard exited (%v):\n%s", err, g.log())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("dnsguard did not start serving:\n%s", g.log())
-	}
-	return g
-}
-
-func (g *routerGuard) log() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.logs.String()
-}
-
-func (g *routerGuard) stop(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	g.cmd.Process.Signal(sig)
-	select {
-	case <-g.done:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("dnsguard did not stop on %v", sig)
-	}
+		"--upstream", "udp://10.78.0.2:53"))
 }
 
 // devDig runs dig in the dev namespace and returns its +short answer.
@@ -357,7 +269,7 @@ func (tb *testbed) waitDevice(t *testing.T, mac string, within time.Duration, wh
 
 // dialFromDev tries a TCP connection from the dev namespace.
 func (tb *testbed) dialFromDev(addr string) error {
-	return inNS(tb.dev, func() error {
+	return testenv.InNetns(tb.dev, func() error {
 		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 		if err != nil {
 			return err
@@ -488,7 +400,7 @@ func TestRouterInterception(t *testing.T) {
 func (tb *testbed) sendQueries(t *testing.T, src, dst string, n int, id func(int) uint16, name string) int {
 	t.Helper()
 	answered := 0
-	err := inNS(tb.dev, func() error {
+	err := testenv.InNetns(tb.dev, func() error {
 		for i := range n {
 			m := new(dns.Msg)
 			m.SetQuestion(fmt.Sprintf("q%d.%s", i, name), dns.TypeA)
@@ -586,7 +498,7 @@ func TestRouterKill9KeepsState(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inNS(tb.dev, func() error {
+			testenv.InNetns(tb.dev, func() error {
 				c, err := net.ListenUDP("udp", nil)
 				if err != nil {
 					return err

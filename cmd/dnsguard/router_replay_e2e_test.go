@@ -139,7 +139,7 @@ func TestRouterReplayIoTSentinel(t *testing.T) {
 		tb.setDevice(t, mac.String(), ip.String(), "fd10::"+strings.TrimPrefix(ip.String(), "10.10.10."))
 		sent := 0
 		for _, qs := range boots {
-			err := inNS(tb.dev, func() error {
+			err := testenv.InNetns(tb.dev, func() error {
 				conns := map[uint16]*net.UDPConn{}
 				defer func() {
 					for _, c := range conns {

@@ -6,13 +6,11 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/testenv"
-	"github.com/vishvananda/netns"
 )
 
 func sh(t *testing.T, args ...string) {
@@ -44,26 +42,11 @@ func TestNeighbours(t *testing.T) {
 	defer cancel()
 	var n *Neighbours
 	// The netlink sockets are opened in the namespace, on a locked thread.
-	err := func() error {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			return err
-		}
-		defer orig.Close()
-		h, err := netns.GetFromName(ns)
-		if err != nil {
-			return err
-		}
-		defer h.Close()
-		if err := netns.Set(h); err != nil {
-			return err
-		}
-		defer netns.Set(orig)
+	err := testenv.InNetns(ns, func() error {
+		var err error
 		n, err = WatchNeighbours(ctx, []string{"lan0"}, func(mac string) { gone <- mac }, quiet())
 		return err
-	}()
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

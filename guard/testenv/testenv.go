@@ -8,7 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
+
+	"github.com/vishvananda/netns"
 )
 
 // InCI reports whether the full test environment is promised.
@@ -74,4 +77,26 @@ func SharedData(name string) string {
 		}
 		dir = parent
 	}
+}
+
+// InNetns runs f on a locked OS thread switched into the named network
+// namespace (ip netns), then switches back; sockets f opens stay in ns.
+func InNetns(ns string, f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return f()
 }
