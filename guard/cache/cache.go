@@ -146,6 +146,12 @@ func (c *Cache) shard(key []byte) *shard {
 	return &c.shards[maphash.Bytes(c.seed, key)%shardCount]
 }
 
+// shardOf is shard for a key already held as a string (the same hash:
+// maphash.String and maphash.Bytes agree on equal contents).
+func (c *Cache) shardOf(key string) *shard {
+	return &c.shards[maphash.String(c.seed, key)%shardCount]
+}
+
 // Wrap returns the cache stage in front of next (the upstream side).
 func (c *Cache) Wrap(next stage.Handler) stage.Handler {
 	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
@@ -252,7 +258,7 @@ func (c *Cache) stale(e *entry, now time.Time, p *policy.Cache) *dnswire.Reply {
 func (c *Cache) store(key string, r *dnswire.Reply, err error) {
 	p := c.pol.Load()
 	now := c.now()
-	sh := c.shard([]byte(key))
+	sh := c.shardOf(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e := sh.m[key]
