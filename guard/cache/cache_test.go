@@ -331,3 +331,41 @@ func BenchmarkHit(b *testing.B) {
 		buf = dnswire.AppendResponse(buf[:0], &req.Q, r, 1232)
 	}
 }
+
+// TestKeyNamesOnTheWire: the key is the question name's octets with ASCII
+// letters lower-cased. Two renderings of one name (\032 and "\ ", any
+// case) share an entry; a dot inside a label, or octets that differ only
+// beyond ASCII, make another name.
+func TestKeyNamesOnTheWire(t *testing.T) {
+	_, u, _, h := setup(t)
+	ctx := context.Background()
+	ask := func(name string) *dns.Msg {
+		t.Helper()
+		req := request(t, name, false, false)
+		r, err := h.ServeDNS(ctx, req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		_, m := ttlOf(t, req, r)
+		return m
+	}
+	groups := [][]string{
+		{`a\032b.example.`, `A\ B.example.`, `a\ b.EXAMPLE.`},
+		{`a\(b\)\"\'\;\@\\.example.`, `A(B)"';@\092.example.`, `a\040b\041\034\039\059\064\092.example.`},
+		{`a\.b.example.`, `A\046B.example.`},
+		{`a.b.example.`},
+		{`\195\169.example.`},
+		{`\195\137.example.`},
+	}
+	for i, g := range groups {
+		for _, name := range g {
+			m := ask(name)
+			if len(m.Answer) != 1 || !dnswire.EqualNames(m.Answer[0].Header().Name, name) || !dnswire.EqualNames(m.Question[0].Name, name) {
+				t.Errorf("%s answered as %v", name, m)
+			}
+		}
+		if n := u.calls.Load(); n != int64(i+1) {
+			t.Fatalf("after %v: %d upstream calls, want %d", g, n, i+1)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/dnsguard/dnsguard/guard/testenv"
@@ -292,8 +293,13 @@ func FuzzParseQuery(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(r.Msg)-HeaderLen-4 != len(q.Name) {
-			return // names with escapes that miekg packs differently
+		// The name round-trips: presentation form packs back to the
+		// same octets, and reads as miekg renders the same name.
+		if len(r.Msg)-HeaderLen-4 != len(q.Name) || !bytes.Equal(r.Msg[HeaderLen:HeaderLen+len(q.Name)], AppendLower(nil, q.Name)) {
+			t.Fatalf("name %q does not round-trip: %x vs %x", NameString(q.Name), r.Msg[HeaderLen:len(r.Msg)-4], q.Name)
+		}
+		if m.Unpack(b) == nil && !strings.EqualFold(m.Question[0].Name, NameString(q.Name)) {
+			t.Fatalf("NameString %q, miekg %q", NameString(q.Name), m.Question[0].Name)
 		}
 		for _, rep := range []*Reply{r, stored} {
 			if rep == stored && !bytes.Equal(AppendLower(nil, q.Name), stored.Msg[HeaderLen:HeaderLen+len("\x01a\x07example\x00")]) {
@@ -313,4 +319,116 @@ func FuzzParseQuery(f *testing.F) {
 			}
 		}
 	})
+}
+
+// wire builds a wire-format name from labels.
+func wire(labels ...string) []byte {
+	var b []byte
+	for _, l := range labels {
+		b = append(b, byte(len(l)))
+		b = append(b, l...)
+	}
+	return append(b, 0)
+}
+
+// TestNameString: every octet a label may hold survives presentation form
+// and comes back as the same name, and the rendering is miekg/dns's.
+func TestNameString(t *testing.T) {
+	tests := []struct {
+		name []byte
+		want string
+	}{
+		{wire("www", "Example", "com"), "www.example.com."},
+		{wire(), "."},
+		{wire("a b", "example"), `a\ b.example.`},
+		{wire("a(b)", "example"), `a\(b\).example.`},
+		{wire(`a"b'c`, "example"), `a\"b\'c.example.`},
+		{wire("a;b@c", "example"), `a\;b\@c.example.`},
+		{wire(`a\b`, "example"), `a\\b.example.`},
+		{wire("a.b", "example"), `a\.b.example.`},
+		{wire("a\x00\x7f\xff", "example"), `a\000\127\255.example.`},
+		{wire("-_*", "example"), `-_*.example.`},
+	}
+	for _, tt := range tests {
+		got := NameString(tt.name)
+		if got != tt.want {
+			t.Errorf("NameString(%x) = %q, want %q", tt.name, got, tt.want)
+		}
+		var buf [256]byte
+		n, err := dns.PackDomainName(got, buf[:], 0, nil, false)
+		if err != nil || !bytes.Equal(buf[:n], AppendLower(nil, tt.name)) {
+			t.Errorf("%q packs to %x (%v), want %x", got, buf[:n], err, AppendLower(nil, tt.name))
+		}
+		// miekg renders the same name the same way.
+		m := new(dns.Msg)
+		m.SetQuestion(got, dns.TypeA)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Unpack(b); err != nil || m.Question[0].Name != got {
+			t.Errorf("miekg renders %q as %q (%v)", got, m.Question[0].Name, err)
+		}
+	}
+}
+
+func TestCanonicalName(t *testing.T) {
+	same := [][2]string{
+		{"a.example.", "A.EXAMPLE"},
+		{`a\032b.example.`, `a\ b.example.`},
+		{`a(b.example.`, `a\(b.example.`},
+		{`a\034b.example.`, `a\"b.example.`},
+		{`a\046b.example.`, `a\.b.example.`},
+		{`a\;b\@c.`, `a\059b\064c.`},
+		{`A\092B.`, `a\\b.`},
+		{".", ""},
+	}
+	for _, p := range same {
+		if !EqualNames(p[0], p[1]) {
+			a, _ := CanonicalName(p[0])
+			b, _ := CanonicalName(p[1])
+			t.Errorf("%q and %q differ: %x vs %x", p[0], p[1], a, b)
+		}
+	}
+	differ := [][2]string{
+		{`a\.b.example.`, `a.b.example.`},
+		{`a\032b.example.`, `ab.example.`},
+		{"a.example.", "a.example.com."},
+		{`\195\169.`, `\195\137.`}, // é vs É in UTF-8: octets, not Unicode case
+	}
+	for _, p := range differ {
+		if EqualNames(p[0], p[1]) {
+			t.Errorf("%q and %q compare equal", p[0], p[1])
+		}
+	}
+	if _, err := CanonicalName("a..b."); err == nil {
+		t.Error("empty label accepted")
+	}
+}
+
+func TestIsSubName(t *testing.T) {
+	c := func(s string) string {
+		n, err := CanonicalName(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	tests := []struct {
+		parent, child string
+		want          bool
+	}{
+		{"example.", "a.example.", true},
+		{"example.", "EXAMPLE.", true},
+		{".", "a.example.", true},
+		{"example.", "aexample.", false},
+		{"b.example.", `a\.b.example.`, false}, // one label "a.b" under example.
+		{`a\.b.example.`, `x.a\.b.example.`, true},
+		{"a.example.", "example.", false},
+	}
+	for _, tt := range tests {
+		if got := IsSubName(c(tt.parent), c(tt.child)); got != tt.want {
+			t.Errorf("IsSubName(%q, %q) = %v", tt.parent, tt.child, got)
+		}
+	}
 }

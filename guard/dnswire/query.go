@@ -8,6 +8,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/miekg/dns"
 )
 
 // Errors from ParseQuery. ErrShort means there is not even a header to
@@ -225,8 +228,12 @@ func AppendLower(dst, name []byte) []byte {
 }
 
 // NameString renders an uncompressed wire-format name in presentation
-// format, lower-cased, with a trailing dot. Bytes outside printable
-// ASCII and the characters . \ are escaped as \DDD.
+// format, lower-cased, with a trailing dot, escaped as miekg/dns escapes
+// the names it unpacks: the characters RFC 1035 §5.1 gives a meaning in
+// presentation form (. space ' @ ; ( ) " \) as \X, other bytes outside
+// printable ASCII as \DDD. So a name read from a device renders as the
+// same string as the same name unpacked from an upstream's answer, and
+// dns.PackDomainName(NameString(n)) gives n back (lower-cased).
 func NameString(name []byte) string {
 	if len(name) <= 1 {
 		return "."
@@ -244,9 +251,9 @@ func NameString(name []byte) string {
 			switch {
 			case 'A' <= c && c <= 'Z':
 				out = append(out, c+'a'-'A')
-			case c == '.' || c == '\\':
+			case labelSpecial(c):
 				out = append(out, '\\', c)
-			case c < '!' || c > '~':
+			case c < ' ' || c > '~':
 				out = append(out, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
 			default:
 				out = append(out, c)
@@ -255,4 +262,60 @@ func NameString(name []byte) string {
 		out = append(out, '.')
 	}
 	return string(out)
+}
+
+// labelSpecial reports whether c has a meaning of its own in a name's
+// presentation form and is escaped as \c inside a label.
+func labelSpecial(c byte) bool {
+	switch c {
+	case '.', ' ', '\'', '@', ';', '(', ')', '"', '\\':
+		return true
+	}
+	return false
+}
+
+// CanonicalName returns the wire form of a presentation-format name
+// (escapes resolved, absolute or not) with ASCII letters lower-cased: the
+// form in which two names are compared (RFC 4343: labels as octets, ASCII
+// case-insensitively). Two renderings of one name, "a\(b.example." and
+// "a(b.example.", "a\032b." and "a\ b.", give the same string.
+func CanonicalName(name string) (string, error) {
+	var buf [MaxName + 1]byte
+	if name == "" || name == "." {
+		return "\x00", nil
+	}
+	if !dns.IsFqdn(name) {
+		name += "."
+	}
+	n, err := dns.PackDomainName(name, buf[:], 0, nil, false)
+	if err != nil {
+		return "", fmt.Errorf("dnswire: name %q: %w", name, err)
+	}
+	return string(AppendLower(make([]byte, 0, n), buf[:n])), nil
+}
+
+// EqualNames reports whether two presentation-format names are the same
+// name on the wire (ASCII case-insensitively). Names that do not pack are
+// equal only if their strings are equal ignoring case.
+func EqualNames(a, b string) bool {
+	ca, errA := CanonicalName(a)
+	cb, errB := CanonicalName(b)
+	if errA != nil || errB != nil {
+		return strings.EqualFold(a, b)
+	}
+	return ca == cb
+}
+
+// IsSubName reports whether child, a canonical wire name, is parent (also
+// canonical) or below it: a suffix on a label boundary.
+func IsSubName(parent, child string) bool {
+	for off := 0; off < len(child); off += int(child[off]) + 1 {
+		if child[off:] == parent {
+			return true
+		}
+		if child[off] == 0 {
+			break
+		}
+	}
+	return false
 }

@@ -12,6 +12,61 @@ import (
 	"github.com/miekg/dns"
 )
 
+// wireName is name on the wire with ASCII letters lower-cased: the
+// verifier's own reading of a name, so that names are compared as
+// octets whatever their presentation form. A name that does not pack
+// stays as it is, marked so that it equals no wire name.
+func wireName(name string) string {
+	var buf [256]byte
+	n, err := dns.PackDomainName(dns.Fqdn(name), buf[:], 0, nil, false)
+	if err != nil {
+		return "!" + name
+	}
+	b := buf[:n]
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// under reports whether wire name child is parent or below it.
+func under(parent, child string) bool {
+	for i := 0; i < len(child) && child[i] != '!'; i += int(child[i]) + 1 {
+		if child[i:] == parent {
+			return true
+		}
+	}
+	return false
+}
+
+// rerender writes name another way: every octet that is not a letter or
+// digit as \DDD, letters in upper case.
+func rerender(name string) string {
+	w := wireName(name)
+	if w[0] == '!' || w == "\x00" {
+		return name
+	}
+	var out strings.Builder
+	for i := 0; w[i] != 0; {
+		l := int(w[i])
+		for _, c := range []byte(w[i+1 : i+1+l]) {
+			switch {
+			case 'a' <= c && c <= 'z':
+				out.WriteByte(c - 'a' + 'A')
+			case '0' <= c && c <= '9', 'A' <= c && c <= 'Z':
+				out.WriteByte(c)
+			default:
+				fmt.Fprintf(&out, "\\%03d", c)
+			}
+		}
+		out.WriteByte('.')
+		i += l + 1
+	}
+	return out.String()
+}
+
 // verify re-checks an accepted answer against the rules, written
 // independently of the validator (a plain walk, no shared helpers but
 // Special). It returns "" when out obeys them.
@@ -19,7 +74,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 	if out == nil {
 		return "nil message"
 	}
-	if !out.Response || len(out.Question) != 1 || !strings.EqualFold(out.Question[0].Name, q.Name) ||
+	if !out.Response || len(out.Question) != 1 || wireName(out.Question[0].Name) != wireName(q.Name) ||
 		out.Question[0].Qtype != q.Qtype || out.Question[0].Qclass != q.Qclass {
 		return "question differs"
 	}
@@ -32,7 +87,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 				continue
 			}
 			total++
-			sets[strings.ToLower(r.Header().Name)+"/"+fmt.Sprint(r.Header().Rrtype, r.Header().Class)]++
+			sets[wireName(r.Header().Name)+"/"+fmt.Sprint(r.Header().Rrtype, r.Header().Class)]++
 			for _, o := range sec[:i] {
 				if dns.IsDuplicate(r, o) {
 					return "duplicate record " + r.String()
@@ -57,16 +112,16 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 		return fmt.Sprintf("%d octets", c.Len())
 	}
 	// Follow CNAMEs from the question name.
-	reach := map[string]bool{strings.ToLower(q.Name): true}
-	cur, steps := strings.ToLower(q.Name), 0
+	reach := map[string]bool{wireName(q.Name): true}
+	cur, steps := wireName(q.Name), 0
 	for q.Qtype != dns.TypeCNAME {
 		next := ""
 		for _, r := range out.Answer {
-			if c, ok := r.(*dns.CNAME); ok && strings.ToLower(c.Hdr.Name) == cur {
-				if next != "" && next != strings.ToLower(c.Target) {
-					return "two CNAMEs at " + cur
+			if c, ok := r.(*dns.CNAME); ok && wireName(c.Hdr.Name) == cur {
+				if next != "" && next != wireName(c.Target) {
+					return "two CNAMEs at " + c.Hdr.Name
 				}
-				next = strings.ToLower(c.Target)
+				next = wireName(c.Target)
 			}
 		}
 		if next == "" {
@@ -83,7 +138,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 	}
 	local := false
 	for _, d := range a.LocalDomains {
-		if dns.IsSubDomain(dns.Fqdn(strings.ToLower(strings.Trim(d, "."))), strings.ToLower(q.Name)) && strings.Trim(d, ".") != "" {
+		if strings.Trim(d, ".") != "" && under(wireName(strings.Trim(d, ".")), wireName(q.Name)) {
 			local = true
 		}
 	}
@@ -93,13 +148,13 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 		if t == dns.TypeDNAME {
 			continue
 		}
-		if !reach[strings.ToLower(h.Name)] {
+		if !reach[wireName(h.Name)] {
 			return "owner outside the chain: " + r.String()
 		}
 		if t != q.Qtype && q.Qtype != dns.TypeANY && t != dns.TypeCNAME && t != dns.TypeRRSIG {
 			return fmt.Sprintf("%s in answer to %s", dns.Type(t), dns.Type(q.Qtype))
 		}
-		if t == q.Qtype && q.Qtype != dns.TypeCNAME && strings.ToLower(h.Name) != cur {
+		if t == q.Qtype && q.Qtype != dns.TypeCNAME && wireName(h.Name) != cur {
 			return "data beside a CNAME at " + h.Name
 		}
 	}
@@ -142,6 +197,10 @@ func seeds(f *testing.F) {
 		msg("a.example.", dns.TypeA, "a.example. 300 A 10.0.0.1"),
 		msg("x.lan.", dns.TypeA, "x.lan. 300 A 10.0.0.1"),
 		msg("a.example.", dns.TypeANY, "a.example. 300 A 93.184.216.34", `a.example. 300 TXT "t"`),
+		// Labels holding what presentation form escapes, and dots.
+		msg(`a\ b\(c\).example.`, dns.TypeA, `a\ b\(c\).example. 300 CNAME x\"y\'z\;\@.example.`, `x\"y\'z\;\@.example. 300 A 93.184.216.34`),
+		msg(`x\.lan.`, dns.TypeA, `x\.lan. 300 A 10.0.0.1`),
+		msg(`a\\b.example.`, dns.TypeA, `a\\b.example. 300 CNAME a\.b.example.`, `a\.b.example. 300 A 93.184.216.34`),
 	} {
 		b, err := m.Pack()
 		if err != nil {
@@ -169,6 +228,13 @@ func FuzzCheck(f *testing.F) {
 			question = m.Question[0]
 		}
 		out, err := v.Check(question, m, strict)
+		// The question written another way (every octet that is not a
+		// letter or digit as \DDD, upper case) is the same question.
+		other := question
+		other.Name = rerender(question.Name)
+		if _, err2 := v.Check(other, m, strict); (err == nil) != (err2 == nil) {
+			t.Fatalf("%q and %q checked differently: %v / %v", question.Name, other.Name, err, err2)
+		}
 		if err != nil {
 			if out != nil {
 				t.Fatal("refusal with a message")

@@ -3,7 +3,6 @@ package validate
 import (
 	"container/list"
 	"log/slog"
-	"strings"
 	"sync"
 
 	"github.com/miekg/dns"
@@ -64,7 +63,7 @@ func (w *TTLWatch) ObserveTTL(name string, qtype uint16, ttl uint32) bool {
 	if w.factor <= 1 {
 		return false
 	}
-	k := watchKey{strings.ToLower(name), qtype}
+	k := watchKey{canon(name), qtype}
 	w.mu.Lock()
 	var prev uint32
 	seen := false

@@ -45,7 +45,7 @@ type Validator struct {
 	maxSize    int
 	maxChain   int
 	rebind     bool
-	locals     []string // lower-case FQDNs
+	locals     []string // canonical wire names (dnswire.CanonicalName)
 	allowed    []netip.Prefix
 }
 
@@ -62,7 +62,7 @@ func New(a policy.Answers) *Validator {
 	}
 	for _, d := range a.LocalDomains {
 		if d = strings.Trim(d, "."); d != "" {
-			v.locals = append(v.locals, dns.Fqdn(strings.ToLower(d)))
+			v.locals = append(v.locals, canon(d))
 		}
 	}
 	return v
@@ -157,7 +157,7 @@ func (v *Validator) header(q dns.Question, m *dns.Msg) error {
 		return forged(fmt.Sprintf("%d questions", len(m.Question)), ErrQuestion)
 	}
 	a := m.Question[0]
-	if !strings.EqualFold(a.Name, q.Name) || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
+	if canon(a.Name) != canon(q.Name) || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
 		return forged(fmt.Sprintf("answer to %s %s, asked %s %s", a.Name, dns.Type(a.Qtype), q.Name, dns.Type(q.Qtype)), ErrQuestion)
 	}
 	return nil
@@ -182,18 +182,34 @@ func dedup(rrs []dns.RR) ([]dns.RR, int) {
 	return out, len(rrs) - len(out)
 }
 
-// key identifies a record without its TTL, names compared without case.
+// key identifies a record without its TTL: the owner compared on the
+// wire, the data without case.
 func key(rr dns.RR) string {
-	c := dns.Copy(rr)
-	h := c.Header()
-	h.Ttl = 0
-	h.Name = strings.ToLower(h.Name)
-	h.Rdlength = 0
-	if h.Rrtype == dns.TypeOPT {
+	if rr.Header().Rrtype == dns.TypeOPT {
 		return "OPT"
 	}
-	return strings.ToLower(c.String())
+	c := dns.Copy(rr)
+	h := c.Header()
+	owner := canon(h.Name)
+	h.Name, h.Ttl, h.Rdlength = ".", 0, 0
+	return owner + strings.ToLower(c.String())
 }
+
+// canon is the form in which the shield compares names: wire octets,
+// ASCII lower-cased (dnswire.CanonicalName), so that every presentation
+// form of a name (a\032b, a\ b; a(b, a\(b) is the same name and a dot
+// inside a label is not a label boundary. A name that does not pack
+// (never one miekg/dns unpacked) gets a form no wire name has.
+func canon(name string) string {
+	c, err := dnswire.CanonicalName(name)
+	if err != nil {
+		return "\xff" + strings.ToLower(name)
+	}
+	return c
+}
+
+// isSub reports whether child is parent or below it (canonical names).
+func isSub(parent, child string) bool { return dnswire.IsSubName(parent, child) }
 
 type rrsetKey struct {
 	name  string
@@ -211,7 +227,7 @@ func (v *Validator) counts(m *dns.Msg) error {
 				continue
 			}
 			total++
-			k := rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}
+			k := rrsetKey{canon(h.Name), h.Rrtype, h.Class}
 			sets[k]++
 			if v.maxRRset > 0 && sets[k] > v.maxRRset {
 				return invalid(fmt.Sprintf("more than %d %s records for %s", v.maxRRset, dns.Type(h.Rrtype), h.Name), ErrSize)
@@ -227,7 +243,7 @@ func (v *Validator) counts(m *dns.Msg) error {
 // answer checks the answer section and returns the chain of names it
 // covers: the question name, then each CNAME target in turn.
 func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
-	qname := strings.ToLower(q.Name)
+	qname := canon(q.Name)
 	switch m.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 	default: // an error answer carries no data
@@ -246,7 +262,7 @@ func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
 		if !ok || q.Qtype == dns.TypeCNAME {
 			continue
 		}
-		owner, target := strings.ToLower(h.Name), strings.ToLower(dns.Fqdn(c.Target))
+		owner, target := canon(h.Name), canon(c.Target)
 		if prev, dup := cname[owner]; dup && prev != target {
 			return nil, forged("two CNAMEs for "+h.Name, ErrChain)
 		}
@@ -260,7 +276,7 @@ func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
 			break
 		}
 		if inChain[t] {
-			return nil, invalid("CNAME loop at "+t, ErrChain)
+			return nil, invalid("CNAME loop at "+dnswire.NameString([]byte(t)), ErrChain)
 		}
 		if v.maxChain > 0 && len(chain) > v.maxChain {
 			return nil, invalid(fmt.Sprintf("CNAME chain longer than %d", v.maxChain), ErrChain)
@@ -272,7 +288,7 @@ func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
 	last := chain[len(chain)-1]
 	for _, rr := range m.Answer {
 		h := rr.Header()
-		owner := strings.ToLower(h.Name)
+		owner := canon(h.Name)
 		switch {
 		case h.Rrtype == dns.TypeDNAME:
 			if !ancestorOfChain(owner, chain) {
@@ -304,7 +320,7 @@ func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
 
 func ancestorOfChain(owner string, chain []string) bool {
 	for _, n := range chain {
-		if n != owner && dns.IsSubDomain(owner, n) {
+		if n != owner && isSub(owner, n) {
 			return true
 		}
 	}
@@ -314,7 +330,7 @@ func ancestorOfChain(owner string, chain []string) bool {
 // isLocal reports whether name is in one of the local domains.
 func (v *Validator) isLocal(name string) bool {
 	for _, d := range v.locals {
-		if dns.IsSubDomain(d, strings.ToLower(name)) {
+		if isSub(d, canon(name)) {
 			return true
 		}
 	}
@@ -383,8 +399,8 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 	var apexes []string
 	for _, rr := range m.Ns {
 		h := rr.Header()
-		if (h.Rrtype == dns.TypeSOA || h.Rrtype == dns.TypeNS) && h.Class == m.Question[0].Qclass && dns.IsSubDomain(strings.ToLower(h.Name), last) {
-			apexes = append(apexes, strings.ToLower(h.Name))
+		if (h.Rrtype == dns.TypeSOA || h.Rrtype == dns.TypeNS) && h.Class == m.Question[0].Qclass && isSub(canon(h.Name), last) {
+			apexes = append(apexes, canon(h.Name))
 		}
 	}
 	kept := make([]dns.RR, 0, len(m.Ns))
@@ -393,17 +409,17 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 		if h.Class != m.Question[0].Qclass {
 			continue
 		}
-		owner := strings.ToLower(h.Name)
+		owner := canon(h.Name)
 		switch h.Rrtype {
 		case dns.TypeSOA, dns.TypeNS, dns.TypeDS:
-			if dns.IsSubDomain(owner, last) {
+			if isSub(owner, last) {
 				kept = append(kept, rr)
 			}
 		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
 			// Denial-of-existence proofs are owned by neighbours in the
 			// zone: keep them when they are in the answer's zone.
 			for _, apex := range apexes {
-				if dns.IsSubDomain(apex, owner) {
+				if isSub(apex, owner) {
 					kept = append(kept, rr)
 					break
 				}
@@ -426,7 +442,7 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns} {
 		for _, rr := range sec {
 			if t := target(rr); t != "" {
-				wanted[strings.ToLower(dns.Fqdn(t))] = true
+				wanted[canon(t)] = true
 			}
 		}
 	}
@@ -438,7 +454,7 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 			kept = append(kept, rr)
 			continue
 		}
-		if strict || !wanted[strings.ToLower(h.Name)] || h.Class != q.Qclass {
+		if strict || !wanted[canon(h.Name)] || h.Class != q.Qclass {
 			continue
 		}
 		a, ok := address(rr)
@@ -483,7 +499,7 @@ func normaliseTTLs(m *dns.Msg) {
 			if h.Ttl > 1<<31-1 {
 				h.Ttl = 0
 			}
-			k := rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}
+			k := rrsetKey{canon(h.Name), h.Rrtype, h.Class}
 			if t, ok := low[k]; !ok || h.Ttl < t {
 				low[k] = h.Ttl
 			}
@@ -491,7 +507,7 @@ func normaliseTTLs(m *dns.Msg) {
 		for _, rr := range sec {
 			h := rr.Header()
 			if h.Rrtype != dns.TypeOPT {
-				h.Ttl = low[rrsetKey{strings.ToLower(h.Name), h.Rrtype, h.Class}]
+				h.Ttl = low[rrsetKey{canon(h.Name), h.Rrtype, h.Class}]
 			}
 		}
 	}

@@ -262,3 +262,100 @@ func itoa(i int) string {
 	}
 	return itoa(i/10) + d[i%10:i%10+1]
 }
+
+// roundTrip packs and unpacks m, so its names are rendered as an
+// upstream's answer would be.
+func roundTrip(t *testing.T, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := new(dns.Msg)
+	if err := out.Unpack(b); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestCheckWireNames: names are compared on the wire. A label holding a
+// character that presentation form escapes (space ( ) " ' ; @ \ and a dot)
+// is the same name whichever way it is written, in the question, the CNAME
+// chain, the owners and the additional section; and a dot inside a label
+// is not a label boundary.
+func TestCheckWireNames(t *testing.T) {
+	v := New(testPolicy())
+	for _, c := range []byte(" ()\"';@\\.") {
+		label := "a" + string(c) + "b"
+		wire := []byte{byte(len(label))}
+		wire = append(wire, label...)
+		wire = append(wire, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0)
+		device := dnswire.NameString(wire) // as the guard asks upstream
+		ddd := "a\\" + itoa3(int(c)) + "b.EXAMPLE."
+		t.Run(device, func(t *testing.T) {
+			// The upstream answers in its own rendering: question and
+			// owner as \DDD, upper-case, a CNAME to a target holding the
+			// same character.
+			target := "t\\" + itoa3(int(c)) + ".example.net."
+			m := msg(ddd, dns.TypeA, ddd+" 300 CNAME "+target, target+" 300 A 93.184.216.34")
+			m.Ns = []dns.RR{rr("example.net. 300 NS ns\\" + itoa3(int(c)) + ".example.net.")}
+			m.Extra = []dns.RR{rr("NS\\" + itoa3(int(c)) + ".example.net. 300 A 93.184.216.1")}
+			for _, am := range []*dns.Msg{m, roundTrip(t, m)} {
+				out, err := v.Check(q(device, dns.TypeA), am, false)
+				if err != nil {
+					t.Fatalf("refused: %v\n%v", err, am)
+				}
+				if len(out.Answer) != 2 || len(out.Ns) != 1 || len(out.Extra) != 1 {
+					t.Errorf("records lost: %v", out)
+				}
+			}
+			// The same name with the special character as a plain letter
+			// is another name.
+			other := msg("axb.example.", dns.TypeA, "axb.example. 300 A 93.184.216.34")
+			if _, err := v.Check(q(device, dns.TypeA), other, false); !errors.Is(err, ErrQuestion) {
+				t.Errorf("answer for axb.example. accepted for %s: %v", device, err)
+			}
+			// Rebinding holds for such names.
+			priv := msg(ddd, dns.TypeA, ddd+" 300 A 192.168.1.1")
+			if _, err := v.Check(q(device, dns.TypeA), roundTrip(t, priv), false); !errors.Is(err, ErrRebinding) {
+				t.Errorf("private address accepted for %s: %v", device, err)
+			}
+		})
+	}
+	// A dot inside a label.
+	tests := []struct {
+		name string
+		q    dns.Question
+		m    *dns.Msg
+		want error // nil: accepted
+	}{
+		{"x\\.lan. is not under lan.", q("x\\.lan.", dns.TypeA), msg("x\\046lan.", dns.TypeA, "x\\.lan. 300 A 192.168.1.1"), ErrRebinding},
+		{"x.lan. is", q("x.lan.", dns.TypeA), msg("x.lan.", dns.TypeA, "x.lan. 300 A 192.168.1.1"), nil},
+		{"a\\.b. asked, a.b. answered", q("a\\.b.example.", dns.TypeA), msg("a.b.example.", dns.TypeA, "a.b.example. 300 A 93.184.216.34"), ErrQuestion},
+		{"owner a.b. in an answer for a\\.b.", q("a\\.b.example.", dns.TypeA), msg("a\\.b.example.", dns.TypeA, "a.b.example. 300 A 93.184.216.34"), ErrOwner},
+		{"CNAME target with an inner dot", q("a.example.", dns.TypeA), msg("a.example.", dns.TypeA, "a.example. 300 CNAME x\\.y.example.", "x\\046Y.example. 300 A 93.184.216.34"), nil},
+		{"CNAME target a different split", q("a.example.", dns.TypeA), msg("a.example.", dns.TypeA, "a.example. 300 CNAME x\\.y.example.", "x.y.example. 300 A 93.184.216.34"), ErrOwner},
+		{"DNAME owner with an inner dot is not an ancestor", q("a.old.example.", dns.TypeA), msg("a.old.example.", dns.TypeA, "a\\.old.example. 300 DNAME new.example.", "a.old.example. 300 A 93.184.216.34"), ErrOwner},
+		{"UTF-8 octets are not case-folded", q("\\195\\169.example.", dns.TypeA), msg("\\195\\137.example.", dns.TypeA, "\\195\\137.example. 300 A 93.184.216.34"), ErrQuestion},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, m := range []*dns.Msg{tt.m, roundTrip(t, tt.m)} {
+				_, err := v.Check(tt.q, m, false)
+				if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+					t.Errorf("err %v, want %v", err, tt.want)
+				}
+			}
+		})
+	}
+	// Duplicates written in two renderings are one record.
+	m := msg("a\\ b.example.", dns.TypeA, "a\\ b.example. 300 A 93.184.216.34", "A\\032B.example. 300 A 93.184.216.34")
+	out, rep, err := v.CheckReport(q("a\\032b.example.", dns.TypeA), m, false)
+	if err != nil || len(out.Answer) != 1 || rep.Duplicates != 1 {
+		t.Errorf("duplicates: %v %v %+v", err, out, rep)
+	}
+}
+
+func itoa3(i int) string {
+	return string([]byte{'0' + byte(i/100), '0' + byte(i/10%10), '0' + byte(i%10)})
+}
