@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,6 +27,9 @@ type Store struct {
 	db   *bolt.DB
 	path string
 	log  *slog.Logger
+
+	mu        sync.Mutex
+	persisted map[string]bool // persistent copies already checked for what a copy would lose
 }
 
 // ErrLocked means another process (a running guard) holds the file.
@@ -34,15 +39,19 @@ var ErrLocked = errors.New("device: state file is in use by another process")
 // set and path does not exist yet (a router after a reboot: path is in
 // RAM), the persistent copy is restored first. A file that cannot be read,
 // fails bbolt's consistency check or has another schema version is moved
-// aside (path.damaged-TIME) and a fresh one started: the guard runs with
-// no history rather than not at all.
+// aside (path.damaged-TIME); the persistent copy, when there is one and
+// it was not the damaged file's source, takes its place, and only when
+// that fails too does a fresh file start: the guard runs with no history
+// rather than not at all. Each step is logged.
 func OpenStore(path, persist string, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("device: state directory: %w", err)
 	}
+	restored := false
 	if persist != "" {
 		if _, err := os.Stat(path); os.IsNotExist(err) {
 			if err := copyFile(persist, path); err == nil {
+				restored = true
 				log.Info("state restored from the persistent copy", "from", persist, "to", path)
 			} else if !os.IsNotExist(err) {
 				log.Warn("persistent state copy unreadable; starting fresh", "file", persist, "err", err)
@@ -54,17 +63,64 @@ func OpenStore(path, persist string, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	if err != nil {
-		aside := path + ".damaged-" + time.Now().UTC().Format("20060102T150405")
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("device: state file %s damaged (%v) and cannot be moved aside: %w", path, err, rerr)
+		aside, merr := moveAside(path, err)
+		if merr != nil {
+			return nil, merr
 		}
-		log.Error("state file damaged; moved aside, starting fresh", "file", path, "moved_to", aside, "err", err)
-		db, err = openChecked(path)
-		if err != nil {
-			return nil, err
+		switch {
+		case restored:
+			log.Error("persistent state copy damaged; moved aside, starting fresh", "file", persist, "moved_to", aside, "err", err)
+		case persist != "" && fileExists(persist):
+			log.Error("state file damaged; moved aside, falling back to the persistent copy", "file", path, "moved_to", aside, "persistent_copy", persist, "err", err)
+			if db, err = restoreFrom(persist, path, log); err != nil {
+				return nil, err
+			}
+		default:
+			log.Error("state file damaged; moved aside, starting fresh (no persistent copy)", "file", path, "moved_to", aside, "err", err)
+		}
+		if db == nil {
+			if db, err = openChecked(path); err != nil {
+				return nil, err
+			}
 		}
 	}
-	return &Store{db: db, path: path, log: log}, nil
+	return &Store{db: db, path: path, log: log, persisted: map[string]bool{}}, nil
+}
+
+// restoreFrom copies the persistent copy over path (whose damaged file
+// was moved aside) and opens it; when that copy is damaged too it is left
+// where it is, path is cleared, and nil is returned for a fresh start.
+func restoreFrom(persist, path string, log *slog.Logger) (*bolt.DB, error) {
+	if err := copyFile(persist, path); err != nil {
+		log.Error("persistent state copy unreadable; starting fresh", "file", persist, "err", err)
+		return nil, nil
+	}
+	db, err := openChecked(path)
+	if err == nil {
+		log.Warn("state restored from the persistent copy after damage; changes since it was written are lost", "from", persist, "to", path)
+		return db, nil
+	}
+	if errors.Is(err, ErrLocked) {
+		return nil, err
+	}
+	if rerr := os.Remove(path); rerr != nil {
+		return nil, fmt.Errorf("device: state file %s: %w", path, rerr)
+	}
+	log.Error("persistent state copy damaged too; starting fresh (it is replaced at the next persist)", "file", persist, "err", err)
+	return nil, nil
+}
+
+func moveAside(path string, cause error) (string, error) {
+	aside := path + ".damaged-" + time.Now().UTC().Format("20060102T150405")
+	if err := os.Rename(path, aside); err != nil {
+		return "", fmt.Errorf("device: state file %s damaged (%v) and cannot be moved aside: %w", path, cause, err)
+	}
+	return aside, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 func openChecked(path string) (db *bolt.DB, err error) {
@@ -78,6 +134,9 @@ func openChecked(path string) (db *bolt.DB, err error) {
 			db, err = nil, fmt.Errorf("device: state file unreadable: %v", p)
 		}
 	}()
+	if err := checkBoltFile(path); err != nil {
+		return nil, fmt.Errorf("device: state file unreadable: %w", err)
+	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s", ErrLocked, path)
@@ -177,10 +236,21 @@ func (s *Store) Save(records []*Record, gone []string) error {
 }
 
 // CopyTo writes a consistent copy of the file to path, through a
-// temporary file and a rename, so path is never half written.
+// temporary file and a rename, so path is never half written. The first
+// time a run copies over an existing file at path, that file is read: if
+// it holds device records the live state does not (a fresh start after
+// damage, records forgotten since), they are named in the log and the old
+// copy is kept as path.previous rather than lost silently.
 func (s *Store) CopyTo(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("device: persist directory: %w", err)
+	}
+	s.mu.Lock()
+	first := !s.persisted[path]
+	s.persisted[path] = true
+	s.mu.Unlock()
+	if first {
+		s.checkOverwrite(path)
 	}
 	tmp := path + ".tmp"
 	err := s.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(tmp, 0o600) })
@@ -197,6 +267,87 @@ func (s *Store) CopyTo(path string) error {
 	return nil
 }
 
+// maxLostNamed bounds the device IDs one log line names.
+const maxLostNamed = 16
+
+// checkOverwrite logs what copying over the file at path would lose.
+func (s *Store) checkOverwrite(path string) {
+	if !fileExists(path) {
+		return
+	}
+	old, err := readIDs(path)
+	if err != nil {
+		s.log.Warn("persistent state copy unreadable; replacing it with the live state", "file", path, "err", err)
+		return
+	}
+	live := map[string]bool{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, _ []byte) error {
+			live[string(k)] = true
+			return nil
+		})
+	})
+	if err != nil {
+		s.log.Warn("reading the live state before persisting", "err", err)
+		return
+	}
+	var lost []string
+	for _, id := range old {
+		if !live[id] {
+			lost = append(lost, id)
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	kept := path + ".previous"
+	if err := os.Rename(path, kept); err != nil {
+		kept = ""
+	}
+	named := lost
+	if len(named) > maxLostNamed {
+		named = named[:maxLostNamed]
+	}
+	s.log.Warn("persistent state copy replaced; device records it held are not in the live state",
+		"file", path, "lost", len(lost), "of", len(old), "devices", strings.Join(named, " "), "old_copy_kept_as", kept)
+}
+
+// readIDs lists the device IDs of a state file, read only.
+func readIDs(path string) (ids []string, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			ids, err = nil, fmt.Errorf("device: state file unreadable: %v", p)
+		}
+	}()
+	if err := checkBoltFile(path); err != nil {
+		return nil, fmt.Errorf("device: %s unreadable: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("device: open %s: %w", path, err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *bolt.Tx) error {
+		for cerr := range tx.Check() {
+			if err == nil {
+				err = fmt.Errorf("consistency check: %w", cerr)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		b := tx.Bucket(bucketDevices)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, _ []byte) error {
+			ids = append(ids, string(k))
+			return nil
+		})
+	})
+	return ids, err
+}
+
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
@@ -206,6 +357,9 @@ func (s *Store) Close() error { return s.db.Close() }
 func ReadRecords(path string, log *slog.Logger) ([]*Record, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("device: state file: %w", err)
+	}
+	if err := checkBoltFile(path); err != nil {
+		return nil, fmt.Errorf("device: state file unreadable: %w", err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if errors.Is(err, berrors.ErrTimeout) {

@@ -1,0 +1,223 @@
+package device
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// logBuf is a logger whose lines a test reads.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+func (l *logBuf) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// writeState writes n device records to a state file at path and copies
+// it to persist (when set).
+func writeState(t *testing.T, path, persist string, macs ...string) {
+	t.Helper()
+	s, err := OpenStore(path, "", quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock()
+	reg, err := NewRegistry(Options{Store: s, Persist: persist, Log: quiet(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, mac := range macs {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 2)}), 4000)
+		for q := range 20 {
+			reg.ObserveQuery(mac, src, netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: uint16(q * 7919), Port: uint16(1024 + q*31), Name: "x.example.", Type: 1})
+		}
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func storeIDs(t *testing.T, s *Store) []string {
+	t.Helper()
+	recs, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.ID)
+	}
+	return ids
+}
+
+// damage spoils a state file the ways flash and RAM files get spoiled.
+var damage = map[string]func(t *testing.T, path string){
+	"truncated to half": func(t *testing.T, path string) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(path, fi.Size()/2); err != nil {
+			t.Fatal(err)
+		}
+	},
+	"truncated to 100 bytes": func(t *testing.T, path string) {
+		if err := os.Truncate(path, 100); err != nil {
+			t.Fatal(err)
+		}
+	},
+	"meta pages overwritten": func(t *testing.T, path string) { overwrite(t, path, 0, 8192) },
+	"data pages overwritten": func(t *testing.T, path string) {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		overwrite(t, path, 8192, int(fi.Size())-8192)
+	},
+	"empty file": func(t *testing.T, path string) {
+		if err := os.Truncate(path, 0); err != nil {
+			t.Fatal(err)
+		}
+	},
+}
+
+func overwrite(t *testing.T, path string, off, n int) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	junk := bytes.Repeat([]byte{0xa5, 0x17, 0x00, 0xff, 0x42, 0x99, 0x3c}, n/7+1)[:n]
+	if _, err := f.WriteAt(junk, int64(off)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStoreDamagedFileFallsBackToPersistentCopy(t *testing.T) {
+	macs := []string{"02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"}
+	for name, spoil := range damage {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "tmp", "state.db")
+			persist := filepath.Join(dir, "flash", "state.db")
+			writeState(t, path, persist, macs...)
+			spoil(t, path)
+			var logs logBuf
+			s, err := OpenStore(path, persist, logs.logger())
+			if err != nil {
+				t.Fatalf("open: %v\n%s", err, logs.String())
+			}
+			defer s.Close()
+			if got := storeIDs(t, s); len(got) != len(macs) {
+				t.Errorf("records after fallback: %v, want the persistent copy's %v", got, macs)
+			}
+			l := logs.String()
+			if !strings.Contains(l, "falling back to the persistent copy") || !strings.Contains(l, "state restored from the persistent copy after damage") {
+				t.Errorf("fallback not logged:\n%s", l)
+			}
+			if aside, _ := filepath.Glob(path + ".damaged-*"); len(aside) != 1 {
+				t.Errorf("damaged file not kept aside: %v", aside)
+			}
+			// The next persist copies the same records: nothing to report.
+			if err := s.CopyTo(persist); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(logs.String(), "persistent state copy replaced") {
+				t.Errorf("a persist that loses nothing was reported:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+func TestStoreBothCopiesDamagedStartsFresh(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tmp", "state.db")
+	persist := filepath.Join(dir, "flash", "state.db")
+	writeState(t, path, persist, "02:00:00:00:00:01")
+	damage["data pages overwritten"](t, path)
+	damage["meta pages overwritten"](t, persist)
+	var logs logBuf
+	s, err := OpenStore(path, persist, logs.logger())
+	if err != nil {
+		t.Fatalf("open: %v\n%s", err, logs.String())
+	}
+	defer s.Close()
+	if got := storeIDs(t, s); len(got) != 0 {
+		t.Errorf("records %v from two damaged files", got)
+	}
+	if l := logs.String(); !strings.Contains(l, "persistent state copy damaged too; starting fresh") {
+		t.Errorf("fresh start not explained:\n%s", l)
+	}
+	if err := s.CopyTo(persist); err != nil {
+		t.Fatal(err)
+	}
+	if l := logs.String(); !strings.Contains(l, "persistent state copy unreadable; replacing it") {
+		t.Errorf("replacing the damaged copy not logged:\n%s", l)
+	}
+	// The persistent copy is a good (empty) file again.
+	if _, err := ReadRecords(persist, quiet()); err != nil {
+		t.Errorf("persistent copy after persist: %v", err)
+	}
+}
+
+func TestStorePersistOverOlderCopyNamesWhatIsLost(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tmp", "state.db")
+	persist := filepath.Join(dir, "flash", "state.db")
+	old := []string{"02:00:00:00:00:01", "02:00:00:00:00:02"}
+	writeState(t, path, persist, old...)
+	// A fresh RAM file beside the intact older copy (it was created by a
+	// start that could not restore, or by hand): the live state holds
+	// one other device.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	writeState(t, path, "", "02:00:00:00:00:09")
+	var logs logBuf
+	s, err := OpenStore(path, persist, logs.logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.CopyTo(persist); err != nil {
+		t.Fatal(err)
+	}
+	l := logs.String()
+	if !strings.Contains(l, "persistent state copy replaced") || !strings.Contains(l, "lost=2") {
+		t.Fatalf("loss not logged:\n%s", l)
+	}
+	for _, mac := range old {
+		if !strings.Contains(l, mac) {
+			t.Errorf("lost device %s not named:\n%s", mac, l)
+		}
+	}
+	recs, err := ReadRecords(persist+".previous", quiet())
+	if err != nil || len(recs) != len(old) {
+		t.Errorf("old copy kept as .previous: %d records, %v", len(recs), err)
+	}
+	recs, err = ReadRecords(persist, quiet())
+	if err != nil || len(recs) != 1 || recs[0].ID != "02:00:00:00:00:09" {
+		t.Errorf("new persistent copy: %v %v", recs, err)
+	}
+	// Only the first persist of a run checks.
+	if err := s.CopyTo(persist); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "persistent state copy replaced"); n != 1 {
+		t.Errorf("reported %d times", n)
+	}
+}
