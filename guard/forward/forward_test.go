@@ -2,6 +2,7 @@ package forward
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
@@ -80,6 +81,12 @@ func TestStored(t *testing.T) {
 			m.SetEdns0(1232, false)
 			m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_EDE{InfoCode: dnswire.EDEDNSSECBogus, ExtraText: "bogus"})
 		}, dnswire.EDEDNSSECBogus, nil},
+		{"upstream EDE text cut to printable ASCII and 128 octets", false, func(m *dns.Msg) {
+			m.Rcode = dns.RcodeServerFailure
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_EDE{InfoCode: dnswire.EDENetworkError,
+				ExtraText: "\x1b[31mred\x1b[0m\r\nfake: log line\x00caf\u00e9 " + strings.Repeat("x", 300)})
+		}, dnswire.EDENetworkError, nil},
 		{"REFUSED is a failure", false, func(m *dns.Msg) { m.Rcode = dns.RcodeRefused }, dnswire.EDENetworkError, nil},
 	}
 	for _, tt := range tests {
@@ -93,6 +100,14 @@ func TestStored(t *testing.T) {
 				var se *stage.Error
 				if !errors.As(err, &se) || se.EDE.Code != tt.wantErr {
 					t.Fatalf("err %v, want EDE %d", err, tt.wantErr)
+				}
+				if len(se.EDE.Text) > MaxEDEText {
+					t.Errorf("EDE text of %d octets", len(se.EDE.Text))
+				}
+				for _, c := range []byte(se.EDE.Text) {
+					if c < ' ' || c > '~' {
+						t.Fatalf("EDE text holds %#x: %q", c, se.EDE.Text)
+					}
 				}
 				return
 			}
@@ -118,5 +133,22 @@ func TestQuery(t *testing.T) {
 	}
 	if q := Query(req(t, "a.example.", false)); q.IsEdns0() != nil {
 		t.Errorf("OPT added for a device without DO: %v", q)
+	}
+}
+
+func TestCleanText(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"plain text: ok", "plain text: ok"},
+		{"a\x00b\tc\nd\x7fe", "a?b?c?d?e"},
+		{"\x1b[2J", "?[2J"},
+		{"caf\u00e9", "caf??"},
+		{strings.Repeat("y", 129), strings.Repeat("y", 128)},
+		{strings.Repeat("\n", 200), strings.Repeat("?", 128)},
+	}
+	for _, tt := range tests {
+		if got := CleanText(tt.in); got != tt.want {
+			t.Errorf("CleanText(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -2,6 +2,8 @@ package validate
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,17 +163,42 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 	if a.RebindProtect && !local {
 		for _, sec := range [][]dns.RR{out.Answer, out.Extra} {
 			for _, r := range sec {
-				addr, ok := address(r)
-				if !ok {
-					continue
+				var addrs []netip.Addr
+				if addr, ok := address(r); ok {
+					addrs = append(addrs, addr)
 				}
-				if _, sp := Special(addr); sp {
-					allowed := false
-					for _, p := range a.AllowedPrivate {
-						allowed = allowed || p.Contains(addr)
+				var kv []dns.SVCBKeyValue
+				if s, ok := r.(*dns.SVCB); ok {
+					kv = s.Value
+				}
+				if s, ok := r.(*dns.HTTPS); ok {
+					kv = s.Value
+				}
+				for _, p := range kv {
+					var ips []net.IP
+					if h, ok := p.(*dns.SVCBIPv4Hint); ok {
+						ips = h.Hint
+					} else if h, ok := p.(*dns.SVCBIPv6Hint); ok {
+						ips = h.Hint
 					}
-					if !allowed {
-						return "special address for a public name: " + r.String()
+					for _, ip := range ips {
+						if x, ok := netip.AddrFromSlice(ip); ok {
+							if ip.To4() != nil && p.Key() == dns.SVCB_IPV4HINT {
+								x = x.Unmap()
+							}
+							addrs = append(addrs, x)
+						}
+					}
+				}
+				for _, addr := range addrs {
+					if _, sp := Special(addr); sp {
+						allowed := false
+						for _, p := range a.AllowedPrivate {
+							allowed = allowed || p.Contains(addr)
+						}
+						if !allowed {
+							return "special address for a public name: " + r.String()
+						}
 					}
 				}
 			}
@@ -200,6 +227,8 @@ func seeds(f *testing.F) {
 		// Labels holding what presentation form escapes, and dots.
 		msg(`a\ b\(c\).example.`, dns.TypeA, `a\ b\(c\).example. 300 CNAME x\"y\'z\;\@.example.`, `x\"y\'z\;\@.example. 300 A 93.184.216.34`),
 		msg(`x\.lan.`, dns.TypeA, `x\.lan. 300 A 10.0.0.1`),
+		msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . alpn=h2 ipv4hint=93.184.216.34,10.0.0.1 ipv6hint=2606:2800:220:1::1"),
+		msg("_dns.a.example.", dns.TypeSVCB, "_dns.a.example. 300 SVCB 1 dns.a.example. alpn=dot ipv6hint=fd00::53"),
 		msg(`a\\b.example.`, dns.TypeA, `a\\b.example. 300 CNAME a\.b.example.`, `a\.b.example. 300 A 93.184.216.34`),
 	} {
 		b, err := m.Pack()

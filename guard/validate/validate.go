@@ -356,15 +356,55 @@ func (v *Validator) rebinding(q dns.Question, rrs []dns.RR) error {
 		return nil
 	}
 	for _, rr := range rrs {
-		a, ok := address(rr)
-		if !ok {
-			continue
+		if a, ok := address(rr); ok {
+			if why := v.blocked(a); why != "" {
+				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+why+" for public name "+q.Name, ErrRebinding)
+			}
 		}
-		if why := v.blocked(a); why != "" {
-			return stage.Fail(dnswire.EDEBlocked, "rebinding: "+why+" for public name "+q.Name, ErrRebinding)
+		// SVCB/HTTPS address hints (RFC 9460 §7.3) are where a client
+		// may connect before, or instead of, asking for A/AAAA.
+		for _, a := range hints(rr) {
+			if why := v.blocked(a); why != "" {
+				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+dns.Type(rr.Header().Rrtype).String()+" hint "+why+" for public name "+q.Name, ErrRebinding)
+			}
 		}
 	}
 	return nil
+}
+
+// hints returns the ipv4hint and ipv6hint addresses of an SVCB or HTTPS
+// record.
+func hints(rr dns.RR) []netip.Addr {
+	var kv []dns.SVCBKeyValue
+	switch r := rr.(type) {
+	case *dns.SVCB:
+		kv = r.Value
+	case *dns.HTTPS:
+		kv = r.Value
+	default:
+		return nil
+	}
+	var out []netip.Addr
+	for _, p := range kv {
+		var ips []net.IP
+		switch h := p.(type) {
+		case *dns.SVCBIPv4Hint:
+			ips = h.Hint
+		case *dns.SVCBIPv6Hint:
+			ips = h.Hint
+		}
+		for _, ip := range ips {
+			a, ok := netip.AddrFromSlice(ip)
+			if !ok {
+				continue
+			}
+			if p.Key() == dns.SVCB_IPV4HINT {
+				a = a.Unmap()
+			}
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func address(rr dns.RR) (netip.Addr, bool) {

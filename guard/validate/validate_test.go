@@ -2,6 +2,7 @@ package validate
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -145,6 +146,20 @@ func TestCheck(t *testing.T) {
 		{name: "allowed private prefix", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 10.99.3.4"), wantEDE: -1},
 		{name: "rebinding protection off", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 127.0.0.1"), policyFn: func(a *policy.Answers) { a.RebindProtect = false }, wantEDE: -1},
 		{name: "IPv4-mapped loopback in AAAA", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeAAAA, "a.example. 300 AAAA ::ffff:127.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS ipv4hint private (rebinding)", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . alpn=h2 ipv4hint=93.184.216.34,192.168.1.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS ipv6hint ULA", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv6hint=fd00::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS ipv6hint IPv4-mapped loopback", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv6hint=2606:2800:220:1::1"),
+			mutateQ: func(m *dns.Msg) { // miekg's parser refuses it; the wire carries it
+				m.Answer[0].(*dns.HTTPS).Value[0].(*dns.SVCBIPv6Hint).Hint = []net.IP{net.ParseIP("::ffff:127.0.0.1")}
+			}, wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "SVCB ipv4hint loopback", q: q("_dns.a.example.", dns.TypeSVCB), m: msg("_dns.a.example.", dns.TypeSVCB, "_dns.a.example. 300 SVCB 1 dns.a.example. alpn=dot ipv4hint=127.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS hints at the end of a CNAME", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 CNAME b.example.", "b.example. 300 HTTPS 1 . ipv4hint=10.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS public hints", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . alpn=h2,h3 ipv4hint=93.184.216.34 ipv6hint=2606:2800:220:1::1"), wantEDE: -1},
+		{name: "HTTPS alias form, no hints", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 0 b.example."), wantEDE: -1},
+		{name: "HTTPS private hint for a local name", q: q("nas.lan.", dns.TypeHTTPS), m: msg("nas.lan.", dns.TypeHTTPS, "nas.lan. 300 HTTPS 1 . ipv4hint=192.168.1.10 ipv6hint=fd00::10"), wantEDE: -1},
+		{name: "HTTPS hint in an allowed private prefix", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv4hint=10.99.0.7"), wantEDE: -1},
+		{name: "HTTPS private hint, rebinding protection off", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv4hint=192.168.1.1"), policyFn: func(a *policy.Answers) { a.RebindProtect = false }, wantEDE: -1},
+		{name: "ANY answer with a private HTTPS hint", q: q("a.example.", dns.TypeANY), m: msg("a.example.", dns.TypeANY, "a.example. 300 A 93.184.216.34", "a.example. 300 HTTPS 1 . ipv6hint=::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
 		{name: "unrelated additional stripped", q: q("a.example.", dns.TypeA), m: func() *dns.Msg {
 			m := msg("a.example.", dns.TypeA, "a.example. 300 A 93.184.216.34")
 			m.Ns = []dns.RR{rr("example. 300 NS ns1.example."), rr("bank.test. 300 NS evil.test.")}
