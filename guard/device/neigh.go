@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,8 @@ type Neighbours struct {
 	local   map[netip.Addr]int    // router address -> interface index
 	lanIdx  map[int]bool
 	lanNets []netip.Prefix
+
+	done chan struct{} // closed when follow returns
 }
 
 // WatchNeighbours starts following the neighbour table and interface
@@ -52,40 +55,90 @@ func WatchNeighbours(ctx context.Context, lan []string, onGone func(mac string),
 	}
 	// The first subscriptions list what exists, so the table is complete
 	// before the first query is identified.
-	neighCh, addrCh, err := n.subscribe(ctx)
+	sub, err := n.subscribe(ctx)
 	if err != nil {
 		return nil, err
 	}
-	n.drainInitial(neighCh, addrCh)
-	go n.follow(ctx, neighCh, addrCh)
+	n.drainInitial(sub)
+	n.done = make(chan struct{})
+	go n.follow(ctx, sub)
 	return n, nil
 }
 
-func (n *Neighbours) subscribe(ctx context.Context) (chan netlink.NeighUpdate, chan netlink.AddrUpdate, error) {
-	neighCh := make(chan netlink.NeighUpdate, 256)
-	addrCh := make(chan netlink.AddrUpdate, 64)
-	errf := func(err error) { n.log.Warn("netlink subscription", "err", err) }
-	if err := netlink.NeighSubscribeWithOptions(neighCh, ctx.Done(), netlink.NeighSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
-		return nil, nil, fmt.Errorf("device: neighbour updates: %w", err)
+// Wait returns once the watch started by WatchNeighbours has stopped (its
+// context done) and its netlink sockets are closed.
+func (n *Neighbours) Wait() { <-n.done }
+
+// subscription is one pair of netlink subscriptions; stop ends both and
+// waits until the library's readers have closed their channels.
+type subscription struct {
+	neigh  chan netlink.NeighUpdate
+	addr   chan netlink.AddrUpdate
+	cancel context.CancelFunc
+}
+
+func (s *subscription) stop() {
+	s.cancel()
+	for range s.neigh { // the reader closes it once its socket is closed
 	}
-	if err := netlink.AddrSubscribeWithOptions(addrCh, ctx.Done(), netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
-		return nil, nil, fmt.Errorf("device: address updates: %w", err)
+	if s.addr != nil {
+		for range s.addr {
+		}
 	}
-	return neighCh, addrCh, nil
+}
+
+func (n *Neighbours) subscribe(ctx context.Context) (*subscription, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	sub := &subscription{neigh: make(chan netlink.NeighUpdate, 256), cancel: cancel}
+	errf := func(err error) { n.subscriptionError(sctx, err) }
+	if err := netlink.NeighSubscribeWithOptions(sub.neigh, sctx.Done(), netlink.NeighSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
+		cancel()
+		return nil, fmt.Errorf("device: neighbour updates: %w", err)
+	}
+	addr := make(chan netlink.AddrUpdate, 64)
+	if err := netlink.AddrSubscribeWithOptions(addr, sctx.Done(), netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
+		sub.stop()
+		return nil, fmt.Errorf("device: address updates: %w", err)
+	}
+	sub.addr = addr
+	return sub, nil
+}
+
+// subscriptionError logs what the netlink readers report, except what is
+// no trouble: the error a reader gets when its socket is closed at a
+// clean stop, and a message from another process's netlink socket (a
+// dump request of another subscriber, `ip monitor`, ...), which the
+// library skips (vishvananda/netlink#786).
+func (n *Neighbours) subscriptionError(ctx context.Context, err error) {
+	if quiet, why := benignNetlinkError(ctx, err); quiet {
+		n.log.Debug("netlink subscription", "err", err, "ignored", why)
+		return
+	}
+	n.log.Warn("netlink subscription", "err", err)
+}
+
+func benignNetlinkError(ctx context.Context, err error) (bool, string) {
+	switch {
+	case ctx.Err() != nil:
+		return true, "subscription stopping"
+	case strings.HasPrefix(err.Error(), "Wrong sender portid"):
+		return true, "message from another process's netlink socket, skipped"
+	}
+	return false, ""
 }
 
 // drainInitial applies the listed entries, waiting briefly for the dump.
-func (n *Neighbours) drainInitial(neighCh chan netlink.NeighUpdate, addrCh chan netlink.AddrUpdate) {
+func (n *Neighbours) drainInitial(sub *subscription) {
 	quiet := time.NewTimer(200 * time.Millisecond)
 	defer quiet.Stop()
 	for {
 		select {
-		case u, ok := <-neighCh:
+		case u, ok := <-sub.neigh:
 			if !ok {
 				return
 			}
 			n.applyNeigh(u)
-		case u, ok := <-addrCh:
+		case u, ok := <-sub.addr:
 			if !ok {
 				return
 			}
@@ -97,33 +150,41 @@ func (n *Neighbours) drainInitial(neighCh chan netlink.NeighUpdate, addrCh chan 
 	}
 }
 
-func (n *Neighbours) follow(ctx context.Context, neighCh chan netlink.NeighUpdate, addrCh chan netlink.AddrUpdate) {
+func (n *Neighbours) follow(ctx context.Context, sub *subscription) {
+	defer close(n.done)
 	for {
 		select {
 		case <-ctx.Done():
+			sub.stop()
 			return
-		case u, ok := <-neighCh:
+		case u, ok := <-sub.neigh:
 			if ok {
 				n.applyNeigh(u)
 				continue
 			}
-		case u, ok := <-addrCh:
+		case u, ok := <-sub.addr:
 			if ok {
 				n.applyAddr(u)
 				continue
 			}
 		}
-		// A subscription ended (socket error): start both again.
-		n.log.Warn("netlink subscription ended; resubscribing")
-		for ctx.Err() == nil {
+		sub.stop()
+		if ctx.Err() != nil {
+			return
+		}
+		// A subscription ended on a socket error (logged above; an
+		// overflowing socket buffer, ENOBUFS, is the usual one): start
+		// both again, listing what exists so nothing is missed.
+		n.log.Info("netlink subscription ended; resubscribing")
+		for {
 			var err error
-			neighCh, addrCh, err = n.subscribe(ctx)
-			if err == nil {
+			if sub, err = n.subscribe(ctx); err == nil {
 				break
 			}
 			n.log.Error("netlink resubscribe", "err", err)
 			select {
 			case <-ctx.Done():
+				return
 			case <-time.After(time.Second):
 			}
 		}

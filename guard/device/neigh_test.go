@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,5 +88,96 @@ func TestNeighbours(t *testing.T) {
 	}
 	if ips := n.IPs("02:00:00:00:00:08"); len(ips) != 1 || ips[0] != netip.MustParseAddr("10.9.0.8") {
 		t.Errorf("IPs = %v", ips)
+	}
+}
+
+// TestNeighboursQuietStop: other netlink users in the namespace (a second
+// subscriber listing the table, `ip monitor`, `ip neigh` changes) and a
+// clean stop log no warning; the watch's goroutines are joined.
+func TestNeighboursQuietStop(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "ip")
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "dgnq-" + hex.EncodeToString(b)
+	sh(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	sh(t, "ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
+	sh(t, "ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "lan0")
+	sh(t, "ip", "-n", ns, "link", "set", "lan0", "up")
+	sh(t, "ip", "-n", ns, "link", "set", "lan0p", "up")
+
+	var logs logBuf
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n *Neighbours
+	if err := testenv.InNetns(ns, func() error {
+		var err error
+		n, err = WatchNeighbours(ctx, []string{"lan0"}, nil, logs.logger())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	mon := exec.Command("ip", "-n", ns, "monitor", "neigh", "address")
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		// Another subscriber in this process, listing what exists.
+		octx, ocancel := context.WithCancel(context.Background())
+		var other *Neighbours
+		if err := testenv.InNetns(ns, func() error {
+			var err error
+			other, err = WatchNeighbours(octx, []string{"lan0"}, nil, quiet())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ip := netip.AddrFrom4([4]byte{10, 9, 0, byte(10 + i)}).String()
+		sh(t, "ip", "-n", ns, "neigh", "add", ip, "lladdr", "02:00:00:00:01:0"+string(rune('0'+i)), "dev", "lan0", "nud", "reachable")
+		sh(t, "ip", "-n", ns, "neigh", "show")
+		sh(t, "ip", "-n", ns, "neigh", "del", ip, "dev", "lan0")
+		ocancel()
+		other.Wait()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n.OnLAN(netip.MustParseAddr("10.9.0.1")) && time.Now().Before(deadline) {
+		if _, ok := n.MAC(netip.MustParseAddr("10.9.0.14")); !ok {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mon.Process.Kill()
+	mon.Wait()
+	cancel()
+	n.Wait()
+	l := logs.String()
+	for _, line := range strings.Split(l, "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			t.Errorf("logged at a clean run and stop: %s", line)
+		}
+	}
+	t.Logf("debug lines: %d (%d from other sockets)", strings.Count(l, "level=DEBUG"), strings.Count(l, "Wrong sender portid"))
+}
+
+func TestBenignNetlinkError(t *testing.T) {
+	live := context.Background()
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		ctx   context.Context
+		err   error
+		quiet bool
+	}{
+		{live, errors.New("Wrong sender portid 3034, expected 0"), true},
+		{done, syscall.EAGAIN, true},
+		{done, os.ErrClosed, true},
+		{live, syscall.EAGAIN, false},
+		{live, syscall.ENOBUFS, false},
+		{live, errors.New("Link not found"), false},
+	} {
+		if q, _ := benignNetlinkError(tc.ctx, tc.err); q != tc.quiet {
+			t.Errorf("%v (stopping %v): quiet %v, want %v", tc.err, tc.ctx.Err() != nil, q, tc.quiet)
+		}
 	}
 }
