@@ -432,3 +432,45 @@ func TestIsSubName(t *testing.T) {
 		}
 	}
 }
+
+// TestRAOnlyForQuery: recursion is offered for opcode QUERY only, so RA
+// is set in answers to QUERY and clear in answers to any other opcode,
+// error answers and shaped replies alike.
+func TestRAOnlyForQuery(t *testing.T) {
+	for _, op := range []int{dns.OpcodeQuery, dns.OpcodeIQuery, dns.OpcodeStatus, 3, dns.OpcodeNotify, dns.OpcodeUpdate, 6, 15} {
+		m := query("x.example.", dns.TypeA, false, true)
+		m.Opcode = op
+		raw := pack(t, m)
+		q, err := ParseQuery(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRA := op == dns.OpcodeQuery
+		for _, rcode := range []int{dns.RcodeFormatError, dns.RcodeNotImplemented, dns.RcodeServerFailure} {
+			for _, qp := range []*Query{&q, nil} {
+				out := AppendError(nil, raw, qp, rcode)
+				got := new(dns.Msg)
+				if err := got.Unpack(out); err != nil {
+					t.Fatal(err)
+				}
+				if got.RecursionAvailable != wantRA || got.Opcode != op || got.Rcode != rcode || !got.RecursionDesired {
+					t.Errorf("AppendError opcode %d rcode %d: %v", op, rcode, got)
+				}
+			}
+		}
+		rm := new(dns.Msg)
+		rm.SetQuestion("x.example.", dns.TypeA)
+		rm.Response, rm.RecursionAvailable, rm.Rcode, rm.Opcode = true, true, dns.RcodeNotImplemented, op
+		r, err := FromMsg(rm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := new(dns.Msg)
+		if err := got.Unpack(AppendResponse(nil, &q, r, 512)); err != nil {
+			t.Fatal(err)
+		}
+		if got.RecursionAvailable != wantRA {
+			t.Errorf("AppendResponse opcode %d: RA %v", op, got.RecursionAvailable)
+		}
+	}
+}

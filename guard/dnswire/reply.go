@@ -164,8 +164,11 @@ func AppendResponse(dst []byte, q *Query, r *Reply, limit int) []byte {
 	out := dst[start:]
 	binary.BigEndian.PutUint16(out, q.ID)
 	flags := binary.BigEndian.Uint16(out[2:])
-	flags &^= flagTC | flagRD | flagCD | flagAA
-	flags |= flagQR | flagRA
+	flags &^= flagTC | flagRD | flagCD | flagAA | flagRA
+	flags |= flagQR
+	if q.Opcode == 0 { // recursion is offered for QUERY only
+		flags |= flagRA
+	}
 	if q.RD {
 		flags |= flagRD
 	}
@@ -235,7 +238,8 @@ func appendOPT(dst []byte, start int, q *Query, r *Reply) []byte {
 
 // AppendError appends a bare error answer (FORMERR, NOTIMP, SERVFAIL...)
 // to a message that may not have parsed: the ID and opcode are echoed, and
-// the question too when q holds one. It never includes an OPT record.
+// the question too when q holds one. RA is set only for opcode QUERY, the
+// only one for which recursion is offered. It never includes an OPT record.
 func AppendError(dst []byte, raw []byte, q *Query, rcode int) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, HeaderLen)...)
@@ -244,7 +248,10 @@ func AppendError(dst []byte, raw []byte, q *Query, rcode int) []byte {
 		copy(out, raw[:4])
 	}
 	out[2] = out[2]&0x78 | byte(flagQR>>8) | out[2]&byte(flagRD>>8) // keep opcode and RD
-	out[3] = byte(flagRA) | byte(rcode&0xF)
+	out[3] = byte(rcode & 0xF)
+	if out[2]&0x78 == 0 { // opcode QUERY
+		out[3] |= byte(flagRA)
+	}
 	if q != nil && q.NameEnd > 0 && q.NameEnd <= len(raw) {
 		dst = append(dst, raw[HeaderLen:q.NameEnd]...)
 		binary.BigEndian.PutUint16(dst[start+4:], 1)

@@ -188,7 +188,14 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 		if q.NameEnd == 0 {
 			qp = nil
 		}
-		return dnswire.AppendError(out, raw, qp, dns.RcodeFormatError)
+		// The opcode is read before anything else (RFC 8906 §3.1.4): an
+		// opcode the guard does not serve gets NOTIMP even when its
+		// question section does not parse.
+		rcode := dns.RcodeFormatError
+		if q.Opcode != dns.OpcodeQuery {
+			rcode = dns.RcodeNotImplemented
+		}
+		return dnswire.AppendError(out, raw, qp, rcode)
 	}
 	// No per-query timer here: the stages that wait (the upstream pool,
 	// the cache's shared flight) bound their own waits.
