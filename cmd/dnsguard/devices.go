@@ -178,7 +178,7 @@ func printDevices(w io.Writer, views []device.View) error {
 // study's sigma beside it.
 func gradeText(g device.Grade) string {
 	var b strings.Builder
-	b.WriteString(g.Verdict)
+	b.WriteString(string(g.Verdict))
 	if g.Reason != "" && g.Verdict == "weak" { // why it is insufficient is in --json
 		b.WriteString("(" + g.Reason + ")")
 	}

@@ -188,7 +188,7 @@ func TestRouterReplayIoTSentinel(t *testing.T) {
 			v := findDevice(views, macs[l.device])
 			txid, port := "none seen", "none seen"
 			if v != nil && v.TXID.N > 0 {
-				txid, port = v.TXID.Verdict, v.Port.Verdict
+				txid, port = string(v.TXID.Verdict), string(v.Port.Verdict)
 			}
 			if txid != l.txid || port != l.port {
 				why := ""

@@ -58,15 +58,9 @@ type Device struct {
 	Plot *Plot `json:"plot,omitempty"`
 }
 
-// Field is the randomness grade of one field.
-type Field struct {
-	Verdict entropy.Verdict `json:"verdict"`
-	Reason  string          `json:"reason,omitempty"`
-	N       int             `json:"n"`
-	Sigma   float64         `json:"sigma"`
-	Bits    float64         `json:"bits"`
-	Detail  string          `json:"detail"`
-}
+// Field is the randomness grade of one field, as the live guard's device
+// table gives it.
+type Field = entropy.Grade
 
 type Intervals struct {
 	// Buckets[i] counts intervals in [2^(i-1), 2^i) ms; Buckets[0] < 1 ms.
@@ -178,19 +172,9 @@ type Plot struct {
 	RateWidthS float64 `json:"rate_width_s"`
 }
 
-func field(r entropy.Result) Field {
-	return Field{Verdict: r.Verdict, Reason: r.Reason, N: r.N, Sigma: round(r.Sigma, 2), Bits: round(r.Bits, 2), Detail: r.Detail}
-}
+func field(r entropy.Result) Field { return r.Grade() }
 
-func grade(v entropy.Verdict) string {
-	switch v {
-	case entropy.Weak:
-		return "x"
-	case entropy.Random:
-		return "ok"
-	}
-	return "?"
-}
+func grade(v entropy.Verdict) string { return v.Mark("?") }
 
 func silentDevice(key string, ip netip.Addr) Device {
 	d := Device{Note: "no DNS queries seen from this device"}

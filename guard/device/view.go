@@ -32,15 +32,9 @@ type View struct {
 	Override     *Override `json:"override,omitempty"`
 }
 
-// Grade is an estimator's verdict with the study's sigma figure beside it.
-type Grade struct {
-	Verdict string  `json:"verdict"` // weak, random, insufficient
-	Reason  string  `json:"reason,omitempty"`
-	N       int     `json:"n"`
-	Sigma   float64 `json:"sigma"`
-	Bits    float64 `json:"bits"`
-	Detail  string  `json:"detail,omitempty"`
-}
+// Grade is an estimator's verdict with the study's sigma figure beside
+// it, the same form `dnsguard audit` reports.
+type Grade = entropy.Grade
 
 // TableI holds the columns of the study's Table I as the guard can grade
 // them live: "x" vulnerable, "ok" not, "-" not gradable from live traffic
@@ -80,11 +74,10 @@ func grade(state []byte) Grade {
 	e := entropy.New()
 	if len(state) > 0 {
 		if err := e.UnmarshalBinary(state); err != nil {
-			return Grade{Verdict: string(entropy.Insufficient), Detail: "state unreadable: " + err.Error()}
+			return Grade{Verdict: entropy.Insufficient, Detail: "state unreadable: " + err.Error()}
 		}
 	}
-	res := e.Result()
-	return Grade{Verdict: string(res.Verdict), Reason: res.Reason, N: res.N, Sigma: res.Sigma, Bits: res.Bits, Detail: res.Detail}
+	return e.Result().Grade()
 }
 
 func tableI(r *Record, v View) TableI {
@@ -96,8 +89,8 @@ func tableI(r *Record, v View) TableI {
 	default:
 		t.SecureDNS = "-"
 	}
-	t.RandomPort = verdictMark(v.Port.Verdict)
-	t.RandomID = verdictMark(v.TXID.Verdict)
+	t.RandomPort = v.Port.Verdict.Mark("-")
+	t.RandomID = v.TXID.Verdict.Mark("-")
 	// DoS resilience: a device the limits had to cut is storming.
 	if r.RateLimited > 0 {
 		t.DoSResilience = "x"
@@ -111,14 +104,4 @@ func tableI(r *Record, v View) TableI {
 		t.HardCodedResol = "ok"
 	}
 	return t
-}
-
-func verdictMark(v string) string {
-	switch entropy.Verdict(v) {
-	case entropy.Weak:
-		return "x"
-	case entropy.Random:
-		return "ok"
-	}
-	return "-"
 }

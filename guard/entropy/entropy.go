@@ -3,12 +3,25 @@
 // see them (RFC 5452): a constant, a counter, values confined to a narrow
 // range or a small set, or values that come back boot after boot.
 //
-// An Estimator is streaming and bounded: whatever the number of values it
-// sees, it keeps one 8 KiB bitmap of the values seen so far, two sets of
-// heavy-hitter counters, the last few values of the current boot and a few
-// running sums. The same estimator serves the live guard (one per device
-// and field, saved in the device store with MarshalBinary) and the capture
-// audit (one boot per capture file).
+// An Estimator is streaming and bounded, and small until its device has
+// earned more: it keeps the distinct values seen so far as a sorted list
+// (2 bytes a value) until there are more than sparseMax of them, then as
+// one 8 KiB bitmap; two sets of heavy-hitter counters grown as values come
+// (at most heavyK each); the last few values of the current boot and a few
+// running sums. A fresh estimator is about 200 bytes. The same estimator
+// serves the live guard (one per device and field, saved in the device
+// store with MarshalBinary), the capture audit (one boot per capture file)
+// and the lab.
+//
+// Grading is sequential: a field is weak as soon as its values are both
+// shaped like one of the weaknesses (a constant, a counter, a narrow range,
+// a small set, values that come back boot after boot) and improbable
+// enough for a uniform 16-bit source: the chance that such a source would
+// produce values this clustered is bounded from above (union bounds, see
+// the p* functions) and must be below Alpha. So nine IDs 3, 4, 4, 5, 5, 6,
+// 7, 7, 8 are weak (nine values in a window of six: chance below 1e-30),
+// while a field is called random only after MinSamples values, enough for
+// every weakness above to have shown.
 //
 // Beside the verdict it reports the study's figure: the standard deviation
 // sigma of the values and bits = log2(sigma*sqrt(12)), which is about 16
@@ -20,6 +33,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 )
 
 // Verdict is the grade of one field of one device.
@@ -41,12 +55,18 @@ const (
 	ReasonBootRepeats = "repeats across boots"
 )
 
-// Thresholds of the verdict. Each is chosen so that a uniformly random
-// source of at least MinSamples values trips it with a probability far
-// below one in a million (see the false-positive test), while every weak
-// device of the study and of the IoT Sentinel captures trips one.
+// Thresholds of the verdict. Each shape test fires only when the chance
+// bound of its pattern under a uniform 16-bit source is at most Alpha, so
+// a random source is called weak with a probability far below one in a
+// million even though the live guard grades after every value (see the
+// false-positive tests), while every weak device of the study and of the
+// IoT Sentinel captures trips one.
 const (
-	// MinSamples is the number of values below which no verdict is given.
+	// Alpha bounds the chance that a uniform source shows a pattern the
+	// verdict calls weak, per test and per look.
+	Alpha = 1e-9
+	// MinSamples is the number of values below which a field is not
+	// called random (it may be called weak sooner).
 	MinSamples = 10
 	// constantShare: one value carries at least this share of the samples.
 	constantShare = 0.9
@@ -54,10 +74,8 @@ const (
 	// the last recentLen values of the boot that counts as counting.
 	counterMaxStep = 64
 	recentLen      = 4
-	// counterShare of the steps within boots must be counting steps, over
-	// at least counterMinSteps steps.
-	counterShare    = 0.5
-	counterMinSteps = 4
+	// counterShare of the steps within boots must be counting steps.
+	counterShare = 0.5
 	// A counter is also told apart inside a narrow window when nearly
 	// every step (directShare of at least directMinSteps) counts forward
 	// from the value just before: values drawn at random in a window go
@@ -67,12 +85,10 @@ const (
 	// narrowSpan: every value lies in a circular window this wide (12 bits).
 	narrowSpan = 4096
 	// smallSetK most frequent values carry at least smallSetShare of the
-	// samples (needs at least smallSetMinN samples)...
-	smallSetK        = 8
-	smallSetShare    = 0.8
-	smallSetMinN     = 20
-	dominantShare    = 0.1 // ...or one value carries this share
-	dominantMinCount = 5   // and was seen at least this often.
+	// samples...
+	smallSetK     = 8
+	smallSetShare = 0.8
+	dominantShare = 0.1 // ...or one value carries this share.
 	// A value seen in at least bootShareMin of the boots (and in at least
 	// minBoots boots), when chance would put it in few.
 	bootShareMin = 0.5
@@ -83,6 +99,9 @@ const (
 	heavyK     = 32
 	firstLen   = 4 // values at the start of each boot tracked on their own
 	bitmapSize = 65536 / 64
+	// sparseMax distinct values are kept as a sorted list (1 KiB); more
+	// move to the bitmap (8 KiB).
+	sparseMax = 512
 )
 
 // heavy is one heavy-hitter counter (the space-saving algorithm): count
@@ -97,13 +116,13 @@ type heavy struct {
 
 // hitters tracks the most frequent values in fixed space: every value more
 // frequent than 1/heavyK of the stream is among them.
+// The counters grow as distinct values come, up to heavyK.
 type hitters struct {
-	h [heavyK]heavy
-	n int
+	h []heavy
 }
 
 func (hs *hitters) observe(v uint16, boot uint32) {
-	for i := 0; i < hs.n; i++ {
+	for i := range hs.h {
 		h := &hs.h[i]
 		if h.value == v {
 			h.count++
@@ -114,9 +133,8 @@ func (hs *hitters) observe(v uint16, boot uint32) {
 			return
 		}
 	}
-	if hs.n < heavyK {
-		hs.h[hs.n] = heavy{value: v, count: 1, boots: 1, lastBoot: boot}
-		hs.n++
+	if len(hs.h) < heavyK {
+		hs.h = append(hs.h, heavy{value: v, count: 1, boots: 1, lastBoot: boot})
 		return
 	}
 	low := 0
@@ -131,8 +149,8 @@ func (hs *hitters) observe(v uint16, boot uint32) {
 
 // sorted returns the hitters, most frequent (lower bound) first.
 func (hs *hitters) sorted() []heavy {
-	top := make([]heavy, hs.n)
-	copy(top, hs.h[:hs.n])
+	top := make([]heavy, len(hs.h))
+	copy(top, hs.h)
 	for i := 1; i < len(top); i++ { // insertion sort of a few dozen
 		for j := i; j > 0 && top[j].count-top[j].err > top[j-1].count-top[j-1].err; j-- {
 			top[j], top[j-1] = top[j-1], top[j]
@@ -141,13 +159,17 @@ func (hs *hitters) sorted() []heavy {
 	return top
 }
 
-// Estimator accumulates one field of one device. The zero value is not
-// ready; use New. Its size is fixed (about 10 KiB) whatever it observes.
+// Estimator accumulates one field of one device. The zero value is
+// ready (New returns one). It grows with the distinct values it sees, to
+// at most about 10 KiB.
 type Estimator struct {
 	n        uint64
 	mean, m2 float64 // Welford's running mean and sum of squared deviations
 
-	seen     [bitmapSize]uint64 // every value observed
+	// Every value observed: a sorted list while there are at most
+	// sparseMax, then a bitmap (and vals is nil).
+	vals     []uint16
+	seen     *[bitmapSize]uint64
 	distinct uint32
 
 	heavy hitters // over all values
@@ -187,12 +209,10 @@ func (e *Estimator) Observe(v uint16, boot uint32) {
 	e.mean += d / float64(e.n)
 	e.m2 += d * (float64(v) - e.mean)
 
-	w, b := v>>6, uint64(1)<<(v&63)
-	if e.seen[w]&b != 0 {
-		e.bootHits++
-	} else {
-		e.seen[w] |= b
+	if e.add(v) {
 		e.distinct++
+	} else {
+		e.bootHits++
 	}
 	e.bootN++
 
@@ -200,6 +220,50 @@ func (e *Estimator) Observe(v uint16, boot uint32) {
 	e.heavy.observe(v, boot)
 	if e.bootN <= firstLen {
 		e.first.observe(v, boot)
+	}
+}
+
+// add records v as seen and reports whether it is new.
+func (e *Estimator) add(v uint16) bool {
+	if e.seen != nil {
+		w, b := v>>6, uint64(1)<<(v&63)
+		if e.seen[w]&b != 0 {
+			return false
+		}
+		e.seen[w] |= b
+		return true
+	}
+	i, found := slices.BinarySearch(e.vals, v)
+	if found {
+		return false
+	}
+	if len(e.vals) < sparseMax {
+		e.vals = slices.Insert(e.vals, i, v)
+		return true
+	}
+	e.seen = new([bitmapSize]uint64)
+	for _, x := range e.vals {
+		e.seen[x>>6] |= 1 << (x & 63)
+	}
+	e.vals = nil
+	e.seen[v>>6] |= 1 << (v & 63)
+	return true
+}
+
+// values calls f with every distinct value seen, in increasing order.
+func (e *Estimator) values(f func(uint16)) {
+	if e.seen == nil {
+		for _, v := range e.vals {
+			f(v)
+		}
+		return
+	}
+	for w, word := range e.seen {
+		for word != 0 {
+			bit := bits.TrailingZeros64(word)
+			word &= word - 1
+			f(uint16(w*64 + bit))
+		}
 	}
 }
 
@@ -290,7 +354,8 @@ func (e *Estimator) Result() Result {
 	r.Span = e.span()
 	top := e.heavy.sorted()
 	r.Top = top[0].value
-	r.TopShare = float64(top[0].count-top[0].err) / float64(e.n)
+	topCount := top[0].count - top[0].err
+	r.TopShare = float64(topCount) / float64(e.n)
 	if e.steps > 0 {
 		r.Counting = float64(e.small) / float64(e.steps)
 	}
@@ -303,11 +368,9 @@ func (e *Estimator) Result() Result {
 			replayed++
 		}
 	}
+	k := min(smallSetK, len(top))
 	var topK uint64
-	for i, h := range top {
-		if i == smallSetK {
-			break
-		}
+	for _, h := range top[:k] {
 		topK += h.count - h.err
 	}
 	topKShare := float64(topK) / float64(e.n)
@@ -316,39 +379,133 @@ func (e *Estimator) Result() Result {
 	r.Detail = fmt.Sprintf("n=%d boots=%d distinct=%d span=%d top=0x%04x (%.0f%%) counting=%.0f%% of %d steps replayed-boots=%d/%d sigma=%.1f bits=%.1f",
 		e.n, e.boots, e.distinct, r.Span, r.Top, 100*r.TopShare, 100*r.Counting, e.steps, replayed, closed, r.Sigma, r.Bits)
 
-	if e.n < MinSamples {
-		r.Verdict = Insufficient
-		r.Reason = fmt.Sprintf("only %d values (need %d)", e.n, MinSamples)
-		return r
-	}
+	n := e.n
+	enough := n >= MinSamples
 	r.Verdict = Weak
 	switch {
-	case e.distinct == 1 || r.TopShare >= constantShare:
+	case (e.distinct == 1 || r.TopShare >= constantShare) && improbable(pRepeats(n, topCount)):
 		r.Reason = ReasonConstant
 		r.Detail = fmt.Sprintf("0x%04x in %.0f%% of values; ", r.Top, 100*r.TopShare) + r.Detail
-	case e.steps >= counterMinSteps && r.Counting >= counterShare && countingChance(r.Span) <= 0.1,
-		e.steps >= directMinSteps && float64(e.direct) >= directShare*float64(e.steps):
+	case r.Counting >= counterShare && countingChance(r.Span) <= 0.1 && improbable(pBinomial(e.steps, e.small, recentLen*counterMaxStep)),
+		e.steps >= directMinSteps && float64(e.direct) >= directShare*float64(e.steps) && improbable(pBinomial(e.steps, e.direct, counterMaxStep)):
 		r.Reason = ReasonCounter
 		r.Detail = fmt.Sprintf("%.0f%% of steps count forward by 1..%d; ", 100*r.Counting, counterMaxStep) + r.Detail
-	case r.Span <= narrowSpan:
+	case r.Span <= narrowSpan && improbable(pWindow(n, r.Span)):
 		r.Reason = ReasonNarrowRange
 		r.Detail = fmt.Sprintf("all values within a window of %d; ", r.Span) + r.Detail
-	case e.n >= smallSetMinN && topKShare >= smallSetShare:
+	case topKShare >= smallSetShare && improbable(pSet(n, topK, k)):
 		r.Reason = ReasonSmallSet
-		r.Detail = fmt.Sprintf("%d most frequent values carry %.0f%%; ", smallSetK, 100*topKShare) + r.Detail
-	case top[0].count-top[0].err >= dominantMinCount && r.TopShare >= dominantShare:
+		r.Detail = fmt.Sprintf("%d most frequent values carry %.0f%%; ", k, 100*topKShare) + r.Detail
+	case r.TopShare >= dominantShare && improbable(pRepeats(n, topCount)):
 		r.Reason = ReasonSmallSet
 		r.Detail = fmt.Sprintf("0x%04x (%d) carries %.0f%% of values; ", r.Top, r.Top, 100*r.TopShare) + r.Detail
 	case bootRepeat:
 		r.Reason = ReasonBootRepeats
 		r.Detail = fmt.Sprintf("0x%04x recurs in most boots; ", bootRepeatValue) + r.Detail
-	case closed >= minBoots-1 && float64(replayed) >= replayShare*float64(closed):
+	case enough && closed >= minBoots-1 && float64(replayed) >= replayShare*float64(closed):
 		r.Reason = ReasonBootRepeats
 		r.Detail = fmt.Sprintf("%d of %d boots mostly replay earlier values; ", replayed, closed) + r.Detail
+	case !enough:
+		r.Verdict = Insufficient
+		r.Reason = fmt.Sprintf("only %d values (need %d)", n, MinSamples)
 	default:
 		r.Verdict = Random
 	}
 	return r
+}
+
+// The chance bounds. Each is an upper bound, by a union over the values
+// or windows that could carry the pattern, on the probability that n
+// values drawn uniformly and independently from 0..65535 show it; they
+// are computed as natural logarithms.
+const space = 65536
+
+var lnAlpha = math.Log(Alpha)
+
+func improbable(lnP float64) bool { return lnP <= lnAlpha }
+
+// lnChoose is ln C(n, k).
+func lnChoose(n, k uint64) float64 {
+	if k > n {
+		return math.Inf(-1)
+	}
+	a, _ := math.Lgamma(float64(n) + 1)
+	b, _ := math.Lgamma(float64(k) + 1)
+	c, _ := math.Lgamma(float64(n-k) + 1)
+	return a - b - c
+}
+
+// pRepeats bounds the chance that some value occurs at least c times
+// among n: space * C(n, c) * space^-c.
+func pRepeats(n, c uint64) float64 {
+	if c < 2 {
+		return 0
+	}
+	return lnChoose(n, c) + float64(1-int64(c))*math.Log(space)
+}
+
+// pWindow bounds the chance that n values all fall in one circular window
+// of width w: n choices of the first value, the others inside its window.
+func pWindow(n uint64, w int) float64 {
+	if n < 2 || w >= space {
+		return 0
+	}
+	return math.Log(float64(n)) + float64(n-1)*math.Log(float64(w)/space)
+}
+
+// pSet bounds the chance that some set of k values carries m of the n:
+// C(space, k) sets, C(n, m) choices of the values, (k/space)^m.
+func pSet(n, m uint64, k int) float64 {
+	if k <= 0 || m == 0 {
+		return 0
+	}
+	return lnChoose(space, uint64(k)) + lnChoose(n, m) + float64(m)*math.Log(float64(k)/space)
+}
+
+// pBinomial bounds the chance that at least hits of trials independent
+// steps land in a set of width values ahead: C(trials, hits) q^hits.
+func pBinomial(trials, hits uint64, width int) float64 {
+	if hits == 0 {
+		return 0
+	}
+	q := math.Min(1, float64(width)/space)
+	return lnChoose(trials, hits) + float64(hits)*math.Log(q)
+}
+
+// pBoots bounds the chance that some value is among perBoot values of at
+// least b of boots boots: space * C(boots, b) * (perBoot/space)^b.
+func pBoots(boots, b uint64, perBoot float64) float64 {
+	q := math.Min(1, perBoot/space)
+	return math.Log(space) + lnChoose(boots, b) + float64(b)*math.Log(q)
+}
+
+// Grade is a Result as reports carry it (the audit's and the device
+// table's JSON): the verdict, why, and the study's figure beside it.
+type Grade struct {
+	Verdict Verdict `json:"verdict"` // weak, random, insufficient
+	Reason  string  `json:"reason,omitempty"`
+	N       int     `json:"n"`
+	Sigma   float64 `json:"sigma"`
+	Bits    float64 `json:"bits"`
+	Detail  string  `json:"detail,omitempty"`
+}
+
+// Grade returns the report form of r, sigma and bits to two decimals.
+func (r Result) Grade() Grade {
+	round := func(x float64) float64 { return math.Round(x*100) / 100 }
+	return Grade{Verdict: r.Verdict, Reason: r.Reason, N: r.N, Sigma: round(r.Sigma), Bits: round(r.Bits), Detail: r.Detail}
+}
+
+// Mark is the verdict's cell in the study's Table I: "x" (weak,
+// vulnerable), "ok" (random), or unknown when there is not enough data.
+func (v Verdict) Mark(unknown string) string {
+	switch v {
+	case Weak:
+		return "x"
+	case Random:
+		return "ok"
+	}
+	return unknown
 }
 
 // countingChance is the share of counting steps random values spread over
@@ -368,23 +525,24 @@ func (e *Estimator) bootRepeat(top []heavy, span int) (bool, uint16) {
 	if e.boots < minBoots {
 		return false, 0
 	}
-	recurs := func(h heavy) bool {
-		return h.boots >= minBoots && float64(h.boots) >= bootShareMin*float64(e.boots)
+	recurs := func(h heavy, perBoot float64) bool {
+		return h.boots >= minBoots && float64(h.boots) >= bootShareMin*float64(e.boots) &&
+			improbable(pBoots(uint64(e.boots), uint64(h.boots), perBoot))
 	}
 	// Values that open most boots: chance would put a given value among
 	// the first few of a boot once in thousands of boots.
 	for _, h := range e.first.sorted() {
-		if recurs(h) {
+		if recurs(h, firstLen) {
 			return true, h.value
 		}
 	}
 	perBoot := float64(e.n) / float64(e.boots)
-	space := float64(max(span, int(e.distinct), 1))
-	if chance := 1 - math.Exp(-perBoot/space); chance > 0.1 {
+	width := float64(max(span, int(e.distinct), 1))
+	if chance := 1 - math.Exp(-perBoot/width); chance > 0.1 {
 		return false, 0
 	}
 	for _, h := range top {
-		if recurs(h) {
+		if recurs(h, perBoot) {
 			return true, h.value
 		}
 	}
@@ -396,6 +554,15 @@ func (e *Estimator) bootRepeat(top []heavy, span int) (bool, uint16) {
 func (e *Estimator) span() int {
 	if e.distinct == 0 {
 		return 0
+	}
+	if e.seen == nil {
+		// Largest gap between neighbouring values, the wrap included.
+		vs := e.vals
+		longest := int(vs[0]) + 65536 - int(vs[len(vs)-1]) - 1
+		for i := 1; i < len(vs); i++ {
+			longest = max(longest, int(vs[i])-int(vs[i-1])-1)
+		}
+		return 65536 - longest
 	}
 	// Longest run of zero bits, circularly. Start just after a set bit so
 	// the run that wraps around is counted whole.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 )
 
@@ -286,7 +287,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 		if err := got.UnmarshalBinary(b); err != nil {
 			t.Fatalf("n=%d: %v", n, err)
 		}
-		if got != *e {
+		if !reflect.DeepEqual(&got, e) {
 			t.Errorf("n=%d: round trip changed the estimator", n)
 		}
 		// Continuing after a restore gives the same result as never stopping.
@@ -315,7 +316,7 @@ func TestUnmarshalErrors(t *testing.T) {
 		if err := got.UnmarshalBinary(b); err == nil {
 			t.Errorf("%s: no error", name)
 		}
-		if got != (Estimator{}) {
+		if !reflect.DeepEqual(got, Estimator{}) {
 			t.Errorf("%s: estimator not left empty", name)
 		}
 	}
@@ -340,7 +341,7 @@ func FuzzEstimator(f *testing.F) {
 		if r.N < 0 || r.Distinct > r.N || r.Span < 0 || r.Span > 65536 || math.IsNaN(r.Sigma) || r.Bits < 0 || r.Bits > 16.8 {
 			t.Fatalf("out of range: %+v", r)
 		}
-		if r.N >= MinSamples && r.Verdict == Insufficient || r.N < MinSamples && r.Verdict != Insufficient {
+		if r.N >= MinSamples && r.Verdict == Insufficient || r.N < MinSamples && r.Verdict == Random {
 			t.Fatalf("verdict %s for %d values", r.Verdict, r.N)
 		}
 		b, err := e.MarshalBinary()
@@ -351,7 +352,7 @@ func FuzzEstimator(f *testing.F) {
 		if err := got.UnmarshalBinary(b); err != nil {
 			t.Fatal(err)
 		}
-		if got != *e || got.Result() != r {
+		if !reflect.DeepEqual(&got, e) || got.Result() != r {
 			t.Fatal("round trip changed the estimator")
 		}
 		// Arbitrary bytes never panic and either fail or decode to something
@@ -364,4 +365,111 @@ func FuzzEstimator(f *testing.F) {
 			_ = any.Result()
 		}
 	})
+}
+
+// TestSequentialGrading: a field is weak as soon as its values are too
+// clustered for a uniform 16-bit source, and insufficient while too few
+// values could show randomness.
+func TestSequentialGrading(t *testing.T) {
+	// boots gives each value its boot.
+	tests := []struct {
+		name    string
+		values  []uint16
+		boots   []uint32
+		verdict Verdict
+		reason  string
+	}{
+		{"9 queries over 8 boots: 3 4 4 5 5 6 7 7 8", []uint16{3, 4, 4, 5, 5, 6, 7, 7, 8}, []uint32{0, 1, 1, 2, 3, 4, 5, 6, 7}, Weak, ReasonNarrowRange},
+		{"one value", []uint16{3}, nil, Insufficient, "only 1 values (need 10)"},
+		{"two neighbours", []uint16{3, 4}, []uint32{0, 1}, Insufficient, "only 2 values (need 10)"},
+		{"two equal", []uint16{7, 7}, []uint32{0, 1}, Insufficient, "only 2 values (need 10)"},
+		{"three equal over three boots (Aria)", []uint16{1, 1, 1}, []uint32{0, 1, 2}, Weak, ReasonConstant},
+		{"three in a window of 3", []uint16{3, 4, 5}, []uint32{0, 1, 2}, Insufficient, "only 3 values (need 10)"},
+		{"four in a window of 4", []uint16{3, 4, 5, 6}, []uint32{0, 1, 2, 3}, Weak, ReasonNarrowRange},
+		{"five counting in one boot", []uint16{40000, 40001, 40002, 40003, 40004}, nil, Weak, ReasonNarrowRange},
+		{"Eufy-like: six in 0x00-0x4F", []uint16{0x12, 0x4e, 0x03, 0x31, 0x22, 0x40}, nil, Weak, ReasonNarrowRange},
+		{"three random", []uint16{0x1f3a, 0xc001, 0x7777}, nil, Insufficient, "only 3 values (need 10)"},
+		{"nine random", []uint16{0x1f3a, 0xc001, 0x7777, 0x0102, 0xfe31, 0x5a5a, 0x9e37, 0x3c1d, 0xb00b}, nil, Insufficient, "only 9 values (need 10)"},
+		{"ten random", []uint16{0x1f3a, 0xc001, 0x7777, 0x0102, 0xfe31, 0x5a5a, 0x9e37, 0x3c1d, 0xb00b, 0x4242}, nil, Random, ""},
+		{"one value four times in nine", []uint16{0x1f3a, 0xc001, 0x5555, 0x0102, 0x5555, 0x5a5a, 0x5555, 0x3c1d, 0x5555}, nil, Weak, ReasonSmallSet},
+		{"one repeat in nine is chance", []uint16{0x1f3a, 0xc001, 0x5555, 0x0102, 0x5555, 0x5a5a, 0x9e37, 0x3c1d, 0xb00b}, nil, Insufficient, "only 9 values (need 10)"},
+		{"two values alternating, eight of them", []uint16{0x1234, 0xabcd, 0x1234, 0xabcd, 0x1234, 0xabcd, 0x1234, 0xabcd}, nil, Weak, ReasonSmallSet},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := New()
+			for i, v := range tt.values {
+				var b uint32
+				if tt.boots != nil {
+					b = tt.boots[i]
+				}
+				e.Observe(v, b)
+			}
+			got := e.Result()
+			if got.Verdict != tt.verdict || got.Reason != tt.reason {
+				t.Errorf("got %s (%q), want %s (%q)\n%s", got.Verdict, got.Reason, tt.verdict, tt.reason, got.Detail)
+			}
+		})
+	}
+}
+
+// TestSequentialFalsePositives grades random sources after every value,
+// as the live guard does: none may ever be called weak.
+func TestSequentialFalsePositives(t *testing.T) {
+	seeds := 2000
+	if testing.Short() {
+		seeds = 200
+	}
+	for _, size := range []uint64{65536, 60999 - 32768 + 1, 16384} {
+		for seed := range seeds {
+			r := rand.New(rand.NewPCG(uint64(seed), 99+size))
+			e := New()
+			for i := range 80 {
+				e.Observe(uint16(65536-size+r.Uint64N(size)), uint32(i/3))
+				if res := e.Result(); res.Verdict == Weak {
+					t.Fatalf("range %d seed %d after %d values: %s (%s) %s", size, seed, i+1, res.Verdict, res.Reason, res.Detail)
+				}
+			}
+		}
+	}
+}
+
+// TestSmallUntilEarned: the estimator keeps a list until it has seen more
+// distinct values than sparseMax, and the list and the bitmap grade alike.
+func TestSmallUntilEarned(t *testing.T) {
+	e := New()
+	e.Observe(5, 0)
+	if e.seen != nil || len(e.vals) != 1 || len(e.heavy.h) != 1 || cap(e.heavy.h) > 4 {
+		t.Fatalf("one value: seen %v vals %d hitters %d", e.seen != nil, len(e.vals), cap(e.heavy.h))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for e.distinct < sparseMax {
+		e.Observe(uint16(r.UintN(65536)), 0)
+	}
+	if e.seen != nil {
+		t.Fatal("bitmap before sparseMax distinct values")
+	}
+	e.Observe(uint16(r.UintN(65536)), 0)
+	for e.distinct <= sparseMax {
+		e.Observe(uint16(r.UintN(65536)), 0)
+	}
+	if e.seen == nil || e.vals != nil {
+		t.Fatal("no bitmap after sparseMax distinct values")
+	}
+	// Span from a list and from a bitmap agree, on many shapes.
+	for seed := range 300 {
+		r := rand.New(rand.NewPCG(uint64(seed), 5))
+		list := New()
+		width := 1 + r.UintN(65536)
+		lo := r.UintN(65536)
+		for range 1 + r.IntN(sparseMax) {
+			list.Observe(uint16(lo+r.UintN(width)), 0)
+		}
+		bm := new([bitmapSize]uint64)
+		list.values(func(v uint16) { bm[v>>6] |= 1 << (v & 63) })
+		full := &Estimator{distinct: list.distinct, seen: bm}
+		if a, b := list.span(), full.span(); a != b {
+			t.Fatalf("seed %d: span %d from the list, %d from the bitmap", seed, a, b)
+		}
+	}
 }

@@ -40,16 +40,15 @@ func (e *Estimator) MarshalBinary() ([]byte, error) {
 	if e.distinct < bitmapSize*8/2 { // a list of 2-byte values is smaller
 		b = append(b, bitmapAsList)
 		b = binary.AppendUvarint(b, uint64(e.distinct))
-		for w, word := range e.seen {
-			for word != 0 {
-				bit := bits.TrailingZeros64(word)
-				word &= word - 1
-				b = binary.BigEndian.AppendUint16(b, uint16(w*64+bit))
-			}
-		}
+		e.values(func(v uint16) { b = binary.BigEndian.AppendUint16(b, v) })
 	} else {
 		b = append(b, bitmapAsWords)
-		for _, word := range e.seen {
+		seen := e.seen
+		if seen == nil {
+			seen = new([bitmapSize]uint64)
+			e.values(func(v uint16) { seen[v>>6] |= 1 << (v & 63) })
+		}
+		for _, word := range seen {
 			b = binary.BigEndian.AppendUint64(b, word)
 		}
 	}
@@ -57,8 +56,8 @@ func (e *Estimator) MarshalBinary() ([]byte, error) {
 }
 
 func (hs *hitters) appendBinary(b []byte) []byte {
-	b = binary.AppendUvarint(b, uint64(hs.n))
-	for _, h := range hs.h[:hs.n] {
+	b = binary.AppendUvarint(b, uint64(len(hs.h)))
+	for _, h := range hs.h {
 		b = binary.BigEndian.AppendUint16(b, h.value)
 		b = binary.AppendUvarint(b, h.count)
 		b = binary.AppendUvarint(b, h.err)
@@ -74,8 +73,11 @@ func (hs *hitters) decode(d *decoder, total uint64) {
 		d.fail("hitter count out of range")
 		return
 	}
-	hs.n = int(n)
-	for i := range hs.n {
+	hs.h = nil
+	if n > 0 {
+		hs.h = make([]heavy, n)
+	}
+	for i := range hs.h {
 		h := &hs.h[i]
 		h.value = d.u16("hitter value")
 		h.count = d.uvarint("hitter count")
@@ -205,13 +207,16 @@ func (e *Estimator) unmarshal(data []byte) error {
 			d.fail("distinct count out of range")
 		}
 		for i := uint64(0); i < k && d.err == nil; i++ {
-			v := d.u16("value")
-			e.seen[v>>6] |= 1 << (v & 63)
+			if v := d.u16("value"); d.err == nil && !e.add(v) {
+				d.fail("value listed twice")
+			}
 		}
 	case bitmapAsWords:
-		for w := range e.seen {
-			e.seen[w] = d.u64("bitmap")
+		seen := new([bitmapSize]uint64)
+		for w := range seen {
+			seen[w] = d.u64("bitmap")
 		}
+		e.setBitmap(seen)
 	default:
 		d.fail("bitmap form")
 	}
@@ -221,14 +226,43 @@ func (e *Estimator) unmarshal(data []byte) error {
 	if d.off != len(data) {
 		return fmt.Errorf("%w: %d trailing bytes", ErrEncoding, len(data)-d.off)
 	}
-	for _, w := range e.seen {
-		e.distinct += uint32(bits.OnesCount64(w))
-	}
-	if (e.n == 0) != (e.heavy.n == 0) || (e.n == 0) != (e.distinct == 0) {
-		return fmt.Errorf("%w: %d values but %d heavy hitters and %d distinct", ErrEncoding, e.n, e.heavy.n, e.distinct)
+	e.distinct = e.countDistinct()
+	if (e.n == 0) != (len(e.heavy.h) == 0) || (e.n == 0) != (e.distinct == 0) {
+		return fmt.Errorf("%w: %d values but %d heavy hitters and %d distinct", ErrEncoding, e.n, len(e.heavy.h), e.distinct)
 	}
 	if uint64(e.distinct) > e.n || e.bootHits > e.bootN || e.small > e.steps || e.direct > e.small || e.replayed > e.closedBoots {
 		return fmt.Errorf("%w: inconsistent counters", ErrEncoding)
 	}
 	return nil
+}
+
+// setBitmap takes seen as the values seen, kept as a list when few.
+func (e *Estimator) setBitmap(seen *[bitmapSize]uint64) {
+	n := 0
+	for _, w := range seen {
+		n += bits.OnesCount64(w)
+	}
+	if n > sparseMax {
+		e.seen, e.vals = seen, nil
+		return
+	}
+	e.seen, e.vals = nil, make([]uint16, 0, n)
+	for w, word := range seen {
+		for word != 0 {
+			bit := bits.TrailingZeros64(word)
+			word &= word - 1
+			e.vals = append(e.vals, uint16(w*64+bit))
+		}
+	}
+}
+
+func (e *Estimator) countDistinct() uint32 {
+	if e.seen == nil {
+		return uint32(len(e.vals))
+	}
+	var n uint32
+	for _, w := range e.seen {
+		n += uint32(bits.OnesCount64(w))
+	}
+	return n
 }
