@@ -72,7 +72,7 @@ func newTransport(ep *Endpoint, cfg config) (Transport, error) {
 	case TLS:
 		return newStream(ep, cfg, true), nil
 	case HTTPS:
-		return newDoH(ep, cfg), nil
+		return newDoH(ep, cfg)
 	}
 	return nil, fmt.Errorf("upstream %s: unsupported scheme %q", ep, ep.Scheme)
 }
