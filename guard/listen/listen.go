@@ -35,6 +35,8 @@ type Options struct {
 	// MaxSpill bounds the UDP queries answered on goroutines of their own
 	// while nearly every reader waits on an upstream.
 	MaxSpill int
+	// Access decides which clients are answered; nil answers everyone.
+	Access *Access
 }
 
 func (o *Options) defaults() {
@@ -65,15 +67,24 @@ const maxUDPQuery = 4096
 // Stats counts what the listener did.
 type Stats struct {
 	Queries, Malformed, Dropped, Truncated, TCPRefused, Spilled atomic.Uint64
+	// Denied counts queries (UDP) and connections (TCP) from clients
+	// Access does not allow.
+	Denied atomic.Uint64
 }
+
+// deniedLogEvery bounds how often a refused client is logged.
+const deniedLogEvery = 10 * time.Second
 
 // Server answers devices with a chain that can be swapped (on reload).
 type Server struct {
 	opts    Options
 	log     *slog.Logger
 	handler atomic.Pointer[handlerBox]
-	udp     []*net.UDPConn
+	udp     []*udpSocket
 	tcp     []*net.TCPListener
+
+	deniedLogged atomic.Int64 // unix nanoseconds of the last denial logged
+	deniedSince  atomic.Uint64
 
 	mu        sync.Mutex
 	perClient map[netip.Addr]int
@@ -87,6 +98,14 @@ type Server struct {
 }
 
 type handlerBox struct{ h stage.Handler }
+
+// udpSocket is a bound UDP socket; pktinfo is set on one bound to the
+// unspecified address, whose answers name their source address.
+type udpSocket struct {
+	c       *net.UDPConn
+	local   netip.AddrPort
+	pktinfo bool
+}
 
 // New returns a server answering with h.
 func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
@@ -107,27 +126,51 @@ func (s *Server) SetHandler(h stage.Handler) { s.handler.Store(&handlerBox{h}) }
 
 // Listen binds UDP and TCP on every address (IP:PORT). Port 0 binds the
 // same free port for both. It fails, closing what it bound, if any fails.
+// An unspecified address (0.0.0.0, [::]) takes queries to every address
+// of its family, and each answer leaves from the address it was sent to.
 func (s *Server) Listen(addrs []string) error {
 	for _, a := range addrs {
-		ap, err := netip.ParseAddrPort(a)
-		if err != nil {
+		if err := s.ListenOne(a); err != nil {
 			s.closeAll()
-			return fmt.Errorf("listen %q: %w", a, err)
+			return err
 		}
-		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
-		if err != nil {
-			s.closeAll()
+	}
+	return nil
+}
+
+// ListenOne binds UDP and TCP on one address, leaving what is already
+// bound alone if it fails.
+func (s *Server) ListenOne(a string) error {
+	ap, err := netip.ParseAddrPort(a)
+	if err != nil {
+		return fmt.Errorf("listen %q: %w", a, err)
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	// One socket per family: "udp" on an unspecified address would be a
+	// dual-stack socket, and 0.0.0.0 and [::] could not both be bound.
+	udpNet, tcpNet := "udp6", "tcp6"
+	if ap.Addr().Is4() {
+		udpNet, tcpNet = "udp4", "tcp4"
+	}
+	u, err := net.ListenUDP(udpNet, net.UDPAddrFromAddrPort(ap))
+	if err != nil {
+		return fmt.Errorf("listen udp %s: %w", a, err)
+	}
+	sock := &udpSocket{c: u, local: u.LocalAddr().(*net.UDPAddr).AddrPort()}
+	if ap.Addr().IsUnspecified() {
+		if err := enablePktinfo(u, ap.Addr().Is6()); err != nil {
+			u.Close()
 			return fmt.Errorf("listen udp %s: %w", a, err)
 		}
-		s.udp = append(s.udp, u)
-		bound := u.LocalAddr().(*net.UDPAddr).AddrPort()
-		t, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(bound))
-		if err != nil {
-			s.closeAll()
-			return fmt.Errorf("listen tcp %s: %w", bound, err)
-		}
-		s.tcp = append(s.tcp, t)
+		sock.pktinfo = true
 	}
+	t, err := net.ListenTCP(tcpNet, net.TCPAddrFromAddrPort(sock.local))
+	if err != nil {
+		u.Close()
+		return fmt.Errorf("listen tcp %s: %w", sock.local, err)
+	}
+	s.udp = append(s.udp, sock)
+	s.tcp = append(s.tcp, t)
 	return nil
 }
 
@@ -135,14 +178,14 @@ func (s *Server) Listen(addrs []string) error {
 func (s *Server) Addrs() []netip.AddrPort {
 	var out []netip.AddrPort
 	for _, u := range s.udp {
-		out = append(out, u.LocalAddr().(*net.UDPAddr).AddrPort())
+		out = append(out, u.local)
 	}
 	return out
 }
 
 func (s *Server) closeAll() {
 	for _, u := range s.udp {
-		u.Close()
+		u.c.Close()
 	}
 	for _, t := range s.tcp {
 		t.Close()
@@ -216,12 +259,25 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 // and writes the answer, all inline. No goroutine is started per packet
 // (a cache hit costs two syscalls and a copy); a query that waits on an
 // upstream holds only its own reader while the others go on.
-func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn, busy *atomic.Int32) {
-	local := u.LocalAddr().(*net.UDPAddr).AddrPort()
+func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32) {
 	buf := make([]byte, maxUDPQuery)
 	out := make([]byte, 0, 4096)
+	var oob, oobOut []byte
+	if u.pktinfo {
+		oob, oobOut = make([]byte, oobSize), make([]byte, 0, oobSize)
+	}
 	for {
-		n, client, err := u.ReadFromUDPAddrPort(buf)
+		local := u.local
+		var (
+			n, oobn, ifindex int
+			client           netip.AddrPort
+			err              error
+		)
+		if u.pktinfo {
+			n, oobn, _, client, err = u.c.ReadMsgUDPAddrPort(buf, oob)
+		} else {
+			n, client, err = u.c.ReadFromUDPAddrPort(buf)
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -229,17 +285,34 @@ func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn, busy *atomic.Int3
 			s.log.Debug("udp read", "err", err)
 			continue
 		}
+		if u.pktinfo {
+			dst, idx, ok := parsePktinfo(oob[:oobn])
+			if !ok {
+				continue // cannot answer from the right address
+			}
+			local, ifindex = netip.AddrPortFrom(dst, local.Port()), idx
+		}
 		if n == len(buf) { // cut short: no real query is this large
 			s.Stats.Queries.Add(1)
 			s.Stats.Malformed.Add(1)
 			continue
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		var src []byte
+		if u.pktinfo {
+			src = appendPktinfo(oobOut[:0], local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
+		}
+		if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
+			if b := s.deny(buf[:n], client, false, out[:0]); b != nil {
+				u.c.WriteMsgUDPAddrPort(b, src, client)
+			}
+			continue
+		}
 		if busy.Load() >= s.spillAt {
 			// Nearly every reader waits on an upstream: answer this one
 			// on its own goroutine, so that cache hits are not held up
 			// behind slow misses.
-			s.spill(ctx, u, append([]byte(nil), buf[:n]...), client, local)
+			s.spill(ctx, u, append([]byte(nil), buf[:n]...), client, local, append([]byte(nil), src...))
 			continue
 		}
 		busy.Add(1)
@@ -248,7 +321,7 @@ func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn, busy *atomic.Int3
 		if b == nil {
 			continue
 		}
-		if _, err := u.WriteToUDPAddrPort(b, client); err != nil && ctx.Err() == nil {
+		if _, _, err := u.c.WriteMsgUDPAddrPort(b, src, client); err != nil && ctx.Err() == nil {
 			s.log.Debug("udp write", "client", client, "err", err)
 		}
 		if cap(b) <= 64*1024 {
@@ -257,9 +330,41 @@ func (s *Server) serveUDP(ctx context.Context, u *net.UDPConn, busy *atomic.Int3
 	}
 }
 
+// pktinfoIfindex is the interface an answer from local to client must
+// leave by: the one the query came in on when either address is
+// link-local (which only means something on its link), else 0, so the
+// routing table decides.
+func pktinfoIfindex(local, client netip.Addr, ifindex int) int {
+	if local.Is6() && (local.IsLinkLocalUnicast() || client.IsLinkLocalUnicast()) {
+		return ifindex
+	}
+	return 0
+}
+
+// deny counts a query from a client outside Access and returns the
+// REFUSED to send (over UDP; TCP connections are closed at accept). The
+// first denial in each deniedLogEvery is logged with the count since.
+func (s *Server) deny(raw []byte, client netip.AddrPort, tcp bool, out []byte) []byte {
+	s.Stats.Denied.Add(1)
+	s.deniedSince.Add(1)
+	now := time.Now().UnixNano()
+	if last := s.deniedLogged.Load(); now-last >= int64(deniedLogEvery) && s.deniedLogged.CompareAndSwap(last, now) {
+		s.log.Warn("refused a client outside the LAN and allow_client", "client", client.Addr(), "tcp", tcp,
+			"refused_since_last_log", s.deniedSince.Swap(0), "refused_total", s.Stats.Denied.Load())
+	}
+	if tcp {
+		return nil
+	}
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		return nil // not a query we could answer anyway
+	}
+	return dnswire.AppendError(out, raw, &q, dns.RcodeRefused)
+}
+
 // spill answers one UDP query on a goroutine of its own, within
 // MaxSpill; beyond it the query is dropped (the device will retry).
-func (s *Server) spill(ctx context.Context, u *net.UDPConn, raw []byte, client, local netip.AddrPort) {
+func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) {
 	select {
 	case s.spilling <- struct{}{}:
 	default:
@@ -272,7 +377,7 @@ func (s *Server) spill(ctx context.Context, u *net.UDPConn, raw []byte, client, 
 	go func() {
 		defer func() { <-s.spilling; s.wg.Done() }()
 		if b := s.answer(ctx, raw, client, local, false, nil); b != nil {
-			u.WriteToUDPAddrPort(b, client)
+			u.c.WriteMsgUDPAddrPort(b, src, client)
 		}
 	}()
 }
@@ -289,6 +394,12 @@ func (s *Server) serveTCP(ctx context.Context, l *net.TCPListener) {
 			continue
 		}
 		client := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), 0) {
+			s.deny(nil, client, true, nil)
+			c.Close()
+			continue
+		}
 		if !s.admit(c, client.Addr()) {
 			s.Stats.TCPRefused.Add(1)
 			c.Close()
