@@ -11,7 +11,7 @@ func TestAccessAllow(t *testing.T) {
 		netip.MustParsePrefix("fd20::/64"),
 		netip.MustParsePrefix("fe80::/64"),
 		netip.MustParsePrefix("::ffff:192.0.2.7/128"), // a v4-mapped form is stored unmapped
-		netip.MustParsePrefix("203.0.113.9/32"),      // the router's WAN address
+		netip.MustParsePrefix("203.0.113.9/32"),       // the router's WAN address
 	))
 	a.Set(a.Prefixes(), []int{7}, []string{"br-lan"})
 	for _, tc := range []struct {
@@ -33,12 +33,12 @@ func TestAccessAllow(t *testing.T) {
 		{"203.0.113.9", 0, true},
 		{"8.8.8.8", 0, false},
 		{"2001:db8::1", 0, false},
-		{"fe80::1", 7, true},         // link-local on the LAN interface
-		{"fe80::1", 9, false},        // link-local on another interface (WAN)
-		{"fe80::1%br-lan", 0, true},  // TCP: the zone names the interface
-		{"fe80::1%eth1", 0, false},   //
-		{"fe80::1", 0, true},         // neither known: the prefix decides
-		{"169.254.3.3", 7, false},    // IPv4 link-local: by prefix only
+		{"fe80::1", 7, true},        // link-local on the LAN interface
+		{"fe80::1", 9, false},       // link-local on another interface (WAN)
+		{"fe80::1%br-lan", 0, true}, // TCP: the zone names the interface
+		{"fe80::1%eth1", 0, false},  //
+		{"fe80::1", 0, true},        // neither known: the prefix decides
+		{"169.254.3.3", 7, false},   // IPv4 link-local: by prefix only
 		{"::", 0, false},
 	} {
 		if got := a.Allow(netip.MustParseAddr(tc.client), tc.ifindex); got != tc.want {
