@@ -10,7 +10,6 @@ import (
 // test keeps the two in step.
 func builtin() *Config {
 	return &Config{
-		Listen: []string{"127.0.0.1:5353", "[::1]:5353"},
 		Upstreams: []string{
 			"tls://1.1.1.1:853?sni=cloudflare-dns.com",
 			"tls://9.9.9.9:853?sni=dns.quad9.net",

@@ -26,7 +26,12 @@ func DefaultText() string { return defaultConf }
 
 // Config is the whole configuration of one guard.
 type Config struct {
-	Listen      []string
+	// Listen is where devices reach the guard; empty means the default
+	// of ListenAddrs.
+	Listen []string
+	// AllowClient widens who is answered beyond loopback, the LAN
+	// interfaces' prefixes and the router's own addresses.
+	AllowClient []netip.Prefix
 	Upstreams   []string
 	UpstreamCA  string
 	LogLevel    string
@@ -190,11 +195,37 @@ func Parse(r io.Reader, file string) (*Config, error) {
 	return c, nil
 }
 
+// Default listen addresses without a listen list: loopback off port 53
+// when no LAN interface is given, so the guard runs anywhere without
+// privileges.
+var defaultListen = []string{"127.0.0.1:5353", "[::1]:5353"}
+
+// ListenAddrs is where the guard serves: the listen list when one is
+// given; else, with LAN interfaces, every address of the router on
+// guard_port (one socket per family on the unspecified address, each
+// answer sent from the address asked, so addresses that come and go
+// are served and loopback is included); else loopback on port 5353.
+func (c *Config) ListenAddrs() []string {
+	if len(c.Listen) > 0 {
+		return c.Listen
+	}
+	if len(c.Intercept.LAN) > 0 {
+		port := c.Intercept.GuardPort
+		if port == 0 {
+			port = 53
+		}
+		p := strconv.Itoa(int(port))
+		return []string{"0.0.0.0:" + p, "[::]:" + p}
+	}
+	return defaultListen
+}
+
+// ListenDerived reports whether ListenAddrs comes from the LAN
+// interfaces rather than a listen list.
+func (c *Config) ListenDerived() bool { return len(c.Listen) == 0 && len(c.Intercept.LAN) > 0 }
+
 // Validate checks relations between options.
 func (c *Config) Validate() error {
-	if len(c.Listen) == 0 {
-		return errors.New("no listen address")
-	}
 	for _, l := range c.Listen {
 		if _, err := netip.ParseAddrPort(l); err != nil {
 			return fmt.Errorf("listen %q: want IP:PORT", l)
@@ -217,6 +248,7 @@ type setter func([]string) error
 func (c *Config) mainFields() map[string]setter {
 	return map[string]setter{
 		"listen":             strList(&c.Listen),
+		"allow_client":       prefixList(&c.AllowClient),
 		"upstream":           strList(&c.Upstreams),
 		"upstream_ca":        str(&c.UpstreamCA),
 		"log_level":          oneOf(&c.LogLevel, "debug", "info", "warn", "error"),

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -97,4 +98,35 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("nil config without error")
 		}
 	})
+}
+
+func TestListenAddrs(t *testing.T) {
+	for _, tc := range []struct {
+		conf    string
+		want    []string
+		derived bool
+	}{
+		{"", []string{"127.0.0.1:5353", "[::1]:5353"}, false},
+		{"config dnsguard\n\tlist lan 'br-lan'\n", []string{"0.0.0.0:53", "[::]:53"}, true},
+		{"config dnsguard\n\tlist lan 'br-lan'\nconfig intercept\n\toption guard_port '5300'\n", []string{"0.0.0.0:5300", "[::]:5300"}, true},
+		{"config dnsguard\n\tlist lan 'br-lan'\n\tlist listen '192.168.1.1:53'\n", []string{"192.168.1.1:53"}, false},
+	} {
+		c, err := Parse(strings.NewReader(tc.conf), "x.conf")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.ListenAddrs(); !reflect.DeepEqual(got, tc.want) || c.ListenDerived() != tc.derived {
+			t.Errorf("%q: ListenAddrs %v derived %v, want %v %v", tc.conf, got, c.ListenDerived(), tc.want, tc.derived)
+		}
+	}
+	c, err := Parse(strings.NewReader("config dnsguard\n\tlist allow_client '192.168.50.7/24'\n\tlist allow_client 'fd50::/48'\n"), "x.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(c.AllowClient); got != "[192.168.50.0/24 fd50::/48]" {
+		t.Errorf("allow_client %s", got)
+	}
+	if _, err := Parse(strings.NewReader("config dnsguard\n\tlist allow_client '192.168.50.7'\n"), "x.conf"); err == nil || !strings.Contains(err.Error(), "not a prefix") {
+		t.Errorf("bare address as allow_client: %v", err)
+	}
 }

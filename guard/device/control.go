@@ -38,6 +38,18 @@ type Control struct {
 	srv  *http.Server
 	ln   net.Listener
 	path string
+	done chan struct{}
+}
+
+// Stats are the registry's counters, as the control socket serves them.
+type Stats struct {
+	MACWaits         uint64 `json:"mac_waits"`           // queries that waited for their MAC
+	MACWaitsTimedOut uint64 `json:"mac_waits_timed_out"` // of those, waits that ended without one
+}
+
+// Stats returns the registry's counters.
+func (r *Registry) Stats() Stats {
+	return Stats{MACWaits: r.Waits.Taken.Load(), MACWaitsTimedOut: r.Waits.TimedOut.Load()}
 }
 
 // ServeControl starts serving reg's table on the unix socket at path,
@@ -61,6 +73,10 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 			log.Debug("control: writing device table", "err", err)
 		}
 	})
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(reg.Stats())
+	})
 	mux.HandleFunc("PUT /devices/{id}/override", func(w http.ResponseWriter, req *http.Request) {
 		var o Override
 		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 4096)).Decode(&o); err != nil {
@@ -83,8 +99,10 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
 		ln:   ln,
 		path: path,
+		done: make(chan struct{}),
 	}
 	go func() {
+		defer close(c.done)
 		if err := c.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("control socket stopped", "err", err)
 		}
@@ -95,6 +113,7 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 // Close stops serving and removes the socket.
 func (c *Control) Close(ctx context.Context) error {
 	err := c.srv.Shutdown(ctx)
+	<-c.done
 	os.Remove(c.path)
 	return err
 }
@@ -155,4 +174,25 @@ func FetchViews(ctx context.Context, path string) ([]View, error) {
 		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
 	}
 	return views, nil
+}
+
+// FetchStats asks a running guard for its registry's counters.
+func FetchStats(ctx context.Context, path string) (Stats, error) {
+	var st Stats
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsguard/stats", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := unixClient(path).Do(req)
+	if err != nil {
+		return st, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	return st, nil
 }

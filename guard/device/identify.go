@@ -3,6 +3,8 @@ package device
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
@@ -12,13 +14,25 @@ import (
 
 // IdentifyOptions tune the identify stage.
 type IdentifyOptions struct {
-	// WaitForMAC is how long a query from an address with no known MAC
-	// waits for the packet observer or the neighbour table to learn it
-	// (the first query after a device changes address). 0: no wait.
+	// WaitForMAC bounds how long a query from a LAN address with no
+	// known MAC waits for the neighbour table or the packet observer to
+	// learn it (the first query after a device changes address); it is
+	// woken as soon as either does. The router itself (loopback, its own
+	// addresses) and clients outside the LAN never wait. 0: no wait.
 	WaitForMAC time.Duration
 	// Feed makes the stage feed each query's ID, port and EDNS use to
 	// the graders; set it when no packet observer does.
 	Feed bool
+	// Observed, when set and true, says a packet observer feeds the
+	// graders after all, so Feed is ignored (the observer may be
+	// found missing after the chain is built).
+	Observed *atomic.Bool
+}
+
+// WaitStats counts the identify stage's waits for a MAC.
+type WaitStats struct {
+	Taken    atomic.Uint64 // queries that waited
+	TimedOut atomic.Uint64 // of those, waits that ended without a MAC
 }
 
 // Identify returns the identify stage: it fills req.Device from the
@@ -30,7 +44,7 @@ func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
 		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 			client := req.Client.Addr()
 			if opts.WaitForMAC > 0 {
-				waitForMAC(ctx, reg, req, opts.WaitForMAC)
+				reg.waitForMAC(ctx, client, opts.WaitForMAC)
 			}
 			id, mac, d, name := reg.Identify(client)
 			req.Device = &stage.Device{ID: id, MAC: mac, Name: name, Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
@@ -44,7 +58,7 @@ func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
 			}
 			reply, err := next.ServeDNS(ctx, req)
 			var q *Query
-			if opts.Feed {
+			if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
 				q = &Query{ID: req.Q.ID, EDNS: req.Q.EDNS.Present, Name: dnswire.NameString(req.Q.Name), Type: req.Q.Type}
 				if !req.TCP {
 					q.Port = req.Client.Port()
@@ -56,21 +70,37 @@ func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
 	}
 }
 
-func waitForMAC(ctx context.Context, reg *Registry, req *stage.Request, max time.Duration) {
-	if _, ok := reg.MAC(req.Client.Addr()); ok {
+// waitForMAC waits, at most max, until the MAC of a LAN client is known.
+// It returns at once for the router itself, for clients outside the LAN
+// and when the MAC is known; otherwise it sleeps until the neighbour
+// table or the observer learns a MAC (then looks again), never polling.
+func (r *Registry) waitForMAC(ctx context.Context, client netip.Addr, max time.Duration) {
+	client = client.Unmap().WithZone("")
+	n := r.opts.Neighbours
+	if client.IsLoopback() || client.IsUnspecified() || n == nil || n.IsLocal(client) || !n.OnLAN(client) {
 		return
 	}
-	deadline := time.Now().Add(max)
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	for time.Now().Before(deadline) {
+	if _, ok := r.MAC(client); ok {
+		return
+	}
+	r.Waits.Taken.Add(1)
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	for {
+		// Take the signals before looking, so a MAC learned in between
+		// is not missed.
+		fromNeigh, fromPackets := n.Learned(), r.learnedMAC.C()
+		if _, ok := r.MAC(client); ok {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		}
-		if _, ok := reg.MAC(req.Client.Addr()); ok {
+		case <-timer.C:
+			r.Waits.TimedOut.Add(1)
 			return
+		case <-fromNeigh:
+		case <-fromPackets:
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ type Neighbours struct {
 	lanNets []netip.Prefix
 
 	done chan struct{} // closed when follow returns
+
+	learned broadcast // a neighbour's MAC became known
+	addrs   broadcast // the router's addresses or the LAN prefixes changed
 }
 
 // WatchNeighbours starts following the neighbour table and interface
@@ -204,12 +208,18 @@ func (n *Neighbours) applyNeigh(u netlink.NeighUpdate) {
 		return
 	}
 	old, had := n.byIP[ip]
+	learned := false
 	if gone {
 		delete(n.byIP, ip)
 	} else if len(u.HardwareAddr) == 6 {
-		n.byIP[ip] = u.HardwareAddr.String()
+		mac := u.HardwareAddr.String()
+		learned = old != mac
+		n.byIP[ip] = mac
 	}
 	n.mu.Unlock()
+	if learned {
+		n.learned.Fire()
+	}
 	if gone && had && n.onGone != nil {
 		n.onGone(old)
 	}
@@ -225,6 +235,7 @@ func (n *Neighbours) applyAddr(u netlink.AddrUpdate) {
 	pfx := netip.PrefixFrom(ip, ones).Masked()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	defer n.addrs.Fire()
 	if u.NewAddr {
 		n.local[ip] = u.LinkIndex
 	} else {
@@ -244,6 +255,28 @@ func (n *Neighbours) applyAddr(u netlink.AddrUpdate) {
 	}
 	n.lanNets = nets
 }
+
+// Addresses returns the router's own addresses, the LAN interfaces'
+// prefixes and their indexes, as they stand.
+func (n *Neighbours) Addresses() (local []netip.Addr, lanNets []netip.Prefix, lanIdx []int) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	for a := range n.local {
+		local = append(local, a)
+	}
+	for i := range n.lanIdx {
+		lanIdx = append(lanIdx, i)
+	}
+	return local, slices.Clone(n.lanNets), lanIdx
+}
+
+// AddressesChanged returns a channel closed at the next change of the
+// router's addresses or the LAN prefixes.
+func (n *Neighbours) AddressesChanged() <-chan struct{} { return n.addrs.C() }
+
+// Learned returns a channel closed the next time a neighbour's MAC
+// becomes known.
+func (n *Neighbours) Learned() <-chan struct{} { return n.learned.C() }
 
 // MAC returns the MAC address of the neighbour at ip.
 func (n *Neighbours) MAC(ip netip.Addr) (string, bool) {

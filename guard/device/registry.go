@@ -82,6 +82,10 @@ type Registry struct {
 	deleted   []string
 	orig      origRing
 	exempt    string // last exempt list given to OnExempt, joined
+
+	learnedMAC broadcast // an address's MAC was learned from a packet or lease
+	// Waits counts the identify stage's waits for a MAC.
+	Waits WaitStats
 }
 
 type entry struct {
@@ -227,6 +231,7 @@ func (r *Registry) learnLocked(ip netip.Addr, mac string) {
 		clear(r.learned)
 	}
 	r.learned[ip] = mac
+	r.learnedMAC.Fire()
 	ipRec, ok := r.devices[ipID(ip.String())]
 	if !ok {
 		return

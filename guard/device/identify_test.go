@@ -1,0 +1,112 @@
+package device
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// lanNeighbours is a neighbour table as WatchNeighbours would fill it for
+// a LAN interface (index 7) with 10.9.0.1/24 and fd09::1/64, without
+// netlink.
+func lanNeighbours() *Neighbours {
+	return &Neighbours{
+		log:     quiet(),
+		lan:     map[string]bool{"br-lan": true},
+		byIP:    map[netip.Addr]string{netip.MustParseAddr("10.9.0.2"): "02:00:00:00:09:02"},
+		local:   map[netip.Addr]int{netip.MustParseAddr("10.9.0.1"): 7, netip.MustParseAddr("fd09::1"): 7, netip.MustParseAddr("203.0.113.2"): 8},
+		lanIdx:  map[int]bool{7: true},
+		lanNets: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24"), netip.MustParsePrefix("fd09::/64")},
+
+	}
+}
+
+func identifyQuery(t *testing.T, h stage.Handler, client string) *stage.Request {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion("a.example.", dns.TypeA)
+	raw, _ := m.Pack()
+	q, _ := dnswire.ParseQuery(raw)
+	req := &stage.Request{Raw: raw, Q: q, Client: netip.MustParseAddrPort(client)}
+	h.ServeDNS(context.Background(), req)
+	return req
+}
+
+func identifyChain(reg *Registry, wait time.Duration) stage.Handler {
+	return stage.Chain(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		return nil, nil
+	}), Identify(reg, IdentifyOptions{WaitForMAC: wait}))
+}
+
+// TestIdentifyNoWaitForRouterOrOutsiders: loopback, the router's own
+// addresses, clients outside the LAN and LAN clients with a known MAC
+// never wait for a MAC.
+func TestIdentifyNoWaitForRouterOrOutsiders(t *testing.T) {
+	n := lanNeighbours()
+	reg, _ := NewRegistry(Options{Log: quiet(), Neighbours: n})
+	h := identifyChain(reg, 200*time.Millisecond)
+	for range 100 {
+		identifyQuery(t, h, "127.0.0.1:4000")
+	}
+	for _, c := range []string{"[::1]:4000", "10.9.0.1:4000", "[fd09::1]:4000", "203.0.113.2:4000", "192.0.2.9:4000", "[2001:db8::9]:4000", "10.9.0.2:4000"} {
+		identifyQuery(t, h, c)
+	}
+	if w := reg.Waits.Taken.Load(); w != 0 {
+		t.Errorf("%d waits for a MAC, want none", w)
+	}
+	if req := identifyQuery(t, h, "10.9.0.2:4000"); req.Device.MAC != "02:00:00:00:09:02" {
+		t.Errorf("LAN device %+v", req.Device)
+	}
+}
+
+// TestIdentifyWaitWokenByNeighbour: a LAN client whose MAC is unknown
+// waits until the neighbour table (or the observer) learns it, woken by
+// the update, not by the bound.
+func TestIdentifyWaitWokenByNeighbour(t *testing.T) {
+	for _, via := range []string{"neighbour", "observer"} {
+		t.Run(via, func(t *testing.T) {
+			n := lanNeighbours()
+			reg, _ := NewRegistry(Options{Log: quiet(), Neighbours: n})
+			h := identifyChain(reg, time.Hour) // only a wake-up ends the wait
+			got := make(chan *stage.Request, 1)
+			go func() { got <- identifyQuery(t, h, "10.9.0.50:4000") }()
+			for reg.Waits.Taken.Load() == 0 {
+				time.Sleep(time.Millisecond)
+			}
+			mac, _ := net.ParseMAC("02:00:00:00:09:50")
+			if via == "neighbour" {
+				n.applyNeigh(netlink.NeighUpdate{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{
+					LinkIndex: 7, IP: net.ParseIP("10.9.0.50"), HardwareAddr: mac, State: unix.NUD_REACHABLE}})
+			} else {
+				reg.ObserveQuery(mac.String(), netip.MustParseAddrPort("10.9.0.50:4000"), netip.MustParseAddrPort("10.9.0.1:53"), nil)
+			}
+			select {
+			case req := <-got:
+				if req.Device.MAC != mac.String() {
+					t.Errorf("device %+v", req.Device)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the wait was not woken by the update")
+			}
+			if w, to := reg.Waits.Taken.Load(), reg.Waits.TimedOut.Load(); w != 1 || to != 0 {
+				t.Errorf("waits %d, timed out %d; want 1, 0", w, to)
+			}
+		})
+	}
+}
+
+func TestIdentifyWaitBounded(t *testing.T) {
+	reg, _ := NewRegistry(Options{Log: quiet(), Neighbours: lanNeighbours()})
+	req := identifyQuery(t, identifyChain(reg, 10*time.Millisecond), "10.9.0.60:4000")
+	if req.Device.MAC != "" || reg.Waits.TimedOut.Load() != 1 {
+		t.Errorf("device %+v, timed out %d", req.Device, reg.Waits.TimedOut.Load())
+	}
+}
