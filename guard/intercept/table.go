@@ -55,7 +55,7 @@ type Config struct {
 
 // Table is the guard's nftables table. Its dynamic sets (DoH endpoints,
 // exempt devices) are remembered, so a table put back by the watchdog has
-// them again.
+// them again, and sets given before the table is installed go in with it.
 type Table struct {
 	cfg Config
 	log *slog.Logger
@@ -64,6 +64,31 @@ type Table struct {
 	doh       []netip.Addr
 	exemptMAC []net.HardwareAddr
 	exemptIP  []netip.Addr
+	installed bool
+	off       feature // left out of the installed table: the kernel refused them
+	loggedOff feature // what the log last said was left out
+	// refuse, in tests, stands in for a kernel without some features:
+	// an install using one it names fails with its error.
+	refuse func(uses feature) error
+}
+
+// feature is a kernel feature the table can do without.
+type feature uint8
+
+const (
+	featNFLog feature = 1 << iota // nft log to an NFLOG group (nft_log, nfnetlink_log)
+	featFib                       // fib daddr type (nft_fib_inet)
+)
+
+func (f feature) names() []string {
+	var out []string
+	if f&featNFLog != 0 {
+		out = append(out, "nflog")
+	}
+	if f&featFib != 0 {
+		out = append(out, "fib")
+	}
+	return out
 }
 
 // NewTable returns a table for cfg; nothing is installed until Install.
@@ -99,27 +124,102 @@ func (t *Table) table() *nftables.Table {
 }
 
 // Install creates the table, replacing any table of the same name in one
-// atomic batch, with the sets as last given.
+// atomic batch, with the sets as last given. When the kernel refuses it,
+// it tries again without the rules that need an optional feature (NFLOG
+// logging: the guard then serves without observation; the fib match
+// that lets queries to the router itself pass: they are then redirected
+// to the same port), logs once what was left out, and fails only when
+// even the plainest table is refused.
 func (t *Table) Install() error {
+	var uses feature
+	if t.cfg.NFLogGroup != 0 {
+		uses |= featNFLog
+	}
+	if t.cfg.RedirectDNS && t.cfg.GuardPort == 53 {
+		uses |= featFib
+	}
+	var first error
+	for _, off := range []feature{0, featFib, featNFLog, featFib | featNFLog} {
+		if off&^uses != 0 {
+			continue // leaving out what is not used changes nothing
+		}
+		err := t.install(off, uses&^off)
+		if err == nil {
+			if off != 0 || first != nil {
+				t.noteDegraded(off, first)
+			}
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (t *Table) install(off, uses feature) error {
 	c, err := t.conn()
 	if err != nil {
 		return err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.refuse != nil {
+		if err := t.refuse(uses); err != nil {
+			return fmt.Errorf("intercept: install table inet %s: %w", TableName, err)
+		}
+	}
+	prevOff := t.off
+	t.off = off // the rule builders read it
 	tab := t.table()
 	c.AddTable(tab) // so the delete below cannot fail when there is none
 	c.DelTable(tab)
 	tab = c.AddTable(t.table())
 	sets, err := t.addSets(c, tab)
 	if err != nil {
+		t.off = prevOff
 		return err
 	}
 	t.addChains(c, tab, sets)
 	if err := c.Flush(); err != nil {
+		t.off = prevOff
 		return fmt.Errorf("intercept: install table inet %s: %w", TableName, err)
 	}
+	t.installed = true
 	return nil
+}
+
+// noteDegraded logs, once per change, which features the table runs without.
+func (t *Table) noteDegraded(off feature, why error) {
+	t.mu.Lock()
+	changed := off != t.loggedOff
+	t.loggedOff = off
+	t.mu.Unlock()
+	if !changed {
+		return
+	}
+	if off == 0 {
+		t.log.Info("nftables table installed with every feature again", "table", "inet "+TableName)
+		return
+	}
+	t.log.Warn("nftables table installed without what the kernel refused", "table", "inet "+TableName,
+		"missing", off.names(), "err", why,
+		"effect", "without nflog: devices are not observed before the redirect (no hard-coded resolver or bypass records, no waiting on packets); without fib: queries to the router are redirected to the same port")
+}
+
+// Missing returns the optional features the installed table goes without
+// ("nflog", "fib").
+func (t *Table) Missing() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.off.names()
+}
+
+// Logging reports whether the installed table logs packets to NFLOG.
+func (t *Table) Logging() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.installed && t.cfg.NFLogGroup != 0 && t.off&featNFLog == 0
 }
 
 // Remove deletes the table. A table already gone is not an error.
@@ -134,6 +234,9 @@ func (t *Table) Remove() error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("intercept: remove table inet %s: %w", TableName, err)
 	}
+	t.mu.Lock()
+	t.installed = false
+	t.mu.Unlock()
 	return nil
 }
 
@@ -149,7 +252,9 @@ func (t *Table) Intact() (bool, error) {
 		}
 		return false, fmt.Errorf("intercept: list table: %w", err)
 	}
+	t.mu.Lock()
 	want := t.ruleCounts()
+	t.mu.Unlock()
 	tab := t.table()
 	for name, n := range want {
 		rules, err := c.GetRules(tab, &nftables.Chain{Name: name, Table: tab})
@@ -172,6 +277,7 @@ func (t *Table) Intact() (bool, error) {
 func (t *Table) Watch(ctx context.Context, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	lastErr := ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -186,7 +292,16 @@ func (t *Table) Watch(ctx context.Context, interval time.Duration) {
 			continue
 		}
 		if err := t.Install(); err != nil {
-			t.log.Error("putting the nftables table back", "err", err)
+			// Logged once per distinct failure, not every interval.
+			if err.Error() != lastErr {
+				t.log.Error("putting the nftables table back; serving without interception meanwhile", "err", err)
+				lastErr = err.Error()
+			}
+			continue
+		}
+		if lastErr != "" {
+			t.log.Info("nftables table installed", "table", "inet "+TableName)
+			lastErr = ""
 			continue
 		}
 		t.log.Warn("nftables table was removed or changed; put back", "table", "inet "+TableName)
@@ -197,8 +312,12 @@ func (t *Table) Watch(ctx context.Context, interval time.Duration) {
 func (t *Table) SetDoH(addrs []netip.Addr) error {
 	t.mu.Lock()
 	t.doh = uniqueAddrs(addrs)
+	doh, installed := t.doh, t.installed
 	t.mu.Unlock()
-	return t.refill(setDoH4, setDoH6, t.doh)
+	if !installed {
+		return nil // goes in with the table
+	}
+	return t.refill(setDoH4, setDoH6, doh)
 }
 
 // SetExempt replaces the devices that are neither redirected nor blocked.
@@ -207,7 +326,11 @@ func (t *Table) SetExempt(macs []net.HardwareAddr, ips []netip.Addr) error {
 	t.exemptMAC = slices.Clone(macs)
 	t.exemptIP = uniqueAddrs(ips)
 	macElems := macElements(t.exemptMAC)
+	exemptIP, installed := t.exemptIP, t.installed
 	t.mu.Unlock()
+	if !installed {
+		return nil // goes in with the table
+	}
 	c, err := t.conn()
 	if err != nil {
 		return err
@@ -223,7 +346,7 @@ func (t *Table) SetExempt(macs []net.HardwareAddr, ips []netip.Addr) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("intercept: exempt MACs: %w", err)
 	}
-	return t.refill(setExempt4, setExempt6, t.exemptIP)
+	return t.refill(setExempt4, setExempt6, exemptIP)
 }
 
 func (t *Table) refill(name4, name6 string, addrs []netip.Addr) error {
@@ -322,7 +445,7 @@ func (t *Table) addChains(c *nftables.Conn, tab *nftables.Table, s tableSets) {
 
 // observeRules log every port-53 packet from the LAN before any NAT.
 func (t *Table) observeRules(lan *nftables.Set) [][]expr.Any {
-	if t.cfg.NFLogGroup == 0 {
+	if t.cfg.NFLogGroup == 0 || t.off&featNFLog != 0 {
 		return nil
 	}
 	var rules [][]expr.Any
@@ -339,7 +462,7 @@ func (t *Table) redirectRules(s tableSets) [][]expr.Any {
 		return nil
 	}
 	rules := t.exemptions(s)
-	if t.cfg.GuardPort == 53 {
+	if t.cfg.GuardPort == 53 && t.off&featFib == 0 {
 		// Addressed to the router itself: already the guard's port.
 		rules = append(rules, cat(
 			[]expr.Any{
@@ -411,7 +534,7 @@ func (t *Table) exemptions(s tableSets) [][]expr.Any {
 }
 
 func (t *Table) nflog(kind Kind) []expr.Any {
-	if t.cfg.NFLogGroup == 0 {
+	if t.cfg.NFLogGroup == 0 || t.off&featNFLog != 0 {
 		return nil
 	}
 	return []expr.Any{&expr.Log{

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -168,5 +170,81 @@ func TestNewTableRejectsBadConfig(t *testing.T) {
 		if _, err := NewTable(Config{LAN: lan}, quiet()); err == nil {
 			t.Errorf("NewTable(LAN=%q) succeeded", lan)
 		}
+	}
+}
+
+// TestTableDegrades: a kernel that refuses NFLOG (kmod-nfnetlink-log
+// missing) or the fib match still gets a table that redirects, without
+// the rules it refused; one that refuses everything is an error.
+func TestTableDegrades(t *testing.T) {
+	ns, fd := netns(t)
+	for _, tc := range []struct {
+		name    string
+		refused feature
+		missing string
+		absent  []string
+		present []string
+	}{
+		{"no nflog", featNFLog, "[nflog]", []string{"log group"}, []string{"redirect to :53", "fib daddr type local", "reject"}},
+		{"no fib", featFib, "[fib]", []string{"fib daddr"}, []string{"redirect to :53", "group 53"}},
+		{"neither", featNFLog | featFib, "[nflog fib]", []string{"log group", "fib daddr"}, []string{"redirect to :53"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab, err := NewTable(Config{LAN: []string{"lan0"}, GuardPort: 53, RedirectDNS: true, BlockDoT: true, BlockDoH: true,
+				NFLogGroup: 53, NetNSFd: fd}, quiet())
+			if err != nil {
+				t.Fatal(err)
+			}
+			tab.refuse = func(uses feature) error {
+				if uses&tc.refused != 0 {
+					return errors.New("operation not supported (simulated)")
+				}
+				return nil
+			}
+			if err := tab.Install(); err != nil {
+				t.Fatal(err)
+			}
+			defer tab.Remove()
+			if got := fmt.Sprint(tab.Missing()); got != tc.missing {
+				t.Errorf("missing %s, want %s", got, tc.missing)
+			}
+			if tab.Logging() != (tc.refused&featNFLog == 0) {
+				t.Errorf("Logging() = %v", tab.Logging())
+			}
+			l, err := nftList(t, ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tc.absent {
+				if strings.Contains(l, s) {
+					t.Errorf("%q in the degraded table:\n%s", s, l)
+				}
+			}
+			for _, s := range tc.present {
+				if !strings.Contains(l, s) {
+					t.Errorf("%q missing from the table:\n%s", s, l)
+				}
+			}
+			if ok, err := tab.Intact(); !ok || err != nil {
+				t.Errorf("degraded table not intact: %v %v", ok, err)
+			}
+		})
+	}
+	tab, _ := NewTable(Config{LAN: []string{"lan0"}, GuardPort: 53, RedirectDNS: true, NFLogGroup: 53, NetNSFd: fd}, quiet())
+	tab.refuse = func(feature) error { return errors.New("no nf_tables (simulated)") }
+	if err := tab.Install(); err == nil {
+		t.Error("install succeeded with everything refused")
+	}
+	// Sets given before the table is installed go in with it.
+	tab.refuse = nil
+	if err := tab.SetDoH([]netip.Addr{netip.MustParseAddr("192.0.2.80")}); err != nil {
+		t.Errorf("SetDoH before install: %v", err)
+	}
+	if err := tab.Install(); err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Remove()
+	if l, _ := nftList(t, ns); !strings.Contains(l, "192.0.2.80") {
+		t.Errorf("DoH address given before install not in the table:\n%s", l)
 	}
 }
