@@ -25,7 +25,6 @@ func lanNeighbours() *Neighbours {
 		local:   map[netip.Addr]int{netip.MustParseAddr("10.9.0.1"): 7, netip.MustParseAddr("fd09::1"): 7, netip.MustParseAddr("203.0.113.2"): 8},
 		lanIdx:  map[int]bool{7: true},
 		lanNets: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24"), netip.MustParsePrefix("fd09::/64")},
-
 	}
 }
 
