@@ -3,14 +3,16 @@ package main
 import (
 	"context"
 	"errors"
-
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/intercept"
+	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/guard/localzone"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/policy"
@@ -18,16 +20,28 @@ import (
 
 // routerSide is the router half of the guard, beside the query chain:
 // interception (nftables, NFLOG), device identity (netlink neighbours,
-// DHCP leases) and per-device state (bbolt).
+// DHCP leases), per-device state (bbolt) and who may be answered. It owns
+// every goroutine it starts and joins them all in Close, before the
+// nftables table is removed (so nothing can put it back afterwards).
 type routerSide struct {
 	// Stages go into the chain after the listener and before limits and
 	// cache, outermost first (identify, local answers, ...).
 	Stages []stage.Middleware
-	// Close removes the nftables table and flushes state.
-	Close func(context.Context) error
+	// Access is who the listener answers, kept current as the router's
+	// addresses and LAN prefixes change.
+	Access *listen.Access
 	// Reload applies what a config reload may change without a restart:
 	// the device classes. (Interception settings change on restart.)
 	Reload func(*policy.Config)
+
+	cfg      *policy.Config
+	log      *slog.Logger
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closers  []func(context.Context) error
+	table    *intercept.Table
+	observed atomic.Bool // the NFLOG observer runs and the table logs to it
 }
 
 // Router-side timings.
@@ -37,21 +51,33 @@ const (
 	macWait         = 50 * time.Millisecond
 )
 
-// startRouterSide starts what cfg asks for: interception when
-// cfg.Intercept.LAN is non-empty, the device store at cfg.State.File.
-func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	var closers []func(context.Context) error
-	closeAll := func(ctx context.Context) error {
-		cancel()
-		var errs []error
-		for i := len(closers) - 1; i >= 0; i-- {
-			errs = append(errs, closers[i](ctx))
-		}
-		return errors.Join(errs...)
+// goJoined runs f on a goroutine Close waits for.
+func (r *routerSide) goJoined(f func()) {
+	r.wg.Add(1)
+	go func() { defer r.wg.Done(); f() }()
+}
+
+// Close stops everything the router side started, joins its goroutines,
+// then removes the nftables table and flushes state.
+func (r *routerSide) Close(ctx context.Context) error {
+	r.cancel()
+	r.wg.Wait()
+	var errs []error
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		errs = append(errs, r.closers[i](ctx))
 	}
+	return errors.Join(errs...)
+}
+
+// startRouterSide starts what cfg asks for: the device store at
+// cfg.State.File, the neighbour table, the device registry, the NFLOG
+// observer when cfg.Intercept.LAN is non-empty. The nftables table comes
+// later, from Intercept, once the guard listens.
+func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
+	r := &routerSide{cfg: cfg, log: log}
+	r.ctx, r.cancel = context.WithCancel(ctx)
 	fail := func(err error) (*routerSide, error) {
-		closeAll(context.Background())
+		r.Close(context.Background())
 		return nil, err
 	}
 	ic := cfg.Intercept
@@ -70,86 +96,81 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		case err != nil:
 			return fail(err)
 		default:
-			closers = append(closers, func(context.Context) error { return store.Close() })
+			r.closers = append(r.closers, func(context.Context) error { return store.Close() })
 		}
 	}
 
-	var table *intercept.Table
 	if intercepting {
-		port := ic.GuardPort
-		if port == 0 {
-			port = 53
-		}
-		if !listensOn(cfg.Listen, port) {
-			log.Warn("no listen address on the guard port: redirected queries will find nothing", "guard_port", port, "listen", cfg.Listen)
-		}
 		var err error
-		table, err = intercept.NewTable(intercept.Config{
-			LAN: ic.LAN, GuardPort: port, RedirectDNS: ic.RedirectDNS,
+		r.table, err = intercept.NewTable(intercept.Config{
+			LAN: ic.LAN, GuardPort: guardPort(ic), RedirectDNS: ic.RedirectDNS,
 			BlockDoT: ic.BlockDoT, BlockDoH: ic.BlockDoH, NFLogGroup: ic.NFLogGroup,
 		}, log.With("part", "nftables"))
 		if err != nil {
 			return fail(err)
 		}
-		if err := table.Install(); err != nil {
-			return fail(err)
-		}
-		closers = append(closers, func(context.Context) error { return table.Remove() })
-		if err := table.SetDoH(ic.DoHAddresses); err != nil {
-			return fail(err)
-		}
-		go table.Watch(ctx, tableCheckEvery)
-		if ic.BlockDoH && len(ic.DoHHosts) > 0 {
-			go refreshDoH(ctx, table, ic, cfg.Listen, port, log.With("part", "doh"))
-		}
-		log.Info("intercepting LAN DNS", "lan", ic.LAN, "table", "inet "+intercept.TableName, "guard_port", port)
 	}
 
-	var neigh *device.Neighbours
-	var reg *device.Registry
-	nlog := log.With("part", "neighbours")
-	neigh, err := device.WatchNeighbours(ctx, ic.LAN, func(mac string) {
-		if reg != nil {
+	// The neighbour callback may run as soon as the watch starts, before
+	// the registry exists: it reads the registry through an atomic.
+	var regp atomic.Pointer[device.Registry]
+	neigh, err := device.WatchNeighbours(r.ctx, ic.LAN, func(mac string) {
+		if reg := regp.Load(); reg != nil {
 			reg.Gone(mac)
 		}
-	}, nlog)
+	}, log.With("part", "neighbours"))
 	if err != nil {
 		if intercepting {
 			return fail(err)
 		}
 		log.Warn("no neighbour table: devices known by address only", "err", err)
 		neigh = nil
+	} else {
+		r.closers = append(r.closers, func(context.Context) error { neigh.Wait(); return nil })
 	}
+
+	r.Access = listen.NewAccess(r.allowed(neigh))
+	if intercepting {
+		r.goJoined(func() { r.followAddresses(neigh) })
+	}
+	log.Info("answering clients", "allow", r.Access.Prefixes(), "lan", ic.LAN)
+
 	opts := device.Options{
 		Store: store, Persist: cfg.State.Persist, PersistInterval: cfg.State.PersistInterval,
 		FlushInterval: cfg.State.FlushInterval, Leases: cfg.State.Leases, Classes: cfg.Classes,
 		Neighbours: neigh, Log: log.With("part", "devices"),
 	}
-	if table != nil {
+	if r.table != nil {
+		table := r.table
 		opts.OnExempt = func(macs []net.HardwareAddr) {
 			if err := table.SetExempt(macs, nil); err != nil {
 				log.Error("updating exempt devices", "err", err)
 			}
 		}
 	}
-	reg, err = device.NewRegistry(opts)
+	reg, err := device.NewRegistry(opts)
 	if err != nil {
 		return fail(err)
 	}
+	regp.Store(reg)
 	regDone := make(chan struct{})
-	go func() { reg.Run(ctx); close(regDone) }()
-	closers = append(closers, func(context.Context) error {
+	go func() { reg.Run(r.ctx); close(regDone) }()
+	r.closers = append(r.closers, func(context.Context) error {
 		<-regDone
 		return reg.Close()
 	})
 
-	observing := intercepting && ic.NFLogGroup != 0
-	if observing {
-		obs, err := intercept.Observe(ctx, ic.NFLogGroup, 0, observe(reg), log.With("part", "nflog"))
+	if intercepting && ic.NFLogGroup != 0 {
+		obs, err := intercept.Observe(r.ctx, ic.NFLogGroup, 0, observe(reg), log.With("part", "nflog"))
 		if err != nil {
-			return fail(err)
+			// No NFLOG in this kernel (kmod-nfnetlink-log missing):
+			// serve and intercept without observing.
+			log.Warn("NFLOG unavailable: serving without observing devices before the redirect (no hard-coded resolver or bypass records)",
+				"group", ic.NFLogGroup, "err", err)
+		} else {
+			r.observed.Store(true)
+			r.closers = append(r.closers, func(context.Context) error { return obs.Close() })
 		}
-		closers = append(closers, func(context.Context) error { return obs.Close() })
 	}
 
 	if store != nil {
@@ -157,18 +178,86 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		if err != nil {
 			return fail(err)
 		}
-		closers = append(closers, ctl.Close)
+		r.closers = append(r.closers, ctl.Close)
 	}
 
-	idopts := device.IdentifyOptions{Feed: !observing}
-	if observing {
+	idopts := device.IdentifyOptions{Feed: true, Observed: &r.observed}
+	if intercepting {
+		// A LAN client's first query may come before the neighbour
+		// table (or the observer) has its MAC: wait for it, briefly.
 		idopts.WaitForMAC = macWait
 	}
-	return &routerSide{
-		Stages: []stage.Middleware{device.Identify(reg, idopts), localzone.Stage()},
-		Close:  closeAll,
-		Reload: func(next *policy.Config) { reg.SetClasses(next.Classes) },
-	}, nil
+	r.Stages = []stage.Middleware{device.Identify(reg, idopts), localzone.Stage()}
+	r.Reload = func(next *policy.Config) { reg.SetClasses(next.Classes) }
+	return r, nil
+}
+
+// allowed is who may be answered: loopback and allow_client; with LAN
+// interfaces also the router's own addresses and the LAN prefixes.
+func (r *routerSide) allowed(neigh *device.Neighbours) []netip.Prefix {
+	out := append(listen.Loopback(), r.cfg.AllowClient...)
+	if neigh == nil || len(r.cfg.Intercept.LAN) == 0 {
+		return out
+	}
+	local, lanNets, _ := neigh.Addresses()
+	for _, a := range local {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return append(out, lanNets...)
+}
+
+// followAddresses keeps Access current as the router's addresses and the
+// LAN prefixes come and go (a new IPv6 prefix, a DHCP WAN lease).
+func (r *routerSide) followAddresses(neigh *device.Neighbours) {
+	for {
+		changed := neigh.AddressesChanged()
+		_, _, lanIdx := neigh.Addresses()
+		r.Access.Set(r.allowed(neigh), lanIdx, r.cfg.Intercept.LAN)
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// Intercept installs the nftables table, once the guard listens on
+// listenAddrs, and keeps it there. A table the kernel refuses is logged
+// and the guard goes on serving its listen addresses without
+// interception (the watchdog keeps trying); a table without NFLOG
+// logging leaves the guard serving without observation.
+func (r *routerSide) Intercept(listenAddrs []string) {
+	if r.table == nil {
+		return
+	}
+	ic := r.cfg.Intercept
+	port := guardPort(ic)
+	if !listensOn(listenAddrs, port) {
+		r.log.Warn("no listen address on the guard port: redirected queries will find nothing", "guard_port", port, "listen", listenAddrs)
+	}
+	if err := r.table.SetDoH(ic.DoHAddresses); err != nil {
+		r.log.Error("filling the DoH set", "err", err)
+	}
+	r.closers = append(r.closers, func(context.Context) error { return r.table.Remove() })
+	if err := r.table.Install(); err != nil {
+		r.log.Error("nftables table not installed: serving the listen addresses without interception", "err", err, "listen", listenAddrs)
+	} else {
+		r.log.Info("intercepting LAN DNS", "lan", ic.LAN, "table", "inet "+intercept.TableName, "guard_port", port, "missing", r.table.Missing())
+	}
+	if r.observed.Load() && !r.table.Logging() {
+		r.observed.Store(false) // the observer would wait for nothing
+	}
+	r.goJoined(func() { r.table.Watch(r.ctx, tableCheckEvery) })
+	if ic.BlockDoH && len(ic.DoHHosts) > 0 {
+		r.goJoined(func() { refreshDoH(r.ctx, r.table, ic, listenAddrs, port, r.log.With("part", "doh")) })
+	}
+}
+
+func guardPort(ic policy.Intercept) uint16 {
+	if ic.GuardPort == 0 {
+		return 53
+	}
+	return ic.GuardPort
 }
 
 // observe turns logged packets into device observations.
@@ -212,7 +301,7 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		var d net.Dialer
 		return d.DialContext(ctx, network, server.String())
 	}}
-	wait := time.Second // the listener starts after the router side
+	var wait time.Duration // the guard listens already
 	for {
 		select {
 		case <-ctx.Done():

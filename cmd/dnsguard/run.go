@@ -137,18 +137,22 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		TCPIdleTimeout:  cfg.TCPIdleTimeout,
 		TCPMaxConns:     cfg.TCPMaxConns,
 		TCPMaxPerClient: cfg.TCPMaxPerClient,
+		Access:          router.Access,
 	}, log.With("stage", "listen"))
-	if err := srv.Listen(cfg.Listen); err != nil {
+	if err := bindListeners(srv, cfg, log); err != nil {
 		g.close()
 		return err
 	}
-	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
+	// Only now, with the sockets bound and served, is LAN port 53
+	// redirected to the guard.
+	router.Intercept(cfg.ListenAddrs())
+	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
 	for {
 		select {
 		case <-hup:
@@ -157,8 +161,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				log.Error("reload failed; keeping the running config", "err", err)
 				continue
 			}
-			if fmt.Sprint(next.Listen) != fmt.Sprint(cfg.Listen) {
-				log.Warn("listen addresses change only on restart", "running", cfg.Listen, "config", next.Listen)
+			if fmt.Sprint(next.ListenAddrs()) != fmt.Sprint(cfg.ListenAddrs()) {
+				log.Warn("listen addresses change only on restart", "running", cfg.ListenAddrs(), "config", next.ListenAddrs())
+			}
+			if fmt.Sprint(next.AllowClient) != fmt.Sprint(cfg.AllowClient) {
+				log.Warn("allow_client changes only on restart", "running", cfg.AllowClient, "config", next.AllowClient)
 			}
 			ng, err := buildGuard(next, c, router, log)
 			if err != nil {
@@ -183,6 +190,27 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return nil
 		}
 	}
+}
+
+// bindListeners binds the listen addresses. An explicit list must bind
+// whole; the addresses derived from LAN interfaces (0.0.0.0 and [::] on
+// guard_port) need only one family (a router without IPv6 still serves
+// IPv4).
+func bindListeners(srv *listen.Server, cfg *policy.Config, log *slog.Logger) error {
+	if !cfg.ListenDerived() {
+		return srv.Listen(cfg.ListenAddrs())
+	}
+	var errs []error
+	for _, a := range cfg.ListenAddrs() {
+		if err := srv.ListenOne(a); err != nil {
+			log.Warn("not listening on one address family", "addr", a, "err", err)
+			errs = append(errs, err)
+		}
+	}
+	if len(srv.Addrs()) == 0 {
+		return errors.Join(errs...)
+	}
+	return nil
 }
 
 func parseLevel(s string) slog.Level {
