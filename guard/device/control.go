@@ -17,13 +17,15 @@ import (
 
 // Views returns the device table of the running registry.
 func (r *Registry) Views() []View {
-	recs := r.Snapshot()
+	recs, unconfirmed := r.snapshot()
 	r.mu.Lock()
 	cls := r.cls
 	r.mu.Unlock()
 	out := make([]View, 0, len(recs))
 	for _, rec := range recs {
-		out = append(out, ViewOf(rec, cls))
+		v := ViewOf(rec, cls)
+		v.Unconfirmed = unconfirmed[rec.ID]
+		out = append(out, v)
 	}
 	return out
 }

@@ -59,7 +59,7 @@ func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
 			reply, err := next.ServeDNS(ctx, req)
 			var q *Query
 			if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
-				q = &Query{ID: req.Q.ID, EDNS: req.Q.EDNS.Present, Name: dnswire.NameString(req.Q.Name), Type: req.Q.Type}
+				q = &Query{ID: req.Q.ID, EDNS: req.Q.EDNS.Present, Name: dnswire.NameString(req.Q.Name), Type: req.Q.Type, Client: client}
 				if !req.TCP {
 					q.Port = req.Client.Port()
 				}

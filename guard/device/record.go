@@ -52,6 +52,9 @@ type Record struct {
 	Strict       bool      `json:"strict,omitempty"` // moved to the strict class by the guard
 	StrictReason string    `json:"strict_reason,omitempty"`
 	StrictSince  time.Time `json:"strict_since,omitzero"`
+	// GradedSince is when the estimators' evidence starts (a strict
+	// device is graded again on fresh evidence; see strictReview).
+	GradedSince time.Time `json:"graded_since,omitzero"`
 
 	Override *Override `json:"override,omitempty"`
 }

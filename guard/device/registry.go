@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +40,10 @@ type Query struct {
 	EDNS bool
 	Name string
 	Type uint16
+	// Client is the address the query came from (Count only: it is
+	// graded only when this address and the device's MAC agree with the
+	// neighbour table).
+	Client netip.Addr
 }
 
 // Outcome is how the guard answered a query.
@@ -66,6 +71,13 @@ const (
 	gradeEvery  = 8
 )
 
+// strictReview: a device the guard graded weak is graded again on fresh
+// evidence once it has been strict this long; it leaves the strict class
+// when that evidence shows random values, so a weak grade (earned, or
+// forced by traffic that looked like the device's) does not last for
+// ever.
+const strictReview = 24 * time.Hour
+
 // Registry holds the device records in memory, grades them, and writes
 // the changed ones to the store in batches.
 type Registry struct {
@@ -74,14 +86,23 @@ type Registry struct {
 	cls  *Classifier
 	seed maphash.Seed
 
-	mu        sync.Mutex
-	devices   map[string]*entry
-	learned   map[netip.Addr]string // IP -> MAC from observed packets and leases
-	leaseName map[string]string     // MAC -> DHCP name
-	dirty     map[string]bool
-	deleted   []string
-	orig      origRing
-	exempt    string // last exempt list given to OnExempt, joined
+	mu sync.Mutex
+	// Every record, by ID. Confirmed devices (their MAC and address
+	// agree with the neighbour table or a DHCP lease) are on main, at
+	// most MaxDevices; the others on unconfirmed, at most MaxUnconfirmed,
+	// never written to the store; records with an operator override on
+	// neither list: they are never forgotten.
+	devices     map[string]*entry
+	main        lru
+	unconfirmed lru
+	learned     map[netip.Addr]string // IP -> MAC from observed packets and leases
+	leased      map[netip.Addr]string // IP -> MAC from DHCP leases
+	leaseName   map[string]string     // MAC -> DHCP name
+	dirty       map[string]bool
+	deleted     []string
+	orig        origRing
+	exempt      string // last exempt list given to OnExempt, joined
+	churn       churn
 
 	learnedMAC broadcast // an address's MAC was learned from a packet or lease
 	// Waits counts the identify stage's waits for a MAC.
@@ -89,15 +110,17 @@ type Registry struct {
 }
 
 type entry struct {
-	rec      *Record
-	ids      *entropy.Estimator
-	ports    *entropy.Estimator
-	recent   [8]uint64 // hashes of the last queries, to drop retransmissions
-	recentAt [8]time.Time
-	nRecent  int
-	away     bool // neighbour gone: the next sighting is a new boot
-	ungraded int
-	decision Decision
+	rec        *Record
+	ids, ports *entropy.Estimator // nil until the device's own traffic is graded
+	recent     [8]uint64          // hashes of the last queries, to drop retransmissions
+	recentAt   [8]int64           // and when (unix ns)
+	nRecent    uint8
+	away       bool // neighbour gone: the next sighting is a new boot
+	confirmed  bool
+	ungraded   uint8
+	decision   Decision
+	prev, next *entry // on list (nil: pinned by an override, or the list's root)
+	list       *lru
 }
 
 // NewRegistry loads the store's records and returns a registry; call Run
@@ -119,54 +142,100 @@ func NewRegistry(opts Options) (*Registry, error) {
 		seed:      maphash.MakeSeed(),
 		devices:   map[string]*entry{},
 		learned:   map[netip.Addr]string{},
+		leased:    map[netip.Addr]string{},
 		leaseName: map[string]string{},
 		dirty:     map[string]bool{},
 	}
+	r.main.init()
+	r.unconfirmed.init()
 	if opts.Store != nil {
 		recs, err := opts.Store.Load()
 		if err != nil {
 			return nil, err
 		}
-		for _, rec := range recs {
-			e, err := r.restore(rec)
-			if err != nil {
-				r.log.Warn("device estimator state unreadable; grading starts over", "device", rec.ID, "err", err)
-			}
-			r.devices[rec.ID] = e
-		}
+		r.load(recs)
 	}
 	return r, nil
 }
 
+// load puts stored records on the main list, least recently seen at the
+// back; beyond the bound the least recently seen are forgotten (a file
+// written before the bound, or by a flood the old guard kept).
+func (r *Registry) load(recs []*Record) {
+	slices.SortFunc(recs, func(a, b *Record) int { return a.LastSeen.Compare(b.LastSeen) })
+	excess := -MaxDevices
+	for _, rec := range recs {
+		if rec.Override == nil {
+			excess++
+		}
+	}
+	forgot := 0
+	for _, rec := range recs {
+		if rec.Override == nil && forgot < excess {
+			r.deleted = append(r.deleted, rec.ID)
+			forgot++
+			continue
+		}
+		e, err := r.restore(rec)
+		if err != nil {
+			r.log.Warn("device estimator state unreadable; grading starts over", "device", rec.ID, "err", err)
+		}
+		e.confirmed = true
+		r.devices[rec.ID] = e
+		if rec.Override == nil {
+			r.main.pushFront(e)
+		}
+	}
+	if forgot > 0 {
+		r.log.Warn("stored device table over its bound; forgot the devices seen least recently", "forgotten", forgot, "bound", MaxDevices)
+	}
+}
+
 func (r *Registry) restore(rec *Record) (*entry, error) {
-	e := &entry{rec: rec, ids: entropy.New(), ports: entropy.New()}
+	e := &entry{rec: rec}
 	var err error
 	if len(rec.IDState) > 0 {
+		e.ids = entropy.New()
 		if uerr := e.ids.UnmarshalBinary(rec.IDState); uerr != nil {
-			e.ids, err = entropy.New(), uerr
+			e.ids, err = nil, uerr
 		}
 	}
 	if len(rec.PortState) > 0 {
+		e.ports = entropy.New()
 		if uerr := e.ports.UnmarshalBinary(rec.PortState); uerr != nil {
-			e.ports, err = entropy.New(), uerr
+			e.ports, err = nil, uerr
 		}
 	}
+	rec.IDState, rec.PortState = nil, nil // the estimators hold it now
 	e.decision = r.cls.Decide(rec)
 	return e, err
 }
 
-// entryLocked returns the entry for id, creating it.
-func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
+// entryLocked returns the entry for id, creating it; confirmed says
+// whether this sighting's MAC and address agree with the neighbour table
+// or a DHCP lease, which moves the device to the main table.
+func (r *Registry) entryLocked(id, mac string, now time.Time, confirmed bool) *entry {
 	e, ok := r.devices[id]
-	if !ok {
-		r.makeRoomLocked()
-		e = &entry{rec: &Record{ID: id, MAC: mac, FirstSeen: now}, ids: entropy.New(), ports: entropy.New()}
+	switch {
+	case !ok:
+		e = &entry{rec: &Record{ID: id, MAC: mac, FirstSeen: now, GradedSince: now}}
 		if n := r.leaseName[mac]; n != "" {
 			e.rec.noteName(n)
 		}
 		e.decision = r.cls.Decide(e.rec)
 		r.devices[id] = e
-		r.log.Info("new device", "device", id)
+		if confirmed {
+			r.confirmLocked(e, now)
+		} else {
+			r.makeRoomLocked(&r.unconfirmed, MaxUnconfirmed, now)
+			r.unconfirmed.pushFront(e)
+			r.churn.unconfirmed++
+			r.log.Debug("new unconfirmed device", "device", id)
+		}
+	case confirmed && !e.confirmed:
+		r.confirmLocked(e, now)
+	case e.list != nil:
+		e.list.touch(e)
 	}
 	if !e.rec.LastSeen.IsZero() && now.Sub(e.rec.LastSeen) > silenceIsReboot {
 		e.away = true
@@ -178,29 +247,82 @@ func (r *Registry) entryLocked(id, mac string, now time.Time) *entry {
 		clear(e.recent[:])
 	}
 	e.rec.LastSeen = now
-	r.dirty[id] = true
+	r.markLocked(e)
 	return e
 }
 
-// MaxDevices bounds the registry: a LAN device spoofing source MACs must
-// not grow the guard's memory or file without end. When full, the device
-// seen least recently is forgotten.
-const MaxDevices = 4096
+// confirmLocked moves e (new, or from the unconfirmed pool) to the main
+// table: from now on it is written to the store.
+func (r *Registry) confirmLocked(e *entry, now time.Time) {
+	if e.list == &r.unconfirmed {
+		r.unconfirmed.remove(e)
+	}
+	e.confirmed = true
+	if e.list == nil && e.rec.Override == nil {
+		r.makeRoomLocked(&r.main, MaxDevices, now)
+		r.main.pushFront(e)
+	}
+	if r.churn.allowNew(now) {
+		r.log.Info("new device", "device", e.rec.ID)
+	}
+}
 
-func (r *Registry) makeRoomLocked() {
-	if len(r.devices) < MaxDevices {
-		return
+func (r *Registry) markLocked(e *entry) {
+	if e.confirmed {
+		r.dirty[e.rec.ID] = true
 	}
-	var oldest *entry
-	for _, e := range r.devices {
-		if oldest == nil || e.rec.LastSeen.Before(oldest.rec.LastSeen) {
-			oldest = e
+}
+
+// MaxDevices bounds the main table: a LAN device that gets the neighbour
+// table to confirm spoofed MACs must not grow the guard's memory or file
+// without end. When full, the device seen least recently is forgotten
+// (unless it has an operator override: those are never forgotten and do
+// not count).
+const MaxDevices = 1024
+
+// MaxUnconfirmed bounds the pool of devices not (yet) confirmed by the
+// neighbour table or a DHCP lease: a device sending from random source
+// MACs fills this pool, not the table, and is never written to flash.
+const MaxUnconfirmed = 256
+
+// makeRoomLocked forgets the least recently seen entries of l until it
+// has room for one more: O(1) each.
+func (r *Registry) makeRoomLocked(l *lru, max int, now time.Time) {
+	for l.n >= max {
+		old := l.back()
+		l.remove(old)
+		delete(r.devices, old.rec.ID)
+		delete(r.dirty, old.rec.ID)
+		if old.confirmed {
+			r.deleted = append(r.deleted, old.rec.ID)
+			r.churn.evicted++
+			r.churn.lastEvicted, r.churn.lastEvictedT = old.rec.ID, old.rec.LastSeen
+			if r.churn.since.IsZero() {
+				r.churn.since = now
+			}
+		} else {
+			r.churn.evictedUnc++
 		}
+		r.log.Debug("device forgotten to make room", "device", old.rec.ID, "confirmed", old.confirmed, "last_seen", old.rec.LastSeen)
 	}
-	delete(r.devices, oldest.rec.ID)
-	delete(r.dirty, oldest.rec.ID)
-	r.deleted = append(r.deleted, oldest.rec.ID)
-	r.log.Warn("device table full; forgot the device seen least recently", "device", oldest.rec.ID, "last_seen", oldest.rec.LastSeen)
+}
+
+// agrees reports whether mac and ip agree with the neighbour table or a
+// DHCP lease (always, when the guard has no neighbour table to ask).
+func (r *Registry) agrees(mac string, ip netip.Addr) bool {
+	if mac == "" {
+		return r.opts.Neighbours == nil
+	}
+	n := r.opts.Neighbours
+	if n == nil {
+		return true
+	}
+	if m, ok := n.MAC(ip); ok && m == mac {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.leased[ip] == mac
 }
 
 // MAC returns the MAC of the device at ip: from the neighbour table, else
@@ -240,13 +362,19 @@ func (r *Registry) learnLocked(ip netip.Addr, mac string) {
 	if !ok {
 		ipRec.rec.ID, ipRec.rec.MAC = mac, mac
 		r.devices[mac] = ipRec
+		dst = ipRec
 	} else {
 		mergeRecords(dst.rec, ipRec.rec)
+		if ipRec.list != nil {
+			ipRec.list.remove(ipRec)
+		}
 	}
 	delete(r.devices, ipID(ip.String()))
 	delete(r.dirty, ipID(ip.String()))
-	r.deleted = append(r.deleted, ipID(ip.String()))
-	r.dirty[mac] = true
+	if ipRec.confirmed {
+		r.deleted = append(r.deleted, ipID(ip.String()))
+	}
+	r.markLocked(dst)
 }
 
 func mergeRecords(dst, src *Record) {
@@ -275,6 +403,7 @@ func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name
 		return LocalID, "", Decision{}, "router"
 	}
 	mac, _ = r.MAC(client)
+	confirmed := r.agrees(mac, client)
 	now := r.opts.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -284,15 +413,24 @@ func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name
 	} else {
 		r.learnLocked(client, mac)
 	}
-	e := r.entryLocked(id, mac, now)
+	e := r.entryLocked(id, mac, now, confirmed)
 	e.rec.noteIP(client.String())
 	return id, mac, e.decision, e.rec.Name()
 }
 
-// Count records how the guard answered one query of device id; when feed
-// is set (no packet observer runs) the query also feeds the graders.
+// Count records how the guard answered one query of device id; when q is
+// given (no packet observer runs) the query also feeds the graders, if
+// its address and the device's MAC agree with the neighbour table.
 func (r *Registry) Count(id string, o Outcome, q *Query) {
 	now := r.opts.Now()
+	agree := false
+	if q != nil {
+		mac := id
+		if isIPID(id) {
+			mac = ""
+		}
+		agree = r.agrees(mac, q.Client.Unmap().WithZone(""))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.devices[id]
@@ -309,10 +447,10 @@ func (r *Registry) Count(id string, o Outcome, q *Query) {
 		e.rec.Queries++
 		e.rec.RateLimited++
 	}
-	if q != nil {
+	if q != nil && agree {
 		r.observeLocked(e, q, now)
 	}
-	r.dirty[id] = true
+	r.markLocked(e)
 }
 
 // ObserveQuery records a device's DNS query as logged before the redirect:
@@ -324,11 +462,15 @@ func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
 	}
 	now := r.opts.Now()
 	local := r.isLocal(dst.Addr())
+	ip := src.Addr().Unmap().WithZone("")
+	// Only traffic whose MAC and address agree with the neighbour table
+	// is the device's evidence: frames spoofing its MAC from another
+	// address cannot grade it.
+	agree := r.agrees(mac, ip)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ip := src.Addr().Unmap().WithZone("")
 	r.learnLocked(ip, mac)
-	e := r.entryLocked(mac, mac, now)
+	e := r.entryLocked(mac, mac, now, agree)
 	e.rec.noteIP(ip.String())
 	if !local {
 		e.rec.noteBypass("do53", dst.String(), now)
@@ -336,7 +478,7 @@ func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
 			r.orig.put(src, q.ID, dst)
 		}
 	}
-	if q != nil {
+	if q != nil && agree {
 		r.observeLocked(e, q, now)
 	}
 }
@@ -348,11 +490,12 @@ func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind strin
 		return
 	}
 	now := r.opts.Now()
+	ip := src.Addr().Unmap().WithZone("")
+	agree := r.agrees(mac, ip)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	ip := src.Addr().Unmap().WithZone("")
 	r.learnLocked(ip, mac)
-	e := r.entryLocked(mac, mac, now)
+	e := r.entryLocked(mac, mac, now, agree)
 	e.rec.noteIP(ip.String())
 	e.rec.noteBypass(kind, dst.String(), now)
 }
@@ -396,18 +539,26 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 	b[0], b[1], b[2], b[3], b[4], b[5] = byte(q.ID>>8), byte(q.ID), byte(q.Port>>8), byte(q.Port), byte(q.Type>>8), byte(q.Type)
 	h.Write(b[:])
 	sum := h.Sum64()
+	t := now.UnixNano()
 	for i := range e.recent {
-		if e.recent[i] == sum && now.Sub(e.recentAt[i]) < 30*time.Second {
-			e.recentAt[i] = now // a device retrying the same question for long is still retrying
+		if e.recent[i] == sum && t-e.recentAt[i] < int64(30*time.Second) {
+			e.recentAt[i] = t // a device retrying the same question for long is still retrying
 			return
 		}
 	}
-	e.recent[e.nRecent%len(e.recent)], e.recentAt[e.nRecent%len(e.recent)] = sum, now
-	e.nRecent++
+	slot := int(e.nRecent) % len(e.recent)
+	e.recent[slot], e.recentAt[slot] = sum, t
+	e.nRecent = uint8(slot + 1)
 
 	boot := e.rec.Boots
+	if e.ids == nil {
+		e.ids = entropy.New()
+	}
 	e.ids.Observe(q.ID, boot)
 	if q.Port != 0 {
+		if e.ports == nil {
+			e.ports = entropy.New()
+		}
 		e.ports.Observe(q.Port, boot)
 	}
 	e.rec.Observed++
@@ -418,13 +569,19 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 	}
 }
 
-// gradeLocked moves a device whose IDs or ports are weak to strict
-// policy, and says so once.
-func (r *Registry) gradeLocked(e *entry, now time.Time) {
-	if e.rec.Strict {
-		return
+func result(e *entropy.Estimator) entropy.Result {
+	if e == nil {
+		return entropy.Result{Verdict: entropy.Insufficient, Reason: "no values seen"}
 	}
-	id, port := e.ids.Result(), e.ports.Result()
+	return e.Result()
+}
+
+// gradeLocked moves a device whose IDs or ports are weak to strict
+// policy, and says so once; a device strict for strictReview is graded
+// again on fresh evidence and leaves the strict class when that evidence
+// is random.
+func (r *Registry) gradeLocked(e *entry, now time.Time) {
+	id, port := result(e.ids), result(e.ports)
 	var why string
 	switch {
 	case id.Verdict == entropy.Weak && port.Verdict == entropy.Weak:
@@ -433,12 +590,36 @@ func (r *Registry) gradeLocked(e *entry, now time.Time) {
 		why = fmt.Sprintf("transaction IDs weak (%s)", id.Reason)
 	case port.Verdict == entropy.Weak:
 		why = fmt.Sprintf("source ports weak (%s)", port.Reason)
-	default:
-		return
 	}
-	e.rec.Strict, e.rec.StrictReason, e.rec.StrictSince = true, why, now
-	e.decision = r.cls.Decide(e.rec)
-	r.log.Warn("device moved to the strict class", "device", e.rec.ID, "name", e.rec.Name(), "class", e.decision.Class, "why", why)
+	rec := e.rec
+	switch {
+	case !rec.Strict:
+		if why == "" {
+			return
+		}
+		rec.Strict, rec.StrictReason, rec.StrictSince = true, why, now
+		e.decision = r.cls.Decide(rec)
+		r.log.Warn("device moved to the strict class", "device", rec.ID, "name", rec.Name(), "class", e.decision.Class, "why", why)
+	case !rec.GradedSince.After(rec.StrictSince):
+		// Strict on the evidence it was graded on: once that is old
+		// enough, start collecting fresh evidence (the device stays
+		// strict meanwhile).
+		if now.Sub(rec.StrictSince) < strictReview {
+			return
+		}
+		e.ids, e.ports = nil, nil
+		rec.GradedSince = now
+		r.log.Info("grading a strict device again on fresh evidence", "device", rec.ID, "strict_since", rec.StrictSince, "why", rec.StrictReason)
+	case why != "":
+		// Still weak: strict for another review period.
+		rec.StrictReason, rec.StrictSince = why, now
+		r.log.Debug("device still weak; stays strict", "device", rec.ID, "why", why)
+	case id.Verdict == entropy.Random && (port.Verdict == entropy.Random || port.N == 0):
+		rec.Strict, rec.StrictReason, rec.StrictSince = false, "", time.Time{}
+		e.decision = r.cls.Decide(rec)
+		r.log.Info("device graded random again; it leaves the strict class", "device", rec.ID, "name", rec.Name(), "class", e.decision.Class,
+			"txid", id.Detail, "port", port.Detail)
+	}
 }
 
 // SetClasses replaces the device classes (a config reload) and decides
@@ -474,7 +655,18 @@ func (r *Registry) SetOverride(id string, o *Override) (Decision, error) {
 	}
 	e.rec.Override = o
 	e.decision = r.cls.Decide(e.rec)
-	r.dirty[id] = true
+	now := r.opts.Now()
+	switch {
+	case o != nil && e.list != nil:
+		// An operator's decision is never forgotten to make room: the
+		// record leaves the lists (and is confirmed: it is kept).
+		e.list.remove(e)
+		e.confirmed = true
+	case o == nil && e.list == nil:
+		r.makeRoomLocked(&r.main, MaxDevices, now)
+		r.main.pushFront(e)
+	}
+	r.markLocked(e)
 	r.log.Info("device policy override", "device", id, "override", o, "class", e.decision.Class,
 		"strict", e.decision.Strict, "exempt", e.decision.Exempt)
 	return e.decision, nil
@@ -482,32 +674,48 @@ func (r *Registry) SetOverride(id string, o *Override) (Decision, error) {
 
 // Snapshot returns a copy of every record, estimator state included.
 func (r *Registry) Snapshot() []*Record {
+	recs, _ := r.snapshot()
+	return recs
+}
+
+// snapshot returns a copy of every record, by ID, and which of them are
+// not confirmed.
+func (r *Registry) snapshot() ([]*Record, map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]*Record, 0, len(r.devices))
+	unconfirmed := map[string]bool{}
 	for _, e := range r.devices {
-		r.syncStateLocked(e)
-		out = append(out, e.rec.clone())
-	}
-	slices.SortFunc(out, func(a, b *Record) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
+		out = append(out, r.recordLocked(e))
+		if !e.confirmed {
+			unconfirmed[e.rec.ID] = true
 		}
-		return 0
-	})
-	return out
+	}
+	slices.SortFunc(out, func(a, b *Record) int { return strings.Compare(a.ID, b.ID) })
+	return out, unconfirmed
 }
 
-func (r *Registry) syncStateLocked(e *entry) {
-	if b, err := e.ids.MarshalBinary(); err == nil {
-		e.rec.IDState = b
+// recordLocked returns a copy of e's record with its estimators' state.
+func (r *Registry) recordLocked(e *entry) *Record {
+	c := e.rec.clone()
+	if e.ids != nil {
+		if b, err := e.ids.MarshalBinary(); err == nil {
+			c.IDState = b
+		}
 	}
-	if b, err := e.ports.MarshalBinary(); err == nil {
-		e.rec.PortState = b
+	if e.ports != nil {
+		if b, err := e.ports.MarshalBinary(); err == nil {
+			c.PortState = b
+		}
 	}
+	return c
+}
+
+// Len returns the number of confirmed and unconfirmed records held.
+func (r *Registry) Len() (confirmed, unconfirmed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.devices) - r.unconfirmed.n, r.unconfirmed.n
 }
 
 // Flush writes every changed record in one transaction.
@@ -515,9 +723,8 @@ func (r *Registry) Flush() error {
 	r.mu.Lock()
 	recs := make([]*Record, 0, len(r.dirty))
 	for id := range r.dirty {
-		if e, ok := r.devices[id]; ok {
-			r.syncStateLocked(e)
-			recs = append(recs, e.rec.clone())
+		if e, ok := r.devices[id]; ok && e.confirmed {
+			recs = append(recs, r.recordLocked(e))
 		}
 	}
 	clear(r.dirty)
@@ -571,6 +778,7 @@ func (r *Registry) Run(ctx context.Context) {
 			if err := r.Flush(); err != nil {
 				r.log.Error("writing device records", "err", err)
 			}
+			r.summarise(false)
 			r.reloadLeases(leases)
 			r.updateExempt()
 		case <-persist:
@@ -581,8 +789,18 @@ func (r *Registry) Run(ctx context.Context) {
 	}
 }
 
+// summarise logs the churn counted since the last summary, once a
+// logWindow is over (force: now).
+func (r *Registry) summarise(force bool) {
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.churn.summarise(r.log, now, force, len(r.devices)-r.unconfirmed.n, r.unconfirmed.n)
+}
+
 // Close writes the last batch and the persistent copy.
 func (r *Registry) Close() error {
+	r.summarise(true)
 	err := r.Flush()
 	if perr := r.Persist(); perr != nil && err == nil {
 		err = perr
@@ -605,12 +823,18 @@ func (r *Registry) reloadLeases(lf *leaseFile) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	clear(r.leaseName)
+	clear(r.leased)
 	for _, l := range leases {
 		mac := macString(l.MAC)
 		if mac == "" {
 			continue
 		}
 		r.learnLocked(l.IP, mac)
+		r.leased[l.IP.Unmap().WithZone("")] = mac
+		if e, ok := r.devices[mac]; ok && !e.confirmed {
+			r.confirmLocked(e, r.opts.Now()) // a device the DHCP server knows is no spoof
+			r.markLocked(e)
+		}
 		if l.Name == "" {
 			continue
 		}
@@ -644,7 +868,7 @@ func (r *Registry) updateExempt() {
 	}
 	r.mu.Lock()
 	for _, e := range r.devices {
-		if e.rec.MAC == "" {
+		if e.rec.MAC == "" || !e.confirmed {
 			continue
 		}
 		if e.decision.Exempt {

@@ -30,6 +30,10 @@ type View struct {
 	Port         Grade     `json:"port"`
 	TableI       TableI    `json:"table1"`
 	Override     *Override `json:"override,omitempty"`
+	// Unconfirmed: neither the neighbour table nor a DHCP lease has
+	// confirmed the device's MAC (a spoofed source MAC, or a device just
+	// arrived); it is kept in a small pool apart and not stored.
+	Unconfirmed bool `json:"unconfirmed,omitempty"`
 }
 
 // Grade is an estimator's verdict with the study's sigma figure beside

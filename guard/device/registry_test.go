@@ -1,0 +1,327 @@
+package device
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// staticNeighbours is a neighbour table that does not follow the kernel.
+func staticNeighbours(local string, byIP map[string]string) *Neighbours {
+	n := &Neighbours{byIP: map[netip.Addr]string{}, local: map[netip.Addr]int{netip.MustParseAddr(local): 1}}
+	for ip, mac := range byIP {
+		n.byIP[netip.MustParseAddr(ip)] = mac
+	}
+	return n
+}
+
+func randomMAC(r *rand.Rand) string {
+	var b [6]byte
+	for i := range b {
+		b[i] = byte(r.UintN(256))
+	}
+	b[0] = b[0]&^1 | 2 // unicast, locally administered
+	return net.HardwareAddr(b[:]).String()
+}
+
+const (
+	victimMAC   = "02:00:00:00:00:0a"
+	exemptMAC   = "02:00:00:00:00:0e"
+	attackerMAC = "02:00:00:00:00:66"
+)
+
+var (
+	router   = netip.MustParseAddrPort("10.0.0.1:53")
+	victim   = netip.MustParseAddr("10.0.0.10")
+	exempt   = netip.MustParseAddr("10.0.0.14")
+	attacker = netip.MustParseAddr("10.0.0.66")
+)
+
+func lan() *Neighbours {
+	return staticNeighbours("10.0.0.1", map[string]string{
+		victim.String(): victimMAC, exempt.String(): exemptMAC, attacker.String(): attackerMAC,
+	})
+}
+
+// TestRegistryMACFlood: frames from thousands of random source MACs (the
+// attacker's address, MACs the neighbour table does not know) stay in the
+// small unconfirmed pool, never reach the store, do not push out a real
+// device or an operator's override, and are summed up in a few log lines.
+func TestRegistryMACFlood(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(filepath.Join(dir, "state.db"), "", quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var logs logBuf
+	clk := newClock()
+	reg, err := NewRegistry(Options{Store: s, Neighbours: lan(), Log: logs.logger(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, 5000), router, &Query{ID: 1, Port: 5000, Name: "v.example.", Type: 1})
+	reg.ObserveQuery(exemptMAC, netip.AddrPortFrom(exempt, 5000), router, &Query{ID: 1, Port: 5000, Name: "e.example.", Type: 1})
+	yes := true
+	if _, err := reg.SetOverride(exemptMAC, &Override{Exempt: &yes}); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 6000 {
+		clk.add(time.Millisecond)
+		reg.ObserveQuery(randomMAC(r), netip.AddrPortFrom(attacker, uint16(1024+i)), router,
+			&Query{ID: uint16(r.UintN(65536)), Port: uint16(1024 + i), Name: fmt.Sprintf("f%d.example.", i), Type: 1})
+		if i%500 == 0 { // the victim keeps asking meanwhile
+			reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, uint16(6000+i)), router, &Query{ID: uint16(i * 7), Port: uint16(6000 + i), Name: "v.example.", Type: 1})
+		}
+	}
+	confirmed, unconfirmed := reg.Len()
+	if unconfirmed > MaxUnconfirmed || confirmed != 2 {
+		t.Errorf("after the flood: %d confirmed, %d unconfirmed; want 2 and at most %d", confirmed, unconfirmed, MaxUnconfirmed)
+	}
+	views := reg.Views()
+	if v := findView(views, exemptMAC); v == nil || v.Override == nil || !v.Exempt || v.Unconfirmed {
+		t.Errorf("exempt device after the flood: %+v", v)
+	}
+	if v := findView(views, victimMAC); v == nil || v.TXID.N < 2 || v.Unconfirmed {
+		t.Errorf("victim after the flood: %+v", v)
+	}
+	for _, v := range views {
+		if v.Unconfirmed && (v.TXID.N != 0 || v.Port.N != 0) {
+			t.Fatalf("an unconfirmed MAC was graded: %+v", v)
+		}
+	}
+	if err := reg.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if ids := storeIDs(t, s); len(ids) != 2 {
+		t.Errorf("stored records %d, want the 2 confirmed devices", len(ids))
+	}
+	reg.summarise(true)
+	l := logs.String()
+	if n := strings.Count(l, "level=INFO") + strings.Count(l, "level=WARN") + strings.Count(l, "level=ERROR"); n > 2*logBurst {
+		t.Errorf("%d log lines above debug for one flood:\n%s", n, l)
+	}
+	if !strings.Contains(l, "many source MACs not confirmed") || !strings.Contains(l, "forgotten=") {
+		t.Errorf("flood not summed up:\n%s", l)
+	}
+}
+
+func findView(views []View, id string) *View {
+	for i := range views {
+		if views[i].ID == id {
+			return &views[i]
+		}
+	}
+	return nil
+}
+
+// TestRegistryConfirmation: an unconfirmed device joins the table when
+// the neighbour table or a DHCP lease agrees with its MAC and address.
+func TestRegistryConfirmation(t *testing.T) {
+	nb := lan()
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Neighbours: nb, Log: quiet(), Now: clk.now})
+	const late = "02:00:00:00:00:77"
+	ip := netip.MustParseAddr("10.0.0.77")
+	reg.ObserveQuery(late, netip.AddrPortFrom(ip, 4000), router, &Query{ID: 9, Port: 4000, Name: "a.example.", Type: 1})
+	if c, u := reg.Len(); c != 0 || u != 1 {
+		t.Fatalf("before the neighbour entry: %d confirmed %d unconfirmed", c, u)
+	}
+	nb.mu.Lock()
+	nb.byIP[ip] = late
+	nb.mu.Unlock()
+	reg.ObserveQuery(late, netip.AddrPortFrom(ip, 4001), router, &Query{ID: 10, Port: 4001, Name: "b.example.", Type: 1})
+	if c, u := reg.Len(); c != 1 || u != 0 {
+		t.Fatalf("after the neighbour entry: %d confirmed %d unconfirmed", c, u)
+	}
+	if v := findView(reg.Views(), late); v == nil || v.TXID.N != 1 {
+		t.Errorf("only the agreeing query is evidence: %+v", v)
+	}
+}
+
+// TestRegistrySpoofedMACDoesNotGrade: frames carrying a device's MAC from
+// another address (the neighbour table disagrees) cannot get it graded
+// weak; the device's own traffic is graded.
+func TestRegistrySpoofedMACDoesNotGrade(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Neighbours: lan(), Log: quiet(), Now: clk.now})
+	for i := range 100 {
+		clk.add(time.Second)
+		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(attacker, 4096), router, &Query{ID: uint16(i), Port: 4096, Name: fmt.Sprintf("s%d.example.", i), Type: 1})
+	}
+	// The identify path: the attacker's address has its own MAC.
+	id, _, _, _ := reg.Identify(attacker)
+	for i := range 50 {
+		reg.Count(id, Answered, &Query{ID: 7, Port: 4096, Name: fmt.Sprintf("t%d.example.", i), Type: 1, Client: attacker})
+	}
+	v := findView(reg.Views(), victimMAC)
+	if v == nil || v.Strict || v.TXID.N != 0 {
+		t.Fatalf("spoofed frames graded the victim: %+v", v)
+	}
+	r := rand.New(rand.NewPCG(5, 5))
+	for i := range 20 {
+		clk.add(time.Second)
+		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, uint16(1024+r.UintN(60000))), router, &Query{ID: uint16(r.UintN(65536)), Port: uint16(1024 + r.UintN(60000)), Name: fmt.Sprintf("o%d.example.", i), Type: 1})
+	}
+	if v := findView(reg.Views(), victimMAC); v == nil || v.Strict || v.TXID.Verdict != "random" {
+		t.Errorf("the victim's own traffic: %+v", v)
+	}
+	if a := findView(reg.Views(), attackerMAC); a == nil || !a.Strict || a.TXID.Verdict != "weak" {
+		t.Errorf("the attacker's own constant IDs: %+v", a)
+	}
+}
+
+// TestRegistryStrictIsReviewed: a weak grade is not for ever. After
+// strictReview the device is graded on fresh evidence: random values
+// take it out of the strict class, weak ones keep it there.
+func TestRegistryStrictIsReviewed(t *testing.T) {
+	var logs logBuf
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: logs.logger(), Now: clk.now})
+	fixed, fixed2 := "02:00:00:00:00:21", "02:00:00:00:00:22"
+	src, src2 := netip.MustParseAddrPort("10.0.0.21:4096"), netip.MustParseAddrPort("10.0.0.22:4096")
+	ask := func(mac string, src netip.AddrPort, id, port uint16, i int) {
+		reg.ObserveQuery(mac, netip.AddrPortFrom(src.Addr(), port), router, &Query{ID: id, Port: port, Name: fmt.Sprintf("q%d.example.", i), Type: 1})
+	}
+	for i := range 12 {
+		clk.add(time.Second)
+		ask(fixed, src, uint16(i+1), 4096, i)
+		ask(fixed2, src2, uint16(i+1), 4096, i)
+	}
+	for _, mac := range []string{fixed, fixed2} {
+		if v := findView(reg.Views(), mac); !v.Strict {
+			t.Fatalf("%s not graded weak: %+v", mac, v)
+		}
+	}
+	// Within the review period nothing changes, whatever it sends.
+	r := rand.New(rand.NewPCG(8, 8))
+	for i := range 30 {
+		clk.add(time.Minute)
+		ask(fixed, src, uint16(r.UintN(65536)), uint16(1024+r.UintN(60000)), 100+i)
+	}
+	if v := findView(reg.Views(), fixed); !v.Strict {
+		t.Fatal("left the strict class before its review")
+	}
+	clk.add(strictReview)
+	for i := range 40 {
+		clk.add(time.Minute)
+		ask(fixed, src, uint16(r.UintN(65536)), uint16(1024+r.UintN(60000)), 200+i)
+		ask(fixed2, src2, uint16(500+i), 4096, 200+i)
+	}
+	if v := findView(reg.Views(), fixed); v.Strict || v.TXID.Verdict != "random" {
+		t.Errorf("random again after review, still strict: %+v", v)
+	}
+	if v := findView(reg.Views(), fixed2); !v.Strict || !strings.Contains(v.StrictReason, "weak") {
+		t.Errorf("still weak after review, not strict: %+v", v)
+	}
+	if !strings.Contains(logs.String(), "graded random again") {
+		t.Errorf("leaving the strict class not logged:\n%s", logs.String())
+	}
+}
+
+// TestRegistryOverridesNeverEvicted: records with an operator override
+// stay while the table turns over many times.
+func TestRegistryOverridesNeverEvicted(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	yes, no := true, false
+	overrides := map[string]*Override{
+		"02:00:00:00:01:01": {Class: "cams"},
+		"02:00:00:00:01:02": {Exempt: &yes},
+		"02:00:00:00:01:03": {Strict: &no},
+	}
+	for mac, o := range overrides {
+		reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.2:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+		if _, err := reg.SetOverride(mac, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 * MaxDevices {
+		clk.add(time.Millisecond)
+		mac := net.HardwareAddr{2, 0, 1, 0, byte(i >> 8), byte(i)}.String()
+		reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.3:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	}
+	if c, _ := reg.Len(); c != MaxDevices+len(overrides) {
+		t.Errorf("%d devices, want the bound %d plus %d overrides", c, MaxDevices, len(overrides))
+	}
+	views := reg.Views()
+	for mac, o := range overrides {
+		v := findView(views, mac)
+		if v == nil || v.Override == nil || *v.Override != *o {
+			t.Errorf("override of %s lost: %+v", mac, v)
+		}
+	}
+	// Cleared, the record is an ordinary one again: it can be forgotten.
+	if _, err := reg.SetOverride("02:00:00:00:01:01", nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxDevices {
+		clk.add(time.Millisecond)
+		reg.ObserveBypass(net.HardwareAddr{2, 0, 2, 0, byte(i >> 8), byte(i)}.String(), netip.MustParseAddrPort("10.0.0.3:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	}
+	if v := findView(reg.Views(), "02:00:00:00:01:01"); v != nil {
+		t.Errorf("a record without override outlived %d newer devices", MaxDevices)
+	}
+}
+
+// TestRegistryRecordCost: a device that sent one query costs hundreds of
+// bytes, not the kilobytes of full estimators.
+func TestRegistryRecordCost(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		confirmed bool
+		max       uint64
+	}{{"unconfirmed", false, 1200}, {"confirmed", true, 2000}} {
+		t.Run(tc.name, func(t *testing.T) {
+			nb := lan()
+			reg, _ := NewRegistry(Options{Neighbours: nb, Log: quiet(), Now: newClock().now})
+			r := rand.New(rand.NewPCG(1, 1))
+			const n = MaxUnconfirmed
+			macs := make([]string, n)
+			for i := range macs {
+				macs[i] = randomMAC(r)
+				if tc.confirmed {
+					nb.byIP[netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})] = macs[i]
+				}
+			}
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			for i, mac := range macs {
+				src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 40000)
+				reg.ObserveQuery(mac, src, router, &Query{ID: uint16(r.UintN(65536)), Port: 40000, Name: "one.example.", Type: 1})
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			per := (after.HeapAlloc - before.HeapAlloc) / n
+			t.Logf("%d bytes per %s device after one query", per, tc.name)
+			if per > tc.max {
+				t.Errorf("%d bytes per device, want at most %d", per, tc.max)
+			}
+			runtime.KeepAlive(reg)
+		})
+	}
+}
+
+// BenchmarkRegistryFlood measures one observation from a new random MAC
+// with the tables full: constant time, whatever the bounds.
+func BenchmarkRegistryFlood(b *testing.B) {
+	reg, _ := NewRegistry(Options{Neighbours: lan(), Log: quiet(), Now: newClock().now})
+	r := rand.New(rand.NewPCG(1, 2))
+	macs := make([]string, 4096)
+	for i := range macs {
+		macs[i] = randomMAC(r)
+	}
+	src := netip.AddrPortFrom(attacker, 4000)
+	b.ResetTimer()
+	for i := range b.N {
+		reg.ObserveQuery(macs[i%len(macs)], src, router, &Query{ID: uint16(i), Port: 4000, Name: "f.example.", Type: 1})
+	}
+}
