@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/miekg/dns"
 )
@@ -143,23 +142,60 @@ func matchMsg(sent, m *dns.Msg, exactCase bool) error {
 			dns.ClassToString[got.Qclass], dns.TypeToString[got.Qtype],
 			dns.ClassToString[want.Qclass], dns.TypeToString[want.Qtype])
 	}
-	if exactCase && got.Name != want.Name || !strings.EqualFold(got.Name, want.Name) {
+	if !sameName(got.Name, want.Name, exactCase) {
 		return fmt.Errorf("%w: name %q, sent %q", ErrMismatch, got.Name, want.Name)
 	}
 	return nil
 }
 
+// sameName compares two names in presentation form as the wire has them:
+// labels as octets, so that "a\\032b." and "a\\ b." (one label "a b") are
+// the same name. ASCII letters compare without case unless exactCase (0x20
+// in use: the upstream must echo the case it was sent). A name that does
+// not pack matches nothing.
+func sameName(a, b string, exactCase bool) bool {
+	if a == b {
+		return true
+	}
+	var ab, bb [256]byte
+	an, err := dns.PackDomainName(a, ab[:], 0, nil, false)
+	if err != nil {
+		return false
+	}
+	bn, err := dns.PackDomainName(b, bb[:], 0, nil, false)
+	if err != nil || an != bn {
+		return false
+	}
+	if exactCase {
+		return ab == bb
+	}
+	// Length octets are below 64, so folding ASCII letters over the whole
+	// wire form never touches them.
+	for i := range an {
+		if lowerASCII(ab[i]) != lowerASCII(bb[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
 // restoreName gives the response the question name the caller asked,
-// undoing 0x20 case in the question and in owner names that echo it.
+// in the caller's spelling: the question, and owner names that are the
+// same name on the wire (whatever their case or escapes), so that 0x20
+// case and the upstream's presentation of odd octets are undone.
 func restoreName(m *dns.Msg, name string) {
 	sent := m.Question[0].Name
 	m.Question[0].Name = name
-	if sent == name {
-		return
-	}
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
 		for _, rr := range sec {
-			if h := rr.Header(); h.Name == sent {
+			if h := rr.Header(); h.Name != name && (h.Name == sent || sameName(h.Name, name, false)) {
 				h.Name = name
 			}
 		}

@@ -75,8 +75,9 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start unbound: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
@@ -94,7 +95,7 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 		Do53: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), plainPort),
 		Name: opts.Name, CA: ca, CAPEM: ca.PEM,
 	}
-	if err := u.waitReady(exited); err != nil {
+	if err := u.waitReady(exited, &waitErr); err != nil {
 		t.Fatalf("unbound: %v\n%s", err, out.String())
 	}
 	return u
@@ -134,9 +135,9 @@ func unboundConf(dir string, tlsPort, plainPort uint16, opts UnboundOptions) str
 		}
 		if !zones[zone] {
 			zones[zone] = true
-			fmt.Fprintf(&b, "\tlocal-zone: %q static\n", zone)
+			fmt.Fprintf(&b, "\tlocal-zone: %s static\n", quote(zone))
 		}
-		fmt.Fprintf(&b, "\tlocal-data: %q\n", r)
+		fmt.Fprintf(&b, "\tlocal-data: %s\n", quote(r))
 	}
 	for _, e := range opts.Extra {
 		fmt.Fprintf(&b, "\t%s\n", e)
@@ -145,15 +146,25 @@ func unboundConf(dir string, tlsPort, plainPort uint16, opts UnboundOptions) str
 	return b.String()
 }
 
+// quote quotes a config value for unbound, which takes what is between
+// the quotes as it is (no escapes): single quotes unless the value has
+// one. Write names with \DDD escapes for anything odd.
+func quote(s string) string {
+	if strings.Contains(s, "'") {
+		return `"` + s + `"`
+	}
+	return "'" + s + "'"
+}
+
 // waitReady polls unbound over TLS until it answers.
-func (u *Unbound) waitReady(exited <-chan error) error {
+func (u *Unbound) waitReady(exited <-chan struct{}, waitErr *error) error {
 	deadline := time.Now().Add(15 * time.Second)
 	cfg := &tls.Config{ServerName: u.Name, RootCAs: u.CA.Pool, MinVersion: tls.VersionTLS12}
 	var lastErr error
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("exited: %v", err)
+		case <-exited:
+			return fmt.Errorf("exited: %v", *waitErr)
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
