@@ -3,8 +3,8 @@ package upstream
 import (
 	"fmt"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
@@ -94,7 +94,7 @@ func TestSameName(t *testing.T) {
 		{`a\065.example.`, `aA.example.`, true, true},
 		{`example.`, `example.com.`, false, false},
 		{`.`, `.`, true, true},
-		{`a..b.`, `a..b.`, false, true}, // equal strings, whatever they are
+		{`a..b.`, `a..b.`, false, true},  // equal strings, whatever they are
 		{`a..b.`, `A..b.`, false, false}, // does not pack
 	}
 	for _, c := range cases {
