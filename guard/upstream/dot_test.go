@@ -2,6 +2,9 @@ package upstream
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -288,6 +291,51 @@ func TestTCPPlain(t *testing.T) {
 		}
 		if paddingOf(m) >= 0 || m.IsEdns0().UDPSize() != ednsSize {
 			t.Errorf("cleartext TCP query: %v", m)
+		}
+	}
+}
+
+// TestDoTPinVerifiedChainOnly: a pin is checked against the chains that
+// verified, not against what the server sent. A server with a trusted
+// certificate for the name that appends the pinned certificate (signed by
+// nobody the guard trusts) is refused; a pin on the trusted root is
+// accepted, since the root is in the verified chain.
+func TestDoTPinVerifiedChainOnly(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	leaf := ca.Issue(t, "dot.test", "127.0.0.1")
+	pinned := upstreamtest.NewCA(t).Issue(t, "dot.test", "127.0.0.1")
+	sent := tls.Certificate{Certificate: [][]byte{leaf.Certificate[0], pinned.Certificate[0]}, PrivateKey: leaf.PrivateKey}
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Cert: &sent})
+	rootSum := sha256.Sum256(ca.Cert.RawSubjectPublicKeyInfo)
+	rootPin := "sha256/" + base64.StdEncoding.EncodeToString(rootSum[:])
+	cases := []struct {
+		name string
+		pin  string
+		ok   bool
+	}{
+		{"pinned certificate appended, not in the verified chain", upstreamtest.Pin(t, pinned), false},
+		{"leaf pinned", upstreamtest.Pin(t, leaf), true},
+		{"root pinned", rootPin, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tr, _ := newTLSTransport(t, srv.URL("dot.test", "pin="+c.pin), ca)
+			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+			if c.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !c.ok && !errors.Is(err, ErrPin) {
+				t.Fatalf("err %v, want ErrPin", err)
+			}
+		})
+	}
+	// The same over DoH, which shares the TLS configuration.
+	doh := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Name: "dot.test", Cert: &sent})
+	for _, c := range cases {
+		tr, _ := newTLSTransport(t, doh.URL+"&pin="+c.pin, ca)
+		_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		if c.ok != (err == nil) || !c.ok && !errors.Is(err, ErrPin) {
+			t.Errorf("DoH %s: err %v", c.name, err)
 		}
 	}
 }

@@ -56,8 +56,11 @@ func (c *tlsConfig) clientConfig(ep *Endpoint, alpn ...string) *tls.Config {
 	}
 	if len(ep.Pins) > 0 {
 		pins := ep.Pins
+		// Only the chains that verified count: PeerCertificates is
+		// whatever the server sent, and a server holding any trusted
+		// certificate for the name could append the pinned one.
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-			return checkPins(cs.PeerCertificates, pins)
+			return checkPins(cs.VerifiedChains, pins)
 		}
 	}
 	return cfg
@@ -66,14 +69,18 @@ func (c *tlsConfig) clientConfig(ep *Endpoint, alpn ...string) *tls.Config {
 // ErrPin is returned when no certificate key matches a configured pin.
 var ErrPin = errors.New("no certificate key matches a configured pin")
 
-// checkPins accepts the chain when any certificate's SPKI SHA-256 is
-// pinned (pinning the leaf, an intermediate or a backup key all work).
-func checkPins(chain []*x509.Certificate, pins [][sha256.Size]byte) error {
-	for _, cert := range chain {
-		sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-		for _, p := range pins {
-			if sum == p {
-				return nil
+// checkPins accepts the connection when a certificate of one of the
+// verified chains (leaf to trusted root) has a pinned SPKI SHA-256:
+// pinning the leaf, an intermediate, the root or a backup key all work.
+// No verified chain (verification off) matches nothing.
+func checkPins(chains [][]*x509.Certificate, pins [][sha256.Size]byte) error {
+	for _, chain := range chains {
+		for _, cert := range chain {
+			sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+			for _, p := range pins {
+				if sum == p {
+					return nil
+				}
 			}
 		}
 	}
