@@ -47,7 +47,6 @@ func builtin() *Config {
 			MaxSize:       8192,
 			MaxCNAMEChain: 8,
 			RebindProtect: true,
-			LocalDomains:  []string{"lan", "local", "home.arpa"},
 			TTLJumpFactor: 100,
 		},
 		Intercept: Intercept{
@@ -61,6 +60,7 @@ func builtin() *Config {
 			DoHAddresses: addrs("8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
 				"2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111", "2606:4700:4700::1001"),
 		},
+		Local: Local{Domains: []string{"lan"}, MaxTTL: time.Minute},
 	}
 }
 

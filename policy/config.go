@@ -13,9 +13,12 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 //go:embed default.conf
@@ -91,8 +94,7 @@ type Answers struct {
 	MaxRRset       int // per RRset
 	MaxSize        int // octets of an upstream message
 	MaxCNAMEChain  int
-	RebindProtect  bool
-	LocalDomains   []string
+	RebindProtect  bool    // refuse special-purpose addresses from the upstreams
 	TTLJumpFactor  float64 // log a TTL that grows by more than this factor
 	AllowedPrivate []netip.Prefix
 }
@@ -109,10 +111,16 @@ type Intercept struct {
 	GuardPort    uint16 // port the guard listens on for redirected traffic
 }
 
-// Local names are forwarded to the router's own DHCP/DNS server.
+// Local names are the LAN's own: they go to the router's DHCP/DNS server
+// (dnsmasq) and never to an upstream. Besides Domains, the reverse zones
+// of private, CGNAT, loopback, link-local and ULA addresses (RFC 6303,
+// RFC 7793) and home.arpa (RFC 8375) are always local. This is the one
+// list of local domains: answers from the local server are exempt from
+// rebinding protection because of where they came from, not their name.
 type Local struct {
-	Domains []string
-	Server  string // host:port of dnsmasq (or another local server)
+	Domains []string      // LAN domains: lower case, no trailing dot ("lan")
+	Server  string        // IP:PORT of the local server; empty: local names answered NXDOMAIN
+	MaxTTL  time.Duration // cap on the TTLs of local answers (they change with DHCP)
 }
 
 // Class is a device class and what its members are held to.
@@ -150,6 +158,10 @@ func Parse(r io.Reader, file string) (*Config, error) {
 	}
 	c := builtin()
 	seenClass := map[string]int{}
+	// config answers' local_domain is the old name of config local's
+	// domain list (it also meant a rebinding exemption by name, which is
+	// gone): its values are added to that list once every section is read.
+	var aliasDomains []string
 	for i := range sections {
 		s := &sections[i]
 		var fields map[string]setter
@@ -162,6 +174,7 @@ func Parse(r io.Reader, file string) (*Config, error) {
 			fields = c.Limits.fields()
 		case "answers":
 			fields = c.Answers.fields()
+			fields["local_domain"] = domainAlias(&aliasDomains)
 		case "intercept":
 			fields = c.Intercept.fields()
 		case "local":
@@ -187,6 +200,11 @@ func Parse(r io.Reader, file string) (*Config, error) {
 			if err := set(v.Values); err != nil {
 				return nil, &ParseError{file, v.Line, fmt.Sprintf("option %q: %v", key, err)}
 			}
+		}
+	}
+	for _, d := range aliasDomains {
+		if !slices.Contains(c.Local.Domains, d) {
+			c.Local.Domains = append(c.Local.Domains, d)
 		}
 	}
 	if err := c.Validate(); err != nil {
@@ -240,7 +258,54 @@ func (c *Config) Validate() error {
 	if c.Cache.FailMax > 5*time.Minute {
 		return errors.New("cache fail_max above 5m (RFC 9520 §3.2 forbids caching a failure longer)")
 	}
+	for _, d := range c.Local.Domains {
+		if _, err := LocalDomain(d); err != nil {
+			return fmt.Errorf("local domain: %w", err)
+		}
+	}
+	if c.Local.Server != "" {
+		if _, err := LocalServer(c.Local.Server); err != nil {
+			return fmt.Errorf("local server: %w", err)
+		}
+	}
 	return nil
+}
+
+// LocalDomain checks and normalises a LAN domain: lower case, no trailing
+// dot, a valid DNS name (presentation escapes such as \032 allowed). The
+// root, .local (mDNS, RFC 6762) and localhost (RFC 6761) are refused: the
+// guard answers those itself and never forwards them.
+func LocalDomain(s string) (string, error) {
+	d := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(s), "."))
+	switch {
+	case d == "":
+		return "", fmt.Errorf("%q: the root cannot be a local domain", s)
+	case d == "local" || strings.HasSuffix(d, ".local"):
+		return "", fmt.Errorf("%q: .local is multicast DNS (RFC 6762), answered NXDOMAIN by the guard and never forwarded", s)
+	case d == "localhost" || strings.HasSuffix(d, ".localhost"):
+		return "", fmt.Errorf("%q: localhost is answered by the guard itself (RFC 6761 §6.3)", s)
+	}
+	if _, ok := dns.IsDomainName(d); !ok {
+		return "", fmt.Errorf("%q is not a domain name", s)
+	}
+	var buf [256]byte
+	if _, err := dns.PackDomainName(dns.Fqdn(d), buf[:], 0, nil, false); err != nil {
+		return "", fmt.Errorf("%q is not a domain name: %v", s, err)
+	}
+	return d, nil
+}
+
+// LocalServer reads the local server's address: IP:PORT, or an IP alone
+// for port 53.
+func LocalServer(s string) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: want IP:PORT (127.0.0.1:5354)", s)
+	}
+	return ap, nil
 }
 
 type setter func([]string) error
@@ -297,7 +362,6 @@ func (a *Answers) fields() map[string]setter {
 		"max_size":          integer(&a.MaxSize),
 		"max_cname_chain":   integer(&a.MaxCNAMEChain),
 		"rebind_protection": boolean(&a.RebindProtect),
-		"local_domain":      strList(&a.LocalDomains),
 		"ttl_jump_factor":   float(&a.TTLJumpFactor),
 		"allow_private":     prefixList(&a.AllowedPrivate),
 	}
@@ -318,8 +382,70 @@ func (i *Intercept) fields() map[string]setter {
 
 func (l *Local) fields() map[string]setter {
 	return map[string]setter{
-		"domain": strList(&l.Domains),
-		"server": str(&l.Server),
+		"domain":  domainList(&l.Domains),
+		"server":  server(&l.Server),
+		"max_ttl": dur(&l.MaxTTL),
+	}
+}
+
+// domainList is strList for local domains: each checked and normalised
+// (LocalDomain), duplicates dropped.
+func domainList(p *[]string) setter {
+	first := true
+	return func(v []string) error {
+		if first {
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				d, err := LocalDomain(w)
+				if err != nil {
+					return err
+				}
+				if !slices.Contains(*p, d) {
+					*p = append(*p, d)
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// domainAlias reads the old answers.local_domain list. 'local' (in every
+// old default) is dropped: .local is answered by the guard itself.
+func domainAlias(p *[]string) setter {
+	return func(v []string) error {
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				if d := strings.ToLower(strings.Trim(w, ".")); d == "local" {
+					continue
+				}
+				d, err := LocalDomain(w)
+				if err != nil {
+					return err
+				}
+				if !slices.Contains(*p, d) {
+					*p = append(*p, d)
+				}
+			}
+		}
+		return nil
+	}
+}
+
+func server(p *string) setter {
+	return func(v []string) error {
+		s := strings.TrimSpace(v[len(v)-1])
+		if s == "" {
+			*p = ""
+			return nil
+		}
+		ap, err := LocalServer(s)
+		if err != nil {
+			return err
+		}
+		*p = ap.String()
+		return nil
 	}
 }
 

@@ -130,3 +130,58 @@ func TestListenAddrs(t *testing.T) {
 		t.Errorf("bare address as allow_client: %v", err)
 	}
 }
+
+func TestLocalSection(t *testing.T) {
+	tests := []struct {
+		name, conf  string
+		wantDomains []string
+		wantServer  string
+		wantErr     string
+	}{
+		{name: "default", conf: "", wantDomains: []string{"lan"}},
+		{name: "domains replace the default, normalised, deduplicated",
+			conf:        "config local\n\tlist domain 'Home.'\n\tlist domain 'home'\n\tlist domain 'corp.example'\n\toption server '127.0.0.1:5354'\n",
+			wantDomains: []string{"home", "corp.example"}, wantServer: "127.0.0.1:5354"},
+		{name: "server without port", conf: "config local\n\toption server '::1'\n", wantDomains: []string{"lan"}, wantServer: "[::1]:53"},
+		{name: "escaped label", conf: "config local\n\tlist domain 'my\\032lan'\n", wantDomains: []string{`my\032lan`}},
+		// The old answers.local_domain list (before this section was
+		// used) still loads: it is read as config local's domain list,
+		// whichever section comes first; 'local' is dropped.
+		{name: "old local_domain alias",
+			conf:        "config answers\n\tlist local_domain 'lan'\n\tlist local_domain 'local'\n\tlist local_domain 'home.arpa'\n\tlist local_domain 'home'\nconfig local\n\tlist domain 'lan'\n",
+			wantDomains: []string{"lan", "home.arpa", "home"}},
+		{name: "alias after the section",
+			conf:        "config local\n\tlist domain 'corp'\nconfig answers\n\tlist local_domain 'home'\n",
+			wantDomains: []string{"corp", "home"}},
+		{name: "alias alone", conf: "config answers\n\tlist local_domain 'home'\n", wantDomains: []string{"lan", "home"}},
+		{name: "mdns refused", conf: "config local\n\tlist domain 'local'\n", wantErr: "x.conf:2: option \"domain\": \"local\": .local is multicast DNS"},
+		{name: "below local refused", conf: "config local\n\tlist domain 'x.local.'\n", wantErr: "multicast DNS"},
+		{name: "localhost refused", conf: "config local\n\tlist domain 'localhost'\n", wantErr: "localhost is answered by the guard"},
+		{name: "root refused", conf: "config local\n\tlist domain '.'\n", wantErr: "the root cannot be a local domain"},
+		{name: "empty label", conf: "config local\n\tlist domain 'a..lan'\n", wantErr: "not a domain name"},
+		{name: "label too long", conf: "config local\n\tlist domain '" + strings.Repeat("x", 64) + ".lan'\n", wantErr: "not a domain name"},
+		{name: "bad server", conf: "config local\n\toption server 'localhost:53'\n", wantErr: "want IP:PORT"},
+		{name: "port zero", conf: "config local\n\toption server '127.0.0.1:0'\n", wantErr: "want IP:PORT"},
+		{name: "bad alias", conf: "config answers\n\tlist local_domain 'a..b'\n", wantErr: "x.conf:2: option \"local_domain\""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse(strings.NewReader(tt.conf), "x.conf")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(c.Local.Domains, tt.wantDomains) || c.Local.Server != tt.wantServer {
+				t.Errorf("domains %q server %q, want %q %q", c.Local.Domains, c.Local.Server, tt.wantDomains, tt.wantServer)
+			}
+			if c.Local.MaxTTL != time.Minute {
+				t.Errorf("max_ttl %v", c.Local.MaxTTL)
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/cache"
 	"github.com/dnsguard/dnsguard/guard/forward"
 	"github.com/dnsguard/dnsguard/guard/limit"
+	"github.com/dnsguard/dnsguard/guard/localzone"
 	"github.com/dnsguard/dnsguard/guard/protocol"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/guard/upstream"
@@ -25,7 +26,10 @@ type guardChain struct {
 // buildGuard wires the chain for cfg around the long-lived cache and
 // router side:
 //
-//	router stages (identify, local names) -> protocol -> limit -> cache -> upstreams (checked)
+//	router stages (identify, local answers) -> protocol -> limit -> cache -> local names -> upstreams (checked)
+//
+// Local names (config local) sit inside the cache, so their answers are
+// cached (briefly: their TTLs are capped) like any other.
 func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slog.Logger) (*guardChain, error) {
 	v := validate.New(cfg.Answers)
 	// TTL anomalies per name (the study's ttl-huge): logged, bounded memory.
@@ -47,9 +51,23 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	if err != nil {
 		return nil, fmt.Errorf("upstreams: %w", err)
 	}
+	// Answers from the local server are exempt from rebinding protection
+	// because of where they come from (validate's Trusted).
+	trusted := v.Trusted()
+	local, err := localzone.New(localzone.Config{
+		Domains: cfg.Local.Domains, Server: cfg.Local.Server, MaxTTL: cfg.Local.MaxTTL,
+		Logger: log.With("stage", "local"),
+		Check: func(req *stage.Request, q, resp *dns.Msg) (*dns.Msg, error) {
+			return trusted.Check(q.Question[0], resp, strictRequest(req))
+		},
+	})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
 	lim := limit.New(cfg.Limits, limit.Options{})
 	stages := append([]stage.Middleware{}, router.Stages...)
-	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap)
+	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap, local.Wrap)
 	return &guardChain{
 		handler: stage.Chain(forward.Handler(strictExchanger{pool, v}), stages...),
 		close: func() {
@@ -62,8 +80,15 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 					"flood", st.Flood, "refused", st.Refused)
 			}
 			pool.Close()
+			local.Close()
 		},
 	}, nil
+}
+
+// strictRequest reports whether req's device is held to the strictest
+// checks (graded weak, or in a strict class).
+func strictRequest(req *stage.Request) bool {
+	return req != nil && (req.Randomize || req.Device != nil && req.Device.Strict)
 }
 
 // strictExchanger holds devices graded weak to stricter terms upstream:
@@ -75,9 +100,7 @@ type strictExchanger struct {
 }
 
 func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	req := forward.RequestFrom(ctx)
-	strict := req != nil && (req.Randomize || req.Device != nil && req.Device.Strict)
-	if !strict {
+	if !strictRequest(forward.RequestFrom(ctx)) {
 		return s.pool.Exchange(ctx, q)
 	}
 	resp, err := s.pool.Exchange(upstream.WithCaseRandomization(ctx, true), q)

@@ -1,35 +1,74 @@
-// Package localzone answers, on the router, the names that must never be
-// forwarded: the canaries that make clients drop their own encrypted
+// Package localzone keeps the local network's names on the router.
+//
+// Stage answers, for every query, the names that must never be forwarded
+// anywhere: the canaries that make clients drop their own encrypted
 // resolvers (use-application-dns.net for Firefox, mask.icloud.com and
-// mask-h2.icloud.com for iCloud Private Relay: NXDOMAIN), and the
-// resolver.arpa zone of RFC 9462, served locally as a resolver with no
-// designated encrypted resolver: NODATA for every name and type (§4,
-// §6.4), never forwarded (§6.1).
+// mask-h2.icloud.com for iCloud Private Relay: NXDOMAIN); the resolver.arpa
+// zone of RFC 9462, served as a resolver with no designated encrypted
+// resolver (NODATA for every name and type, §4, §6.4; never forwarded,
+// §6.1); localhost (RFC 6761 §6.3: 127.0.0.1 and ::1 for it and every
+// name below it); and the empty zones local. (multicast DNS, RFC 6762 §3:
+// never sent to a unicast resolver), onion. (RFC 7686 §2) and invalid.
+// (RFC 6761 §6.4).
+//
+// Local (forward.go) sends the LAN's own names to the router's DHCP/DNS
+// server and never upstream.
+//
+// Names are matched on the wire: labels as octets, ASCII letters without
+// case, so a label holding a space or a dot matches only itself.
 package localzone
 
 import (
 	"context"
+	"net"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/miekg/dns"
 )
 
-// Canaries are answered NXDOMAIN, with every name below them.
-var canaries = []string{
-	"use-application-dns.net.",
-	"mask.icloud.com.",
-	"mask-h2.icloud.com.",
-}
-
-// resolverArpa is the locally served zone of RFC 9462.
-const resolverArpa = "resolver.arpa."
-
 // negativeTTL is the SOA minimum of the synthesised answers (RFC 2308 §5:
-// how long a device may cache them).
+// how long a device may cache them), and the TTL of localhost's addresses.
 const negativeTTL = 3600
 
-// Stage returns the middleware answering the local names.
+// What Stage does with the names of a zone.
+type staticKind uint8
+
+const (
+	canary    staticKind = iota // NXDOMAIN for the zone and every name below
+	nodata                      // NOERROR, no data, for every name (resolver.arpa)
+	empty                       // an empty zone: NODATA at the apex, NXDOMAIN below
+	localhost                   // loopback addresses for every name (RFC 6761 §6.3)
+)
+
+// staticZones are Stage's zones, in presentation form.
+var staticZones = []struct {
+	name string
+	kind staticKind
+}{
+	{"use-application-dns.net.", canary},
+	{"mask.icloud.com.", canary},
+	{"mask-h2.icloud.com.", canary},
+	{"resolver.arpa.", nodata},
+	{"localhost.", localhost},
+	{"local.", empty},
+	{"onion.", empty},
+	{"invalid.", empty},
+}
+
+// static is staticZones, ready for matching on the wire. It is built
+// once and only read.
+var static = func() *zoneSet {
+	s := newZoneSet()
+	for _, z := range staticZones {
+		if _, err := s.add(z.name); err != nil {
+			panic("localzone: " + err.Error()) // constants above
+		}
+	}
+	return s
+}()
+
+// Stage returns the middleware answering the names above.
 func Stage() stage.Middleware {
 	return func(next stage.Handler) stage.Handler {
 		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
@@ -37,71 +76,76 @@ func Stage() stage.Middleware {
 				return next.ServeDNS(ctx, req)
 			}
 			// On the wire, without building the name: this runs for every query.
-			if underWire(req.Q.Name, resolverArpaWire) {
-				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(resolverArpa)})
+			i, apex, ok := static.match(req.Q.Name)
+			if !ok {
+				return next.ServeDNS(ctx, req)
 			}
-			for i, c := range canaryWire {
-				if underWire(req.Q.Name, c) {
-					return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(canaries[i])})
-				}
+			zone := static.names[i]
+			switch staticZones[i].kind {
+			case canary:
+				return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(zone, negativeTTL)})
+			case nodata:
+				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone, negativeTTL)})
+			case localhost:
+				return answerLocalhost(req, zone, apex)
+			default:
+				return emptyZone(req, zone, apex, negativeTTL)
 			}
-			return next.ServeDNS(ctx, req)
 		})
 	}
 }
 
-// Wire forms of the zones, for underWire.
-var (
-	resolverArpaWire = wire(resolverArpa)
-	canaryWire       = func() [][]byte {
-		out := make([][]byte, len(canaries))
-		for i, c := range canaries {
-			out[i] = wire(c)
-		}
-		return out
-	}()
-)
-
-func wire(name string) []byte {
-	b := make([]byte, 256)
-	n, err := dns.PackDomainName(name, b, 0, nil, false)
-	if err != nil {
-		panic("localzone: bad zone " + name) // constants above
+// answerLocalhost answers address queries for localhost and the names
+// below it with the loopback addresses, and every other type with no
+// data (RFC 6761 §6.3 item 4).
+func answerLocalhost(req *stage.Request, zone string, apex bool) (*dnswire.Reply, error) {
+	name := dnswire.NameString(req.Q.Name)
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: negativeTTL}
 	}
-	return b[:n]
-}
-
-// underWire reports whether the wire-format name is zone (wire format,
-// lower case) or below it, comparing ASCII letters without case.
-func underWire(name, zone []byte) bool {
-	for off := 0; off < len(name) && len(name)-off >= len(zone); off += int(name[off]) + 1 {
-		if len(name)-off == len(zone) {
-			for i, c := range name[off:] {
-				if 'A' <= c && c <= 'Z' {
-					c += 'a' - 'A'
-				}
-				if c != zone[i] {
-					return false
-				}
-			}
-			return true
+	var ans []dns.RR
+	if req.Q.Class == dns.ClassINET || req.Q.Class == dns.ClassANY {
+		switch req.Q.Type {
+		case dns.TypeA, dns.TypeANY:
+			ans = append(ans, &dns.A{Hdr: hdr(dns.TypeA), A: net.IPv4(127, 0, 0, 1).To4()})
 		}
-		if name[off] == 0 {
-			return false
+		switch req.Q.Type {
+		case dns.TypeAAAA, dns.TypeANY:
+			ans = append(ans, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: net.IPv6loopback})
 		}
 	}
-	return false
+	if len(ans) > 0 {
+		return stage.Synth(req, dns.RcodeSuccess, ans, nil)
+	}
+	if apex && req.Q.Type == dns.TypeSOA {
+		return stage.Synth(req, dns.RcodeSuccess, []dns.RR{soa(zone, negativeTTL)}, nil)
+	}
+	return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone, negativeTTL)})
 }
 
-func soa(zone string) dns.RR {
+// emptyZone answers from an empty zone (RFC 6303 §3): the apex exists and
+// holds only its SOA; no name below it does.
+func emptyZone(req *stage.Request, zone string, apex bool, ttl uint32) (*dnswire.Reply, error) {
+	s := soa(zone, ttl)
+	switch {
+	case !apex:
+		return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{s})
+	case req.Q.Type == dns.TypeSOA:
+		return stage.Synth(req, dns.RcodeSuccess, []dns.RR{s}, nil)
+	default:
+		return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{s})
+	}
+}
+
+func soa(zone string, ttl uint32) dns.RR {
 	return &dns.SOA{
-		Hdr:     dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: negativeTTL},
+		Hdr:     dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: ttl},
 		Ns:      "localhost.",
 		Mbox:    "nobody.invalid.",
 		Serial:  1,
 		Refresh: 3600,
 		Retry:   1200,
 		Expire:  604800,
-		Minttl:  negativeTTL,
+		Minttl:  ttl,
 	}
 }

@@ -138,12 +138,6 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 	if a.MaxCNAMEChain > 0 && steps > a.MaxCNAMEChain {
 		return fmt.Sprintf("chain of %d", steps)
 	}
-	local := false
-	for _, d := range a.LocalDomains {
-		if strings.Trim(d, ".") != "" && under(wireName(strings.Trim(d, ".")), wireName(q.Name)) {
-			local = true
-		}
-	}
 	for _, r := range out.Answer {
 		h := r.Header()
 		t := h.Rrtype
@@ -160,7 +154,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 			return "data beside a CNAME at " + h.Name
 		}
 	}
-	if a.RebindProtect && !local {
+	if a.RebindProtect {
 		for _, sec := range [][]dns.RR{out.Answer, out.Extra} {
 			for _, r := range sec {
 				var addrs []netip.Addr
@@ -197,7 +191,7 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 							allowed = allowed || p.Contains(addr)
 						}
 						if !allowed {
-							return "special address for a public name: " + r.String()
+							return "special address from an upstream: " + r.String()
 						}
 					}
 				}
@@ -279,6 +273,11 @@ func FuzzCheck(f *testing.F) {
 		}
 		if again.String() != out.String() {
 			t.Fatalf("second check changed the answer:\n%v\n%v", out, again)
+		}
+		// What the shield accepts from an upstream, it accepts from the
+		// local server (Trusted only lifts rebinding protection).
+		if _, err := v.Trusted().Check(question, m, strict); err != nil {
+			t.Fatalf("accepted from an upstream, refused from the local server: %v", err)
 		}
 	})
 }

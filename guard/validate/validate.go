@@ -11,9 +11,10 @@
 //     (AAAA in an answer to A), records for names outside the CNAME chain,
 //     two CNAMEs for one name, a CNAME beside other data, addresses in an
 //     NXDOMAIN.
-//   - Blocked (15): a public name resolving to a special-purpose address
+//   - Blocked (15): an upstream answer giving a special-purpose address
 //     (RFC 1918, loopback, link-local, ULA, documentation, ...): DNS
-//     rebinding protection, an operator policy.
+//     rebinding protection, an operator policy. Only answers from the
+//     router's own local server are exempt (Trusted), whatever the name.
 //   - Invalid Data (24): an answer too large to be plausible: more records
 //     than the caps, a CNAME chain that is too long or loops, more than one
 //     OPT record.
@@ -45,7 +46,6 @@ type Validator struct {
 	maxSize    int
 	maxChain   int
 	rebind     bool
-	locals     []string // canonical wire names (dnswire.CanonicalName)
 	allowed    []netip.Prefix
 }
 
@@ -60,12 +60,19 @@ func New(a policy.Answers) *Validator {
 		rebind:     a.RebindProtect,
 		allowed:    append([]netip.Prefix(nil), a.AllowedPrivate...),
 	}
-	for _, d := range a.LocalDomains {
-		if d = strings.Trim(d, "."); d != "" {
-			v.locals = append(v.locals, canon(d))
-		}
-	}
 	return v
+}
+
+// Trusted returns a validator for answers from the router's own local
+// server (dnsmasq, config local): every check but rebinding protection,
+// since private addresses for LAN names are what that server is for.
+// Rebinding protection depends on where an answer came from, never on
+// the name asked: a public upstream's private address for a LAN name is
+// still refused by v.
+func (v *Validator) Trusted() *Validator {
+	t := *v
+	t.rebind = false
+	return &t
 }
 
 // Report says what cleaning removed from an accepted answer.
@@ -80,7 +87,7 @@ var (
 	ErrType      = errors.New("validate: record type inconsistent with the question")
 	ErrOwner     = errors.New("validate: record outside the answer chain")
 	ErrChain     = errors.New("validate: bad CNAME chain")
-	ErrRebinding = errors.New("validate: special-purpose address for a public name")
+	ErrRebinding = errors.New("validate: special-purpose address from an upstream")
 	ErrSize      = errors.New("validate: answer over the limits")
 	ErrMalformed = errors.New("validate: malformed answer")
 )
@@ -327,17 +334,7 @@ func ancestorOfChain(owner string, chain []string) bool {
 	return false
 }
 
-// isLocal reports whether name is in one of the local domains.
-func (v *Validator) isLocal(name string) bool {
-	for _, d := range v.locals {
-		if isSub(d, canon(name)) {
-			return true
-		}
-	}
-	return false
-}
-
-// blocked says why addr may not be given for a public name ("" if it may).
+// blocked says why an upstream may not give addr ("" if it may).
 func (v *Validator) blocked(addr netip.Addr) string {
 	r, special := Special(addr)
 	if !special {
@@ -352,20 +349,20 @@ func (v *Validator) blocked(addr netip.Addr) string {
 }
 
 func (v *Validator) rebinding(q dns.Question, rrs []dns.RR) error {
-	if !v.rebind || v.isLocal(q.Name) {
+	if !v.rebind {
 		return nil
 	}
 	for _, rr := range rrs {
 		if a, ok := address(rr); ok {
 			if why := v.blocked(a); why != "" {
-				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+why+" for public name "+q.Name, ErrRebinding)
+				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+why+" from an upstream for "+q.Name, ErrRebinding)
 			}
 		}
 		// SVCB/HTTPS address hints (RFC 9460 §7.3) are where a client
 		// may connect before, or instead of, asking for A/AAAA.
 		for _, a := range hints(rr) {
 			if why := v.blocked(a); why != "" {
-				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+dns.Type(rr.Header().Rrtype).String()+" hint "+why+" for public name "+q.Name, ErrRebinding)
+				return stage.Fail(dnswire.EDEBlocked, "rebinding: "+dns.Type(rr.Header().Rrtype).String()+" hint "+why+" from an upstream for "+q.Name, ErrRebinding)
 			}
 		}
 	}
@@ -501,7 +498,7 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 		if !ok {
 			continue
 		}
-		if v.rebind && !v.isLocal(q.Name) && v.blocked(a) != "" {
+		if v.rebind && v.blocked(a) != "" {
 			continue
 		}
 		kept = append(kept, rr)

@@ -20,7 +20,6 @@ func testPolicy() policy.Answers {
 		MaxSize:        8192,
 		MaxCNAMEChain:  8,
 		RebindProtect:  true,
-		LocalDomains:   []string{"lan", "home.arpa."},
 		AllowedPrivate: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16")},
 	}
 }
@@ -73,6 +72,7 @@ func TestCheck(t *testing.T) {
 		check    func(t *testing.T, out *dns.Msg, rep Report)
 		mutateQ  func(m *dns.Msg)
 		policyFn func(a *policy.Answers)
+		trusted  bool // from the router's local server (Trusted)
 	}{
 		{name: "honest A", q: q("www.example.", dns.TypeA), m: msg("www.example.", dns.TypeA, "www.example. 300 A 93.184.216.34"), wantEDE: -1},
 		{name: "case differs (0x20)", q: q("WwW.example.", dns.TypeA), m: msg("www.EXAMPLE.", dns.TypeA, "www.example. 300 A 93.184.216.34"), wantEDE: -1},
@@ -141,8 +141,32 @@ func TestCheck(t *testing.T) {
 		{name: "documentation (forged-a)", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 192.0.2.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
 		{name: "documentation v6 (forged-aaaa)", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeAAAA, "a.example. 300 AAAA 2001:db8::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
 		{name: "private at the end of a CNAME", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 CNAME router.lan.", "router.lan. 300 A 192.168.1.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
-		{name: "private for a local name", q: q("router.lan.", dns.TypeA), m: msg("router.lan.", dns.TypeA, "router.lan. 300 A 192.168.1.1"), wantEDE: -1},
-		{name: "ULA for a local name (home.arpa.)", q: q("nas.home.arpa.", dns.TypeAAAA), m: msg("nas.home.arpa.", dns.TypeAAAA, "nas.home.arpa. 300 AAAA fd00::1"), wantEDE: -1},
+		// Rebinding protection depends on where the answer came from, not
+		// on the name: a public upstream's private address for a LAN name
+		// is refused, the local server's is not.
+		{name: "private for a LAN name from an upstream", q: q("router.lan.", dns.TypeA), m: msg("router.lan.", dns.TypeA, "router.lan. 300 A 192.168.1.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "ULA for home.arpa from an upstream", q: q("nas.home.arpa.", dns.TypeAAAA), m: msg("nas.home.arpa.", dns.TypeAAAA, "nas.home.arpa. 300 AAAA fd00::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "private for a LAN name from the local server", trusted: true, q: q("router.lan.", dns.TypeA), m: msg("router.lan.", dns.TypeA, "router.lan. 300 A 192.168.1.1"), wantEDE: -1},
+		{name: "ULA for home.arpa from the local server", trusted: true, q: q("nas.home.arpa.", dns.TypeAAAA), m: msg("nas.home.arpa.", dns.TypeAAAA, "nas.home.arpa. 300 AAAA fd00::1"), wantEDE: -1},
+		{name: "local server: private additional kept", trusted: true, q: q("lan.", dns.TypeMX), m: func() *dns.Msg {
+			m := msg("lan.", dns.TypeMX, "lan. 300 MX 10 mail.lan.")
+			m.Extra = []dns.RR{rr("mail.lan. 300 A 192.168.1.25")}
+			return m
+		}(), wantEDE: -1, check: func(t *testing.T, out *dns.Msg, _ Report) {
+			if len(out.Extra) != 1 {
+				t.Errorf("additional %v", out.Extra)
+			}
+		}},
+		{name: "upstream: private additional for a LAN name stripped", q: q("lan.", dns.TypeMX), m: func() *dns.Msg {
+			m := msg("lan.", dns.TypeMX, "lan. 300 MX 10 mail.lan.")
+			m.Extra = []dns.RR{rr("mail.lan. 300 A 192.168.1.25")}
+			return m
+		}(), wantEDE: -1, check: func(t *testing.T, out *dns.Msg, _ Report) {
+			if len(out.Extra) != 0 {
+				t.Errorf("additional %v", out.Extra)
+			}
+		}},
+		{name: "local server: other checks still apply", trusted: true, q: q("router.lan.", dns.TypeA), m: msg("router.lan.", dns.TypeA, "router.lan. 300 AAAA fd00::1"), wantEDE: dnswire.EDEForgedAnswer, wantErr: ErrType},
 		{name: "allowed private prefix", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 10.99.3.4"), wantEDE: -1},
 		{name: "rebinding protection off", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA, "a.example. 300 A 127.0.0.1"), policyFn: func(a *policy.Answers) { a.RebindProtect = false }, wantEDE: -1},
 		{name: "IPv4-mapped loopback in AAAA", q: q("a.example.", dns.TypeAAAA), m: msg("a.example.", dns.TypeAAAA, "a.example. 300 AAAA ::ffff:127.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
@@ -156,7 +180,8 @@ func TestCheck(t *testing.T) {
 		{name: "HTTPS hints at the end of a CNAME", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 CNAME b.example.", "b.example. 300 HTTPS 1 . ipv4hint=10.0.0.1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
 		{name: "HTTPS public hints", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . alpn=h2,h3 ipv4hint=93.184.216.34 ipv6hint=2606:2800:220:1::1"), wantEDE: -1},
 		{name: "HTTPS alias form, no hints", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 0 b.example."), wantEDE: -1},
-		{name: "HTTPS private hint for a local name", q: q("nas.lan.", dns.TypeHTTPS), m: msg("nas.lan.", dns.TypeHTTPS, "nas.lan. 300 HTTPS 1 . ipv4hint=192.168.1.10 ipv6hint=fd00::10"), wantEDE: -1},
+		{name: "HTTPS private hint for a LAN name from an upstream", q: q("nas.lan.", dns.TypeHTTPS), m: msg("nas.lan.", dns.TypeHTTPS, "nas.lan. 300 HTTPS 1 . ipv4hint=192.168.1.10 ipv6hint=fd00::10"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
+		{name: "HTTPS private hint for a LAN name from the local server", trusted: true, q: q("nas.lan.", dns.TypeHTTPS), m: msg("nas.lan.", dns.TypeHTTPS, "nas.lan. 300 HTTPS 1 . ipv4hint=192.168.1.10 ipv6hint=fd00::10"), wantEDE: -1},
 		{name: "HTTPS hint in an allowed private prefix", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv4hint=10.99.0.7"), wantEDE: -1},
 		{name: "HTTPS private hint, rebinding protection off", q: q("a.example.", dns.TypeHTTPS), m: msg("a.example.", dns.TypeHTTPS, "a.example. 300 HTTPS 1 . ipv4hint=192.168.1.1"), policyFn: func(a *policy.Answers) { a.RebindProtect = false }, wantEDE: -1},
 		{name: "ANY answer with a private HTTPS hint", q: q("a.example.", dns.TypeANY), m: msg("a.example.", dns.TypeANY, "a.example. 300 A 93.184.216.34", "a.example. 300 HTTPS 1 . ipv6hint=::1"), wantEDE: dnswire.EDEBlocked, wantErr: ErrRebinding},
@@ -211,6 +236,10 @@ func TestCheck(t *testing.T) {
 			}
 			before := tt.m.String()
 			v := New(a)
+			if tt.trusted {
+				v = v.Trusted()
+				a.RebindProtect = false // for verify
+			}
 			out, rep, err := v.CheckReport(tt.q, tt.m, tt.strict)
 			if tt.m.String() != before {
 				t.Error("input message modified")
@@ -344,8 +373,10 @@ func TestCheckWireNames(t *testing.T) {
 		m    *dns.Msg
 		want error // nil: accepted
 	}{
-		{"x\\.lan. is not under lan.", q("x\\.lan.", dns.TypeA), msg("x\\046lan.", dns.TypeA, "x\\.lan. 300 A 192.168.1.1"), ErrRebinding},
-		{"x.lan. is", q("x.lan.", dns.TypeA), msg("x.lan.", dns.TypeA, "x.lan. 300 A 192.168.1.1"), nil},
+		// No name is exempt from rebinding protection (the local
+		// server's answers are, through Trusted): x.lan. no more than x\.lan.
+		{"x\\.lan. from an upstream", q("x\\.lan.", dns.TypeA), msg("x\\046lan.", dns.TypeA, "x\\.lan. 300 A 192.168.1.1"), ErrRebinding},
+		{"x.lan. from an upstream", q("x.lan.", dns.TypeA), msg("x.lan.", dns.TypeA, "x.lan. 300 A 192.168.1.1"), ErrRebinding},
 		{"a\\.b. asked, a.b. answered", q("a\\.b.example.", dns.TypeA), msg("a.b.example.", dns.TypeA, "a.b.example. 300 A 93.184.216.34"), ErrQuestion},
 		{"owner a.b. in an answer for a\\.b.", q("a\\.b.example.", dns.TypeA), msg("a\\.b.example.", dns.TypeA, "a.b.example. 300 A 93.184.216.34"), ErrOwner},
 		{"CNAME target with an inner dot", q("a.example.", dns.TypeA), msg("a.example.", dns.TypeA, "a.example. 300 CNAME x\\.y.example.", "x\\046Y.example. 300 A 93.184.216.34"), nil},
