@@ -73,6 +73,7 @@ func TestRouterMACFlood(t *testing.T) {
 		t.Fatalf("attacker's own lookup got %q", got)
 	}
 	rssBefore := rssKB(t, pid)
+	logBefore := strings.Count(g.log(), "\n")
 
 	// The flood, with the victim asking all along.
 	var wg sync.WaitGroup
@@ -173,6 +174,12 @@ func TestRouterMACFlood(t *testing.T) {
 	if err := g.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatalf("guard exit: %v", err)
 	}
+	// Lines logged from the flood to the end of the stop (the summaries
+	// included), beside the old guard's one line or more per MAC.
+	logLines := strings.Count(g.log(), "\n") - logBefore
+	if logLines > 200 {
+		t.Errorf("%d log lines for one flood", logLines)
+	}
 	recs, err := device.ReadRecords(tb.state, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -192,8 +199,8 @@ func TestRouterMACFlood(t *testing.T) {
 	if sameMAC {
 		what = "MACFLOOD-CONTROL"
 	}
-	line := fmt.Sprintf(what+" macs=%d frames=%d rss_before_kb=%d rss_peak_kb=%d rss_after_kb=%d victim_ok=%d/%d override_kept=%v records=%d unconfirmed=%d stored=%d start_first_ms=%d start_next_ms=%d",
-		nMACs, sent, rssBefore, peak, rssAfter, victimAnswered, victimAsked, ex != nil && ex.Override != nil, len(views), unconfirmed, len(recs),
+	line := fmt.Sprintf(what+" macs=%d frames=%d rss_before_kb=%d rss_peak_kb=%d rss_after_kb=%d victim_ok=%d/%d override_kept=%v records=%d unconfirmed=%d stored=%d log_lines=%d start_first_ms=%d start_next_ms=%d",
+		nMACs, sent, rssBefore, peak, rssAfter, victimAnswered, victimAsked, ex != nil && ex.Override != nil, len(views), unconfirmed, len(recs), logLines,
 		startFirst.Milliseconds(), startNext.Milliseconds())
 	t.Log(line)
 	fmt.Println(line)

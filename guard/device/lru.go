@@ -73,11 +73,16 @@ type churn struct {
 	lastEvictedT time.Time
 }
 
-// allowNew reports whether one more "new device" line fits this window.
-func (c *churn) allowNew(now time.Time) bool {
+// note starts the window at the first event counted.
+func (c *churn) note(now time.Time) {
 	if c.since.IsZero() {
 		c.since = now
 	}
+}
+
+// allowNew reports whether one more "new device" line fits this window.
+func (c *churn) allowNew(now time.Time) bool {
+	c.note(now)
 	if c.newLogged < logBurst {
 		c.newLogged++
 		return true

@@ -229,6 +229,7 @@ func (r *Registry) entryLocked(id, mac string, now time.Time, confirmed bool) *e
 		} else {
 			r.makeRoomLocked(&r.unconfirmed, MaxUnconfirmed, now)
 			r.unconfirmed.pushFront(e)
+			r.churn.note(now)
 			r.churn.unconfirmed++
 			r.log.Debug("new unconfirmed device", "device", id)
 		}
@@ -293,13 +294,11 @@ func (r *Registry) makeRoomLocked(l *lru, max int, now time.Time) {
 		l.remove(old)
 		delete(r.devices, old.rec.ID)
 		delete(r.dirty, old.rec.ID)
+		r.churn.note(now)
 		if old.confirmed {
 			r.deleted = append(r.deleted, old.rec.ID)
 			r.churn.evicted++
 			r.churn.lastEvicted, r.churn.lastEvictedT = old.rec.ID, old.rec.LastSeen
-			if r.churn.since.IsZero() {
-				r.churn.since = now
-			}
 		} else {
 			r.churn.evictedUnc++
 		}

@@ -325,3 +325,44 @@ func BenchmarkRegistryFlood(b *testing.B) {
 		reg.ObserveQuery(macs[i%len(macs)], src, router, &Query{ID: uint16(i), Port: 4000, Name: "f.example.", Type: 1})
 	}
 }
+
+// TestRegistryGradesAsSoonAsTheEvidenceDoes: the device, 9
+// queries over 8 boots with IDs 3, 4, 4, 5, 5, 6, 7, 7, 8, is moved to
+// the strict class; the summary of a flood is logged once a window
+// without waiting for the end.
+func TestRegistryGradesAsSoonAsTheEvidenceDoes(t *testing.T) {
+	clk := newClock()
+	var logs logBuf
+	reg, _ := NewRegistry(Options{Neighbours: lan(), Log: logs.logger(), Now: clk.now})
+	ids := []uint16{3, 4, 4, 5, 5, 6, 7, 7, 8}
+	boots := []int{0, 1, 1, 2, 3, 4, 5, 6, 7}
+	r := rand.New(rand.NewPCG(2, 3))
+	for i, id := range ids {
+		if i > 0 && boots[i] != boots[i-1] {
+			reg.Gone(victimMAC) // the device left; its next query is a new boot
+			clk.add(time.Hour)
+		}
+		clk.add(time.Second)
+		port := uint16(1024 + r.UintN(60000))
+		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, port), router, &Query{ID: id, Port: port, Name: "time.example.", Type: 1})
+		if v := findView(reg.Views(), victimMAC); i < 3 && v.Strict {
+			t.Fatalf("strict after %d values: %+v", i+1, v.TXID)
+		}
+	}
+	v := findView(reg.Views(), victimMAC)
+	if !v.Strict || v.TXID.Verdict != "weak" || v.Boots != 7 || v.TXID.N != 9 {
+		t.Errorf("after 9 values over 8 boots: strict=%v boots=%d txid=%+v", v.Strict, v.Boots, v.TXID)
+	}
+
+	// Churn summaries come once a window, during the churn.
+	for i := range 2 * MaxUnconfirmed {
+		clk.add(time.Second)
+		reg.ObserveBypass(randomMAC(r), netip.AddrPortFrom(attacker, 1), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+		if i%10 == 0 {
+			reg.summarise(false)
+		}
+	}
+	if n := strings.Count(logs.String(), "many source MACs not confirmed"); n < 3 || n > 10 {
+		t.Errorf("%d flood summaries over %d minutes:\n%s", n, 2*MaxUnconfirmed/60, logs.String())
+	}
+}
