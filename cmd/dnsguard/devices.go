@@ -126,7 +126,15 @@ func loadViews(ctx context.Context, cfg *policy.Config) ([]device.View, error) {
 	return views, nil
 }
 
-func printDevices(w io.Writer, views []device.View) error {
+func printDevices(w io.Writer, all []device.View) error {
+	// Source MACs neither the neighbour table nor a DHCP lease confirmed
+	// (spoofed frames, a device just arrived) are counted, not listed.
+	views := make([]device.View, 0, len(all))
+	for _, v := range all {
+		if !v.Unconfirmed {
+			views = append(views, v)
+		}
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tMAC\tIP\tCLASS\tQUERIES\tREFUSED\tLIMITED\tBYPASS\tTXID\tPORT\tEDNS\tSECURE\tRPORT\tRID\tCONSIST\tMODRR\tFTTL\tDOS\tHARDCODED")
 	for _, v := range views {
@@ -157,6 +165,9 @@ func printDevices(w io.Writer, views []device.View) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if n := len(all) - len(views); n > 0 {
+		fmt.Fprintf(w, "%d unconfirmed source MACs (no neighbour entry or DHCP lease agrees) not listed; --json has them\n", n)
 	}
 	// The attempts, one line each, under the table.
 	for _, v := range views {
