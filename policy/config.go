@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -451,9 +453,9 @@ func server(p *string) setter {
 
 func (c *Class) fields() map[string]setter {
 	return map[string]setter{
-		"mac":        strList(&c.MACs),
-		"mac_prefix": strList(&c.MACPrefixes),
-		"name":       strList(&c.Names),
+		"mac":        checkedList(&c.MACs, checkMAC),
+		"mac_prefix": checkedList(&c.MACPrefixes, checkMACPrefix),
+		"name":       checkedList(&c.Names, checkPattern),
 		"rate":       float(&c.Rate),
 		"burst":      integer(&c.Burst),
 		"exempt":     boolean(&c.Exempt),
@@ -478,6 +480,60 @@ func strList(p *[]string) setter {
 		}
 		return nil
 	}
+}
+
+// checkedList is strList refusing a value check rejects.
+func checkedList(p *[]string, check func(string) error) setter {
+	set := strList(p)
+	return func(v []string) error {
+		if err := set(v); err != nil {
+			return err
+		}
+		for _, s := range *p {
+			if err := check(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// checkMAC accepts an EUI-48 address as the neighbour table and DHCP
+// leases write it (six hex octets separated by colons or dashes).
+func checkMAC(s string) error {
+	if hw, err := net.ParseMAC(s); err != nil || len(hw) != 6 {
+		return fmt.Errorf("%q is not a MAC address (want six octets: 00:11:22:33:44:55)", s)
+	}
+	return nil
+}
+
+// checkMACPrefix accepts one to five leading octets of a MAC address,
+// colon-separated hex pairs (a vendor OUI is three: 9c:8e:cd).
+func checkMACPrefix(s string) error {
+	parts := strings.Split(s, ":")
+	ok := len(parts) >= 1 && len(parts) <= 5
+	for _, p := range parts {
+		if len(p) != 2 {
+			ok = false
+		}
+		for _, c := range []byte(p) {
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				ok = false
+			}
+		}
+	}
+	if !ok {
+		return fmt.Errorf("%q is not a MAC prefix (want one to five hex octets: 9c:8e:cd)", s)
+	}
+	return nil
+}
+
+// checkPattern accepts a device name or shell pattern (path.Match).
+func checkPattern(s string) error {
+	if _, err := path.Match(s, ""); err != nil {
+		return fmt.Errorf("name pattern %q: %w", s, err)
+	}
+	return nil
 }
 
 func oneOf(p *string, allowed ...string) setter {

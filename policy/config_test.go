@@ -36,6 +36,12 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate class", "config class 'a'\nconfig class 'a'\n", "x.conf:2: class \"a\" already defined on line 1"},
 		{"option then list", "config dnsguard\n\toption listen '1.2.3.4:53'\n\tlist listen '1.2.3.4:54'\n", "x.conf:3: \"listen\" is an option"},
 		{"bad prefix", "config answers\n\tlist allow_private '10.0.0.0'\n", "is not a prefix"},
+		{"bad MAC in a class", "config class 'cams'\n\tlist mac '00:11:22:33:44:55'\n\tlist mac 'zz:11:22:33:44:55'\n", "option \"mac\": \"zz:11:22:33:44:55\" is not a MAC address"},
+		{"short MAC in a class", "config class 'cams'\n\tlist mac '00:11:22:33:44'\n", "is not a MAC address"},
+		{"EUI-64 in a class", "config class 'cams'\n\tlist mac '00:11:22:33:44:55:66:77'\n", "is not a MAC address"},
+		{"bad MAC prefix", "config class 'cams'\n\tlist mac_prefix '9c:8e:c'\n", "x.conf:2: option \"mac_prefix\": \"9c:8e:c\" is not a MAC prefix"},
+		{"MAC prefix too long", "config class 'cams'\n\tlist mac_prefix '00:11:22:33:44:55'\n", "is not a MAC prefix"},
+		{"bad name pattern", "config class 'cams'\n\tlist name 'cam[1-'\n", "name pattern"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

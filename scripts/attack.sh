@@ -338,10 +338,11 @@ attack_recovery() {
 }
 
 # Item 5: 30 reloads (SIGHUP), one a second, under steady load through a
-# DoT upstream; queries that failed.
+# DoT upstream that answers in 200 ms (so queries are in flight at each
+# reload); queries that failed.
 reload_run() {
 	local server=$1 pid=$2 out failed i
-	load "$server" "$VICTIM" 20 35 reload.example >"$W/reload-load.txt" &
+	load "$server" "$VICTIM" 20 35 reload.lag.test >"$W/reload-load.txt" &
 	local lpid=$!
 	sleep 2
 	for i in $(seq 30); do

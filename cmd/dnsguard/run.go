@@ -10,9 +10,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"syscall"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
+	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/policy"
 )
@@ -86,7 +88,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Var(&f.lan, "lan", "intercept DNS from LAN interface `IFACE` (repeatable)")
 	fs.StringVar(&f.state, "state", "", "per-device state `FILE` (bbolt)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
-	fs.BoolVar(&f.check, "check", false, "check the config and exit")
+	fs.BoolVar(&f.check, "check", false, "build everything the config asks for (upstreams, pins, CA file, classes) without opening a socket, and exit; a --config file must have its \"config dnsguard\" section")
 	if profilesBuilt {
 		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
 	}
@@ -102,6 +104,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if f.check {
+		if err := checkConfig(cfg, f.config); err != nil {
+			return err
+		}
 		fmt.Fprintln(stdout, "config ok")
 		return nil
 	}
@@ -219,4 +224,42 @@ func parseLevel(s string) slog.Level {
 		return slog.LevelInfo
 	}
 	return l
+}
+
+// checkConfig builds what the daemon builds from cfg (the upstream pool
+// with its URLs, pins and CA file, the answer shield, the limits, local
+// names, the device classes, the interception table's settings) without
+// opening a socket, so that --check refuses what the daemon would. A
+// config file given by path must hold the main section (config dnsguard):
+// an empty or comment-only file is a broken install, not "all defaults".
+func checkConfig(cfg *policy.Config, path string) error {
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		sections, err := policy.ParseUCI(f, path)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(sections, func(s policy.Section) bool { return s.Type == "dnsguard" }) {
+			return fmt.Errorf("%s: no \"config dnsguard\" section (the file is empty or holds only comments or other sections)", path)
+		}
+	}
+	discard := slog.New(slog.DiscardHandler)
+	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{}, discard)
+	if err != nil {
+		return err
+	}
+	g.close()
+	if ic := cfg.Intercept; len(ic.LAN) > 0 {
+		if _, err := intercept.NewTable(intercept.Config{
+			LAN: ic.LAN, GuardPort: ic.GuardPort, RedirectDNS: ic.RedirectDNS,
+			BlockDoT: ic.BlockDoT, BlockDoH: ic.BlockDoH, NFLogGroup: ic.NFLogGroup,
+		}, discard); err != nil {
+			return err
+		}
+	}
+	return nil
 }

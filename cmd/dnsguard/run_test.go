@@ -213,3 +213,76 @@ func TestRunReloadAndStop(t *testing.T) {
 		t.Errorf("SIGTERM: %v, want exit status 0", err)
 	}
 }
+
+// TestRunCheck: --check refuses what the daemon would refuse (the issue's
+// list: an ftp:// upstream, a bad pin, a missing CA file, a bad MAC in a
+// class) and a file without its main section (empty, comment-only), and
+// builds the upstreams without sending them anything.
+func TestRunCheck(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted sync.WaitGroup
+	conns := make(chan struct{}, 16)
+	accepted.Add(1)
+	go func() {
+		defer accepted.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns <- struct{}{}
+			c.Close()
+		}
+	}()
+	main := "config dnsguard 'main'\n\tlist listen '127.0.0.1:5353'\n\tlist upstream 'tcp://" + ln.Addr().String() + "'\n"
+	tests := []struct {
+		name, conf string
+		args       []string
+		want       string // "" : config ok
+	}{
+		{"valid", main, nil, ""},
+		{"valid with a class", main + "config class 'cams'\n\tlist mac '00:11:22:33:44:55'\n\tlist mac_prefix '9c:8e:cd'\n\tlist name 'cam-*'\n", nil, ""},
+		{"empty file", "", nil, `no "config dnsguard" section`},
+		{"comment-only file", "# dnsguard\n\n   # nothing else\n", nil, `no "config dnsguard" section`},
+		{"only other sections", "config cache\n\toption max_entries '100'\n", nil, `no "config dnsguard" section`},
+		{"ftp upstream", "config dnsguard 'main'\n\tlist upstream 'ftp://192.0.2.1:21'\n", nil, `unknown scheme "ftp"`},
+		{"ftp upstream by flag", main, []string{"--upstream", "ftp://192.0.2.1:21"}, `unknown scheme "ftp"`},
+		{"bad pin", "config dnsguard 'main'\n\tlist upstream 'tls://192.0.2.1:853?sni=dns.example&pin=sha256/AAAA'\n", nil, `pin "sha256/AAAA"`},
+		{"pin on cleartext", "config dnsguard 'main'\n\tlist upstream 'udp://192.0.2.1:53?pin=sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='\n", nil, `unknown parameter "pin"`},
+		{"missing CA file", main + "\toption upstream_ca '" + filepath.Join(dir, "no-such-ca.pem") + "'\n", nil, "no-such-ca.pem"},
+		{"CA file that is not PEM", main + "\toption upstream_ca '" + filepath.Join(dir, "not-a-ca.pem") + "'\n", nil, "no PEM certificates"},
+		{"bad MAC in a class", main + "config class 'cams'\n\tlist mac 'zz:11:22:33:44:55'\n", nil, `"zz:11:22:33:44:55" is not a MAC address`},
+		{"bad MAC prefix in a class", main + "config class 'cams'\n\tlist mac_prefix '9c:8e:c'\n", nil, "is not a MAC prefix"},
+	}
+	os.WriteFile(filepath.Join(dir, "not-a-ca.pem"), []byte("hello\n"), 0o644)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(dir, "check.conf")
+			os.WriteFile(p, []byte(tt.conf), 0o644)
+			out, err := exec.Command(binary, append([]string{"run", "--check", "--config", p}, tt.args...)...).CombinedOutput()
+			if tt.want == "" {
+				if err != nil || !strings.Contains(string(out), "config ok") {
+					t.Fatalf("valid config refused: %v\n%s", err, out)
+				}
+				return
+			}
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 1 || strings.Contains(string(out), "config ok") {
+				t.Fatalf("exit %v, want status 1; output:\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tt.want) {
+				t.Errorf("output %q, want it to name %q", out, tt.want)
+			}
+		})
+	}
+	ln.Close()
+	accepted.Wait()
+	if n := len(conns); n != 0 {
+		t.Errorf("--check connected to the upstream %d times", n)
+	}
+}

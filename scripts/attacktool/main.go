@@ -12,6 +12,8 @@
 //	    answering anything, SIGUSR2 answer again. What it answers:
 //	      *.never.test.  nothing, ever (a name whose servers never answer)
 //	      *.slow.test.   after -slow (default 3s)
+//	      *.lag.test.    after -lag (default 200ms: inside the guard's
+//	                     upstream_timeout, so queries are in flight)
 //	      *.nx.test.     NXDOMAIN
 //	      *.ede.test.    SERVFAIL with an EDE whose text holds control
 //	                     characters, an ANSI escape and 300 octets
@@ -98,6 +100,7 @@ const (
 
 type upstream struct {
 	slow    time.Duration
+	lag     time.Duration
 	down    atomic.Bool
 	queries atomic.Int64
 	dropped atomic.Int64
@@ -135,11 +138,15 @@ func (u *upstream) ServeDNS(w dns.ResponseWriter, q *dns.Msg) {
 	case under(qs.Name, "never.test."):
 		u.dropped.Add(1)
 		return
-	case under(qs.Name, "slow.test."):
+	case under(qs.Name, "slow.test."), under(qs.Name, "lag.test."):
+		d := u.slow
+		if under(qs.Name, "lag.test.") {
+			d = u.lag
+		}
 		u.wg.Add(1)
 		go func() {
 			defer u.wg.Done()
-			time.Sleep(u.slow)
+			time.Sleep(d)
 			m.Answer = []dns.RR{rr(". 60 IN A " + publicA)}
 			w.WriteMsg(m)
 		}()
@@ -174,10 +181,11 @@ func serve(args []string) error {
 	dotAddr := fs.String("dot", "", "DNS over TLS on `ADDR`")
 	dir := fs.String("dir", "", "write ca.pem, name, pin-leaf, pin-extra into `DIR`")
 	slow := fs.Duration("slow", 3*time.Second, "delay of *.slow.test. answers")
+	lag := fs.Duration("lag", 200*time.Millisecond, "delay of *.lag.test. answers")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	u := &upstream{slow: *slow}
+	u := &upstream{slow: *slow, lag: *lag}
 	var servers []*dns.Server
 	if *udpAddr != "" {
 		servers = append(servers, &dns.Server{Addr: *udpAddr, Net: "udp", Handler: u}, &dns.Server{Addr: *udpAddr, Net: "tcp", Handler: u})
