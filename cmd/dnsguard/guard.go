@@ -79,6 +79,11 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 					"queries", st.Queries, "failures", st.Failures, "mismatches", st.Mismatches,
 					"flood", st.Flood, "refused", st.Refused)
 			}
+			if cfg.Local.Server != "" || local.Stats.Answered.Load() > 0 {
+				log.Info("local names totals", "server", cfg.Local.Server,
+					"forwarded", local.Stats.Forwarded.Load(), "failed", local.Stats.Failed.Load(),
+					"refused", local.Stats.Refused.Load(), "answered_here", local.Stats.Answered.Load())
+			}
 			pool.Close()
 			local.Close()
 		},

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -309,5 +310,56 @@ func TestLocalNamesNoServer(t *testing.T) {
 	}
 	if len(up.Received()) == 0 {
 		t.Error("the public upstream was asked nothing: www.example. did not go there")
+	}
+}
+
+// TestLocalNamesReload: config local follows SIGHUP: a local server
+// configured later is used for names not yet cached, and a LAN domain
+// added later stops going upstream.
+func TestLocalNamesReload(t *testing.T) {
+	testenv.Short(t)
+	dm := startDnsmasq(t, "--local=/corp/", "--host-record=wiki.corp,10.20.0.5")
+	ca := upstreamtest.NewCA(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(caFile, ca.PEM, 0o644)
+	up := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: localUpstream})
+	listen := freePort(t)
+	conf := guardConfig(t, listen, up.URL(up.Name), caFile, "\tlist domain 'lan'\n\toption server ''\n")
+	g := startGuard(t, "--config", conf)
+	const none = -1
+	checkLocalCases(t, g.addr, []localCase{
+		{"router.lan.", dns.TypeA, dns.RcodeNameError, "", none, 60},
+		{"wiki.corp.", dns.TypeA, dns.RcodeSuccess, publicAddr, none, 0}, // not local yet: the upstream's
+	})
+	again := guardConfig(t, listen, up.URL(up.Name), caFile, "\tlist domain 'lan'\n\tlist domain 'corp'\n\toption server '"+dm.addr+"'\n")
+	b, err := os.ReadFile(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(conf, b, 0o644)
+	before := len(g.log())
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	for i := 0; !strings.Contains(g.log()[before:], "config reloaded"); i++ {
+		if i > 500 {
+			t.Fatalf("no reload after SIGHUP")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	checkLocalCases(t, g.addr, []localCase{
+		{"nas.lan.", dns.TypeA, dns.RcodeNameError, "", none, 60}, // dnsmasq's NXDOMAIN now
+		{"router.lan.", dns.TypeAAAA, dns.RcodeSuccess, "fd00::1", none, 60},
+		{"WIKI.corp.", dns.TypeAAAA, dns.RcodeSuccess, "", none, 60}, // dnsmasq: no AAAA
+		{"x.wiki.corp.", dns.TypeA, dns.RcodeNameError, "", none, 60},
+	})
+	if n := dm.queries(t, "AAAA", "router.lan"); n != 1 {
+		t.Errorf("dnsmasq asked router.lan AAAA %d times, want 1", n)
+	}
+	for _, rc := range up.Received() {
+		if n := rc.Msg.Question[0].Name; isLocalName(n, "lan") || strings.ToLower(n) != "wiki.corp." && isLocalName(n, "corp") {
+			t.Errorf("the public upstream was asked %s", n)
+		}
+	}
+	if !strings.Contains(g.log(), "local names totals") {
+		t.Error("no local names totals logged for the replaced configuration")
 	}
 }
