@@ -6,13 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"time"
+
+	"github.com/dnsguard/dnsguard/guard/minihttp"
 )
 
 // Views returns the device table of the running registry.
@@ -34,11 +33,12 @@ func (r *Registry) Views() []View {
 // socket beside the state file.
 func ControlPath(stateFile string) string { return stateFile + ".sock" }
 
-// Control serves the device table as JSON on a unix socket (GET /devices),
-// for `dnsguard devices` while the guard holds the state file.
+// Control serves the device table as JSON on a unix socket (GET /devices,
+// GET /stats, PUT /devices/{id}/override), for `dnsguard devices` while the guard
+// holds the state file. It is HTTP/1.1 (curl --unix-socket works) served
+// by minihttp, which keeps net/http out of the router binary.
 type Control struct {
-	srv  *http.Server
-	ln   net.Listener
+	srv  *minihttp.Server
 	path string
 	done chan struct{}
 }
@@ -68,51 +68,58 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 		ln.Close()
 		return nil, fmt.Errorf("device: control socket: %w", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, _ *http.Request) {
+	mux := new(minihttp.Mux)
+	mux.HandleFunc("GET /devices", func(w *minihttp.ResponseWriter, _ *minihttp.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if err := json.NewEncoder(w).Encode(reg.Views()); err != nil {
 			log.Debug("control: writing device table", "err", err)
 		}
 	})
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /stats", func(w *minihttp.ResponseWriter, _ *minihttp.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(reg.Stats())
+		_ = json.NewEncoder(w).Encode(reg.Stats())
 	})
-	mux.HandleFunc("PUT /devices/{id}/override", func(w http.ResponseWriter, req *http.Request) {
+	mux.HandleFunc("PUT /devices/{id}/override", func(w *minihttp.ResponseWriter, req *minihttp.Request) {
 		var o Override
-		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 4096)).Decode(&o); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		if req.ContentLength > maxOverride {
+			minihttp.Error(w, "override larger than 4096 octets", 413)
+			return
+		}
+		if err := json.NewDecoder(req.Body).Decode(&o); err != nil {
+			minihttp.Error(w, err.Error(), 400)
 			return
 		}
 		d, err := reg.SetOverride(req.PathValue("id"), &o)
 		if errors.Is(err, ErrUnknownDevice) {
-			http.Error(w, err.Error(), http.StatusNotFound)
+			minihttp.Error(w, err.Error(), 404)
 			return
 		}
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			minihttp.Error(w, err.Error(), 500)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(d)
+		_ = json.NewEncoder(w).Encode(d)
 	})
 	c := &Control{
-		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second},
-		ln:   ln,
+		srv:  &minihttp.Server{Handler: mux, MaxBody: maxOverride, Log: log},
 		path: path,
 		done: make(chan struct{}),
 	}
 	go func() {
 		defer close(c.done)
-		if err := c.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := c.srv.Serve(ln); err != nil && !errors.Is(err, minihttp.ErrServerClosed) {
 			log.Error("control socket stopped", "err", err)
 		}
 	}()
 	return c, nil
 }
 
-// Close stops serving and removes the socket.
+// maxOverride bounds an override's JSON.
+const maxOverride = 4096
+
+// Close stops serving (requests being answered finish until ctx ends) and
+// removes the socket.
 func (c *Control) Close(ctx context.Context) error {
 	err := c.srv.Shutdown(ctx)
 	<-c.done
@@ -120,13 +127,21 @@ func (c *Control) Close(ctx context.Context) error {
 	return err
 }
 
-func unixClient(path string) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}
+// control sends one request to the guard's socket at path.
+func control(ctx context.Context, path, method, target string, body []byte) (*minihttp.Response, error) {
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+	var h minihttp.Header
+	if body != nil {
+		h = minihttp.Header{"content-type": "application/json"}
+	}
+	resp, err := minihttp.Do(ctx, dial, method, "dnsguard", target, h, body)
+	if err != nil {
+		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
+	}
+	return resp, nil
 }
 
 // PutOverride sets a device's policy override in a running guard (an
@@ -136,21 +151,16 @@ func PutOverride(ctx context.Context, path, id string, o Override) (Decision, er
 	if err != nil {
 		return Decision{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, "http://dnsguard/devices/"+url.PathEscape(id)+"/override", bytes.NewReader(body))
+	resp, err := control(ctx, path, "PUT", "/devices/"+url.PathEscape(id)+"/override", body)
 	if err != nil {
 		return Decision{}, err
 	}
-	resp, err := unixClient(path).Do(req)
-	if err != nil {
-		return Decision{}, fmt.Errorf("device: control socket %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != 200 {
+		msg := resp.Body[:min(len(resp.Body), 512)]
 		return Decision{}, fmt.Errorf("device: override %s: %s: %s", id, resp.Status, bytes.TrimSpace(msg))
 	}
 	var d Decision
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+	if err := json.Unmarshal(resp.Body, &d); err != nil {
 		return Decision{}, fmt.Errorf("device: override %s: %w", id, err)
 	}
 	return d, nil
@@ -158,21 +168,15 @@ func PutOverride(ctx context.Context, path, id string, o Override) (Decision, er
 
 // FetchViews asks a running guard for its device table.
 func FetchViews(ctx context.Context, path string) ([]View, error) {
-	client := unixClient(path)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsguard/devices", nil)
+	resp, err := control(ctx, path, "GET", "/devices", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
 	}
 	var views []View
-	if err := json.NewDecoder(resp.Body).Decode(&views); err != nil {
+	if err := json.Unmarshal(resp.Body, &views); err != nil {
 		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
 	}
 	return views, nil
@@ -181,19 +185,14 @@ func FetchViews(ctx context.Context, path string) ([]View, error) {
 // FetchStats asks a running guard for its registry's counters.
 func FetchStats(ctx context.Context, path string) (Stats, error) {
 	var st Stats
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://dnsguard/stats", nil)
+	resp, err := control(ctx, path, "GET", "/stats", nil)
 	if err != nil {
 		return st, err
 	}
-	resp, err := unixClient(path).Do(req)
-	if err != nil {
-		return st, fmt.Errorf("device: control socket %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != 200 {
 		return st, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.Unmarshal(resp.Body, &st); err != nil {
 		return st, fmt.Errorf("device: control socket %s: %w", path, err)
 	}
 	return st, nil

@@ -1,0 +1,68 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The control socket end to end: the table, an override set and cleared,
+// an unknown device, a stale socket file replaced, the socket removed on
+// Close.
+func TestControlSocket(t *testing.T) {
+	reg, err := NewRegistry(Options{Log: quiet(), Now: newClock().now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := "02:00:00:00:00:07"
+	reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.7:1000"), netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 1, Port: 1000})
+	path := ControlPath(filepath.Join(t.TempDir(), "state.db"))
+	if err := os.WriteFile(path, nil, 0o600); err != nil { // left by a killed guard
+		t.Fatal(err)
+	}
+	ctl, err := ServeControl(path, reg, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	views, err := FetchViews(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(views) != 1 || views[0].MAC != mac {
+		t.Fatalf("views %+v", views)
+	}
+	yes := true
+	d, err := PutOverride(ctx, path, strings.ToUpper(mac), Override{Strict: &yes})
+	if err != nil || !d.Strict {
+		t.Fatalf("override: %+v %v", d, err)
+	}
+	if views, _ := FetchViews(ctx, path); len(views) != 1 || views[0].Override == nil || !*views[0].Override.Strict {
+		t.Errorf("override not in the table: %+v", views)
+	}
+	if d, err := PutOverride(ctx, path, mac, Override{}); err != nil || d.Strict {
+		t.Errorf("clear: %+v %v", d, err)
+	}
+	if _, err := PutOverride(ctx, path, "02:00:00:00:00:99", Override{Strict: &yes}); err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no such device") {
+		t.Errorf("unknown device: %v", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode: %v %v", fi, err)
+	}
+	if err := ctl.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	if _, err := FetchViews(ctx, path); err == nil {
+		t.Error("answered after Close")
+	}
+}
