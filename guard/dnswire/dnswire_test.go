@@ -474,3 +474,20 @@ func TestRAOnlyForQuery(t *testing.T) {
 		}
 	}
 }
+
+func TestEDEText(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"plain text: ok", "plain text: ok"},
+		{"a\x00b\tc\nd\x7fe", "a?b?c?d?e"},
+		{"\x1b[2J", "?[2J"},
+		{"caf\u00e9", "caf??"},
+		{strings.Repeat("y", 129), strings.Repeat("y", 128)},
+		{strings.Repeat("\n", 200), strings.Repeat("?", 128)},
+	}
+	for _, tt := range tests {
+		if got := EDEText(tt.in); got != tt.want {
+			t.Errorf("EDEText(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

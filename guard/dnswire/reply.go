@@ -258,3 +258,34 @@ func AppendError(dst []byte, raw []byte, q *Query, rcode int) []byte {
 	}
 	return dst
 }
+
+// MaxEDEText bounds the EXTRA-TEXT of an Extended DNS Error the guard
+// sends, in octets.
+const MaxEDEText = 128
+
+// EDEText makes text an upstream wrote fit to relay to a device and to
+// log: octets outside printable ASCII (control characters, escapes, bytes
+// of UTF-8 sequences) each become '?', and the result is cut to
+// MaxEDEText octets.
+func EDEText(s string) string {
+	n := min(len(s), MaxEDEText)
+	clean := true
+	for i := range n {
+		if s[i] < ' ' || s[i] > '~' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s[:n]
+	}
+	b := make([]byte, n)
+	for i := range n {
+		c := s[i]
+		if c < ' ' || c > '~' {
+			c = '?'
+		}
+		b[i] = c
+	}
+	return string(b)
+}

@@ -57,13 +57,13 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 			for _, o := range opt.Option {
 				if e, ok := o.(*dns.EDNS0_EDE); ok {
 					code = e.InfoCode
-					if t := CleanText(e.ExtraText); t != "" {
+					if t := dnswire.EDEText(e.ExtraText); t != "" {
 						text += ": " + t
 					}
 				}
 			}
 		}
-		return nil, stage.Fail(code, CleanText(text), nil)
+		return nil, stage.Fail(code, dnswire.EDEText(text), nil)
 	}
 	m := new(dns.Msg)
 	m.Response = true
@@ -89,37 +89,6 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 		m.Answer = withoutDNSSEC(m.Answer)
 	}
 	return dnswire.FromMsg(m)
-}
-
-// MaxEDEText bounds the EXTRA-TEXT of an Extended DNS Error the guard
-// sends, in octets.
-const MaxEDEText = 128
-
-// CleanText makes text an upstream wrote fit to relay to a device and to
-// log: octets outside printable ASCII (control characters, escapes, bytes
-// of UTF-8 sequences) each become '?', and the result is cut to
-// MaxEDEText octets.
-func CleanText(s string) string {
-	n := min(len(s), MaxEDEText)
-	clean := true
-	for i := range n {
-		if s[i] < ' ' || s[i] > '~' {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s[:n]
-	}
-	b := make([]byte, n)
-	for i := range n {
-		c := s[i]
-		if c < ' ' || c > '~' {
-			c = '?'
-		}
-		b[i] = c
-	}
-	return string(b)
 }
 
 // withoutDNSSEC drops DNSSEC records a device did not ask for (RFC 4035 §3.2.1).

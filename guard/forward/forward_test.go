@@ -101,7 +101,7 @@ func TestStored(t *testing.T) {
 				if !errors.As(err, &se) || se.EDE.Code != tt.wantErr {
 					t.Fatalf("err %v, want EDE %d", err, tt.wantErr)
 				}
-				if len(se.EDE.Text) > MaxEDEText {
+				if len(se.EDE.Text) > dnswire.MaxEDEText {
 					t.Errorf("EDE text of %d octets", len(se.EDE.Text))
 				}
 				for _, c := range []byte(se.EDE.Text) {
@@ -133,22 +133,5 @@ func TestQuery(t *testing.T) {
 	}
 	if q := Query(req(t, "a.example.", false)); q.IsEdns0() != nil {
 		t.Errorf("OPT added for a device without DO: %v", q)
-	}
-}
-
-func TestCleanText(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"", ""},
-		{"plain text: ok", "plain text: ok"},
-		{"a\x00b\tc\nd\x7fe", "a?b?c?d?e"},
-		{"\x1b[2J", "?[2J"},
-		{"caf\u00e9", "caf??"},
-		{strings.Repeat("y", 129), strings.Repeat("y", 128)},
-		{strings.Repeat("\n", 200), strings.Repeat("?", 128)},
-	}
-	for _, tt := range tests {
-		if got := CleanText(tt.in); got != tt.want {
-			t.Errorf("CleanText(%q) = %q, want %q", tt.in, got, tt.want)
-		}
 	}
 }

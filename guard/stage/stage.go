@@ -99,6 +99,7 @@ func ErrorReply(req *Request, err error) *dnswire.Reply {
 		r = &dnswire.Reply{Msg: dnswire.AppendError(nil, req.Raw, &req.Q, dns.RcodeServerFailure)}
 	}
 	ede := e.EDE
+	ede.Text = dnswire.EDEText(ede.Text) // what a device is sent: printable, bounded
 	r.EDE = &ede
 	return r
 }
