@@ -202,7 +202,7 @@ func (h *home) startDnsmasq(t *testing.T) {
 	cmd := exec.Command("ip", "netns", "exec", h.rtr, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
 		"--user=root", "--group=root", "--pid-file="+filepath.Join(h.dir, "dnsmasq.pid"),
 		"--port=5354", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-		"--domain=lan", "--local=/lan/", "--expand-hosts",
+		"--domain=lan", "--local=/lan/", "--expand-hosts", "--bogus-priv", // OpenWrt's defaults (boguspriv)
 		"--interface=br-lan", "--except-interface=lo", "--no-dhcp-interface=wan0",
 		"--dhcp-range="+h.net4+".50,"+h.net4+".150,12h", "--dhcp-leasefile="+leases,
 		"--host-record=printer.lan,"+h.net4+".60,"+strings.TrimSuffix(h.lan6, "1")+"60",
