@@ -35,7 +35,7 @@ func startDnsmasq(t *testing.T, args ...string) *dnsmasqProc {
 	addr := freePort(t)
 	_, port, _ := net.SplitHostPort(addr)
 	hosts := filepath.Join(dir, "hosts")
-	if err := os.WriteFile(hosts, []byte("10.1.2.3 cam.lan\n"), 0o644); err != nil {
+	if err := os.WriteFile(hosts, []byte("10.1.2.3 cam\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d := &dnsmasqProc{addr: addr, log: filepath.Join(dir, "queries.log")}
@@ -43,7 +43,9 @@ func startDnsmasq(t *testing.T, args ...string) *dnsmasqProc {
 		"--keep-in-foreground", "--conf-file=/dev/null", "--no-hosts", "--no-resolv",
 		"--port=" + port, "--listen-address=127.0.0.1", "--bind-interfaces",
 		"--user=root", "--group=root", "--pid-file=" + filepath.Join(dir, "pid"),
-		"--local=/lan/", "--bogus-priv", "--local-ttl=300",
+		// As OpenWrt sets it up: the LAN domain, hosts expanded into it,
+		// plain names and private reverse zones never forwarded.
+		"--local=/lan/", "--domain=lan", "--expand-hosts", "--domain-needed", "--bogus-priv", "--local-ttl=300",
 		"--log-queries", "--log-facility=" + d.log,
 		"--host-record=router.lan,192.168.1.1,fd00::1",
 		"--addn-hosts=" + hosts,
@@ -237,6 +239,9 @@ func TestLocalNamesDnsmasq(t *testing.T) {
 		{reverse(t, "fe80::1"), dns.TypePTR, dns.RcodeNameError, "", none, 60},
 		{reverse(t, "fd12:3456::1"), dns.TypePTR, dns.RcodeNameError, "", none, 60},
 		{reverse(t, "127.0.0.2"), dns.TypePTR, dns.RcodeNameError, "", none, 60},
+		// A plain name (a DHCP host name without its domain): dnsmasq's.
+		{"cam.", dns.TypeA, dns.RcodeSuccess, "10.1.2.3", none, 60},
+		{"nosuchhost.", dns.TypeAAAA, dns.RcodeNameError, "", none, 60},
 		// The guard's own: localhost, mDNS.
 		{"localhost.", dns.TypeA, dns.RcodeSuccess, "127.0.0.1", none, 0},
 		{"app.localhost.", dns.TypeAAAA, dns.RcodeSuccess, "::1", none, 0},
@@ -266,7 +271,7 @@ func TestLocalNamesDnsmasq(t *testing.T) {
 		}
 		n := rc.Msg.Question[0].Name
 		asked[strings.ToLower(n)] = true
-		if isLocalName(n, "lan") {
+		if isLocalName(n, "lan") || dns.CountLabel(n) == 1 && rc.Msg.Question[0].Qtype == dns.TypeA {
 			t.Errorf("the public upstream was asked %s", n)
 		}
 	}

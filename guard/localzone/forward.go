@@ -54,11 +54,12 @@ type Stats struct {
 }
 
 // Local is the stage that keeps local names local: the LAN domains,
-// home.arpa and the locally served reverse zones (LocalZones) go to the
-// local server over Do53 (UDP from a fresh random port with a fresh
-// CSPRNG ID, TCP when truncated) and never to next; without a local
-// server they are answered NXDOMAIN here, with the zone's SOA. Every
-// TTL of a local answer is capped at MaxTTL.
+// home.arpa, the locally served reverse zones (LocalZones) and address
+// queries for plain one-label names (DHCP host names asked without their
+// domain) go to the local server over Do53 (UDP from a fresh random port
+// with a fresh CSPRNG ID, TCP when truncated) and never to next; without
+// a local server they are answered NXDOMAIN here, with the zone's SOA
+// where there is a zone. Every TTL of a local answer is capped at MaxTTL.
 //
 // It belongs inside the cache stage, in front of the upstreams: local
 // answers are then cached, coalesced, served stale and their failures
@@ -129,14 +130,22 @@ func (l *Local) Wrap(next stage.Handler) stage.Handler {
 			return next.ServeDNS(ctx, req)
 		}
 		i, apex, ok := l.zones.match(req.Q.Name)
-		if !ok {
-			return next.ServeDNS(ctx, req)
-		}
-		if l.tr == nil {
+		switch {
+		case ok && l.tr == nil:
 			l.Stats.Answered.Add(1)
 			return emptyZone(req, l.zones.names[i], apex, l.maxTTL)
+		case ok:
+			return l.forward(ctx, req)
+		case !plainAddressQuery(&req.Q):
+			return next.ServeDNS(ctx, req)
+		case l.tr == nil:
+			// No public name has addresses without a dot (RFC 7085;
+			// ICANN prohibits dotless domains): nothing to find.
+			l.Stats.Answered.Add(1)
+			return stage.Synth(req, dns.RcodeNameError, nil, nil)
+		default:
+			return l.forward(ctx, req)
 		}
-		return l.forward(ctx, req)
 	})
 }
 
@@ -182,6 +191,17 @@ func (l *Local) forward(ctx context.Context, req *stage.Request) (*dnswire.Reply
 	}
 	capTTLs(resp, l.maxTTL)
 	return forward.Stored(req, resp)
+}
+
+// plainAddressQuery reports whether q asks for the addresses of a plain
+// name, one label without a dot ("mylaptop"): a DHCP host name asked
+// without its domain. Like dnsmasq's domain-needed (on by default on
+// OpenWrt), such queries stay local; other types (a DS or SOA query for
+// a top-level domain) go upstream.
+func plainAddressQuery(q *dnswire.Query) bool {
+	n := q.Name
+	return (q.Type == dns.TypeA || q.Type == dns.TypeAAAA) &&
+		len(n) > 1 && n[0] > 0 && int(n[0])+1 < len(n) && n[int(n[0])+1] == 0
 }
 
 // capTTLs lowers every TTL of m (and the SOA minimum, which bounds

@@ -236,13 +236,53 @@ func TestLocalNotLocal(t *testing.T) {
 		"1.0.0.2.ip6.arpa.", "localhost.", "x.local.", ".",
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, forwarded := serve(t, l.Wrap, request(t, name, dns.TypeA)); !forwarded {
+			// TXT: A and AAAA for one-label names are local (TestLocalPlainNames).
+			if _, forwarded := serve(t, l.Wrap, request(t, name, dns.TypeTXT)); !forwarded {
 				t.Error("kept local")
 			}
 		})
 	}
 	if rec := srv.received(); len(rec) != 0 {
 		t.Errorf("local server received %q", rec)
+	}
+}
+
+// TestLocalPlainNames: A and AAAA queries for one-label names (a DHCP
+// host name without its domain) stay local, as with dnsmasq's
+// domain-needed; other types for them (a TLD's DS or SOA) do not.
+func TestLocalPlainNames(t *testing.T) {
+	srv := startLocalServer(t)
+	with := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr})
+	without := newLocal(t, Config{Domains: []string{"lan"}})
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		local bool
+	}{
+		{"mylaptop.", dns.TypeA, true},
+		{"MyLaptop.", dns.TypeAAAA, true},
+		{`my\032laptop.`, dns.TypeA, true},
+		{`my\.laptop.`, dns.TypeA, true}, // one label holding a dot
+		{"com.", dns.TypeDS, false},
+		{"com.", dns.TypeSOA, false},
+		{"mylaptop.", dns.TypeMX, false},
+		{"my.laptop.", dns.TypeA, false},
+		{".", dns.TypeA, false},
+	} {
+		t.Run(tc.name+dns.TypeToString[tc.qtype], func(t *testing.T) {
+			before := len(srv.received())
+			got, forwarded := serve(t, with.Wrap, request(t, tc.name, tc.qtype))
+			if forwarded == tc.local || (len(srv.received()) == before+1) != tc.local {
+				t.Fatalf("with a local server: forwarded upstream %v, to the local server %v", forwarded, len(srv.received()) > before)
+			}
+			got, forwarded = serve(t, without.Wrap, request(t, tc.name, tc.qtype))
+			if forwarded == tc.local {
+				t.Fatalf("without a local server: forwarded upstream %v", forwarded)
+			}
+			if tc.local && (got.Rcode != dns.RcodeNameError || len(got.Answer) != 0) {
+				t.Errorf("without a local server: %v", got)
+			}
+		})
 	}
 }
 
