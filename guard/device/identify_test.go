@@ -10,7 +10,6 @@ import (
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,8 +81,7 @@ func TestIdentifyWaitWokenByNeighbour(t *testing.T) {
 			}
 			mac, _ := net.ParseMAC("02:00:00:00:09:50")
 			if via == "neighbour" {
-				n.applyNeigh(netlink.NeighUpdate{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{
-					LinkIndex: 7, IP: net.ParseIP("10.9.0.50"), HardwareAddr: mac, State: unix.NUD_REACHABLE}})
+				n.applyNeigh(neighUpdate{linkIndex: 7, ip: netip.MustParseAddr("10.9.0.50"), mac: mac, state: unix.NUD_REACHABLE})
 			} else {
 				reg.ObserveQuery(mac.String(), netip.MustParseAddrPort("10.9.0.50:4000"), netip.MustParseAddrPort("10.9.0.1:53"), nil)
 			}

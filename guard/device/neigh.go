@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,11 +50,11 @@ func WatchNeighbours(ctx context.Context, lan []string, onGone func(mac string),
 	}
 	for _, name := range lan {
 		n.lan[name] = true
-		l, err := netlink.LinkByName(name)
+		l, err := net.InterfaceByName(name)
 		if err != nil {
 			return nil, fmt.Errorf("device: LAN interface %q: %w", name, err)
 		}
-		n.lanIdx[l.Attrs().Index] = true
+		n.lanIdx[l.Index] = true
 	}
 	// The first subscriptions list what exists, so the table is complete
 	// before the first query is identified.
@@ -73,38 +72,30 @@ func WatchNeighbours(ctx context.Context, lan []string, onGone func(mac string),
 // context done) and its netlink sockets are closed.
 func (n *Neighbours) Wait() { <-n.done }
 
-// subscription is one pair of netlink subscriptions; stop ends both and
-// waits until the library's readers have closed their channels.
+// subscription is one netlink subscription (neighbours and addresses);
+// stop ends it and waits until its reader has closed both channels.
 type subscription struct {
-	neigh  chan netlink.NeighUpdate
-	addr   chan netlink.AddrUpdate
+	neigh  chan neighUpdate
+	addr   chan addrUpdate
 	cancel context.CancelFunc
 }
 
 func (s *subscription) stop() {
 	s.cancel()
-	for range s.neigh { // the reader closes it once its socket is closed
+	for range s.neigh { // the reader closes both once its socket is closed
 	}
-	if s.addr != nil {
-		for range s.addr {
-		}
+	for range s.addr {
 	}
 }
 
 func (n *Neighbours) subscribe(ctx context.Context) (*subscription, error) {
 	sctx, cancel := context.WithCancel(ctx)
-	sub := &subscription{neigh: make(chan netlink.NeighUpdate, 256), cancel: cancel}
+	sub := &subscription{neigh: make(chan neighUpdate, 256), addr: make(chan addrUpdate, 64), cancel: cancel}
 	errf := func(err error) { n.subscriptionError(sctx, err) }
-	if err := netlink.NeighSubscribeWithOptions(sub.neigh, sctx.Done(), netlink.NeighSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
+	if err := rtnlSubscribe(sctx, sub.neigh, sub.addr, errf); err != nil {
 		cancel()
-		return nil, fmt.Errorf("device: neighbour updates: %w", err)
+		return nil, fmt.Errorf("device: neighbour and address updates: %w", err)
 	}
-	addr := make(chan netlink.AddrUpdate, 64)
-	if err := netlink.AddrSubscribeWithOptions(addr, sctx.Done(), netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: errf}); err != nil {
-		sub.stop()
-		return nil, fmt.Errorf("device: address updates: %w", err)
-	}
-	sub.addr = addr
 	return sub, nil
 }
 
@@ -195,15 +186,11 @@ func (n *Neighbours) follow(ctx context.Context, sub *subscription) {
 	}
 }
 
-func (n *Neighbours) applyNeigh(u netlink.NeighUpdate) {
-	ip, ok := netip.AddrFromSlice(u.IP)
-	if !ok {
-		return
-	}
-	ip = ip.Unmap()
-	gone := u.Type == unix.RTM_DELNEIGH || u.State&(unix.NUD_FAILED|unix.NUD_INCOMPLETE) != 0
+func (n *Neighbours) applyNeigh(u neighUpdate) {
+	ip := u.ip
+	gone := u.del || u.state&(unix.NUD_FAILED|unix.NUD_INCOMPLETE) != 0
 	n.mu.Lock()
-	if len(n.lanIdx) > 0 && !n.lanIdx[u.LinkIndex] {
+	if len(n.lanIdx) > 0 && !n.lanIdx[u.linkIndex] {
 		n.mu.Unlock()
 		return
 	}
@@ -211,8 +198,8 @@ func (n *Neighbours) applyNeigh(u netlink.NeighUpdate) {
 	learned := false
 	if gone {
 		delete(n.byIP, ip)
-	} else if len(u.HardwareAddr) == 6 {
-		mac := u.HardwareAddr.String()
+	} else if len(u.mac) == 6 {
+		mac := u.mac.String()
 		learned = old != mac
 		n.byIP[ip] = mac
 	}
@@ -225,23 +212,18 @@ func (n *Neighbours) applyNeigh(u netlink.NeighUpdate) {
 	}
 }
 
-func (n *Neighbours) applyAddr(u netlink.AddrUpdate) {
-	ip, ok := netip.AddrFromSlice(u.LinkAddress.IP)
-	if !ok {
-		return
-	}
-	ip = ip.Unmap()
-	ones, _ := u.LinkAddress.Mask.Size()
-	pfx := netip.PrefixFrom(ip, ones).Masked()
+func (n *Neighbours) applyAddr(u addrUpdate) {
+	ip := u.ip
+	pfx := netip.PrefixFrom(ip, u.bits).Masked()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	defer n.addrs.Fire()
-	if u.NewAddr {
-		n.local[ip] = u.LinkIndex
+	if !u.del {
+		n.local[ip] = u.linkIndex
 	} else {
 		delete(n.local, ip)
 	}
-	if !n.lanIdx[u.LinkIndex] {
+	if !n.lanIdx[u.linkIndex] {
 		return
 	}
 	nets := n.lanNets[:0:0]
@@ -250,7 +232,7 @@ func (n *Neighbours) applyAddr(u netlink.AddrUpdate) {
 			nets = append(nets, p)
 		}
 	}
-	if u.NewAddr {
+	if !u.del {
 		nets = append(nets, pfx)
 	}
 	n.lanNets = nets
