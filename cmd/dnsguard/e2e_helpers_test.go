@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "dnsguard")
-	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	args := []string{"build", "-o", binary}
+	if os.Getenv("DNSGUARD_RACE_DAEMON") == "1" {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building dnsguard: %v\n%s", err, out)
 		os.Exit(1)
@@ -97,7 +101,9 @@ func runGuard(t *testing.T, cmd *exec.Cmd) *guardProc {
 			g.cmd.Process.Kill()
 			<-g.done
 		}
-		if t.Failed() {
+		if strings.Contains(g.log(), "WARNING: DATA RACE") {
+			t.Errorf("data race in the guard:\n%s", g.log())
+		} else if t.Failed() {
 			t.Logf("guard log:\n%s", g.log())
 		}
 	})
