@@ -23,13 +23,14 @@ type localServer struct {
 	addr string
 	mu   sync.Mutex
 	got  []string // "udp NAME" / "tcp NAME" in arrival order
-	ids  map[uint16]int
-	srvs []*dns.Server
+	ids   map[uint16]int
+	ports map[string]int // UDP source ports seen
+	srvs  []*dns.Server
 }
 
 func startLocalServer(t *testing.T) *localServer {
 	t.Helper()
-	s := &localServer{ids: map[uint16]int{}}
+	s := &localServer{ids: map[uint16]int{}, ports: map[string]int{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +46,10 @@ func startLocalServer(t *testing.T) *localServer {
 		s.mu.Lock()
 		s.got = append(s.got, netw+" "+name)
 		s.ids[q.Id]++
+		if netw == "udp" {
+			_, port, _ := net.SplitHostPort(w.RemoteAddr().String())
+			s.ports[port]++
+		}
 		s.mu.Unlock()
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -299,8 +304,9 @@ func TestLocalTruncated(t *testing.T) {
 	}
 }
 
-// TestLocalFreshIDs: every query to the local server has its own ID
-// (CSPRNG: 200 queries, a repeat is possible but 3 are not plausible).
+// TestLocalFreshIDs: every query to the local server has its own ID and
+// source port (CSPRNG: 200 queries, a repeat is possible but 3 are not
+// plausible).
 func TestLocalFreshIDs(t *testing.T) {
 	srv := startLocalServer(t)
 	l := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr})
@@ -313,6 +319,9 @@ func TestLocalFreshIDs(t *testing.T) {
 	defer srv.mu.Unlock()
 	if len(srv.ids) < 197 || srv.ids[7] > 2 {
 		t.Errorf("%d distinct IDs over 200 queries (%d times the device's)", len(srv.ids), srv.ids[7])
+	}
+	if len(srv.ports) < 197 {
+		t.Errorf("%d distinct source ports over 200 queries", len(srv.ports))
 	}
 }
 

@@ -139,3 +139,40 @@ func TestStageOtherOpcodes(t *testing.T) {
 		t.Error("a NOTIFY for x.local. was answered as a query")
 	}
 }
+
+// BenchmarkStageMiss is the cost Stage adds to every query it does not
+// answer (cache hits included): it must not allocate.
+func BenchmarkStageMiss(b *testing.B) {
+	m := new(dns.Msg)
+	m.SetQuestion("www.Some-Example-Name.co.uk.", dns.TypeA)
+	raw, _ := m.Pack()
+	q, _ := dnswire.ParseQuery(raw)
+	req := &stage.Request{Raw: raw, Q: q}
+	next := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) { return nil, nil })
+	h := Stage()(next)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		h.ServeDNS(ctx, req)
+	}
+}
+
+// BenchmarkLocalMiss is the cost Local adds to a cache miss for a
+// public name.
+func BenchmarkLocalMiss(b *testing.B) {
+	l, err := New(Config{Domains: []string{"lan", "home"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("www.Some-Example-Name.co.uk.", dns.TypeA)
+	raw, _ := m.Pack()
+	q, _ := dnswire.ParseQuery(raw)
+	req := &stage.Request{Raw: raw, Q: q}
+	h := l.Wrap(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) { return nil, nil }))
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		h.ServeDNS(ctx, req)
+	}
+}

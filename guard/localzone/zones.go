@@ -61,13 +61,17 @@ func LocalZones() []string {
 func zeros(n int) string { return strings.Repeat("0.", n) }
 
 // zoneSet finds, on the wire, the closest enclosing zone of a name among
-// a fixed set of zones: one map lookup per label of the name.
+// a fixed set of zones. It looks at the name's suffixes from the
+// top-level label down, and only as far as they lead towards a zone:
+// a name under an unrelated top-level domain costs one or two short
+// map lookups.
 type zoneSet struct {
-	byWire map[string]int // lower-case wire form -> index in names
-	names  []string       // presentation form, with the trailing dot
+	byWire map[string]int  // lower-case wire form -> index in names
+	inner  map[string]bool // lower-case wire forms of the zones' proper ancestors (not the root)
+	names  []string        // presentation form, with the trailing dot
 }
 
-func newZoneSet() *zoneSet { return &zoneSet{byWire: map[string]int{}} }
+func newZoneSet() *zoneSet { return &zoneSet{byWire: map[string]int{}, inner: map[string]bool{}} }
 
 // add adds zone (presentation form, any case) and returns its index; a
 // zone already there keeps its first index.
@@ -80,12 +84,15 @@ func (s *zoneSet) add(zone string) (int, error) {
 	if n <= 1 {
 		return 0, fmt.Errorf("zone %q: the root is no local zone", zone)
 	}
-	key := string(dnswire.AppendLower(nil, buf[:n]))
-	if i, ok := s.byWire[key]; ok {
+	key := dnswire.AppendLower(nil, buf[:n])
+	if i, ok := s.byWire[string(key)]; ok {
 		return i, nil
 	}
-	s.byWire[key] = len(s.names)
+	s.byWire[string(key)] = len(s.names)
 	s.names = append(s.names, dnswire.NameString(buf[:n]))
+	for off := int(key[0]) + 1; key[off] != 0; off += int(key[off]) + 1 {
+		s.inner[string(key[off:])] = true
+	}
 	return len(s.names) - 1, nil
 }
 
@@ -97,12 +104,39 @@ func (s *zoneSet) match(name []byte) (zone int, apex, ok bool) {
 	if len(s.byWire) == 0 || len(name) > dnswire.MaxName {
 		return 0, false, false
 	}
-	var buf [dnswire.MaxName]byte
-	lower := dnswire.AppendLower(buf[:0], name)
-	for off := 0; off < len(lower) && lower[off] != 0; off += int(lower[off]) + 1 {
-		if i, found := s.byWire[string(lower[off:])]; found {
-			return i, off == 0, true
+	var (
+		buf  [dnswire.MaxName]byte
+		offs [dnswire.MaxName / 2]uint8
+		n    int
+	)
+	off := 0
+	for off < len(name) && name[off] != 0 {
+		offs[n] = uint8(off)
+		n++
+		off += int(name[off]) + 1
+	}
+	if off >= len(name) {
+		return 0, false, false // no root label: not a whole name
+	}
+	// Lower-case label by label from the end, only as far as needed.
+	end := off + 1
+	buf[off] = 0
+	for k := n - 1; k >= 0; k-- {
+		for j := int(offs[k]); j < off; j++ {
+			c := name[j]
+			if 'A' <= c && c <= 'Z' && j > int(offs[k]) {
+				c += 'a' - 'A'
+			}
+			buf[j] = c
+		}
+		off = int(offs[k])
+		key := buf[off:end]
+		if i, found := s.byWire[string(key)]; found {
+			zone, apex, ok = i, k == 0, true
+		}
+		if !s.inner[string(key)] {
+			break
 		}
 	}
-	return 0, false, false
+	return zone, apex, ok
 }
