@@ -20,9 +20,9 @@ import (
 // address (A) or a PTR, TTL 300. Names starting with "big" get TC over
 // UDP and the full answer over TCP; names starting with "nx" NXDOMAIN.
 type localServer struct {
-	addr string
-	mu   sync.Mutex
-	got  []string // "udp NAME" / "tcp NAME" in arrival order
+	addr  string
+	mu    sync.Mutex
+	got   []string // "udp NAME" / "tcp NAME" in arrival order
 	ids   map[uint16]int
 	ports map[string]int // UDP source ports seen
 	srvs  []*dns.Server
