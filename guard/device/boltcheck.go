@@ -10,10 +10,13 @@ import (
 )
 
 // bbolt maps the file and reads pages through the mapping: a page the
-// file no longer reaches (a truncated file) is a SIGBUS that recover
-// cannot catch. checkBoltFile reads the two meta pages the way bbolt
-// does and refuses a file shorter than the pages the valid one counts,
-// before bbolt is let near it.
+// file no longer reaches (a truncated file) is a SIGBUS, and a damaged
+// element offset a SIGSEGV, that recover cannot catch (bbolt's own
+// consistency check runs on a goroutine of its own). checkBoltFile reads
+// the two meta pages the way bbolt does, refuses a file shorter than the
+// pages the valid one counts, and walks every page reachable from the
+// root and the freelist checking that each element lies inside its page,
+// before bbolt is let near the file.
 const (
 	boltMagic       = 0xED0CDAED
 	boltVersion     = 2
@@ -84,6 +87,122 @@ func checkBoltFile(path string) error {
 	}
 	if need := int64(best.pgid) * int64(best.pageSize); size < need {
 		return fmt.Errorf("file truncated: %d bytes, its meta page counts %d pages of %d (%d bytes)", size, best.pgid, best.pageSize, need)
+	}
+	if size > maxCheckedFile {
+		return nil // larger than any state file the guard writes; bbolt's check alone
+	}
+	data := make([]byte, size)
+	if _, err := f.ReadAt(data, 0); err != nil {
+		return err
+	}
+	return checkBoltPages(data, *best)
+}
+
+// maxCheckedFile bounds the file read whole for the page walk.
+const maxCheckedFile = 64 << 20
+
+// Page layout (bbolt's internal/common): a 16-byte header (id u64, flags
+// u16, count u16, overflow u32), then count 16-byte elements; an element's
+// key (and a leaf's value after it) lies pos bytes after the element.
+const (
+	boltBranchPage   = 0x01
+	boltLeafPage     = 0x02
+	boltFreelistPage = 0x10
+	boltBucketLeaf   = 0x01
+	boltElemSize     = 16
+)
+
+func checkBoltPages(data []byte, m boltMeta) error {
+	ne := binary.NativeEndian
+	psz := uint64(m.pageSize)
+	seen := map[uint64]bool{}
+	page := func(id uint64) ([]byte, error) {
+		if id < 2 || id >= m.pgid || seen[id] {
+			return nil, fmt.Errorf("page %d out of range or reached twice", id)
+		}
+		seen[id] = true
+		off := id * psz
+		overflow := uint64(ne.Uint32(data[off+12:]))
+		if ne.Uint64(data[off:]) != id || id+overflow >= m.pgid {
+			return nil, fmt.Errorf("page %d: bad header", id)
+		}
+		return data[off : off+(overflow+1)*psz], nil
+	}
+	var visit func(p []byte, depth int) error
+	child := func(id uint64, depth int) error {
+		p, err := page(id)
+		if err != nil {
+			return err
+		}
+		return visit(p, depth+1)
+	}
+	visit = func(p []byte, depth int) error {
+		if depth > 64 || len(p) < boltPageHeader {
+			return errors.New("page tree too deep or page too short")
+		}
+		flags, count := ne.Uint16(p[8:]), int(ne.Uint16(p[10:]))
+		if boltPageHeader+count*boltElemSize > len(p) {
+			return fmt.Errorf("page %d: %d elements do not fit", ne.Uint64(p), count)
+		}
+		for i := range count {
+			e := boltPageHeader + i*boltElemSize
+			switch flags {
+			case boltBranchPage:
+				pos, ksz := uint64(ne.Uint32(p[e:])), uint64(ne.Uint32(p[e+4:]))
+				if uint64(e)+pos+ksz > uint64(len(p)) {
+					return fmt.Errorf("page %d: branch key outside the page", ne.Uint64(p))
+				}
+				if err := child(ne.Uint64(p[e+8:]), depth); err != nil {
+					return err
+				}
+			case boltLeafPage:
+				lflags, pos := ne.Uint32(p[e:]), uint64(ne.Uint32(p[e+4:]))
+				ksz, vsz := uint64(ne.Uint32(p[e+8:])), uint64(ne.Uint32(p[e+12:]))
+				start := uint64(e) + pos
+				if start+ksz+vsz > uint64(len(p)) {
+					return fmt.Errorf("page %d: leaf element outside the page", ne.Uint64(p))
+				}
+				if lflags&boltBucketLeaf == 0 {
+					continue
+				}
+				v := p[start+ksz : start+ksz+vsz]
+				if len(v) < 16 {
+					return fmt.Errorf("page %d: bucket header cut short", ne.Uint64(p))
+				}
+				var err error
+				if root := ne.Uint64(v); root == 0 {
+					err = visit(v[16:], depth+1) // an inline bucket: its page follows
+				} else {
+					err = child(root, depth)
+				}
+				if err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("page %d: flags %#x where a branch or leaf was expected", ne.Uint64(p), flags)
+			}
+		}
+		return nil
+	}
+	if err := child(m.root, 0); err != nil {
+		return err
+	}
+	if m.freelist == ^uint64(0) {
+		return nil
+	}
+	fl, err := page(m.freelist)
+	if err != nil {
+		return fmt.Errorf("freelist: %w", err)
+	}
+	if ne.Uint16(fl[8:])&boltFreelistPage == 0 {
+		return errors.New("freelist page is not one")
+	}
+	n, head := uint64(ne.Uint16(fl[10:])), uint64(0)
+	if n == 0xFFFF {
+		n, head = ne.Uint64(fl[boltPageHeader:]), 1
+	}
+	if boltPageHeader+(head+n)*8 > uint64(len(fl)) {
+		return errors.New("freelist longer than its page")
 	}
 	return nil
 }

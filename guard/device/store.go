@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,8 +126,10 @@ func fileExists(path string) bool {
 
 func openChecked(path string) (db *bolt.DB, err error) {
 	defer func() {
-		// bbolt panics on some kinds of corruption; a damaged file must
-		// not take the guard down.
+		// bbolt panics on some kinds of corruption, and reads the file
+		// through its mapping, where a damaged page offset is a memory
+		// fault; with SetPanicOnFault that is a panic too (in this
+		// goroutine): a damaged file must not take the guard down.
 		if p := recover(); p != nil {
 			if db != nil {
 				db.Close()
@@ -134,8 +137,13 @@ func openChecked(path string) (db *bolt.DB, err error) {
 			db, err = nil, fmt.Errorf("device: state file unreadable: %v", p)
 		}
 	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	if err := checkBoltFile(path); err != nil {
 		return nil, fmt.Errorf("device: state file unreadable: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("device: state file: %w", err)
 	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if errors.Is(err, berrors.ErrTimeout) {
@@ -145,6 +153,15 @@ func openChecked(path string) (db *bolt.DB, err error) {
 		return nil, fmt.Errorf("device: open state file: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
+		// Walk every key here first: bbolt's own check runs on a
+		// goroutine of its own, where a fault could not be caught.
+		var size int64
+		if fi != nil {
+			size = fi.Size()
+		}
+		if err := walkFile(tx, size); err != nil {
+			return err
+		}
 		var first error
 		for cerr := range tx.Check() { // drained: Check's goroutine sends every error
 			if first == nil {
@@ -175,6 +192,42 @@ func openChecked(path string) (db *bolt.DB, err error) {
 		return nil, fmt.Errorf("device: state file: %w", err)
 	}
 	return db, nil
+}
+
+// walkFile reads every key and value of every bucket, so that a page a
+// damaged file points to wildly faults here, and stops at more elements
+// than a file of size bytes can hold (a cycle of pages).
+func walkFile(tx *bolt.Tx, size int64) error {
+	budget := size/8 + 1024
+	var walk func(b *bolt.Bucket, depth int) error
+	walk = func(b *bolt.Bucket, depth int) error {
+		if depth > 4 {
+			return errors.New("buckets nested too deep")
+		}
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if budget--; budget < 0 {
+				return errors.New("more keys than the file can hold (a cycle of pages)")
+			}
+			var sum byte
+			for _, x := range k {
+				sum ^= x
+			}
+			for _, x := range v {
+				sum ^= x
+			}
+			_ = sum
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					if err := walk(nb, depth+1); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b, 0) })
 }
 
 // Load returns every record. Records that do not decode are skipped and
