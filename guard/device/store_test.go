@@ -3,8 +3,8 @@ package device
 import (
 	"bytes"
 	"fmt"
-	"math/rand/v2"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
