@@ -297,10 +297,6 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		log.Warn("no listen address to resolve DoH host names through")
 		return
 	}
-	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, server.String())
-	}}
 	var wait time.Duration // the guard listens already
 	for {
 		select {
@@ -312,7 +308,7 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		failed := 0
 		for _, h := range ic.DoHHosts {
 			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			ips, err := r.LookupNetIP(lctx, "ip", h)
+			ips, err := lookupHost(lctx, server, h)
 			cancel()
 			if err != nil {
 				failed++

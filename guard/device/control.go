@@ -60,7 +60,9 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("device: control socket: %w", err)
 	}
-	ln, err := net.Listen("unix", path)
+	// By address, not a string to resolve: no resolver in the binary
+	// (see guard/upstream/dial.go).
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("device: control socket: %w", err)
 	}
@@ -131,7 +133,7 @@ func (c *Control) Close(ctx context.Context) error {
 func control(ctx context.Context, path, method, target string, body []byte) (*minihttp.Response, error) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
+		return d.DialUnix(ctx, "unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
 	}
 	var h minihttp.Header
 	if body != nil {

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -53,14 +52,12 @@ func newDoH(ep *Endpoint, cfg config) (*doh, error) {
 		d.path += "?" + u.RawQuery
 	}
 	tcfg := cfg.tls.clientConfig(ep, "h2")
-	addr := ep.Addr.String()
 	d.dialer = func(ctx context.Context) (net.Conn, error) {
-		td := tls.Dialer{Config: tcfg}
-		nc, err := td.DialContext(ctx, "tcp", addr)
+		nc, err := dialTLS(ctx, ep.Addr, tcfg)
 		if err != nil {
 			return nil, err
 		}
-		if p := nc.(*tls.Conn).ConnectionState().NegotiatedProtocol; p != "h2" {
+		if p := nc.ConnectionState().NegotiatedProtocol; p != "h2" {
 			_ = nc.Close()
 			return nil, fmt.Errorf("server did not negotiate HTTP/2 (ALPN %q; RFC 8484 §5.2)", p)
 		}

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,17 +42,14 @@ type stream struct {
 
 func newStream(ep *Endpoint, cfg config, useTLS bool) *stream {
 	s := &stream{ep: ep, cfg: cfg, pad: useTLS, idle: streamIdle}
-	addr := ep.Addr.String()
 	if useTLS {
 		tcfg := cfg.tls.clientConfig(ep)
 		s.dialer = func(ctx context.Context) (net.Conn, error) {
-			d := tls.Dialer{Config: tcfg}
-			return d.DialContext(ctx, "tcp", addr)
+			return dialTLS(ctx, ep.Addr, tcfg)
 		}
 	} else {
 		s.dialer = func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", addr)
+			return dialTCP(ctx, ep.Addr)
 		}
 	}
 	return s
