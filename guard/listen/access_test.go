@@ -102,3 +102,20 @@ func TestPktinfoRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAccessAllow: a home router's list (loopback, ~10 own
+// addresses, the LAN's IPv4, ULA and link-local prefixes), a LAN client
+// near the end of it.
+func BenchmarkAccessAllow(b *testing.B) {
+	ps := Loopback()
+	for i := range 10 {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(i)}), 32))
+	}
+	ps = append(ps, netip.MustParsePrefix("192.168.1.0/24"), netip.MustParsePrefix("fd20::/64"), netip.MustParsePrefix("fe80::/64"))
+	a := NewAccess(ps)
+	c4, c6 := netip.MustParseAddr("192.168.1.77"), netip.MustParseAddr("fd20::77")
+	for b.Loop() {
+		a.Allow(c4, 3)
+		a.Allow(c6, 3)
+	}
+}
