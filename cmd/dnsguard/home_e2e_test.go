@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 type home struct {
 	dev, rtr, wan string
 	dir, state    string
+	conf          string // the guard's UCI config
 	lan4, lan6    string // the router's LAN addresses
 	ll            string // its link-local address on br-lan
 	dev4, dev6    string
@@ -231,6 +233,7 @@ func (h *home) startDnsmasq(t *testing.T) {
 func (h *home) startGuard(t *testing.T) *guardProc {
 	t.Helper()
 	conf := filepath.Join(h.dir, "dnsguard")
+	h.conf = conf
 	if err := os.WriteFile(conf, []byte(`config dnsguard 'main'
 	list lan 'br-lan'
 	option flush_interval '1s'
@@ -419,6 +422,34 @@ func TestHomeNetwork(t *testing.T) {
 		t.Errorf("cached.example reached the upstream %d times, want once", n)
 	}
 	t.Logf("MAC waits over the whole run: %+v", after)
+
+	// allow_client widens who is answered, on a reload (SIGHUP, as LuCI's
+	// Save & Apply sends).
+	conf, _ := os.ReadFile(h.conf)
+	conf = []byte(strings.Replace(string(conf), "\tlist lan 'br-lan'\n", "\tlist lan 'br-lan'\n\tlist allow_client '10.78.0.0/24'\n", 1))
+	if err := os.WriteFile(h.conf, conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	for i := 0; !strings.Contains(g.log(), "config reloaded"); i++ {
+		if i == 100 {
+			t.Fatalf("no reload:\n%s", g.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var out string
+	for i := 0; i < 50; i++ { // the new list is applied right after the reload
+		if out = h.dig(t, h.wan, "@"+h.lan4, "allowed-wan.example"); digShort(out) == homeUpstreamAnswer {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if digShort(out) != homeUpstreamAnswer {
+		t.Errorf("WAN link client after allow_client '10.78.0.0/24': %s", out)
+	}
+	if out := h.dig(t, h.wan, "-b", homeFarClient, "@"+h.lan4, "still-refused.example"); digStatus(out) != "REFUSED" {
+		t.Errorf("client %s outside allow_client: %s", homeFarClient, digStatus(out))
+	}
 
 	// The device is known by its MAC, with its IPv6 addresses too.
 	v := findDevice(h.devices(t), homeDevMAC)

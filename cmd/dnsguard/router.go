@@ -41,7 +41,11 @@ type routerSide struct {
 	wg       sync.WaitGroup
 	closers  []func(context.Context) error
 	table    *intercept.Table
-	observed atomic.Bool // the NFLOG observer runs and the table logs to it
+	observer bool        // the NFLOG observer runs
+	observed atomic.Bool // the observer runs and the installed table logs to it
+
+	allowClient atomic.Pointer[[]netip.Prefix] // allow_client, replaced on reload
+	reallow     chan struct{}                  // allow_client changed
 }
 
 // Router-side timings.
@@ -74,8 +78,9 @@ func (r *routerSide) Close(ctx context.Context) error {
 // observer when cfg.Intercept.LAN is non-empty. The nftables table comes
 // later, from Intercept, once the guard listens.
 func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
-	r := &routerSide{cfg: cfg, log: log}
+	r := &routerSide{cfg: cfg, log: log, reallow: make(chan struct{}, 1)}
 	r.ctx, r.cancel = context.WithCancel(ctx)
+	r.allowClient.Store(&cfg.AllowClient)
 	fail := func(err error) (*routerSide, error) {
 		r.Close(context.Background())
 		return nil, err
@@ -105,6 +110,9 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		r.table, err = intercept.NewTable(intercept.Config{
 			LAN: ic.LAN, GuardPort: guardPort(ic), RedirectDNS: ic.RedirectDNS,
 			BlockDoT: ic.BlockDoT, BlockDoH: ic.BlockDoH, NFLogGroup: ic.NFLogGroup,
+			// The observer has packets to read only while the
+			// table logs: until then identify feeds the graders.
+			OnInstall: func(logging bool) { r.observed.Store(r.observer && logging) },
 		}, log.With("part", "nftables"))
 		if err != nil {
 			return fail(err)
@@ -168,7 +176,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 			log.Warn("NFLOG unavailable: serving without observing devices before the redirect (no hard-coded resolver or bypass records)",
 				"group", ic.NFLogGroup, "err", err)
 		} else {
-			r.observed.Store(true)
+			r.observer = true
 			r.closers = append(r.closers, func(context.Context) error { return obs.Close() })
 		}
 	}
@@ -188,14 +196,25 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		idopts.WaitForMAC = macWait
 	}
 	r.Stages = []stage.Middleware{device.Identify(reg, idopts), localzone.Stage()}
-	r.Reload = func(next *policy.Config) { reg.SetClasses(next.Classes) }
+	r.Reload = func(next *policy.Config) {
+		reg.SetClasses(next.Classes)
+		r.allowClient.Store(&next.AllowClient)
+		if intercepting {
+			select {
+			case r.reallow <- struct{}{}:
+			default:
+			}
+		} else {
+			r.Access.Set(r.allowed(nil), nil, nil)
+		}
+	}
 	return r, nil
 }
 
 // allowed is who may be answered: loopback and allow_client; with LAN
 // interfaces also the router's own addresses and the LAN prefixes.
 func (r *routerSide) allowed(neigh *device.Neighbours) []netip.Prefix {
-	out := append(listen.Loopback(), r.cfg.AllowClient...)
+	out := append(listen.Loopback(), *r.allowClient.Load()...)
 	if neigh == nil || len(r.cfg.Intercept.LAN) == 0 {
 		return out
 	}
@@ -207,7 +226,8 @@ func (r *routerSide) allowed(neigh *device.Neighbours) []netip.Prefix {
 }
 
 // followAddresses keeps Access current as the router's addresses and the
-// LAN prefixes come and go (a new IPv6 prefix, a DHCP WAN lease).
+// LAN prefixes come and go (a new IPv6 prefix, a DHCP WAN lease), and as
+// allow_client is reloaded.
 func (r *routerSide) followAddresses(neigh *device.Neighbours) {
 	for {
 		changed := neigh.AddressesChanged()
@@ -217,6 +237,7 @@ func (r *routerSide) followAddresses(neigh *device.Neighbours) {
 		case <-r.ctx.Done():
 			return
 		case <-changed:
+		case <-r.reallow:
 		}
 	}
 }
@@ -243,9 +264,6 @@ func (r *routerSide) Intercept(listenAddrs []string) {
 		r.log.Error("nftables table not installed: serving the listen addresses without interception", "err", err, "listen", listenAddrs)
 	} else {
 		r.log.Info("intercepting LAN DNS", "lan", ic.LAN, "table", "inet "+intercept.TableName, "guard_port", port, "missing", r.table.Missing())
-	}
-	if r.observed.Load() && !r.table.Logging() {
-		r.observed.Store(false) // the observer would wait for nothing
 	}
 	r.goJoined(func() { r.table.Watch(r.ctx, tableCheckEvery) })
 	if ic.BlockDoH && len(ic.DoHHosts) > 0 {

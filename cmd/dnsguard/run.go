@@ -169,9 +169,6 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			if fmt.Sprint(next.ListenAddrs()) != fmt.Sprint(cfg.ListenAddrs()) {
 				log.Warn("listen addresses change only on restart", "running", cfg.ListenAddrs(), "config", next.ListenAddrs())
 			}
-			if fmt.Sprint(next.AllowClient) != fmt.Sprint(cfg.AllowClient) {
-				log.Warn("allow_client changes only on restart", "running", cfg.AllowClient, "config", next.AllowClient)
-			}
 			ng, err := buildGuard(next, c, router, log)
 			if err != nil {
 				log.Error("reload failed; keeping the running config", "err", err)

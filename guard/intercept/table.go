@@ -51,6 +51,9 @@ type Config struct {
 	// NetNSFd, when non-zero, is a network namespace file descriptor the
 	// table is installed in (tests); zero means the current namespace.
 	NetNSFd int
+	// OnInstall, if set, is called after each successful install (the
+	// first and the watchdog's), saying whether the table logs to NFLOG.
+	OnInstall func(logging bool)
 }
 
 // Table is the guard's nftables table. Its dynamic sets (DoH endpoints,
@@ -147,6 +150,9 @@ func (t *Table) Install() error {
 		if err == nil {
 			if off != 0 || first != nil {
 				t.noteDegraded(off, first)
+			}
+			if t.cfg.OnInstall != nil {
+				t.cfg.OnInstall(t.cfg.NFLogGroup != 0 && off&featNFLog == 0)
 			}
 			return nil
 		}
