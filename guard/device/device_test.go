@@ -231,6 +231,15 @@ func TestRegistryRetransmissionsAreNoEvidence(t *testing.T) {
 	if got := reg.Snapshot()[0].Observed; got != 1 {
 		t.Errorf("observed %d, want 1 (the rest are retransmissions)", got)
 	}
+	// Retries of one query from fresh ports are retransmissions too: three
+	// of them are not a constant ID.
+	for i := range 3 {
+		clk.add(time.Second)
+		reg.ObserveQuery("02:00:00:00:00:09", netip.AddrPortFrom(src.Addr(), uint16(6000+i)), netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 0x5678, Port: uint16(6000 + i), Name: "retry.example.", Type: 1})
+	}
+	if r := reg.Snapshot()[0]; r.Observed != 2 || r.Strict {
+		t.Errorf("retries on new ports: observed %d strict %v, want 2 and not strict", r.Observed, r.Strict)
+	}
 }
 
 func TestRegistryKeepsIdentityAcrossIPChangeAndMergesIPRecord(t *testing.T) {

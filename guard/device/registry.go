@@ -530,12 +530,15 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 	} else {
 		e.rec.NoEDNSQueries++
 	}
-	// Retransmissions (same question, ID and port) are no evidence.
+	// Retransmissions (same question and ID, from the same port or a
+	// new one: some stubs retry on a fresh socket) are no evidence; the
+	// sequential grading would otherwise read three tries of one query
+	// as a constant ID.
 	var h maphash.Hash
 	h.SetSeed(r.seed)
 	h.WriteString(q.Name)
-	var b [6]byte
-	b[0], b[1], b[2], b[3], b[4], b[5] = byte(q.ID>>8), byte(q.ID), byte(q.Port>>8), byte(q.Port), byte(q.Type>>8), byte(q.Type)
+	var b [4]byte
+	b[0], b[1], b[2], b[3] = byte(q.ID>>8), byte(q.ID), byte(q.Type>>8), byte(q.Type)
 	h.Write(b[:])
 	sum := h.Sum64()
 	t := now.UnixNano()

@@ -344,7 +344,7 @@ func TestRegistryGradesAsSoonAsTheEvidenceDoes(t *testing.T) {
 		}
 		clk.add(time.Second)
 		port := uint16(1024 + r.UintN(60000))
-		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, port), router, &Query{ID: id, Port: port, Name: "time.example.", Type: 1})
+		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, port), router, &Query{ID: id, Port: port, Name: fmt.Sprintf("n%d.example.", i), Type: 1})
 		if v := findView(reg.Views(), victimMAC); i < 3 && v.Strict {
 			t.Fatalf("strict after %d values: %+v", i+1, v.TXID)
 		}
