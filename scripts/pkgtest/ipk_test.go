@@ -391,16 +391,12 @@ func TestIPKScripts(t *testing.T) {
 	}
 }
 
-// TestFootprint holds the mipsel build to the router's flash budget (the
-// package, what flash holds, at most 3.5 MiB), fences the binary against
-// growth, and logs the size table of every arch. The binary target of
-// 8 MiB is not met yet (9.5 MiB: net/http for DoH, crypto/tls, miekg/dns,
-// nftables, netlink and bbolt together); binaryFence stops it growing
-// while that is worked on.
-const (
-	binaryTarget = 8 * mib
-	binaryFence  = 10 * mib
-)
+// TestFootprint holds the mipsel build to the router's flash budget: the
+// package (what flash holds) at most 3.5 MiB and the stripped binary at
+// most 8 MiB (issue 11; /work/notes/size.md has where the bytes went:
+// net/http, vishvananda/netlink and Go's stub resolver are out), and logs
+// the size table of every arch.
+const binaryFence = 8 * mib
 
 func TestFootprint(t *testing.T) {
 	built(t)
@@ -418,11 +414,9 @@ func TestFootprint(t *testing.T) {
 		// (MT76x8/MT7621) with 16 MiB of flash.
 		if a.name == "mipsel_24kc" {
 			if bin.Size() > binaryFence {
-				t.Errorf("mipsel binary %d bytes (%.2f MiB), over the %.1f MiB fence", bin.Size(), float64(bin.Size())/mib, float64(binaryFence)/mib)
+				t.Errorf("mipsel binary %d bytes (%.2f MiB), over the %.0f MiB budget", bin.Size(), float64(bin.Size())/mib, float64(binaryFence)/mib)
 			}
-			if bin.Size() > binaryTarget {
-				t.Logf("mipsel binary %.2f MiB: the %.0f MiB target is not met yet", float64(bin.Size())/mib, float64(binaryTarget)/mib)
-			}
+			t.Logf("mipsel binary %d bytes, %d under the %.0f MiB budget", bin.Size(), binaryFence-bin.Size(), float64(binaryFence)/mib)
 		}
 		if a.name == "mipsel_24kc" && pkg.Size() > 7*mib/2 {
 			t.Errorf("mipsel package %d bytes (%.2f MiB), over the 3.5 MiB budget", pkg.Size(), float64(pkg.Size())/mib)
