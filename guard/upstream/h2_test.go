@@ -815,3 +815,49 @@ func TestH2MaxConcurrentStreams(t *testing.T) {
 		t.Errorf("%d overlapping streams, %d answered", overlaps.Load(), answered.Load())
 	}
 }
+
+// Interop with a second HTTP/2 implementation: unbound's DoH service
+// (Debian's unbound, built on libnghttp2), queries multiplexed on one
+// connection, answers padded by unbound and the padding stripped.
+func TestH2AgainstUnbound(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ub := upstreamtest.StartUnbound(t, upstreamtest.UnboundOptions{Extra: []string{
+		fmt.Sprintf("interface: 127.0.0.1@%d", port),
+		fmt.Sprintf("https-port: %d", port),
+	}})
+	counters := new(Counters)
+	tr, err := NewTransport(fmt.Sprintf("https://%s:%d/dns-query?ip=127.0.0.1", ub.Name, port), Options{CAPEM: ub.CAPEM}, counters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			name, qt, rcode := "a.test", dns.TypeA, dns.RcodeSuccess
+			switch i % 3 {
+			case 1:
+				qt = dns.TypeAAAA
+			case 2:
+				name, rcode = fmt.Sprintf("missing%d.test", i), dns.RcodeNameError
+			}
+			resp, err := tr.Exchange(testCtx(t), query(name, qt))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if resp.Rcode != rcode || (rcode == dns.RcodeSuccess && len(resp.Answer) != 1) || paddingOf(resp) >= 0 {
+				t.Errorf("%s %d: %v", name, qt, resp)
+			}
+		})
+	}
+	wg.Wait()
+	if counters.Queries.Load() != 40 || counters.Mismatches.Load() != 0 {
+		t.Errorf("%d queries, %d mismatches", counters.Queries.Load(), counters.Mismatches.Load())
+	}
+}
