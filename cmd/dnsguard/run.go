@@ -11,7 +11,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
 	"github.com/dnsguard/dnsguard/guard/intercept"
@@ -134,7 +136,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			log.Error("stopping router side", "err", err)
 		}
 	}()
-	g, err := buildGuard(cfg, c, router, log)
+	// Upstream pools live across reloads (kept when their settings are
+	// unchanged); the cache forgets the failures it recorded while every
+	// upstream was down as soon as one answers again.
+	ups := newUpstreams(log, c.Recovered)
+	g, err := buildGuard(cfg, c, router, log, ups)
 	if err != nil {
 		return err
 	}
@@ -145,7 +151,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Access:          router.Access,
 	}, log.With("stage", "listen"))
 	if err := bindListeners(srv, cfg, log); err != nil {
-		g.close()
+		g.close(ctx)
 		return err
 	}
 
@@ -154,6 +160,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer signal.Stop(hup)
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
+	// Replaced chains draining, until drainTimeout or the stop.
+	var drains sync.WaitGroup
+	drainCtx, stopDrains := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDrains()
 	// Only now, with the sockets bound and served, is LAN port 53
 	// redirected to the guard.
 	router.Intercept(cfg.ListenAddrs())
@@ -169,7 +179,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			if fmt.Sprint(next.ListenAddrs()) != fmt.Sprint(cfg.ListenAddrs()) {
 				log.Warn("listen addresses change only on restart", "running", cfg.ListenAddrs(), "config", next.ListenAddrs())
 			}
-			ng, err := buildGuard(next, c, router, log)
+			ng, err := buildGuard(next, c, router, log, ups)
 			if err != nil {
 				log.Error("reload failed; keeping the running config", "err", err)
 				continue
@@ -180,11 +190,26 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 			logLevel.Set(parseLevel(next.LogLevel))
 			srv.SetHandler(ng.handler)
-			g.close()
+			// The old chain drains: its queries in progress finish on it
+			// (and on its upstream pool, unless the new chain shares it).
+			drains.Add(1)
+			go func(old *guardChain) {
+				defer drains.Done()
+				dctx, cancel := context.WithTimeout(drainCtx, drainTimeout)
+				defer cancel()
+				old.close(dctx)
+			}(g)
 			g, cfg = ng, next
 			log.Info("config reloaded", "upstreams", cfg.Upstreams)
 		case err := <-done:
-			g.close()
+			// Queries in progress get a short while to finish, on the
+			// running chain and on any still draining.
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			stop := context.AfterFunc(dctx, stopDrains)
+			g.close(dctx)
+			drains.Wait()
+			stop()
+			cancel()
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
@@ -245,11 +270,11 @@ func checkConfig(cfg *policy.Config, path string) error {
 		}
 	}
 	discard := slog.New(slog.DiscardHandler)
-	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{}, discard)
+	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{}, discard, nil)
 	if err != nil {
 		return err
 	}
-	g.close()
+	g.close(context.Background())
 	if ic := cfg.Intercept; len(ic.LAN) > 0 {
 		if _, err := intercept.NewTable(intercept.Config{
 			LAN: ic.LAN, GuardPort: ic.GuardPort, RedirectDNS: ic.RedirectDNS,

@@ -47,7 +47,10 @@ type Cache struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 	flight singleflight.Group
-	Stats  Stats
+	// gen counts recoveries of the upstream path (Recovered): failures
+	// cached while it was down hold only within their generation.
+	gen   atomic.Uint64
+	Stats Stats
 }
 
 type shard struct {
@@ -69,7 +72,38 @@ type entry struct {
 	// A cached failure.
 	failErr   error
 	failUntil time.Time
-	failures  int
+	failures  int // consecutive failures of the name: its backoff
+	// The cached failure was the path's, not the name's (see
+	// Unreachable): it holds only while gen is failGen.
+	failPath bool
+	failGen  uint64
+}
+
+// Unreachable is implemented by errors that say no upstream could be
+// asked at all (every one was down; guard/upstream's pool returns such
+// errors). A failure like that says nothing about the name: it is cached
+// for fail_min only, does not grow the name's backoff (RFC 9520 §3.2 is
+// about the name's servers), and is forgotten as soon as Recovered is
+// called, so that a name a device kept retrying during an outage is
+// asked again with the first query after it.
+type Unreachable interface {
+	Unreachable() bool
+}
+
+// pathFailure reports whether err (or an error in its chain) is
+// Unreachable.
+func pathFailure(err error) bool {
+	var u Unreachable
+	return errors.As(err, &u) && u.Unreachable()
+}
+
+// Recovered tells the cache that the upstream path works again: the
+// failures cached while it was down (Unreachable) are forgotten.
+func (c *Cache) Recovered() { c.gen.Add(1) }
+
+// failureHolds reports whether e's cached failure still stands at now.
+func (c *Cache) failureHolds(e *entry, now time.Time) bool {
+	return e.failErr != nil && now.Before(e.failUntil) && (!e.failPath || e.failGen == c.gen.Load())
 }
 
 func (e *entry) size() int64 {
@@ -176,7 +210,7 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 			c.Stats.Hits.Add(1)
 			return r, nil
 		}
-		if e.failErr != nil && now.Before(e.failUntil) {
+		if c.failureHolds(e, now) {
 			r, err := c.fallback(e, now, p, e.failErr)
 			sh.mu.Unlock()
 			return r, err
@@ -270,13 +304,20 @@ func (c *Cache) store(key string, r *dnswire.Reply, err error) {
 		sh.bytes -= e.size()
 		sh.lru.MoveToFront(e.elem)
 	}
-	if err != nil {
+	switch {
+	case err != nil && pathFailure(err):
+		// Every upstream was down: fail_min, the name's backoff as it
+		// was, and only until the path recovers.
+		e.failErr, e.failUntil = err, now.Add(p.FailMin)
+		e.failPath, e.failGen = true, c.gen.Load()
+	case err != nil:
 		// RFC 9520 §3.2: at least fail_min, doubling, at most fail_max;
 		// no upstream query for this question until it expires.
 		e.failures++
 		d := p.FailMin << min(e.failures-1, 20)
 		e.failErr, e.failUntil = err, now.Add(min(d, p.FailMax))
-	} else {
+		e.failPath = false
+	default:
 		ttl, noStale := clampTTLs(r, p)
 		e.reply, e.stored, e.noStale = r, now, noStale
 		e.expires = now.Add(time.Duration(ttl) * time.Second)

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -367,5 +368,83 @@ func TestKeyNamesOnTheWire(t *testing.T) {
 		if n := u.calls.Load(); n != int64(i+1) {
 			t.Fatalf("after %v: %d upstream calls, want %d", g, n, i+1)
 		}
+	}
+}
+
+// pathDown is an error saying no upstream could be asked (as the
+// upstream pool's is when every upstream is down).
+type pathDown struct{}
+
+func (pathDown) Error() string     { return "every upstream is down" }
+func (pathDown) Unreachable() bool { return true }
+
+// TestPathDownFailures: failures recorded while the whole upstream path
+// was down are cached for fail_min only, do not grow the name's backoff,
+// and are forgotten when the path recovers: the first query after
+// Recovered goes upstream and is answered (issue 10 item 4).
+func TestPathDownFailures(t *testing.T) {
+	_, u, clk, _ := setup(t)
+	ctx := context.Background()
+	var down atomic.Bool
+	down.Store(true)
+	inner := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		if down.Load() {
+			u.calls.Add(1)
+			return nil, stage.Fail(dnswire.EDENoReachableAut, "No Reachable Authority", fmt.Errorf("pool: %w", pathDown{}))
+		}
+		return u.ServeDNS(ctx, req)
+	})
+	cc := New(policy.Cache{MaxEntries: 1000, MinTTL: 30 * time.Second, MaxTTL: time.Hour, NegMaxTTL: time.Hour,
+		FailMin: time.Second, FailMax: 5 * time.Minute}, nil, clk.now)
+	hh := cc.Wrap(inner)
+
+	// A device retries one name every 100 ms through a 60 s outage.
+	for range 600 {
+		_, err := hh.ServeDNS(ctx, request(t, "retried.example.", false, false))
+		if err == nil {
+			t.Fatal("answered during the outage")
+		}
+		clk.add(100 * time.Millisecond)
+	}
+	// Once per fail_min: no backoff (that would be 1+2+4+8+16+32 s: 6 calls).
+	if n := u.calls.Load(); n < 55 || n > 61 {
+		t.Errorf("%d upstream calls in 60 s of retries every 100 ms, want one per fail_min (60)", n)
+	}
+	// The path recovers; within fail_min of the last failure the name is
+	// asked again at once.
+	down.Store(false)
+	_, _ = hh.ServeDNS(ctx, request(t, "retried.example.", false, false)) // cached failure: not yet told
+	cc.Recovered()
+	if _, err := hh.ServeDNS(ctx, request(t, "retried.example.", false, false)); err != nil {
+		t.Fatalf("first query after recovery: %v", err)
+	}
+
+	// A name's own failures still back off, and an outage between them
+	// does not add to the backoff.
+	down.Store(false)
+	u.fail.Store(true)
+	before := u.calls.Load()
+	for range 3 { // failures 1, 2, 3: backoff 1 s, 2 s, 4 s
+		_, _ = hh.ServeDNS(ctx, request(t, "own.example.", false, false))
+		clk.add(10 * time.Second)
+	}
+	down.Store(true)
+	_, _ = hh.ServeDNS(ctx, request(t, "own.example.", false, false)) // path failure: 1 s
+	clk.add(1500 * time.Millisecond)
+	cc.Recovered()
+	down.Store(false)
+	_, _ = hh.ServeDNS(ctx, request(t, "own.example.", false, false)) // own failure 4: 8 s
+	if n := u.calls.Load() - before; n != 5 {
+		t.Fatalf("%d calls, want 5", n)
+	}
+	clk.add(7 * time.Second)
+	_, _ = hh.ServeDNS(ctx, request(t, "own.example.", false, false))
+	if n := u.calls.Load() - before; n != 5 {
+		t.Errorf("asked again within the 8 s of the 4th own failure (the outage counted?)")
+	}
+	clk.add(2 * time.Second)
+	_, _ = hh.ServeDNS(ctx, request(t, "own.example.", false, false))
+	if n := u.calls.Load() - before; n != 6 {
+		t.Errorf("not asked after the 8 s backoff: %d calls", n)
 	}
 }

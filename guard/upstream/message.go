@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/miekg/dns"
 )
@@ -21,6 +23,20 @@ var (
 	ErrMismatch  = errors.New("response does not match the query")
 	ErrMalformed = errors.New("malformed response")
 )
+
+// CaseError is a response that matches its 0x20 query in everything but
+// the case of the name. It is not used as it is: the pool asks again
+// without 0x20 and compares (see Pool). It is an ErrMismatch.
+type CaseError struct {
+	Msg       *dns.Msg // the response as it came
+	Sent, Got string   // the question name sent and the one echoed
+}
+
+func (e *CaseError) Error() string {
+	return fmt.Sprintf("%v: name %q in another case than sent %q (0x20)", ErrMismatch, e.Got, e.Sent)
+}
+
+func (e *CaseError) Unwrap() error { return ErrMismatch }
 
 // randomID returns a transaction ID from the CSPRNG (RFC 5452 §9.2).
 func randomID() uint16 {
@@ -119,6 +135,10 @@ func match(sent *dns.Msg, wire []byte, exactCase bool) (*dns.Msg, error) {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	if err := matchMsg(sent, m, exactCase); err != nil {
+		var ce *CaseError
+		if errors.As(err, &ce) {
+			ce.Msg = m
+		}
 		return nil, err
 	}
 	return m, nil
@@ -143,9 +163,33 @@ func matchMsg(sent, m *dns.Msg, exactCase bool) error {
 			dns.ClassToString[want.Qclass], dns.TypeToString[want.Qtype])
 	}
 	if !sameName(got.Name, want.Name, exactCase) {
+		if exactCase && sameName(got.Name, want.Name, false) {
+			return &CaseError{Sent: want.Name, Got: got.Name}
+		}
 		return fmt.Errorf("%w: name %q, sent %q", ErrMismatch, got.Name, want.Name)
 	}
 	return nil
+}
+
+// sameAnswer reports whether two answers to one question say the same:
+// the same rcode and the same answer records, compared without regard to
+// their order, TTLs or the case of names (the 0x20 fallback's check).
+func sameAnswer(a, b *dns.Msg) bool {
+	if a.Rcode != b.Rcode || len(a.Answer) != len(b.Answer) {
+		return false
+	}
+	return slices.Equal(canonicalRRs(a.Answer), canonicalRRs(b.Answer))
+}
+
+func canonicalRRs(rrs []dns.RR) []string {
+	out := make([]string, len(rrs))
+	for i, rr := range rrs {
+		c := dns.Copy(rr)
+		c.Header().Ttl = 0
+		out[i] = strings.ToLower(c.String())
+	}
+	slices.Sort(out)
+	return out
 }
 
 // sameName compares two names in presentation form as the wire has them:

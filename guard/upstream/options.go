@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // Defaults for Options left zero.
@@ -14,7 +12,8 @@ const (
 	DefaultTimeout     = 600 * time.Millisecond // per attempt: three fit in a client's 2 s
 	DefaultMaxAttempts = 3                      // RFC 9520 §3.1: at most three queries
 	DefaultProbeMin    = 250 * time.Millisecond
-	DefaultProbeMax    = 15 * time.Second
+	DefaultProbeMax    = 2 * time.Second // a down upstream costs one ". NS" per 2 s at most
+	DefaultLogEvery    = 30 * time.Second
 )
 
 // Options configure a Pool (and NewTransport).
@@ -34,13 +33,22 @@ type Options struct {
 	ProbeMin, ProbeMax time.Duration
 
 	Logger *slog.Logger // slog.Default() if nil
+	// LogEvery bounds state-change logging: per upstream, two lines at
+	// once (a flap), then one per LogEvery summing up the changes not
+	// logged. DefaultLogEvery if 0.
+	LogEvery time.Duration
+
+	// OnRecover, when set, is called when an upstream answers again
+	// after every upstream was down (the cache forgets the failures it
+	// recorded meanwhile). It must not block.
+	OnRecover func()
 
 	// Check, when set, is called on every upstream answer with the
 	// caller's query. It returns the answer to use, or an error, in which
 	// case the answer is counted as refused for that upstream and the next
 	// upstream is tried; when every attempt is refused the last Check
 	// error is returned as it is.
-	Check func(q, resp *dns.Msg) (*dns.Msg, error)
+	Check CheckFunc
 }
 
 func (o Options) withDefaults() Options {
@@ -55,6 +63,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ProbeMax < o.ProbeMin {
 		o.ProbeMax = max(DefaultProbeMax, o.ProbeMin)
+	}
+	if o.LogEvery <= 0 {
+		o.LogEvery = DefaultLogEvery
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -19,21 +19,39 @@ import (
 // first (EWMA of their answer times), each attempt bounded by
 // Options.Timeout and at most Options.MaxAttempts attempts per query, so
 // a dead upstream costs one attempt and the query still ends well inside
-// a client's 2 s. An upstream that fails is marked down and probed in the
-// background until it answers again. When none is up, Exchange fails at
-// once with SERVFAIL and EDE 22 "No Reachable Authority". State changes
-// are logged once each, never per query.
+// a client's 2 s.
+//
+// An upstream's health rests on transport evidence, never on one question:
+// a refused or failed connection or TLS handshake marks it down at once;
+// a question that goes unanswered is that question's failure, and only
+// when the upstream has answered nothing at all since that question went
+// out does the pool ask it a health check (". NS", which any working
+// resolver answers from its cache) and mark it down if that goes
+// unanswered too. So names whose servers never answer cost their own
+// queries and nobody else's. A down upstream is probed in the background,
+// backing off from ProbeMin to ProbeMax, until it answers; while every
+// upstream is down, one real query at a time is sent as a probe too, so
+// that service returns with the first query after the upstream does, and
+// the others fail at once with SERVFAIL and EDE 22 "No Reachable
+// Authority" (an error IsAllDown reports). State changes are logged one
+// line each, at a bounded rate per upstream.
 type Pool struct {
 	opts Options
 	log  *slog.Logger
 	ups  []*member
 
-	mu      sync.Mutex // guards member state and allDown
-	allDown bool
+	mu         sync.Mutex // guards member state and what follows
+	allDown    bool
+	queryProbe bool // a real query is out as the probe (every upstream down)
+	nextProbe  int  // where the next query probe starts looking
+	closing    bool
+	active     int           // Exchange calls in progress
+	idle       chan struct{} // closed when active drops to 0, if set
 
-	ctx    context.Context // ends the probes
+	ctx    context.Context // ends the probes and checks
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	close  sync.Once
 }
 
 // member is one upstream of the pool.
@@ -42,16 +60,25 @@ type member struct {
 	counters *Counters
 
 	// guarded by Pool.mu
-	rtt     time.Duration // EWMA; 0 until the first answer
-	fails   int           // consecutive failures
-	down    bool
-	probing bool
+	rtt        time.Duration // EWMA; 0 until the first answer
+	down       bool
+	why        error     // what took it down
+	lastAnswer time.Time // when it last answered anything
+	checking   bool      // a health check is out
+	probing    bool      // the recovery probe loop runs
+
+	// state-change logging: a token bucket of logBurst lines refilled
+	// one per Options.LogEvery; changes beyond it are counted and
+	// summed up in one line when a token is back.
+	tokens     float64
+	tokensAt   time.Time
+	suppressed int
+	flushing   bool
 }
 
-// downAfter consecutive failures mark an upstream down. One timeout may be
-// a lost datagram or a slow name; a refused or failed connection (see
-// hardFailure) marks it down at once.
-const downAfter = 2
+// logBurst state-change lines per upstream are logged at once (a flap:
+// down, then up); beyond that, one per Options.LogEvery.
+const logBurst = 2
 
 // NewPool parses the upstream URLs and builds their transports. No
 // connection is opened until the first query.
@@ -64,50 +91,82 @@ func NewPool(urls []string, opts Options) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pool{opts: opts, log: opts.Logger, ctx: ctx, cancel: cancel}
+	var ts []Transport
+	var cs []*Counters
 	for _, u := range urls {
 		ep, err := ParseURL(u)
-		if err != nil {
-			p.Close()
-			return nil, err
+		if err == nil {
+			c := new(Counters)
+			var t Transport
+			if t, err = newTransport(ep, config{tls: tc, counters: c, randomize: opts.Randomize0x20}); err == nil {
+				ts, cs = append(ts, t), append(cs, c)
+				continue
+			}
 		}
-		c := new(Counters)
-		t, err := newTransport(ep, config{tls: tc, counters: c, randomize: opts.Randomize0x20})
-		if err != nil {
-			p.Close()
-			return nil, err
+		for _, t := range ts {
+			_ = t.Close()
 		}
-		p.ups = append(p.ups, &member{t: t, counters: c})
+		return nil, err
 	}
-	return p, nil
+	return poolOf(opts, ts, cs), nil
 }
 
+// poolOf is a pool over transports (with their counters) built already;
+// opts has its defaults.
+func poolOf(opts Options, ts []Transport, cs []*Counters) *Pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{opts: opts, log: opts.Logger, ctx: ctx, cancel: cancel}
+	for i, t := range ts {
+		p.ups = append(p.ups, &member{t: t, counters: cs[i], tokens: logBurst})
+	}
+	return p
+}
+
+// CheckFunc checks an upstream answer to the caller's query q: it returns
+// the answer to use, or an error, in which case the answer is counted as
+// refused for that upstream and the next upstream is tried.
+type CheckFunc func(q, resp *dns.Msg) (*dns.Msg, error)
+
 // Exchange resolves q, a query with one question (the caller's message is
-// not changed). Errors are *stage.Error values, or Check's error.
+// not changed), checking answers with Options.Check. Errors are
+// *stage.Error values, or the check's error.
 func (p *Pool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	return p.ExchangeWith(ctx, q, p.opts.Check)
+}
+
+// ExchangeWith is Exchange with check (nil: none) in place of
+// Options.Check, so that one pool can serve chains that check answers
+// differently (a pool kept across a configuration reload).
+func (p *Pool) ExchangeWith(ctx context.Context, q *dns.Msg, check CheckFunc) (*dns.Msg, error) {
 	if len(q.Question) != 1 {
 		return nil, fmt.Errorf("upstream query with %d questions", len(q.Question))
 	}
-	order := p.order()
+	order, probe := p.begin()
+	defer p.end(probe)
+	attempts := p.opts.MaxAttempts
+	if probe != nil {
+		order, attempts = []*member{probe}, 1
+	}
 	if len(order) == 0 {
-		return nil, stage.Fail(dnswire.EDENoReachableAut, "No Reachable Authority", errors.New("every upstream is down"))
+		return nil, allDownError(nil)
 	}
 	var lastErr, checkErr error
-	for i := 0; i < p.opts.MaxAttempts && ctx.Err() == nil; i++ {
+	for i := 0; i < attempts && ctx.Err() == nil; i++ {
 		m := order[i%len(order)]
 		resp, err := p.attempt(ctx, m, q)
 		if err != nil {
 			lastErr = err
 			if p.noneUp() {
-				break // that was the last one up: fail now, not after more timeouts
+				// That was the last one up, or this was a probe: fail
+				// now, not after more timeouts.
+				return nil, allDownError(lastErr)
 			}
 			continue
 		}
-		if p.opts.Check == nil {
+		if check == nil {
 			return resp, nil
 		}
-		checked, err := p.opts.Check(q, resp)
+		checked, err := check(q, resp)
 		if err == nil {
 			return checked, nil
 		}
@@ -130,37 +189,147 @@ func (p *Pool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	return nil, stage.Fail(dnswire.EDENoReachableAut, "No Reachable Authority", lastErr)
 }
 
-// attempt is one try on one upstream, within the per-attempt timeout.
+// errAllDown is in the chain of the error of a query that found every
+// upstream down.
+var errAllDown = errors.New("every upstream is down")
+
+// downError is the failure of a query no upstream could be asked: it
+// says nothing about the name. Caches recognise it by its Unreachable
+// method (guard/cache does not grow a name's failure backoff for it).
+type downError struct{ last error }
+
+func (e *downError) Error() string {
+	if e.last == nil {
+		return errAllDown.Error()
+	}
+	return errAllDown.Error() + ": " + e.last.Error()
+}
+
+func (e *downError) Unwrap() []error { return []error{errAllDown, e.last} }
+
+// Unreachable reports that the failure is the path's (every upstream
+// down), not the name's.
+func (e *downError) Unreachable() bool { return true }
+
+func allDownError(last error) error {
+	return stage.Fail(dnswire.EDENoReachableAut, "No Reachable Authority", &downError{last})
+}
+
+// IsAllDown reports whether err is the failure of a query that found
+// every upstream down.
+func IsAllDown(err error) bool { return errors.Is(err, errAllDown) }
+
+// begin registers an Exchange and returns the healthy upstreams, fastest
+// first (those under a health check last, those not yet measured first so
+// that they get measured); or, when every upstream is down, the one to
+// send this query to as a probe, if no other query is out as one.
+func (p *Pool) begin() (order []*member, probe *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active++
+	order = make([]*member, 0, len(p.ups))
+	for _, m := range p.ups {
+		if !m.down {
+			order = append(order, m)
+		}
+	}
+	if len(order) > 0 {
+		slices.SortStableFunc(order, func(a, b *member) int {
+			if a.checking != b.checking {
+				if a.checking {
+					return 1
+				}
+				return -1
+			}
+			return cmp.Compare(a.rtt, b.rtt)
+		})
+		return order, nil
+	}
+	if p.queryProbe || p.closing {
+		return nil, nil
+	}
+	n := len(p.ups)
+	for i := range n {
+		if m := p.ups[(p.nextProbe+i)%n]; m.down {
+			p.nextProbe = (p.nextProbe + i + 1) % n
+			p.queryProbe = true
+			return nil, m
+		}
+	}
+	return nil, nil
+}
+
+// end unregisters an Exchange (and its query probe).
+func (p *Pool) end(probe *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if probe != nil {
+		p.queryProbe = false
+	}
+	p.active--
+	if p.active == 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
+	}
+}
+
+// attempt is one try on one upstream, within the per-attempt timeout. An
+// answer that differs from the query only in the case of the name (0x20)
+// is asked again without 0x20 and compared (caseFallback).
 func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg) (*dns.Msg, error) {
 	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	start := time.Now()
 	resp, err := m.t.Exchange(actx, q)
-	if err != nil {
+	var ce *CaseError
+	switch {
+	case errors.As(err, &ce):
+		p.answered(m, time.Since(start))
+		return p.caseFallback(ctx, m, q, ce)
+	case err != nil:
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // the caller gave up; not the upstream's fault
 		}
 		m.counters.Failures.Add(1)
-		p.failed(m, q, err, time.Since(start))
+		p.failed(m, err, start)
 		return nil, err
 	}
-	p.answered(m, time.Since(start), false)
+	p.answered(m, time.Since(start))
 	return resp, nil
 }
 
-// order returns the healthy upstreams, fastest first; the ones not yet
-// measured go first so that they get measured.
-func (p *Pool) order() []*member {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	up := make([]*member, 0, len(p.ups))
-	for _, m := range p.ups {
-		if !m.down {
-			up = append(up, m)
+// ErrCaseInconsistent is the failure of an attempt whose answer came back
+// in another case than the 0x20 query had, and which, asked again without
+// 0x20, answered differently: either answer may be forged.
+var ErrCaseInconsistent = errors.New("answer in another case differs from the answer without 0x20")
+
+// caseFallback handles an answer whose name came back in another case
+// than sent, as unbound's use-caps-for-id does: the upstream may mangle
+// case (some forwarders and middleboxes do), or the answer may be forged
+// by someone who could not see the query. The question is asked again
+// without 0x20 and the two answers compared: if they agree, the second is
+// used; if not, the attempt fails (the pool tries the next upstream). The
+// upstream has answered either way, so it is not marked down.
+func (p *Pool) caseFallback(ctx context.Context, m *member, q *dns.Msg, ce *CaseError) (*dns.Msg, error) {
+	m.counters.CaseFallbacks.Add(1)
+	actx, cancel := context.WithTimeout(WithCaseRandomization(ctx, false), p.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := m.t.Exchange(actx, q)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
 		}
+		m.counters.Failures.Add(1)
+		p.failed(m, err, start)
+		return nil, fmt.Errorf("0x20 fallback: %w", err)
 	}
-	slices.SortStableFunc(up, func(a, b *member) int { return cmp.Compare(a.rtt, b.rtt) })
-	return up
+	p.answered(m, time.Since(start))
+	if !sameAnswer(ce.Msg, resp) {
+		m.counters.Mismatches.Add(1)
+		return nil, fmt.Errorf("%s: %w", m.t, ErrCaseInconsistent)
+	}
+	return resp, nil
 }
 
 func (p *Pool) noneUp() bool {
@@ -169,24 +338,24 @@ func (p *Pool) noneUp() bool {
 	return p.allDown
 }
 
-// answered records an answer time and marks the upstream up; probe says
-// the answer ends its probing.
-func (p *Pool) answered(m *member, rtt time.Duration, probe bool) {
+// answered records an answer (to anything: a question, a check, a probe)
+// and its time, and marks the upstream up. When that ends a time with
+// every upstream down, Options.OnRecover is called.
+func (p *Pool) answered(m *member, rtt time.Duration) {
 	rtt = max(rtt, time.Microsecond)
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if probe {
-		m.probing = false
-	}
 	m.rtt = ewma(m.rtt, rtt)
-	m.fails = 0
+	m.lastAnswer = time.Now()
+	recovered := false
 	if m.down {
-		m.down = false
-		p.log.Info("upstream recovered", "upstream", m.t.String(), "rtt", rtt)
-		if p.allDown {
-			p.allDown = false
-			p.log.Info("an upstream is reachable again", "upstream", m.t.String())
-		}
+		m.down, m.why = false, nil
+		recovered = p.allDown
+		p.allDown = false
+		p.logChange(m)
+	}
+	p.mu.Unlock()
+	if recovered && p.opts.OnRecover != nil {
+		p.opts.OnRecover()
 	}
 }
 
@@ -198,37 +367,76 @@ func ewma(avg, sample time.Duration) time.Duration {
 	return (7*avg + 3*sample) / 10
 }
 
-// failed counts a failure, which also weighs on the upstream's time so
-// that it loses its place to the others, and after downAfter in a row (or
-// a hard failure) marks it down, logging the change, and starts probing.
-func (p *Pool) failed(m *member, q *dns.Msg, err error, took time.Duration) {
+// failed records an attempt that got no answer. It weighs on the
+// upstream's time, so that it loses its place to the others. A hard
+// failure (connect or TLS) marks it down; anything else is the
+// question's failure, unless the upstream has answered nothing since the
+// question was sent, in which case a health check decides.
+func (p *Pool) failed(m *member, err error, start time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m.rtt = ewma(m.rtt, max(took, p.opts.Timeout))
-	m.fails++
-	if m.fails < downAfter && !hardFailure(err) {
-		return
-	}
-	if !m.down {
-		m.down = true
-		p.log.Warn("upstream down", "upstream", m.t.String(), "err", err)
-		if !p.allDown && !slices.ContainsFunc(p.ups, func(m *member) bool { return !m.down }) {
-			p.allDown = true
-			p.log.Error("no upstream reachable: answering SERVFAIL (EDE 22) until one recovers", "err", err)
-		}
-	}
-	if !m.probing && p.ctx.Err() == nil {
-		m.probing = true
+	m.rtt = ewma(m.rtt, max(time.Since(start), p.opts.Timeout))
+	switch {
+	case m.down || p.closing:
+	case hardFailure(err):
+		p.setDown(m, err)
+	case m.lastAnswer.Before(start) && !m.checking:
+		m.checking = true
 		p.wg.Add(1)
-		go p.probe(m, q.Copy())
+		go p.check(m, err)
 	}
 }
 
-// probe asks a down upstream, backing off, until it answers (any answer:
-// the upstream is reachable) or the pool closes. It asks the question
-// that failed and, alongside, ". NS", which any working resolver answers
-// from its cache, so that one slow name cannot keep an upstream down.
-func (p *Pool) probe(m *member, q *dns.Msg) {
+// check asks m ". NS" and marks it down if nothing at all is answered
+// (neither the check nor any question) before the check times out. A
+// stream transport then drops its connection: the next query dials again.
+func (p *Pool) check(m *member, cause error) {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(p.ctx, p.probeTimeout())
+	defer cancel()
+	start := time.Now()
+	_, err := m.t.Exchange(ctx, rootQuery())
+	if err == nil {
+		p.answered(m, time.Since(start))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m.checking = false
+	if err == nil || p.ctx.Err() != nil || p.closing || m.down || m.lastAnswer.After(start) {
+		return
+	}
+	p.setDown(m, fmt.Errorf("no answer to anything, health check included (%w); first unanswered: %w", err, cause))
+	if r, ok := m.t.(interface{ Reset() }); ok {
+		r.Reset()
+	}
+}
+
+func (p *Pool) probeTimeout() time.Duration { return 2 * p.opts.Timeout }
+
+// rootQuery is the health check and probe question: ". NS", which any
+// working resolver answers from its cache (priming, RFC 8109).
+func rootQuery() *dns.Msg {
+	q := new(dns.Msg)
+	q.RecursionDesired = true
+	q.Question = []dns.Question{{Name: ".", Qtype: dns.TypeNS, Qclass: dns.ClassINET}}
+	return q
+}
+
+// setDown marks m down (p.mu held), logs the change and starts probing.
+func (p *Pool) setDown(m *member, why error) {
+	m.down, m.why = true, why
+	p.allDown = !slices.ContainsFunc(p.ups, func(m *member) bool { return !m.down })
+	p.logChange(m)
+	if !m.probing && p.ctx.Err() == nil {
+		m.probing = true
+		p.wg.Add(1)
+		go p.probe(m)
+	}
+}
+
+// probe asks a down upstream ". NS", backing off, until it answers or
+// something else finds it up, or the pool closes.
+func (p *Pool) probe(m *member) {
 	defer p.wg.Done()
 	delay := p.opts.ProbeMin
 	for {
@@ -236,45 +444,27 @@ func (p *Pool) probe(m *member, q *dns.Msg) {
 		select {
 		case <-p.ctx.Done():
 			t.Stop()
+			p.mu.Lock()
+			m.probing = false
+			p.mu.Unlock()
 			return
 		case <-t.C:
 		}
 		if p.upAgain(m) {
-			return // a query found it up meanwhile
-		}
-		if rtt, ok := p.probeOnce(m, q); ok {
-			p.answered(m, rtt, true)
 			return
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, p.probeTimeout())
+		start := time.Now()
+		_, err := m.t.Exchange(ctx, rootQuery())
+		cancel()
+		if err == nil {
+			p.answered(m, time.Since(start))
+			if p.upAgain(m) {
+				return
+			}
 		}
 		delay = min(2*delay, p.opts.ProbeMax)
 	}
-}
-
-// probeOnce sends the probe questions at once and reports the first
-// answer's time.
-func (p *Pool) probeOnce(m *member, q *dns.Msg) (time.Duration, bool) {
-	ctx, cancel := context.WithTimeout(p.ctx, 2*p.opts.Timeout)
-	defer cancel()
-	root := new(dns.Msg)
-	root.RecursionDesired = true
-	root.Question = []dns.Question{{Name: ".", Qtype: dns.TypeNS, Qclass: dns.ClassINET}}
-	answered := make(chan time.Duration, 2)
-	start := time.Now()
-	for _, pq := range []*dns.Msg{q, root} {
-		go func() {
-			if _, err := m.t.Exchange(ctx, pq); err == nil {
-				answered <- time.Since(start)
-				return
-			}
-			answered <- -1
-		}()
-	}
-	for range 2 {
-		if rtt := <-answered; rtt >= 0 {
-			return rtt, true
-		}
-	}
-	return 0, false
 }
 
 // upAgain reports whether m is up, ending its probing if so (in the same
@@ -286,6 +476,73 @@ func (p *Pool) upAgain(m *member) bool {
 		m.probing = false
 	}
 	return !m.down
+}
+
+// logChange logs m's new state (p.mu held) if its token bucket allows,
+// else counts the change for a summary line once a token is back.
+func (p *Pool) logChange(m *member) {
+	now := time.Now()
+	every := p.opts.LogEvery
+	m.tokens = min(logBurst, m.tokens+float64(now.Sub(m.tokensAt))/float64(every))
+	m.tokensAt = now
+	if m.tokens >= 1 && !m.flushing {
+		m.tokens--
+		p.logState(m, 0)
+		return
+	}
+	m.suppressed++
+	if !m.flushing && p.ctx.Err() == nil {
+		m.flushing = true
+		wait := time.Duration((1 - m.tokens) * float64(every))
+		p.wg.Add(1)
+		go p.flushLog(m, wait)
+	}
+}
+
+// flushLog logs, after wait, m's state and how many changes went unlogged.
+func (p *Pool) flushLog(m *member, wait time.Duration) {
+	defer p.wg.Done()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-p.ctx.Done():
+	case <-t.C:
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m.flushing = false
+	if m.suppressed == 0 || p.ctx.Err() != nil {
+		return
+	}
+	now := time.Now()
+	m.tokens = min(logBurst, m.tokens+float64(now.Sub(m.tokensAt))/float64(p.opts.LogEvery))
+	m.tokensAt = now
+	m.tokens = max(m.tokens-1, 0)
+	p.logState(m, m.suppressed)
+	m.suppressed = 0
+}
+
+// logState writes m's state in one line (p.mu held); unlogged counts the
+// changes since the last line that were not logged.
+func (p *Pool) logState(m *member, unlogged int) {
+	up := 0
+	for _, o := range p.ups {
+		if !o.down {
+			up++
+		}
+	}
+	attrs := []any{"upstream", m.t.String(), "up", up, "of", len(p.ups)}
+	if unlogged > 0 {
+		attrs = append(attrs, "unlogged_changes", unlogged)
+	}
+	switch {
+	case !m.down:
+		p.log.Info("upstream up", attrs...)
+	case p.allDown:
+		p.log.Error("upstream down; no upstream reachable: answering SERVFAIL (EDE 22) until one recovers", append(attrs, "err", m.why)...)
+	default:
+		p.log.Warn("upstream down", append(attrs, "err", m.why)...)
+	}
 }
 
 // Stats returns every upstream's counters and state, in configured order.
@@ -301,13 +558,40 @@ func (p *Pool) Stats() []Stats {
 	return out
 }
 
-// Close stops the probes and closes every transport.
-func (p *Pool) Close() error {
-	p.cancel()
-	p.wg.Wait()
-	var errs []error
-	for _, m := range p.ups {
-		errs = append(errs, m.t.Close())
+// Shutdown waits until the queries in progress are done (or ctx ends),
+// then closes the pool. Queries that come meanwhile are still served.
+func (p *Pool) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	var idle chan struct{}
+	if p.active > 0 {
+		if p.idle == nil {
+			p.idle = make(chan struct{})
+		}
+		idle = p.idle
 	}
+	p.mu.Unlock()
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-ctx.Done():
+		}
+	}
+	return p.Close()
+}
+
+// Close stops the probes and closes every transport; queries in progress
+// fail (Shutdown lets them finish first).
+func (p *Pool) Close() error {
+	var errs []error
+	p.close.Do(func() {
+		p.mu.Lock()
+		p.closing = true
+		p.mu.Unlock()
+		p.cancel()
+		p.wg.Wait()
+		for _, m := range p.ups {
+			errs = append(errs, m.t.Close())
+		}
+	})
 	return errors.Join(errs...)
 }

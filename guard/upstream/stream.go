@@ -147,6 +147,19 @@ func (s *stream) dial() *dial {
 	return d
 }
 
+// Reset drops the connection (its in-flight queries fail) so that the
+// next query dials a fresh one: the pool calls it when nothing at all was
+// answered on it, health check included.
+func (s *stream) Reset() {
+	s.mu.Lock()
+	c := s.conn
+	s.conn = nil
+	s.mu.Unlock()
+	if c != nil {
+		c.close(fmt.Errorf("%w: reset: nothing answered", errConnClosed))
+	}
+}
+
 // Close closes the connection; in-flight queries fail.
 func (s *stream) Close() error {
 	s.mu.Lock()
@@ -322,7 +335,8 @@ func (c *streamConn) deliver(b []byte) {
 		return // late: its query gave up (on TLS nobody else can write here)
 	}
 	m, err := match(cl.sent, b, cl.exact)
-	if err != nil {
+	var ce *CaseError
+	if err != nil && !errors.As(err, &ce) {
 		c.counters.Mismatches.Add(1)
 	}
 	cl.done <- result{m, err}

@@ -31,6 +31,9 @@ type Counters struct {
 	Mismatches atomic.Uint64 // responses dropped for not matching (RFC 5452 §9.1)
 	Flood      atomic.Uint64 // further copies after the accepted answer
 	Refused    atomic.Uint64 // answers the pool's Check refused
+	// CaseFallbacks counts answers that came back in another case than
+	// the 0x20 query had, and were asked again without 0x20.
+	CaseFallbacks atomic.Uint64
 }
 
 // Stats is a snapshot of one upstream's counters and state.
@@ -43,12 +46,14 @@ type Stats struct {
 	Mismatches uint64
 	Flood      uint64
 	Refused    uint64
+	// CaseFallbacks: 0x20 answers in the wrong case, asked again.
+	CaseFallbacks uint64
 }
 
 func (c *Counters) snapshot() Stats {
 	return Stats{
 		Queries: c.Queries.Load(), Failures: c.Failures.Load(), Mismatches: c.Mismatches.Load(),
-		Flood: c.Flood.Load(), Refused: c.Refused.Load(),
+		Flood: c.Flood.Load(), Refused: c.Refused.Load(), CaseFallbacks: c.CaseFallbacks.Load(),
 	}
 }
 

@@ -59,6 +59,9 @@ func (u *udp) String() string { return u.ep.String() }
 // Close closes the TCP connection kept for truncated answers.
 func (u *udp) Close() error { return u.tcp.Close() }
 
+// Reset drops the TCP connection kept for truncated answers.
+func (u *udp) Reset() { u.tcp.Reset() }
+
 // Exchange sends q from a fresh random port and waits for the answer.
 func (u *udp) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	exact := caseRandomization(ctx, u.cfg.randomize)
@@ -123,6 +126,12 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 			return nil, errOversize
 		}
 		resp, err := match(m, buf[:n], exact)
+		var ce *CaseError
+		if errors.As(err, &ce) {
+			// Right ID, port and question but the case: the pool asks
+			// again without 0x20 and compares (unbound's fallback).
+			return nil, err
+		}
 		if err != nil {
 			u.cfg.counters.Mismatches.Add(1)
 			continue
