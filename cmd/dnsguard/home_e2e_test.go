@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
@@ -571,3 +572,41 @@ forward-zone:
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// TestHomeNetworkWithoutNFLOG: when the guard cannot have its NFLOG group
+// (here another process holds it; on a router, kmod-nfnetlink-log
+// missing), it says so once and goes on serving and intercepting, without
+// log rules and without observing devices before the redirect.
+func TestHomeNetworkWithoutNFLOG(t *testing.T) {
+	h := newHome(t)
+	f, err := os.Open("/run/netns/" + h.rtr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	holder, err := intercept.Observe(ctx, 53, int(f.Fd()), func(intercept.Packet) {}, nil)
+	if err != nil {
+		cancel()
+		t.Fatalf("holding NFLOG group 53 in the router namespace: %v", err)
+	}
+	defer func() { cancel(); holder.Close() }()
+
+	g := h.startGuard(t)
+	if n := strings.Count(g.log(), "NFLOG unavailable"); n != 1 {
+		t.Errorf("NFLOG unavailable logged %d times, want once:\n%s", n, g.log())
+	}
+	l, err := exec.Command("ip", "netns", "exec", h.rtr, "nft", "list", "table", "inet", "dnsguard").CombinedOutput()
+	if err != nil || strings.Contains(string(l), "log ") || !strings.Contains(string(l), "redirect to :53") {
+		t.Errorf("table without NFLOG: %v\n%s", err, l)
+	}
+	for _, args := range [][]string{{"@8.8.8.8", "no-nflog4.example"}, {"@2001:4860:4860::8888", "no-nflog6.example"}, {"@" + h.lan6, "no-nflog-ula.example"}} {
+		if out := h.dig(t, h.dev, args...); digShort(out) != homeUpstreamAnswer {
+			t.Errorf("dig %v without NFLOG: %s", args, out)
+		}
+	}
+	// Graded from the queries the guard answered instead.
+	if v := findDevice(h.devices(t), homeDevMAC); v == nil || v.Queries < 3 {
+		t.Errorf("device record without NFLOG: %+v", v)
+	}
+}

@@ -105,11 +105,33 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		}
 	}
 
+	// The neighbour callback and the observer may run before the registry
+	// exists: they read it through an atomic.
+	var regp atomic.Pointer[device.Registry]
+	nflogGroup := uint16(0)
+	if intercepting && ic.NFLogGroup != 0 {
+		obs, err := intercept.Observe(r.ctx, ic.NFLogGroup, 0, func(p intercept.Packet) {
+			if reg := regp.Load(); reg != nil {
+				observePacket(reg, p)
+			}
+		}, log.With("part", "nflog"))
+		if err != nil {
+			// No NFLOG in this kernel (kmod-nfnetlink-log missing), or
+			// the group is taken: serve and intercept without observing,
+			// and without log rules in the table.
+			log.Warn("NFLOG unavailable: serving without observing devices before the redirect (no hard-coded resolver or bypass records)",
+				"group", ic.NFLogGroup, "err", err)
+		} else {
+			r.observer, nflogGroup = true, ic.NFLogGroup
+			r.closers = append(r.closers, func(context.Context) error { return obs.Close() })
+		}
+	}
+
 	if intercepting {
 		var err error
 		r.table, err = intercept.NewTable(intercept.Config{
 			LAN: ic.LAN, GuardPort: guardPort(ic), RedirectDNS: ic.RedirectDNS,
-			BlockDoT: ic.BlockDoT, BlockDoH: ic.BlockDoH, NFLogGroup: ic.NFLogGroup,
+			BlockDoT: ic.BlockDoT, BlockDoH: ic.BlockDoH, NFLogGroup: nflogGroup,
 			// The observer has packets to read only while the
 			// table logs: until then identify feeds the graders.
 			OnInstall: func(logging bool) { r.observed.Store(r.observer && logging) },
@@ -119,9 +141,6 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		}
 	}
 
-	// The neighbour callback may run as soon as the watch starts, before
-	// the registry exists: it reads the registry through an atomic.
-	var regp atomic.Pointer[device.Registry]
 	neigh, err := device.WatchNeighbours(r.ctx, ic.LAN, func(mac string) {
 		if reg := regp.Load(); reg != nil {
 			reg.Gone(mac)
@@ -167,19 +186,6 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		<-regDone
 		return reg.Close()
 	})
-
-	if intercepting && ic.NFLogGroup != 0 {
-		obs, err := intercept.Observe(r.ctx, ic.NFLogGroup, 0, observe(reg), log.With("part", "nflog"))
-		if err != nil {
-			// No NFLOG in this kernel (kmod-nfnetlink-log missing):
-			// serve and intercept without observing.
-			log.Warn("NFLOG unavailable: serving without observing devices before the redirect (no hard-coded resolver or bypass records)",
-				"group", ic.NFLogGroup, "err", err)
-		} else {
-			r.observer = true
-			r.closers = append(r.closers, func(context.Context) error { return obs.Close() })
-		}
-	}
 
 	if store != nil {
 		ctl, err := device.ServeControl(device.ControlPath(cfg.State.File), reg, log.With("part", "control"))
@@ -278,26 +284,24 @@ func guardPort(ic policy.Intercept) uint16 {
 	return ic.GuardPort
 }
 
-// observe turns logged packets into device observations.
-func observe(reg *device.Registry) func(intercept.Packet) {
-	return func(p intercept.Packet) {
-		if len(p.MAC) != 6 {
-			return
+// observePacket turns a logged packet into a device observation.
+func observePacket(reg *device.Registry, p intercept.Packet) {
+	if len(p.MAC) != 6 {
+		return
+	}
+	mac := p.MAC.String()
+	switch p.Kind {
+	case intercept.KindDNS:
+		if p.DNS == nil {
+			return // a TCP segment without a query in it
 		}
-		mac := p.MAC.String()
-		switch p.Kind {
-		case intercept.KindDNS:
-			if p.DNS == nil {
-				return // a TCP segment without a query in it
-			}
-			q := &device.Query{ID: p.DNS.ID, EDNS: p.DNS.EDNS, Name: p.DNS.Name, Type: p.DNS.Type}
-			if !p.TCP {
-				q.Port = p.Src.Port()
-			}
-			reg.ObserveQuery(mac, p.Src, p.Dst, q)
-		case intercept.KindDoT, intercept.KindDoQ, intercept.KindDoH:
-			reg.ObserveBypass(mac, p.Src, p.Dst, string(p.Kind))
+		q := &device.Query{ID: p.DNS.ID, EDNS: p.DNS.EDNS, Name: p.DNS.Name, Type: p.DNS.Type}
+		if !p.TCP {
+			q.Port = p.Src.Port()
 		}
+		reg.ObserveQuery(mac, p.Src, p.Dst, q)
+	case intercept.KindDoT, intercept.KindDoQ, intercept.KindDoH:
+		reg.ObserveBypass(mac, p.Src, p.Dst, string(p.Kind))
 	}
 }
 
