@@ -38,7 +38,12 @@ import (
 // DNSGUARD_FLOOD_MACS sets the number of MACs (default 6000);
 // DNSGUARD_FLOOD_SAME_MAC=1 sends the same frames from the attacker's own
 // MAC (the control: what the traffic costs without the MAC churn; the
-// assertions on the unconfirmed pool are then skipped).
+// assertions on the unconfirmed pool are then skipped);
+// DNSGUARD_FLOOD_ARP=1 makes the flood one the neighbour table confirms:
+// each random MAC first sends an ARP request for the router from a random
+// address in 10.10.10.100-249, then its query from that address (the
+// records then fill the main table, which is bounded too; the
+// unconfirmed-pool assertions are skipped).
 func TestRouterMACFlood(t *testing.T) {
 	if raceBuild {
 		// It measures RSS and service under load; a race-built guard is
@@ -124,7 +129,9 @@ func TestRouterMACFlood(t *testing.T) {
 		}
 	}()
 	sameMAC := os.Getenv("DNSGUARD_FLOOD_SAME_MAC") == "1"
-	sent, err := floodMACs(tb, atkNS, attackerIP, nMACs, sameMAC)
+	arp := os.Getenv("DNSGUARD_FLOOD_ARP") == "1"
+	sent, err := floodMACs(tb, atkNS, attackerIP, nMACs, sameMAC, arp)
+	sameMAC = sameMAC || arp // the unconfirmed pool is not what fills
 	close(floodDone)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +197,10 @@ func TestRouterMACFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) > 10 {
+	switch {
+	case arp && len(recs) > device.MaxDevices+1:
+		t.Errorf("%d records stored after a confirmed flood, over the bound %d (+1 override)", len(recs), device.MaxDevices)
+	case !arp && len(recs) > 10:
 		t.Errorf("%d records stored after the flood; the random MACs reached the file", len(recs))
 	}
 	start = time.Now()
@@ -202,7 +212,10 @@ func TestRouterMACFlood(t *testing.T) {
 	}
 	_ = g2
 	what := "MACFLOOD"
-	if sameMAC {
+	switch {
+	case arp:
+		what = "MACFLOOD-ARP"
+	case sameMAC:
 		what = "MACFLOOD-CONTROL"
 	}
 	line := fmt.Sprintf(what+" macs=%d frames=%d rss_before_kb=%d rss_peak_kb=%d rss_after_kb=%d victim_ok=%d/%d override_kept=%v records=%d unconfirmed=%d stored=%d log_lines=%d start_first_ms=%d start_next_ms=%d",
@@ -253,7 +266,7 @@ func rssKB(t *testing.T, pid int) int {
 // in a raw Ethernet frame from a new random source MAC (the attacker's
 // own IP address, random source ports and IDs), to 8.8.8.8 through the
 // router. It returns the frames sent.
-func floodMACs(tb *testbed, ns, srcIP string, n int, sameMAC bool) (int, error) {
+func floodMACs(tb *testbed, ns, srcIP string, n int, sameMAC, arp bool) (int, error) {
 	out, err := exec.Command("ip", "-n", tb.rtr, "-j", "link", "show", "lan0").Output()
 	if err != nil {
 		return 0, fmt.Errorf("router MAC: %w", err)
@@ -296,7 +309,15 @@ func floodMACs(tb *testbed, ns, srcIP string, n int, sameMAC bool) (int, error) 
 			if sameMAC {
 				copy(mac[:], ifi.HardwareAddr)
 			}
-			frame := udpFrame(dst, mac[:], src4, dst4, uint16(1024+r.UintN(64000)), 53, q)
+			from := src4
+			if arp {
+				from = [4]byte{10, 10, 10, byte(100 + r.UintN(150))}
+				req := arpRequest(mac[:], from, [4]byte{10, 10, 10, 1})
+				if err := unix.Sendto(fd, req, 0, sa); err != nil {
+					return fmt.Errorf("arp %d: %w", i, err)
+				}
+			}
+			frame := udpFrame(dst, mac[:], from, dst4, uint16(1024+r.UintN(64000)), 53, q)
 			if err := unix.Sendto(fd, frame, 0, sa); err != nil {
 				return fmt.Errorf("frame %d: %w", i, err)
 			}
@@ -311,6 +332,23 @@ func floodMACs(tb *testbed, ns, srcIP string, n int, sameMAC bool) (int, error) 
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// arpRequest is a broadcast ARP request from mac at sip for tip.
+func arpRequest(mac []byte, sip, tip [4]byte) []byte {
+	b := make([]byte, 14+28)
+	copy(b[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(b[6:12], mac)
+	be.BigEndian.PutUint16(b[12:], unix.ETH_P_ARP)
+	a := b[14:]
+	be.BigEndian.PutUint16(a[0:], 1)             // Ethernet
+	be.BigEndian.PutUint16(a[2:], unix.ETH_P_IP) // IPv4
+	a[4], a[5] = 6, 4
+	be.BigEndian.PutUint16(a[6:], 1) // request
+	copy(a[8:14], mac)
+	copy(a[14:18], sip[:])
+	copy(a[24:28], tip[:])
+	return b
+}
 
 // udpFrame builds an Ethernet II / IPv4 / UDP frame (UDP checksum 0,
 // allowed over IPv4).

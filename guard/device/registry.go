@@ -780,6 +780,7 @@ func (r *Registry) Run(ctx context.Context) {
 			if err := r.Flush(); err != nil {
 				r.log.Error("writing device records", "err", err)
 			}
+			r.confirmPending()
 			r.summarise(false)
 			r.reloadLeases(leases)
 			r.updateExempt()
@@ -788,6 +789,40 @@ func (r *Registry) Run(ctx context.Context) {
 				r.log.Error("copying device state to persistent storage", "err", err)
 			}
 		}
+	}
+}
+
+// confirmPending confirms the unconfirmed devices whose MAC the neighbour
+// table (or a lease) now gives one of their addresses: a device's first
+// packets often arrive before the kernel's neighbour update does. The
+// pool is small, so the walk is too.
+func (r *Registry) confirmPending() {
+	n := r.opts.Neighbours
+	if n == nil {
+		return // nothing is unconfirmed without a neighbour table
+	}
+	now := r.opts.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var confirm []*entry
+	for e := r.unconfirmed.root.next; e != &r.unconfirmed.root; e = e.next {
+		if e.rec.MAC == "" {
+			continue
+		}
+		for _, s := range e.rec.IPs {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			if mac, ok := n.MAC(ip); ok && mac == e.rec.MAC || r.leased[ip] == e.rec.MAC {
+				confirm = append(confirm, e)
+				break
+			}
+		}
+	}
+	for _, e := range confirm {
+		r.confirmLocked(e, now)
+		r.markLocked(e)
 	}
 }
 

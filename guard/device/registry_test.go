@@ -144,6 +144,22 @@ func TestRegistryConfirmation(t *testing.T) {
 	if v := findView(reg.Views(), late); v == nil || v.TXID.N != 1 {
 		t.Errorf("only the agreeing query is evidence: %+v", v)
 	}
+	// A neighbour entry that arrives after the device's only packet
+	// confirms it at the next flush, without another query.
+	const quiet2 = "02:00:00:00:00:78"
+	ip2 := netip.MustParseAddr("10.0.0.78")
+	reg.ObserveQuery(quiet2, netip.AddrPortFrom(ip2, 4000), router, &Query{ID: 9, Port: 4000, Name: "a.example.", Type: 1})
+	reg.confirmPending()
+	if v := findView(reg.Views(), quiet2); v == nil || !v.Unconfirmed {
+		t.Fatalf("confirmed with no neighbour entry: %+v", v)
+	}
+	nb.mu.Lock()
+	nb.byIP[ip2] = quiet2
+	nb.mu.Unlock()
+	reg.confirmPending()
+	if v := findView(reg.Views(), quiet2); v == nil || v.Unconfirmed {
+		t.Errorf("not confirmed once the neighbour entry exists: %+v", v)
+	}
 }
 
 // TestRegistrySpoofedMACDoesNotGrade: frames carrying a device's MAC from
