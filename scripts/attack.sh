@@ -325,7 +325,7 @@ attack_macflood() {
 	if ! printf '%s\n' "$out" | grep -q '^--- PASS: TestRouterMACFlood'; then
 		verdict=FAILED
 	fi
-	result macflood "$(field macs "$line") MACs: RSS $(($(field rss_before_kb "$line") / 1024)) -> peak $(($(field rss_peak_kb "$line") / 1024)) MB, victim $(field victim_ok "$line") answered, exempt override kept: $(field override_kept "$line"), records $(field records "$line") (stored $(field stored "$line")), $(field log_lines "$line") log lines, next start $(field start_next_ms "$line") ms; test $verdict"
+	result macflood "$(field macs "$line") MACs: RSS $(($(field rss_before_kb "$line") / 1024)) -> peak $(($(field rss_peak_kb "$line") / 1024)) MB (anonymous $(($(field rss_anon_peak_kb "$line") / 1024)) MB; the rest is the binary's pages), victim $(field victim_ok "$line") answered, exempt override kept: $(field override_kept "$line"), records $(field records "$line") (stored $(field stored "$line")), $(field log_lines "$line") log lines, next start $(field start_next_ms "$line") ms; test $verdict"
 }
 
 # Item 4: the upstream goes silent for 20 s while a device retries one
