@@ -238,6 +238,13 @@ func (r *Registry) entryLocked(id, mac string, now time.Time, confirmed bool) *e
 	case e.list != nil:
 		e.list.touch(e)
 	}
+	if e.confirmed && !confirmed {
+		// Frames with a confirmed device's MAC that the neighbour table
+		// does not vouch for (a spoof, or its first packet from a new
+		// address) do not tell when it was last seen or rebooted.
+		r.markLocked(e)
+		return e
+	}
 	if !e.rec.LastSeen.IsZero() && now.Sub(e.rec.LastSeen) > silenceIsReboot {
 		e.away = true
 	}
@@ -366,6 +373,15 @@ func (r *Registry) learnLocked(ip netip.Addr, mac string) {
 		mergeRecords(dst.rec, ipRec.rec)
 		if ipRec.list != nil {
 			ipRec.list.remove(ipRec)
+		}
+		if dst.rec.Override == nil && ipRec.rec.Override != nil {
+			// The operator's decision follows the device to its MAC.
+			dst.rec.Override = ipRec.rec.Override
+			dst.decision = r.cls.Decide(dst.rec)
+			if dst.list != nil {
+				dst.list.remove(dst)
+			}
+			dst.confirmed = true
 		}
 	}
 	delete(r.devices, ipID(ip.String()))

@@ -382,3 +382,27 @@ func TestRegistryGradesAsSoonAsTheEvidenceDoes(t *testing.T) {
 		t.Errorf("%d flood summaries over %d minutes:\n%s", n, 2*MaxUnconfirmed/60, logs.String())
 	}
 }
+
+// TestRegistryOverrideFollowsMergedRecord: an override set on a device
+// known by its address only stays with it when its MAC is learned and the
+// records merge, and is kept from eviction there.
+func TestRegistryOverrideFollowsMergedRecord(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	const mac = "02:00:00:00:00:31"
+	reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.31:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	id, _, _, _ := reg.Identify(netip.MustParseAddr("10.0.0.131"))
+	yes := true
+	if _, err := reg.SetOverride(id, &Override{Exempt: &yes}); err != nil {
+		t.Fatal(err)
+	}
+	reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.131:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	for i := range MaxDevices + 5 {
+		clk.add(time.Millisecond)
+		reg.ObserveBypass(net.HardwareAddr{2, 0, 3, 0, byte(i >> 8), byte(i)}.String(), netip.MustParseAddrPort("10.0.0.3:1"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	}
+	v := findView(reg.Views(), mac)
+	if v == nil || v.Override == nil || !v.Exempt || findView(reg.Views(), id) != nil {
+		t.Errorf("merged record %+v (address record %q gone: %v)", v, id, findView(reg.Views(), id) == nil)
+	}
+}
