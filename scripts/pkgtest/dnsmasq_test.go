@@ -219,8 +219,8 @@ func TestHandoverDefaultRouter(t *testing.T) {
 	if c.Local.Server != "127.0.0.1:5354" {
 		t.Errorf("guard forwards local names to %q, want dnsmasq at 127.0.0.1:5354", c.Local.Server)
 	}
-	if strings.Join(c.Listen, " ") != "192.168.8.1:53 127.0.0.1:53 [::1]:53" {
-		t.Errorf("guard listens on %q, want the LAN address from network.lan.ipaddr and loopback", c.Listen)
+	if len(c.Listen) != 0 {
+		t.Errorf("guard listen list %q: uci-defaults must not write the LAN address (the guard serves every LAN address)", c.Listen)
 	}
 
 	// Installing again (an upgrade runs uci-defaults again) changes nothing.
@@ -365,9 +365,10 @@ func TestSysupgradeWithoutGuard(t *testing.T) {
 	}
 }
 
-// TestHandoverCIDRAddress: since 21.02 the LAN address may be written as a
-// list of CIDR addresses.
-func TestHandoverCIDRAddress(t *testing.T) {
+// TestHandoverLeavesListenAlone: whatever the LAN address (since 21.02
+// possibly a CIDR list), uci-defaults writes no listen list: with
+// 'list lan' the guard serves every address of the router itself.
+func TestHandoverLeavesListenAlone(t *testing.T) {
 	r := newUCIRoot(t, dhcpDefault)
 	network := strings.Replace(networkConfig, "option ipaddr '192.168.8.1'\n\toption netmask '255.255.255.0'",
 		"list ipaddr '10.20.30.1/24'\n\tlist ipaddr '10.20.31.1/24'", 1)
@@ -378,7 +379,11 @@ func TestHandoverCIDRAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.uciDefaults(t)
-	if c := r.guardConfig(t); strings.Join(c.Listen, " ") != "10.20.30.1:53 127.0.0.1:53 [::1]:53" {
-		t.Errorf("guard listens on %q, want the first LAN address without its prefix length", c.Listen)
+	c := r.guardConfig(t)
+	if len(c.Listen) != 0 {
+		t.Errorf("guard listen list %q, want none", c.Listen)
+	}
+	if strings.Join(c.Intercept.LAN, " ") != "br-lan" {
+		t.Errorf("LAN devices %q, want br-lan", c.Intercept.LAN)
 	}
 }

@@ -61,6 +61,15 @@ procd_add_reload_trigger() { _procd add_reload_trigger "$@"; }
 procd_add_config_trigger() { _procd add_config_trigger "$@"; }
 procd_add_interface_trigger() { _procd add_interface_trigger "$@"; }
 procd_send_signal() { _procd send_signal "$@"; }
+procd_open_data() { _procd open_data; }
+procd_close_data() { _procd close_data; }
+procd_set_config_changed() { _procd set_config_changed "$@"; }
+json_add_array() { :; }
+json_add_object() { :; }
+json_add_string() { _procd json "$@"; }
+json_close_object() { :; }
+json_close_array() { :; }
+uci() { return 1; }
 logger() { echo "logger: $*" >&2; }
 `
 
@@ -141,6 +150,14 @@ func newInitRoot(t *testing.T, dnsguardConf, networkConf string) *initRoot {
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(r.dir, "usr/sbin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// the fail-safe helper records its calls as procd calls do
+	failsafe := filepath.Join(r.dir, "usr/libexec/dnsguard-failsafe")
+	if err := os.MkdirAll(filepath.Dir(failsafe), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(failsafe, []byte("#!/bin/sh\n(IFS='|'; echo \"failsafe|$*\")\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(binPath(hostArch(t)), filepath.Join(r.dir, "usr/sbin/dnsguard")); err != nil {
@@ -274,30 +291,40 @@ func TestInitStartsDaemonOnRouterConfig(t *testing.T) {
 }
 
 func TestInitTriggers(t *testing.T) {
+	fixed := withOption(t, routerConfig(t), "listen", "\tlist listen '192.168.8.1:53'")
 	for _, tc := range []struct {
-		name, network string
+		name, network, conf string
+		iface               bool
 	}{
-		{"device", networkConfig},
-		{"pre-21.02 bridge", networkConfigOld},
+		{"all LAN addresses", networkConfig, "", false},
+		{"fixed address", networkConfig, fixed, true},
+		{"fixed address, pre-21.02 bridge", networkConfigOld, fixed, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newInitRoot(t, routerConfig(t), tc.network)
+			conf := tc.conf
+			if conf == "" {
+				conf = routerConfig(t)
+			}
+			r := newInitRoot(t, conf, tc.network)
 			calls, stderr, ok := r.run(t, "triggers")
 			if !ok {
 				t.Fatalf("service_triggers failed:\n%s", stderr)
 			}
-			for _, want := range [][]string{
-				{"add_reload_trigger", "dnsguard"},
-				{"add_config_trigger", "config.change", "firewall", "/etc/init.d/dnsguard", "restart"},
-				{"add_interface_trigger", "interface.*.up", "lan", "/etc/init.d/dnsguard", "restart"},
-			} {
-				if !hasCall(calls, want...) {
-					t.Errorf("no %q among %q", want, calls)
-				}
+			if !hasCall(calls, "add_reload_trigger", "dnsguard") {
+				t.Errorf("no reload trigger on the dnsguard config: %q", calls)
 			}
 			for _, c := range calls {
-				if c[0] == "add_interface_trigger" && c[2] != "lan" {
-					t.Errorf("trigger on interface %q, which is not the guard's LAN", c[2])
+				if c[0] == "add_config_trigger" && slices.Contains(c, "firewall") {
+					t.Errorf("trigger %q: fw4 reloads leave the guard's table alone, no restart", c)
+				}
+			}
+			want := []string{"add_interface_trigger", "interface.*.up", "lan", "/etc/init.d/dnsguard", "start"}
+			if got := hasCall(calls, want...); got != tc.iface {
+				t.Errorf("interface trigger %q present %v, want %v: %q", want, got, tc.iface, calls)
+			}
+			for _, c := range calls {
+				if c[0] == "add_interface_trigger" && (c[2] != "lan" || c[len(c)-1] != "start") {
+					t.Errorf("trigger %q: only the guard's LAN, and 'start' (a running guard is left alone)", c)
 				}
 			}
 		})
@@ -305,20 +332,24 @@ func TestInitTriggers(t *testing.T) {
 }
 
 func TestInitBootWaitsForLAN(t *testing.T) {
-	r := newInitRoot(t, routerConfig(t), networkConfig)
+	// A fixed LAN address waits for the LAN.
+	fixed := withOption(t, routerConfig(t), "listen", "\tlist listen '192.168.8.1:53'")
+	r := newInitRoot(t, fixed, networkConfig)
 	calls, stderr, ok := r.run(t, "boot")
 	if !ok {
 		t.Fatalf("boot failed:\n%s", stderr)
 	}
 	if hasCall(calls, "open_instance", "main") {
-		t.Errorf("instance started at boot before the LAN is up: %q", calls)
+		t.Errorf("instance started at boot before its LAN address is up: %q", calls)
 	}
 
-	// Without LAN interfaces there is nothing to wait for.
-	r = newInitRoot(t, withOption(t, routerConfig(t), "lan", ""), networkConfig)
-	calls, stderr, ok = r.run(t, "boot")
-	if !ok || !hasCall(calls, "open_instance", "main") {
-		t.Errorf("no instance at boot without LAN interfaces (ok=%v): %q\n%s", ok, calls, stderr)
+	// Serving every address (no listen list) or no LAN: nothing to wait for.
+	for _, conf := range []string{routerConfig(t), withOption(t, fixed, "lan", "")} {
+		r = newInitRoot(t, conf, networkConfig)
+		calls, stderr, ok = r.run(t, "boot")
+		if !ok || !hasCall(calls, "open_instance", "main") || !hasCall(calls, "open_instance", "failsafe") {
+			t.Errorf("no instances at boot (ok=%v): %q\n%s", ok, calls, stderr)
+		}
 	}
 }
 
@@ -367,6 +398,14 @@ func TestInitBrokenConfigNamesOption(t *testing.T) {
 				}
 				if hasCall(calls, "open_instance", "main") || slices.ContainsFunc(calls, func(c []string) bool { return c[0] == "send_signal" }) {
 					t.Errorf("%s still (re)started the daemon: %q", action, calls)
+				}
+				// start gives port 53 to dnsmasq and says why; a reload
+				// leaves the running guard (old config) serving.
+				onCall := slices.ContainsFunc(calls, func(c []string) bool {
+					return len(c) == 3 && c[0] == "failsafe" && c[1] == "on" && strings.Contains(c[2], tc.want)
+				})
+				if onCall != (action == "start") {
+					t.Errorf("%s: failsafe on with the reason called %v: %q", action, onCall, calls)
 				}
 				where := fmt.Sprintf("%s:%d:", r.conf(), lineOf(t, conf, strings.TrimSpace(tc.line)))
 				if !strings.Contains(stderr, where) || !strings.Contains(stderr, tc.want) {

@@ -18,25 +18,35 @@ import (
 	"testing"
 )
 
-// arches are the OpenWrt package architectures built, with what each binary
-// must be and the qemu-user that runs it (empty: runs natively here or is
-// not run).
+// arches are the OpenWrt package architectures built, with the Go build
+// variant that serves each and the qemu-user that runs it (empty: runs
+// natively here).
 var arches = []struct {
-	name string
-	qemu string
+	name, variant, qemu string
 }{
-	{"mipsel_24kc", "qemu-mipsel-static"},
-	{"mips_24kc", "qemu-mips-static"},
-	{"arm_cortex-a7_neon-vfpv4", "qemu-arm-static"},
-	{"aarch64_cortex-a53", "qemu-aarch64-static"},
-	{"x86_64", ""},
+	{"mipsel_24kc", "mipsle", "qemu-mipsel-static"},
+	{"mipsel_74kc", "mipsle", "qemu-mipsel-static"},
+	{"mips_24kc", "mips", "qemu-mips-static"},
+	{"arm_cortex-a7", "armv5", "qemu-arm-static"},
+	{"arm_cortex-a7_neon-vfpv4", "armv7", "qemu-arm-static"},
+	{"arm_cortex-a9", "armv5", "qemu-arm-static"},
+	{"arm_cortex-a9_vfpv3-d16", "armv7", "qemu-arm-static"},
+	{"arm_cortex-a15_neon-vfpv4", "armv7", "qemu-arm-static"},
+	{"aarch64_cortex-a53", "arm64", "qemu-aarch64-static"},
+	{"aarch64_cortex-a72", "arm64", "qemu-aarch64-static"},
+	{"aarch64_generic", "arm64", "qemu-aarch64-static"},
+	{"x86_64", "amd64", ""},
+	{"i386_pentium4", "386", "qemu-i386-static"},
 }
 
 var (
 	repoRoot string // the module root
 	outDir   string // build-packages.sh's OUTDIR
+	oldDir   string // the previous build (x86_64 only), for upgrades
 	buildLog []byte // its output (the size table)
 	buildErr error  // why the build failed, if it did
+	toolDir  string // ../shared/tools/openwrt-root, if found
+	toolErr  error  // why it could not be built
 )
 
 func TestMain(m *testing.M) {
@@ -62,11 +72,32 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	outDir = filepath.Join(dir, "out")
+	oldDir = filepath.Join(dir, "old")
+
+	// The OpenWrt-like root's tools (opkg, apk, uci): apk packs the .apk.
+	apk := "none"
+	if toolDir = findOpenWrtTool(wd); toolDir != "" {
+		out, err := exec.Command("bash", filepath.Join(toolDir, "build.sh"), openWrtOut()).CombinedOutput()
+		if err != nil {
+			toolErr = fmt.Errorf("%s/build.sh %s: %v\n%s", toolDir, openWrtOut(), err, out)
+		} else {
+			apk = filepath.Join(openWrtOut(), "prefix", "bin", "apk")
+		}
+	} else if os.Getenv("OPENWRT_ROOT_TOOL") != "" {
+		toolErr = fmt.Errorf("OPENWRT_ROOT_TOOL=%s has no build.sh", os.Getenv("OPENWRT_ROOT_TOOL"))
+	}
 	cmd := exec.Command("bash", filepath.Join(repoRoot, "scripts", "build-packages.sh"), outDir)
-	cmd.Env = append(os.Environ(), "VERSION=1.2.3", "RELEASE=4")
+	cmd.Env = append(os.Environ(), "VERSION=1.2.3", "RELEASE=4", "APK="+apk)
 	buildLog, err = cmd.CombinedOutput()
 	if err != nil {
 		buildErr = fmt.Errorf("scripts/build-packages.sh: %v\n%s", err, buildLog)
+		return m.Run()
+	}
+	// The previous release, to upgrade from.
+	cmd = exec.Command("bash", filepath.Join(repoRoot, "scripts", "build-packages.sh"), oldDir)
+	cmd.Env = append(os.Environ(), "VERSION=1.2.3", "RELEASE=3", "APK="+apk, "ARCHES=x86_64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		buildErr = fmt.Errorf("scripts/build-packages.sh (previous release): %v\n%s", err, out)
 	}
 	return m.Run()
 }
@@ -87,11 +118,16 @@ func built(t *testing.T) {
 
 const (
 	testVersion = "1.2.3-r4"
+	oldVersion  = "1.2.3-r3"
 	mib         = 1 << 20
 )
 
 func ipkPath(arch string) string {
 	return filepath.Join(outDir, "dnsguard_"+testVersion+"_"+arch+".ipk")
+}
+
+func apkPath(arch string) string {
+	return filepath.Join(outDir, arch, "dnsguard-"+testVersion+".apk")
 }
 
 func binPath(arch string) string {
