@@ -207,6 +207,17 @@ func routerConfig(t *testing.T) string {
 	return string(b)
 }
 
+// withListen adds a listen line to the main section of the router config
+// (the shipped one has none).
+func withListen(t *testing.T, conf, line string) string {
+	t.Helper()
+	const main = "config dnsguard 'main'\n"
+	if !strings.Contains(conf, main) {
+		t.Fatal("router config has no main section")
+	}
+	return strings.Replace(conf, main, main+line+"\n", 1)
+}
+
 // withOption replaces the line setting option key in the router config.
 func withOption(t *testing.T, conf, key, line string) string {
 	t.Helper()
@@ -243,6 +254,23 @@ func hasCall(calls [][]string, want ...string) bool {
 	return slices.ContainsFunc(calls, func(c []string) bool { return slices.Equal(c, want) })
 }
 
+// instanceCalls are the calls between opening and closing instance name.
+func instanceCalls(calls [][]string, name string) [][]string {
+	var out [][]string
+	in := false
+	for _, c := range calls {
+		switch {
+		case c[0] == "open_instance":
+			in = len(c) > 1 && c[1] == name
+		case c[0] == "close_instance":
+			in = false
+		case in:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func paramsOf(calls [][]string, name string) [][]string {
 	var out [][]string
 	for _, c := range calls {
@@ -262,22 +290,25 @@ func TestInitStartsDaemonOnRouterConfig(t *testing.T) {
 	if !hasCall(calls, "open_instance", "main") || !hasCall(calls, "close_instance") {
 		t.Fatalf("no procd instance 'main' opened and closed: %q", calls)
 	}
-	cmds := paramsOf(calls, "command")
+	cmds := paramsOf(instanceCalls(calls, "main"), "command")
 	if len(cmds) != 1 {
 		t.Fatalf("command set %d times: %q", len(cmds), cmds)
+	}
+	if fs := paramsOf(instanceCalls(calls, "failsafe"), "command"); len(fs) != 1 || !strings.HasSuffix(fs[0][0], "/usr/libexec/dnsguard-failsafe") || fs[0][1] != "watch" {
+		t.Errorf("failsafe instance command %q, want dnsguard-failsafe watch", fs)
 	}
 	want := []string{r.prog(), "run", "--config", r.conf()}
 	if !slices.Equal(cmds[0], want) {
 		t.Errorf("command %q, want %q: the daemon reads its UCI file itself", cmds[0], want)
 	}
-	if env := paramsOf(calls, "env"); len(env) != 1 || !slices.Equal(env[0], []string{"GOMEMLIMIT=48MiB"}) {
+	if env := paramsOf(instanceCalls(calls, "main"), "env"); len(env) != 1 || !slices.Equal(env[0], []string{"GOMEMLIMIT=48MiB"}) {
 		t.Errorf("env %q, want GOMEMLIMIT=48MiB from memory_limit '48M'", env)
 	}
-	if rs := paramsOf(calls, "respawn"); len(rs) != 1 {
+	if rs := paramsOf(instanceCalls(calls, "main"), "respawn"); len(rs) != 1 {
 		t.Errorf("respawn %q: procd must keep the guard alive", rs)
 	}
 	for _, p := range []string{"stdout", "stderr"} {
-		if v := paramsOf(calls, p); len(v) != 1 || !slices.Equal(v[0], []string{"1"}) {
+		if v := paramsOf(instanceCalls(calls, "main"), p); len(v) != 1 || !slices.Equal(v[0], []string{"1"}) {
 			t.Errorf("%s %q: the log must go to logd", p, v)
 		}
 	}
@@ -291,7 +322,7 @@ func TestInitStartsDaemonOnRouterConfig(t *testing.T) {
 }
 
 func TestInitTriggers(t *testing.T) {
-	fixed := withOption(t, routerConfig(t), "listen", "\tlist listen '192.168.8.1:53'")
+	fixed := withListen(t, routerConfig(t), "\tlist listen '192.168.8.1:53'")
 	for _, tc := range []struct {
 		name, network, conf string
 		iface               bool
@@ -333,7 +364,7 @@ func TestInitTriggers(t *testing.T) {
 
 func TestInitBootWaitsForLAN(t *testing.T) {
 	// A fixed LAN address waits for the LAN.
-	fixed := withOption(t, routerConfig(t), "listen", "\tlist listen '192.168.8.1:53'")
+	fixed := withListen(t, routerConfig(t), "\tlist listen '192.168.8.1:53'")
 	r := newInitRoot(t, fixed, networkConfig)
 	calls, stderr, ok := r.run(t, "boot")
 	if !ok {

@@ -238,7 +238,8 @@ func installIn(t *testing.T, m pkgManager, pkg string, jail bool) *owRoot {
 	if jail {
 		r.write(t, "sbin/ujail", "#!/bin/sh\necho \"ujail $*\" >>/tmp/ujail.log\n", 0o755)
 	}
-	r.copyIn(t, pkg, "tmp/pkgs/"+filepath.Base(pkg))
+	r.copyIn(t, m.old, "tmp/pkgs/"+filepath.Base(m.old))
+	r.copyIn(t, m.new, "tmp/pkgs/"+filepath.Base(m.new))
 	r.mustSh(t, "cp /etc/config/dhcp /tmp/dhcp.orig")
 	out := r.mustSh(t, "/usr/sbin/dnsmasq -k & sleep 0.2; : >/tmp/ubus.log; "+
 		strings.ReplaceAll(m.install, "%s", "/tmp/pkgs/"+filepath.Base(pkg)))
@@ -575,13 +576,13 @@ func TestFailsafeDaemonGone(t *testing.T) {
 	// The real guard (static x86_64 binary) serving in the root's netns.
 	conf := routerConfig(t)
 	for key, line := range map[string]string{
-		"listen":        "\tlist listen '127.0.0.1:53'",
 		"upstream":      "\tlist upstream 'udp://127.0.0.1:5399'",
 		"lan":           "",
 		"state_persist": "\toption state_persist ''",
 	} {
 		conf = withOption(t, conf, key, line)
 	}
+	conf = withListen(t, conf, "\tlist listen '127.0.0.1:53'")
 	r.write(t, "tmp/guard.conf", conf, 0o644)
 	out := r.mustSh(t, `/usr/sbin/dnsguard run --config /tmp/guard.conf >/tmp/guard.log 2>&1 &
 		guard=$!

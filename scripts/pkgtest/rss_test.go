@@ -68,7 +68,6 @@ func TestResidentMemory(t *testing.T) {
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	conf := routerConfig(t)
 	for key, line := range map[string]string{
-		"listen":        fmt.Sprintf("\tlist listen '%s'", listen),
 		"upstream":      fmt.Sprintf("\tlist upstream 'udp://%s'", pc.LocalAddr()),
 		"lan":           "",
 		"state_file":    fmt.Sprintf("\toption state_file '%s'", filepath.Join(dir, "state.db")),
@@ -79,6 +78,7 @@ func TestResidentMemory(t *testing.T) {
 	} {
 		conf = withOption(t, conf, key, line)
 	}
+	conf = withListen(t, conf, fmt.Sprintf("\tlist listen '%s'", listen))
 	confPath := filepath.Join(dir, "dnsguard")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
