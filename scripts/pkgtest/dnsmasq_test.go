@@ -328,6 +328,12 @@ func TestHandoverLANDomain(t *testing.T) {
 	if !found(c.Local.Domains, "home") {
 		t.Errorf("local domains %q lack dnsmasq's domain 'home'", c.Local.Domains)
 	}
+	if got := r.get(t, "dnsguard.answers.local_domain"); got != "" {
+		t.Errorf("answers.local_domain %q written: config local's domain list is the one list", got)
+	}
+	if got := r.get(t, "dnsguard.local.server"); got != "127.0.0.1:5354" {
+		t.Errorf("local server %q, want 127.0.0.1:5354", got)
+	}
 }
 
 // TestSysupgradeWithoutGuard: the restore script waits while the guard is
