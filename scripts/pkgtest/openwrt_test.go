@@ -619,7 +619,7 @@ func TestFailsafeDaemonGone(t *testing.T) {
 	// The watcher tries the guard again later: start hands the port back
 	// and declares the instances; still silent, dnsmasq takes 53 again.
 	out, _ = r.sh(t, ": >/tmp/ubus.log; : >/tmp/syslog.log; /usr/libexec/dnsguard-failsafe watch",
-		"DNSGUARD_FAILSAFE_INTERVAL=0", "DNSGUARD_FAILSAFE_RETRY=0", "DNSGUARD_FAILSAFE_ROUNDS=1")
+		"DNSGUARD_FAILSAFE_INTERVAL=0", "DNSGUARD_FAILSAFE_RETRY=0", "DNSGUARD_FAILSAFE_ROUNDS=1", "DNSGUARD_FAILSAFE_GRACE=0")
 	syslog := r.read(t, "tmp/syslog.log")
 	if !strings.Contains(syslog, "trying the guard again") || !strings.Contains(syslog, "port 53 handed back to the guard") ||
 		strings.Count(syslog, "not serving DNS") != 1 {
