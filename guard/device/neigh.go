@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -99,11 +98,11 @@ func (n *Neighbours) subscribe(ctx context.Context) (*subscription, error) {
 	return sub, nil
 }
 
-// subscriptionError logs what the netlink readers report, except what is
-// no trouble: the error a reader gets when its socket is closed at a
-// clean stop, and a message from another process's netlink socket (a
-// dump request of another subscriber, `ip monitor`, ...), which the
-// library skips (vishvananda/netlink#786).
+// subscriptionError logs what the netlink reader reports, except the
+// error it gets when its socket is closed at a clean stop. (Messages from
+// other processes' netlink sockets, which vishvananda/netlink reported as
+// "Wrong sender portid" (its issue 786), are not errors here: the reader
+// keeps neighbour and address updates only.)
 func (n *Neighbours) subscriptionError(ctx context.Context, err error) {
 	if quiet, why := benignNetlinkError(ctx, err); quiet {
 		n.log.Debug("netlink subscription", "err", err, "ignored", why)
@@ -116,8 +115,6 @@ func benignNetlinkError(ctx context.Context, err error) (bool, string) {
 	switch {
 	case ctx.Err() != nil:
 		return true, "subscription stopping"
-	case strings.HasPrefix(err.Error(), "Wrong sender portid"):
-		return true, "message from another process's netlink socket, skipped"
 	}
 	return false, ""
 }
