@@ -335,8 +335,12 @@ recovery_run() {
 	local server=$1 name i s
 	name="retried-$RANDOM.example"
 	kill -USR1 "$UP_PID"
+	# One retry a second, whether the answer is a quick SERVFAIL or a 1 s
+	# timeout, so that the outage lasts 20 s for both resolvers.
 	for i in $(seq 20); do
-		q "$server" -src "$VICTIM" -timeout 1s "$name" >/dev/null
+		q "$server" -src "$VICTIM" -timeout 1s "$name" >/dev/null &
+		sleep 1
+		wait $!
 	done
 	kill -USR2 "$UP_PID"
 	s=$("$TOOL" until -s "$server" -src "$VICTIM" -name "$name" -every 100ms -max 330s)
