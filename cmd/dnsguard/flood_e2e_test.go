@@ -181,7 +181,7 @@ func TestRouterMACFlood(t *testing.T) {
 	if got := nsDig(exNS, "@8.8.8.8", "after.example"); got != standinAnswer {
 		t.Errorf("exempt device asking 8.8.8.8 after the flood got %q, want the stand-in's %s", got, standinAnswer)
 	}
-	if rssAfter > 0 && peak > 96<<10 {
+	if rssAfter > 0 && peak > 96<<10 && os.Getenv("DNSGUARD_RACE_DAEMON") != "1" { // a race-built guard is several times larger
 		t.Errorf("RSS peaked at %d KiB under the flood (sanity bound 96 MiB)", peak)
 	}
 
