@@ -1,0 +1,331 @@
+package dnssec
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// run is the state of one validation: its bounds and clock.
+type run struct {
+	v         *Validator
+	ctx       context.Context
+	now       time.Time
+	checkTime bool
+	queries   int
+	sigs      int
+	limit     string // set when a bound was reached
+}
+
+func (v *Validator) newRun(ctx context.Context) *run {
+	r := &run{v: v, ctx: ctx, now: v.cfg.Now(), checkTime: true}
+	if v.cfg.TimeTrusted != nil {
+		r.checkTime = v.cfg.TimeTrusted()
+	}
+	return r
+}
+
+func indeterminate(reason string) zoneState {
+	return zoneState{sec: Indeterminate, ede: dns.ExtendedErrorCodeDNSSECIndeterminate, reason: reason}
+}
+
+func bogus(ede uint16, reason string) zoneState {
+	return zoneState{sec: Bogus, ede: ede, reason: reason}
+}
+
+// fetch asks the upstream name/qtype with DO=1 and CD=1 (the validator
+// checks the data itself, so a validating upstream must not hide it).
+func (r *run) fetch(name string, qtype uint16) (*dns.Msg, error) {
+	if r.queries >= r.v.cfg.MaxQueries {
+		r.v.limits.Add(1)
+		r.limit = "upstream query limit reached"
+		return nil, errLimit
+	}
+	r.queries++
+	r.v.queries.Add(1)
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.RecursionDesired = true
+	q.CheckingDisabled = true
+	q.SetEdns0(1232, true)
+	resp, err := r.v.ex.Exchange(r.ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if resp == nil || len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, name) || resp.Question[0].Qtype != qtype {
+		return nil, errMismatch
+	}
+	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
+		return nil, errRcode
+	}
+	return resp, nil
+}
+
+type valErr string
+
+func (e valErr) Error() string { return string(e) }
+
+const (
+	errLimit    = valErr("upstream query limit reached")
+	errMismatch = valErr("upstream answered another question")
+	errRcode    = valErr("upstream failed")
+)
+
+// walk returns the state of the zone enclosing target: it starts at the
+// closest trust anchor and asks for the DS of each name on the way down,
+// so every zone cut is seen and every insecure delegation is proven by
+// its parent.
+func (r *run) walk(target string) zoneState {
+	target = canon(target)
+	if r.v.underNTA(target) {
+		return zoneState{sec: Insecure, reason: "negative trust anchor"}
+	}
+	anchor, ok := r.v.anchorFor(target)
+	if !ok {
+		return zoneState{sec: Insecure, reason: "no trust anchor"}
+	}
+	st := r.anchorKeys(anchor)
+	if st.sec != Secure {
+		return st
+	}
+	below := dns.CountLabel(target) - dns.CountLabel(anchor)
+	if below > r.v.cfg.MaxDepth {
+		r.v.limits.Add(1)
+		r.limit = "chain depth limit reached"
+		return indeterminate(r.limit)
+	}
+	labels := dns.Split(target)
+	for i := below - 1; i >= 0; i-- {
+		n := target[labels[i]:]
+		if c, ok := r.v.lookup(n, r.now); ok {
+			st = c
+		} else {
+			var ttl time.Duration
+			st, ttl = r.step(st, n)
+			r.v.store(n, st, ttl, r.now)
+		}
+		if st.sec != Secure {
+			return st
+		}
+	}
+	return st
+}
+
+// anchorKeys returns the validated keys of an anchor zone.
+func (r *run) anchorKeys(zone string) zoneState {
+	key := "\x00anchor " + zone
+	if c, ok := r.v.lookup(key, r.now); ok {
+		return c
+	}
+	anchors := r.v.anchors[zone]
+	var ds []*dns.DS
+	var keys []*dns.DNSKEY
+	for _, a := range anchors {
+		switch a := a.(type) {
+		case *dns.DS:
+			ds = append(ds, a)
+		case *dns.DNSKEY:
+			keys = append(keys, a)
+		}
+	}
+	st, ttl := r.dnskeys(zone, ds, keys)
+	r.v.store(key, st, ttl, r.now)
+	return st
+}
+
+// step processes the DS of n below the secure zone st.
+func (r *run) step(st zoneState, n string) (zoneState, time.Duration) {
+	resp, err := r.fetch(n, dns.TypeDS)
+	if err != nil {
+		return indeterminate("DS " + n + ": " + err.Error()), 0
+	}
+	sets := collect(resp.Answer)
+	if s := sets.get(n, dns.TypeDS); s != nil {
+		res, ttl := r.verify(s, st)
+		if res.sec != Secure {
+			return res, ttl
+		}
+		var ds []*dns.DS
+		algs, digests := false, false
+		for _, rr := range s.rrs {
+			d := rr.(*dns.DS)
+			algs = algs || supportedAlg(d.Algorithm)
+			digests = digests || supportedDigest(d.DigestType)
+			if supportedAlg(d.Algorithm) && supportedDigest(d.DigestType) {
+				ds = append(ds, d)
+			}
+		}
+		if len(ds) == 0 {
+			// RFC 6840 §5.2: no DS this validator can use: insecure.
+			if !algs {
+				return zoneState{sec: Insecure, ede: dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm, reason: n + ": unsupported DNSKEY algorithm"}, ttl
+			}
+			return zoneState{sec: Insecure, ede: dns.ExtendedErrorCodeUnsupportedDSDigestType, reason: n + ": unsupported DS digest"}, ttl
+		}
+		ks, kttl := r.dnskeys(n, ds, nil)
+		return ks, min(ttl, kttl)
+	}
+	if s := sets.get(n, dns.TypeCNAME); s != nil {
+		// A CNAME is never at a zone cut: n is inside st's zone.
+		res, ttl := r.verify(s, st)
+		if res.sec != Secure {
+			return res, ttl
+		}
+		return st, ttl
+	}
+	// No DS: the zone st must prove it (RFC 4035 §5.2, RFC 5155 §8.6).
+	p := r.proofs(resp, st)
+	if p.st.sec != Secure {
+		return p.st, p.ttl
+	}
+	switch res := p.denyDS(n, resp.Rcode); res {
+	case dsCut:
+		return zoneState{sec: Insecure, reason: n + ": unsigned delegation"}, p.ttl
+	case dsOptOut:
+		return zoneState{sec: Insecure, reason: n + ": NSEC3 opt-out span"}, p.ttl
+	case dsNoCut, dsNoName:
+		return st, p.ttl
+	case dsIterations:
+		return zoneState{sec: Insecure, ede: dns.ExtendedErrorCodeUnsupportedNSEC3IterValue, reason: n + ": NSEC3 iterations above 150"}, p.ttl
+	default:
+		if p.none {
+			return bogus(dns.ExtendedErrorCodeNSECMissing, "no proof that "+n+" has no DS"), 0
+		}
+		return bogus(dns.ExtendedErrorCodeDNSBogus, "DS denial for "+n+" does not prove it"), 0
+	}
+}
+
+// dnskeys fetches zone's DNSKEY RRset and validates it against ds (DS
+// records from the parent or anchors) or the trusted keys.
+func (r *run) dnskeys(zone string, ds []*dns.DS, trusted []*dns.DNSKEY) (zoneState, time.Duration) {
+	resp, err := r.fetch(zone, dns.TypeDNSKEY)
+	if err != nil {
+		return indeterminate("DNSKEY " + zone + ": " + err.Error()), 0
+	}
+	s := collect(resp.Answer).get(zone, dns.TypeDNSKEY)
+	if s == nil {
+		return bogus(dns.ExtendedErrorCodeDNSKEYMissing, "no DNSKEY for "+zone), 0
+	}
+	var sep []*dns.DNSKEY
+	for _, rr := range s.rrs {
+		k := rr.(*dns.DNSKEY)
+		if k.Protocol != 3 || k.Flags&dns.ZONE == 0 {
+			continue
+		}
+		for _, d := range ds {
+			if d.KeyTag != k.KeyTag() || d.Algorithm != k.Algorithm {
+				continue
+			}
+			if kd := k.ToDS(d.DigestType); kd != nil && strings.EqualFold(kd.Digest, d.Digest) {
+				sep = append(sep, k)
+				break
+			}
+		}
+		for _, t := range trusted {
+			if t.Algorithm == k.Algorithm && t.Flags == k.Flags && t.Protocol == k.Protocol && t.PublicKey == k.PublicKey {
+				sep = append(sep, k)
+				break
+			}
+		}
+	}
+	if len(sep) == 0 {
+		if len(trusted) > 0 {
+			// A DNSKEY anchor may be of any algorithm; if none of ours
+			// matches, the key is gone.
+			return bogus(dns.ExtendedErrorCodeDNSKEYMissing, "no DNSKEY of "+zone+" matches its trust anchor"), 0
+		}
+		return bogus(dns.ExtendedErrorCodeDNSKEYMissing, "no DNSKEY of "+zone+" matches its DS"), 0
+	}
+	if len(trusted) > 0 && len(ds) == 0 {
+		// DNSKEY anchors of an unsupported algorithm only: insecure.
+		ok := false
+		for _, k := range sep {
+			ok = ok || supportedAlg(k.Algorithm)
+		}
+		if !ok {
+			return zoneState{sec: Insecure, ede: dns.ExtendedErrorCodeUnsupportedDNSKEYAlgorithm, reason: zone + ": unsupported anchor algorithm"}, r.v.cfg.MaxTTL
+		}
+	}
+	res, ttl := r.verifyWith(s, zone, sep)
+	if res.sec != Secure {
+		return res, ttl
+	}
+	var keys []*dns.DNSKEY
+	for _, rr := range s.rrs {
+		k := rr.(*dns.DNSKEY)
+		if k.Protocol == 3 && k.Flags&dns.ZONE != 0 && k.Flags&dns.REVOKE == 0 && supportedAlg(k.Algorithm) {
+			keys = append(keys, k)
+		}
+	}
+	return zoneState{sec: Secure, zone: zone, keys: keys}, ttl
+}
+
+// verify checks an RRset signed by the secure zone st.
+func (r *run) verify(s *rrset, st zoneState) (zoneState, time.Duration) {
+	return r.verifyWith(s, st.zone, st.keys)
+}
+
+// verifyWith checks that one of s's signatures by zone verifies with one
+// of keys at the validator's time. The duration is how long the result
+// may be kept (the RRset's TTL, bounded by the signature's original TTL
+// and expiration).
+func (r *run) verifyWith(s *rrset, zone string, keys []*dns.DNSKEY) (zoneState, time.Duration) {
+	if len(s.sigs) == 0 {
+		return bogus(dns.ExtendedErrorCodeRRSIGsMissing, "no RRSIG over "+s.String()), 0
+	}
+	var ede uint16
+	reason := ""
+	for _, sig := range s.sigs {
+		if canon(sig.SignerName) != zone || !supportedAlg(sig.Algorithm) {
+			continue
+		}
+		for _, k := range keys {
+			if k.KeyTag() != sig.KeyTag || k.Algorithm != sig.Algorithm {
+				continue
+			}
+			if r.checkTime && !sig.ValidityPeriod(r.now) {
+				if !before(r.now, sig.Inception) {
+					ede, reason = dns.ExtendedErrorCodeSignatureExpired, "signature over "+s.String()+" expired"
+				} else if ede == 0 {
+					ede, reason = dns.ExtendedErrorCodeSignatureNotYetValid, "signature over "+s.String()+" not yet valid"
+				}
+				continue
+			}
+			if r.sigs >= r.v.cfg.MaxSignatures {
+				r.v.limits.Add(1)
+				r.limit = "signature check limit reached"
+				return indeterminate(r.limit), 0
+			}
+			r.sigs++
+			r.v.signatures.Add(1)
+			if err := sig.Verify(k, s.rrs); err != nil {
+				ede, reason = dns.ExtendedErrorCodeDNSBogus, "signature over "+s.String()+" does not verify"
+				continue
+			}
+			s.signer = sig
+			ttl := time.Duration(min(s.ttl(), sig.OrigTtl)) * time.Second
+			if r.checkTime {
+				if left := time.Unix(expiry(r.now, sig.Expiration), 0).Sub(r.now); left < ttl {
+					ttl = left
+				}
+			}
+			return zoneState{sec: Secure, zone: zone}, ttl
+		}
+	}
+	if ede == 0 {
+		return bogus(dns.ExtendedErrorCodeDNSKEYMissing, "no key of "+zone+" for the signatures over "+s.String()), 0
+	}
+	return bogus(ede, reason), 0
+}
+
+// before reports whether now is before the RFC 1982 time t.
+func before(now time.Time, t uint32) bool {
+	return int32(t-uint32(now.Unix())) > 0
+}
+
+// expiry returns the Unix time of the RFC 1982 time t nearest to now.
+func expiry(now time.Time, t uint32) int64 {
+	return now.Unix() + int64(int32(t-uint32(now.Unix())))
+}
