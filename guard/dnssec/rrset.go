@@ -59,7 +59,7 @@ func collect(rrs []dns.RR) *rrsets {
 			s.sigs = append(s.sigs, sig)
 			continue
 		}
-		if h.Rrtype == dns.TypeOPT {
+		if h.Rrtype == dns.TypeOPT || !typed(rr) {
 			continue
 		}
 		s := at(h.Name, h.Rrtype)
@@ -162,4 +162,29 @@ func hasType(bitmap []uint16, t uint16) bool {
 		}
 	}
 	return false
+}
+
+// typed reports whether rr's Go type agrees with its header's type for the
+// types the validator reads (a hand-built message could disagree).
+func typed(rr dns.RR) bool {
+	var ok bool
+	switch rr.Header().Rrtype {
+	case dns.TypeDS:
+		_, ok = rr.(*dns.DS)
+	case dns.TypeDNSKEY:
+		_, ok = rr.(*dns.DNSKEY)
+	case dns.TypeCNAME:
+		_, ok = rr.(*dns.CNAME)
+	case dns.TypeDNAME:
+		_, ok = rr.(*dns.DNAME)
+	case dns.TypeNSEC:
+		_, ok = rr.(*dns.NSEC)
+	case dns.TypeNSEC3:
+		_, ok = rr.(*dns.NSEC3)
+	case dns.TypeRRSIG:
+		_, ok = rr.(*dns.RRSIG)
+	default:
+		ok = true
+	}
+	return ok
 }

@@ -152,11 +152,11 @@ func (r *run) answer(resp *dns.Msg, qname string, qtype uint16) Result {
 			return res
 		}
 	}
-	if found && len(wild) == 0 {
-		return res
-	}
 	if found && resp.Rcode == dns.RcodeNameError {
 		return Result{Security: Bogus, EDE: dns.ExtendedErrorCodeDNSBogus, Reason: "NXDOMAIN with an answer"}
+	}
+	if found && len(wild) == 0 {
+		return res
 	}
 	if !found && res.Security == Insecure && len(wild) == 0 {
 		// The chain left the signed tree: the end of it is insecure.

@@ -1,0 +1,176 @@
+package dnssec
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func TestBoundsAndCache(t *testing.T) {
+	w := testWorld(t, nil)
+	now := func() time.Time { return testNow }
+
+	// Too few upstream queries for the chain: indeterminate, counted.
+	v, err := New(w, Config{Anchors: w.anchor(), Now: now, MaxQueries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Indeterminate || got.EDE != dns.ExtendedErrorCodeDNSSECIndeterminate {
+		t.Errorf("query bound: got %v EDE %d", got, got.EDE)
+	}
+	if v.Stats().LimitHits == 0 {
+		t.Error("query bound not counted")
+	}
+
+	// Names deeper than MaxDepth below the anchor are not walked.
+	v, _ = New(w, Config{Anchors: w.anchor(), Now: now, MaxDepth: 1})
+	if got := v.Validate(context.Background(), ask(w, "www.insecure.example.", dns.TypeA)); got.Security != Indeterminate {
+		t.Errorf("depth bound: got %v", got)
+	}
+
+	// Signature checks per validation.
+	v, _ = New(w, Config{Anchors: w.anchor(), Now: now, MaxSignatures: 2})
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Indeterminate {
+		t.Errorf("signature bound: got %v", got)
+	}
+
+	// The chain is cached: a second validation in the same zone asks nothing.
+	v, _ = New(w, Config{Anchors: w.anchor(), Now: now})
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Secure {
+		t.Fatalf("got %v", got)
+	}
+	before := v.Stats().Queries
+	if before == 0 {
+		t.Fatal("no upstream queries counted")
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeAAAA)); got.Security != Secure {
+		t.Fatalf("got %v", got)
+	}
+	if after := v.Stats().Queries; after != before {
+		t.Errorf("cached chain asked upstream again: %d -> %d queries", before, after)
+	}
+
+	// The cache is bounded.
+	v, _ = New(w, Config{Anchors: w.anchor(), Now: now, CacheSize: 2})
+	for _, n := range []string{"www.example.", "www.n3.", "www.rsa.", "www.ed.", "www.p384."} {
+		v.Validate(context.Background(), ask(w, n, dns.TypeA))
+	}
+	v.mu.Lock()
+	size := len(v.cache)
+	v.mu.Unlock()
+	if size > 2 || v.Stats().CacheEvictions == 0 {
+		t.Errorf("cache holds %d entries, %d evictions", size, v.Stats().CacheEvictions)
+	}
+
+	// A bogus chain link is remembered for BogusTTL, then asked again.
+	clock := testNow
+	w2 := testWorld(t, map[string]bool{"wrongds.example.": true})
+	v, _ = New(w2, Config{Anchors: w2.anchor(), Now: func() time.Time { return clock }})
+	resp := ask(w2, "www.wrongds.example.", dns.TypeA)
+	v.Validate(context.Background(), resp)
+	q1 := v.Stats().Queries
+	v.Validate(context.Background(), resp)
+	if v.Stats().Queries != q1 {
+		t.Error("bogus link not cached")
+	}
+	clock = clock.Add(61 * time.Second)
+	v.Validate(context.Background(), resp)
+	if v.Stats().Queries == q1 {
+		t.Error("bogus link cached beyond 60 s")
+	}
+}
+
+func TestAnchors(t *testing.T) {
+	rrs, err := ParseAnchors([]string{RootAnchors})
+	if err != nil || len(rrs) != 2 {
+		t.Fatalf("built-in anchors: %v %v", rrs, err)
+	}
+	tags := map[uint16]bool{}
+	for _, rr := range rrs {
+		ds := rr.(*dns.DS)
+		if ds.Algorithm != dns.RSASHA256 || ds.DigestType != dns.SHA256 {
+			t.Errorf("anchor %v", ds)
+		}
+		tags[ds.KeyTag] = true
+	}
+	if !tags[20326] || !tags[38696] {
+		t.Errorf("key tags %v", tags)
+	}
+	for _, bad := range []string{"example. 3600 IN A 192.0.2.1", "example. IN DNSKEY 0 3 8 AwEAAa==", "nonsense"} {
+		if _, err := ParseAnchors([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	// A DNSKEY anchor works like a DS anchor.
+	w := testWorld(t, nil)
+	v, err := New(w, Config{Anchors: []dns.RR{w.zones["."].ksk}, Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Secure {
+		t.Errorf("DNSKEY anchor: %v", got)
+	}
+	// An anchor below the root: names outside it are insecure.
+	ds := w.zones["example."].ksk.ToDS(dns.SHA256)
+	v, _ = New(w, Config{Anchors: []dns.RR{ds}, Now: func() time.Time { return testNow }})
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Secure {
+		t.Errorf("example. anchor: %v", got)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.n3.", dns.TypeA)); got.Security != Insecure {
+		t.Errorf("outside the anchor: %v", got)
+	}
+	if v.Covered("www.n3.") || !v.Covered("www.example.") {
+		t.Error("Covered")
+	}
+}
+
+// BenchmarkValidateMiss is the cost of validating one answer when the
+// keys are cached (a cache miss of the answer cache in a known zone).
+func BenchmarkValidateMiss(b *testing.B) {
+	for _, zone := range []string{"example.", "rsa.", "ed.", "n3."} {
+		b.Run(zone, func(b *testing.B) {
+			w := testWorld(b, nil)
+			v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+			resp := ask(w, "www."+zone, dns.TypeA)
+			if got := v.Validate(context.Background(), resp); got.Security != Secure {
+				b.Fatal(got)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				v.Validate(context.Background(), resp)
+			}
+		})
+	}
+	b.Run("nxdomain-n3", func(b *testing.B) {
+		w := testWorld(b, nil)
+		v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+		resp := ask(w, "nope.strict3.", dns.TypeA)
+		if got := v.Validate(context.Background(), resp); got.Security != Secure {
+			b.Fatal(got)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			v.Validate(context.Background(), resp)
+		}
+	})
+}
+
+// BenchmarkValidateCold is the cost with an empty key cache: the whole
+// chain (root, TLD, zone: DS and DNSKEY fetched from the in-memory world
+// and verified) for every answer.
+func BenchmarkValidateCold(b *testing.B) {
+	w := testWorld(b, nil)
+	v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+	resp := ask(w, "www.example.", dns.TypeA)
+	b.ReportAllocs()
+	for b.Loop() {
+		v.FlushCache()
+		if got := v.Validate(context.Background(), resp); got.Security != Secure {
+			b.Fatal(got)
+		}
+	}
+}
