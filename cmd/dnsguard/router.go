@@ -184,6 +184,8 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	go func() { reg.Run(r.ctx); close(regDone) }()
 	r.closers = append(r.closers, func(context.Context) error {
 		<-regDone
+		st := reg.Stats()
+		log.Info("device identification totals", "mac_waits", st.MACWaits, "mac_waits_timed_out", st.MACWaitsTimedOut)
 		return reg.Close()
 	})
 

@@ -210,6 +210,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			drains.Wait()
 			stop()
 			cancel()
+			st := &srv.Stats
+			log.Info("listener totals", "queries", st.Queries.Load(), "malformed", st.Malformed.Load(),
+				"refused_clients", st.Denied.Load(), "dropped", st.Dropped.Load(), "tcp_refused", st.TCPRefused.Load())
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
