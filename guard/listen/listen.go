@@ -287,7 +287,7 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 		}
 		if u.pktinfo {
 			dst, idx, ok := parsePktinfo(oob[:oobn])
-			if !ok {
+			if !ok || dst.IsMulticast() {
 				continue // cannot answer from the right address
 			}
 			local, ifindex = netip.AddrPortFrom(dst, local.Port()), idx
