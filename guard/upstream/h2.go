@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -12,8 +11,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2/hpack"
 )
 
 // This file is the HTTP/2 client (RFC 9113) the DoH transport speaks: one
@@ -21,7 +18,7 @@ import (
 // streams. It does only what DoH needs (POST a small body, read a small
 // answer) but does all of the protocol a server may use on it: SETTINGS,
 // flow control both ways, PING, GOAWAY, RST_STREAM, CONTINUATION, padding
-// and HPACK with its dynamic table (golang.org/x/net/http2/hpack). It
+// and HPACK with its dynamic table (hpack.go). It
 // exists so that the router binary carries no net/http (about 1.7 MB of
 // the mipsle build with what it pulls in).
 
@@ -50,7 +47,6 @@ const (
 
 // Settings (RFC 9113 §6.5.2).
 const (
-	h2SettingHeaderTableSize      = 0x1
 	h2SettingEnablePush           = 0x2
 	h2SettingMaxConcurrentStreams = 0x3
 	h2SettingInitialWindowSize    = 0x4
@@ -120,18 +116,17 @@ type h2Conn struct {
 	path      string
 	idle      time.Duration
 
-	// wmu serialises frame writes; stream IDs are allocated and header
-	// blocks encoded under it, so HEADERS go out in ID order and the
-	// HPACK encoder's table matches what the server decodes.
-	wmu    sync.Mutex
-	bw     *bufio.Writer
-	henc   *hpack.Encoder
-	hbuf   bytes.Buffer
-	nextID uint32
+	// wmu serialises frame writes; stream IDs are allocated under it, so
+	// HEADERS go out in ID order.
+	wmu     sync.Mutex
+	bw      *bufio.Writer
+	hbuf    []byte
+	nextID  uint32
+	resized bool // the first header block set the HPACK table size to 0
 
 	// The reader's own state (only readLoop touches it).
 	br        *bufio.Reader
-	hdec      *hpack.Decoder
+	hdec      *hpackDecoder
 	rbuf      []byte
 	block     []byte // header block being gathered across CONTINUATION
 	blockID   uint32
@@ -167,9 +162,7 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 		changed: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.hdec = hpack.NewDecoder(4096, nil)
-	c.hdec.SetMaxStringLength(h2MaxHeaderList)
+	c.hdec = newHPACKDecoder(4096)
 	_ = nc.SetWriteDeadline(time.Now().Add(h2ControlWrite))
 	_, _ = c.bw.WriteString(h2Preface)
 	var s [18]byte
@@ -286,21 +279,25 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 		c.idleTimer.Stop()
 		c.mu.Unlock()
 
-		c.hbuf.Reset()
-		for _, f := range [...]hpack.HeaderField{
-			{Name: ":method", Value: "POST"},
-			{Name: ":scheme", Value: "https"},
-			{Name: ":authority", Value: c.authority},
-			{Name: ":path", Value: c.path},
-			{Name: "content-type", Value: MediaType},
-			{Name: "accept", Value: MediaType},
-			{Name: "content-length", Value: strconv.Itoa(len(body))},
-		} {
-			_ = c.henc.WriteField(f) // writes to a bytes.Buffer: no error
+		// The request's fields, as literals against the static table:
+		// the dynamic table is never used, so its size is set to 0 once
+		// and the server's HEADER_TABLE_SIZE never matters.
+		b := c.hbuf[:0]
+		if !c.resized {
+			b = hpackAppendInt(b, 0x20, 5, 0)
+			c.resized = true
 		}
+		b = hpackAppendInt(b, 0x80, 7, hpackMethodPOST)
+		b = hpackAppendInt(b, 0x80, 7, hpackSchemeHTTPS)
+		b = hpackAppendLiteral(b, hpackAuthority, c.authority)
+		b = hpackAppendLiteral(b, hpackPath, c.path)
+		b = hpackAppendLiteral(b, hpackContentType, MediaType)
+		b = hpackAppendLiteral(b, hpackAccept, MediaType)
+		b = hpackAppendLiteral(b, hpackContentLength, strconv.Itoa(len(body)))
+		c.hbuf = b
 		// A handful of short fields: far below any MAX_FRAME_SIZE, so
 		// no CONTINUATION.
-		c.writeFrame(h2Headers, h2FlagEndHeaders, s.id, c.hbuf.Bytes())
+		c.writeFrame(h2Headers, h2FlagEndHeaders, s.id, c.hbuf)
 		c.wmu.Unlock()
 		return s, nil
 	}
@@ -619,7 +616,7 @@ func (c *h2Conn) gather(flags byte, p []byte) error {
 	}
 	id, end := c.blockID, c.blockEnd
 	c.blockID = 0
-	fields, err := c.hdec.DecodeFull(c.block)
+	fields, err := c.hdec.decode(c.block, h2MaxHeaderList)
 	if err != nil {
 		return h2Error{h2CompressionError, err.Error()}
 	}
@@ -633,14 +630,14 @@ func (c *h2Conn) gather(flags byte, p []byte) error {
 	if !s.gotHeaders {
 		status := -1
 		for _, f := range fields {
-			switch f.Name {
+			switch f.name {
 			case ":status":
-				status, err = strconv.Atoi(f.Value)
-				if err != nil || len(f.Value) != 3 {
+				status, err = strconv.Atoi(f.value)
+				if err != nil || len(f.value) != 3 {
 					status = 0
 				}
 			case "content-type":
-				s.ctype = f.Value
+				s.ctype = f.value
 			}
 		}
 		switch {
@@ -682,14 +679,12 @@ func (c *h2Conn) onSettings(flags byte, id uint32, p []byte) error {
 	if len(p)%6 != 0 {
 		return h2Error{h2FrameSizeError, "SETTINGS not a multiple of 6 octets"}
 	}
-	c.wmu.Lock() // the HPACK encoder's table size changes under it
+	c.wmu.Lock() // the ack goes out before anything sent under the new settings
 	c.mu.Lock()
 	var err error
 	for ; len(p) > 0 && err == nil; p = p[6:] {
 		v := binary.BigEndian.Uint32(p[2:])
 		switch binary.BigEndian.Uint16(p) {
-		case h2SettingHeaderTableSize:
-			c.henc.SetMaxDynamicTableSize(min(v, 4096))
 		case h2SettingEnablePush:
 			if v > 1 {
 				err = h2Error{h2ProtocolError, "ENABLE_PUSH not 0 or 1"}
