@@ -334,6 +334,10 @@ func TestHomeNetwork(t *testing.T) {
 	if !strings.Contains(g.log(), `listen="[0.0.0.0:53 [::]:53]"`) {
 		t.Errorf("no listen list and list lan: want 0.0.0.0:53 and [::]:53 in the log:\n%s", g.log())
 	}
+	// The redirect goes in only once the guard listens (issue 10 item 2).
+	if l, i := strings.Index(g.log(), "msg=listening"), strings.Index(g.log(), `msg="intercepting LAN DNS"`); l < 0 || i < l {
+		t.Errorf("table installed before the guard listened (listening at %d, intercepting at %d):\n%s", l, i, g.log())
+	}
 
 	// Every address the LAN is told to use answers, from that address
 	// (dig checks the answer's source), IPv4 and IPv6, UDP and TCP.

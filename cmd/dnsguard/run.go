@@ -166,6 +166,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer stopDrains()
 	// Only now, with the sockets bound and served, is LAN port 53
 	// redirected to the guard.
+	log.Info("listening", "addrs", srv.Addrs())
 	router.Intercept(cfg.ListenAddrs())
 	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
 	for {
