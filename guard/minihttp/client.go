@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +21,10 @@ type Response struct {
 	Status     string // "404 Not Found"
 	Header     Header
 	Body       []byte
+	// Delimited reports a body whose end the response marked
+	// (Content-Length, chunked, or none by status), so the connection
+	// can carry another request unless the server said Connection: close.
+	Delimited bool
 }
 
 // Do sends one request on a connection from dial and reads the whole
@@ -75,8 +78,20 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// ReadResponse parses a response to a request other than HEAD.
+// ReadResponse parses a response to a request other than HEAD: the
+// status line, header fields and a body of Content-Length octets, chunked
+// (RFC 9112 §7.1; trailers read and dropped) or, with neither, up to the
+// end of the connection. Interim 1xx responses are skipped.
 func ReadResponse(br *bufio.Reader, maxBody int64) (*Response, error) {
+	for {
+		r, err := readResponse(br, maxBody)
+		if err != nil || r.StatusCode >= 200 || r.StatusCode == 101 {
+			return r, err
+		}
+	}
+}
+
+func readResponse(br *bufio.Reader, maxBody int64) (*Response, error) {
 	budget := DefaultMaxHeader * 4
 	line, err := readLine(br, &budget)
 	if err != nil {
@@ -103,10 +118,18 @@ func ReadResponse(br *bufio.Reader, maxBody int64) (*Response, error) {
 		}
 		r.Header[strings.ToLower(name)] = strings.Trim(value, " \t")
 	}
-	if r.Header.Get("Transfer-Encoding") != "" {
-		return nil, errors.New("minihttp: Transfer-Encoding in a response is not supported")
+	if n < 200 || n == 204 || n == 304 {
+		r.Delimited = true
+		return r, nil // no body
 	}
-	var rd io.Reader = br
+	switch te := strings.ToLower(r.Header.Get("Transfer-Encoding")); {
+	case te == "chunked":
+		r.Body, err = readChunked(br, maxBody)
+		r.Delimited = err == nil
+		return r, err
+	case te != "":
+		return nil, fmt.Errorf("minihttp: Transfer-Encoding %q not supported", te)
+	}
 	if cl := r.Header.Get("Content-Length"); cl != "" {
 		size, err := strconv.ParseInt(cl, 10, 64)
 		if err != nil || size < 0 {
@@ -119,9 +142,10 @@ func ReadResponse(br *bufio.Reader, maxBody int64) (*Response, error) {
 		if _, err := io.ReadFull(br, r.Body); err != nil {
 			return nil, fmt.Errorf("minihttp: reading response body: %w", err)
 		}
+		r.Delimited = true
 		return r, nil
 	}
-	r.Body, err = io.ReadAll(io.LimitReader(rd, maxBody+1))
+	r.Body, err = io.ReadAll(io.LimitReader(br, maxBody+1))
 	if err != nil {
 		return nil, fmt.Errorf("minihttp: reading response body: %w", err)
 	}
@@ -129,4 +153,44 @@ func ReadResponse(br *bufio.Reader, maxBody int64) (*Response, error) {
 		return nil, fmt.Errorf("minihttp: response body more than %d octets", maxBody)
 	}
 	return r, nil
+}
+
+// readChunked reads a chunked body and its trailer section.
+func readChunked(br *bufio.Reader, maxBody int64) ([]byte, error) {
+	var body []byte
+	budget := DefaultMaxHeader * 4 // chunk-size lines and trailers
+	for {
+		line, err := readLine(br, &budget)
+		if err != nil {
+			return nil, fmt.Errorf("minihttp: reading chunk size: %w", err)
+		}
+		hex, _, _ := strings.Cut(line, ";") // chunk extensions ignored
+		size, err := strconv.ParseUint(strings.TrimRight(hex, " \t"), 16, 63)
+		if err != nil || hex == "" || hex[0] == '+' {
+			return nil, fmt.Errorf("minihttp: malformed chunk size %q", line)
+		}
+		if size == 0 {
+			break
+		}
+		if int64(size) > maxBody-int64(len(body)) {
+			return nil, fmt.Errorf("minihttp: response body more than %d octets", maxBody)
+		}
+		start := len(body)
+		body = append(body, make([]byte, size)...)
+		if _, err := io.ReadFull(br, body[start:]); err != nil {
+			return nil, fmt.Errorf("minihttp: reading chunk: %w", err)
+		}
+		if line, err := readLine(br, &budget); err != nil || line != "" {
+			return nil, fmt.Errorf("minihttp: chunk not followed by CRLF (%v)", err)
+		}
+	}
+	for { // trailer section, up to the empty line
+		line, err := readLine(br, &budget)
+		if err != nil {
+			return nil, fmt.Errorf("minihttp: reading trailers: %w", err)
+		}
+		if line == "" {
+			return body, nil
+		}
+	}
 }

@@ -287,3 +287,48 @@ func TestShutdownClosesStuckConnections(t *testing.T) {
 		t.Errorf("stuck connection still open: %d %v", n, err)
 	}
 }
+
+func TestReadResponse(t *testing.T) {
+	cases := []struct {
+		name, in  string
+		ok        bool
+		status    int
+		body      string
+		delimited bool
+	}{
+		{"content-length", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef", true, 200, "abc", true},
+		{"chunked with extension and trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n7\r\n0123456\r\n0\r\nX-T: 1\r\n\r\n", true, 200, "abc0123456", true},
+		{"interim responses skipped", "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno", true, 404, "no", true},
+		{"to the end", "HTTP/1.0 200 OK\r\n\r\nall of it", true, 200, "all of it", false},
+		{"no content", "HTTP/1.1 204 No Content\r\n\r\n", true, 204, "", true},
+		{"bad chunk size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", false, 0, "", false},
+		{"signed chunk size", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+3\r\nabc\r\n0\r\n\r\n", false, 0, "", false},
+		{"chunk without CRLF", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", false, 0, "", false},
+		{"chunks over the limit", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n", false, 0, "", false},
+		{"content-length over the limit", "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n01234567890", false, 0, "", false},
+		{"unknown coding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, 0, "", false},
+		{"short body", "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc", false, 0, "", false},
+		{"not HTTP", "SSH-2.0-OpenSSH\r\n\r\n", false, 0, "", false},
+	}
+	for _, c := range cases {
+		r, err := ReadResponse(bufio.NewReader(strings.NewReader(c.in)), 10)
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if c.ok && (r.StatusCode != c.status || string(r.Body) != c.body || r.Delimited != c.delimited) {
+			t.Errorf("%s: %d %q delimited %v", c.name, r.StatusCode, r.Body, r.Delimited)
+		}
+	}
+}
+
+func FuzzReadResponse(f *testing.F) {
+	f.Add("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+	f.Add("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+	f.Fuzz(func(t *testing.T, in string) {
+		r, err := ReadResponse(bufio.NewReader(strings.NewReader(in)), 512)
+		if err == nil && (len(r.Body) > 512 || r.StatusCode < 100 || r.StatusCode > 999) {
+			t.Fatalf("accepted %d with %d octets", r.StatusCode, len(r.Body))
+		}
+	})
+}

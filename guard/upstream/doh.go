@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -24,19 +25,23 @@ var ErrHTTPStatus = errors.New("DoH: HTTP error status")
 // checked. It always dials the configured IP; the URL's name is the SNI,
 // the :authority and the name the certificate must carry. Queries are
 // multiplexed as streams on one connection, redialled when the server
-// closes it or sends GOAWAY, closed when idle.
+// closes it or sends GOAWAY, closed when idle. A server that does not
+// negotiate h2 is spoken to in HTTP/1.1 (doh1.go): one query at a time
+// per connection, idle connections kept for reuse.
 type doh struct {
 	ep        *Endpoint
 	cfg       config
 	authority string // host[:port] as configured
 	path      string // path?query
-	dialer    func(ctx context.Context) (net.Conn, error)
+	dialer    func(ctx context.Context) (*tls.Conn, error)
 	idle      time.Duration
 
 	mu      sync.Mutex
 	conn    *h2Conn
 	dialing *dial
 	closed  bool
+	h1      bool      // the last dial negotiated no h2: HTTP/1.1
+	h1idle  []*h1Conn // idle HTTP/1.1 connections, the most recent last
 }
 
 func newDoH(ep *Endpoint, cfg config) (*doh, error) {
@@ -51,29 +56,26 @@ func newDoH(ep *Endpoint, cfg config) (*doh, error) {
 	if u.RawQuery != "" {
 		d.path += "?" + u.RawQuery
 	}
-	tcfg := cfg.tls.clientConfig(ep, "h2")
-	d.dialer = func(ctx context.Context) (net.Conn, error) {
-		nc, err := dialTLS(ctx, ep.Addr, tcfg)
-		if err != nil {
-			return nil, err
-		}
-		if p := nc.ConnectionState().NegotiatedProtocol; p != "h2" {
-			_ = nc.Close()
-			return nil, fmt.Errorf("server did not negotiate HTTP/2 (ALPN %q; RFC 8484 §5.2)", p)
-		}
-		return nc, nil
+	tcfg := cfg.tls.clientConfig(ep, "h2", "http/1.1")
+	d.dialer = func(ctx context.Context) (*tls.Conn, error) {
+		return dialTLS(ctx, ep.Addr, tcfg)
 	}
 	return d, nil
 }
 
 func (d *doh) String() string { return d.ep.String() }
 
-// Close closes the connection; in-flight queries fail.
+// Close closes the connections; in-flight queries fail.
 func (d *doh) Close() error {
 	d.mu.Lock()
 	c := d.conn
 	d.closed = true
+	idle := d.h1idle
+	d.h1idle = nil
 	d.mu.Unlock()
+	for _, c := range idle {
+		c.tc.Close()
+	}
 	if c != nil {
 		c.close(net.ErrClosed)
 		<-c.done
@@ -91,12 +93,21 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		return nil, fmt.Errorf("%s: %w", d.ep, err)
 	}
 	for try := 0; ; try++ {
-		c, fresh, err := d.get(ctx)
+		c, c1, fresh, err := d.get(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.ep, err)
 		}
 		d.cfg.counters.Queries.Add(1)
-		resp, err := d.exchange(ctx, c, m, b)
+		var r h2Response
+		if c1 != nil {
+			r, err = d.roundTripH1(ctx, c1, b, !fresh)
+		} else {
+			r, err = c.roundTrip(ctx, b)
+		}
+		var resp *dns.Msg
+		if err == nil {
+			resp, err = d.answer(m, r)
+		}
 		if err == nil {
 			restoreName(resp, q.Question[0].Name)
 			stripPadding(resp)
@@ -113,11 +124,8 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	}
 }
 
-func (d *doh) exchange(ctx context.Context, c *h2Conn, m *dns.Msg, b []byte) (*dns.Msg, error) {
-	r, err := c.roundTrip(ctx, b)
-	if err != nil {
-		return nil, err
-	}
+// answer checks an HTTP answer and the DNS message in it.
+func (d *doh) answer(m *dns.Msg, r h2Response) (*dns.Msg, error) {
 	if r.status < 200 || r.status > 299 {
 		return nil, fmt.Errorf("%w: %d", ErrHTTPStatus, r.status)
 	}
@@ -139,22 +147,41 @@ func isMediaType(ct string) bool {
 	return strings.EqualFold(strings.TrimSpace(mt), MediaType)
 }
 
-// get returns the live connection or waits for a dial, which runs on its
-// own bounded by dialTimeout (as for DoT: concurrent queries share it, and
-// a slow handshake still serves the next attempt). fresh reports a
+// get returns the live HTTP/2 connection, or an idle HTTP/1.1 one, or
+// waits for a dial. An HTTP/2 dial runs on its own bounded by dialTimeout
+// (as for DoT: concurrent queries share it, and a slow handshake still
+// serves the next attempt); with a server that speaks HTTP/1.1 only, each
+// query without an idle connection dials its own. fresh reports a
 // connection dialled for this wait.
-func (d *doh) get(ctx context.Context) (*h2Conn, bool, error) {
+func (d *doh) get(ctx context.Context) (*h2Conn, *h1Conn, bool, error) {
 	fresh := false
 	for {
 		d.mu.Lock()
 		switch {
 		case d.closed:
 			d.mu.Unlock()
-			return nil, false, net.ErrClosed
+			return nil, nil, false, net.ErrClosed
 		case d.conn != nil && d.conn.usable():
 			c := d.conn
 			d.mu.Unlock()
-			return c, fresh, nil
+			return c, nil, fresh, nil
+		case len(d.h1idle) > 0:
+			c := d.h1idle[len(d.h1idle)-1]
+			d.h1idle = d.h1idle[:len(d.h1idle)-1]
+			d.mu.Unlock()
+			if !c.fresh && time.Since(c.used) > d.idle {
+				c.tc.Close() // the server has likely closed it
+				continue
+			}
+			f := c.fresh
+			c.fresh = false
+			return nil, c, f, nil
+		case d.h1:
+			d.mu.Unlock()
+			if err := d.connect(ctx); err != nil {
+				return nil, nil, false, err
+			}
+			continue
 		case d.dialing == nil:
 			d.dialing = d.dial()
 		}
@@ -163,42 +190,64 @@ func (d *doh) get(ctx context.Context) (*h2Conn, bool, error) {
 		select {
 		case <-dl.done:
 			if dl.err != nil {
-				return nil, false, dl.err
+				return nil, nil, false, dl.err
 			}
 			fresh = true
 		case <-ctx.Done():
-			return nil, false, ctx.Err()
+			return nil, nil, false, ctx.Err()
 		}
 	}
 }
 
-// dial starts connecting; d.mu is held. A failure before there is a
-// connection (refused, TLS verification, no h2) is ErrDial.
+// dial starts a shared dial; d.mu is held.
 func (d *doh) dial() *dial {
 	dl := &dial{done: make(chan struct{})}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 		defer cancel()
-		nc, err := d.dialer(ctx)
-		var c *h2Conn
-		if err == nil {
-			c, err = newH2Conn(nc, d.authority, d.path, d.idle)
-		}
+		err := d.connect(ctx)
 		d.mu.Lock()
-		defer d.mu.Unlock()
-		defer close(dl.done)
 		d.dialing = nil
-		switch {
-		case err != nil:
-			dl.err = fmt.Errorf("%w: %w", ErrDial, err)
-		case d.closed:
-			c.close(net.ErrClosed)
-			dl.err = net.ErrClosed
-		default:
-			// One that went away is dead or draining: it closes
-			// itself when its last stream ends.
-			d.conn = c
-		}
+		dl.err = err
+		close(dl.done)
+		d.mu.Unlock()
 	}()
 	return dl
+}
+
+// connect dials and installs the connection: as the HTTP/2 connection
+// when the server negotiated h2, else as an idle HTTP/1.1 one, marked
+// fresh. A failure before there is a connection (refused, TLS
+// verification) is ErrDial.
+func (d *doh) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	tc, err := d.dialer(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrDial, err)
+	}
+	var c *h2Conn
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		if c, err = newH2Conn(tc, d.authority, d.path, d.idle); err != nil {
+			return fmt.Errorf("%w: %w", ErrDial, err)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.closed && c != nil:
+		c.close(net.ErrClosed)
+		return net.ErrClosed
+	case d.closed:
+		tc.Close()
+		return net.ErrClosed
+	case c != nil:
+		// One that went away is dead or draining: it closes itself
+		// when its last stream ends.
+		d.conn, d.h1 = c, false
+	default:
+		d.h1 = true
+		d.h1idle = append(d.h1idle, newH1Conn(tc))
+	}
+	return nil
 }

@@ -148,36 +148,134 @@ func TestH2MultiplexedOnOneConnection(t *testing.T) {
 	}
 }
 
-// A server that does not speak HTTP/2 is not used (RFC 8484 §5.2: HTTP/2
-// is the minimum recommended): whether it refuses the ALPN or ignores it,
-// that is a failure to connect.
-func TestH2NoHTTP2IsADialError(t *testing.T) {
+// A server that does not negotiate h2 (ALPN http/1.1, or no ALPN at
+// all) is spoken to in HTTP/1.1: POST with the same fields, answers with
+// Content-Length or chunked, connections reused one query at a time,
+// concurrent queries on connections of their own, Connection: close
+// honoured, a connection the server closed while idle replaced.
+func TestDoHHTTP1(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
-	for _, protos := range [][]string{{"http/1.1"}, nil} {
-		ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "doh.test")}, NextProtos: protos})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var wg sync.WaitGroup
-		wg.Go(func() {
-			nc, err := ln.Accept()
-			if err == nil {
-				_ = nc.(*tls.Conn).Handshake()
-				_, _ = io.Copy(io.Discard, nc)
-				nc.Close()
+	for _, alpn := range [][]string{{"http/1.1"}, nil} {
+		t.Run(fmt.Sprint(alpn), func(t *testing.T) {
+			var conns atomic.Int32
+			var mu sync.Mutex
+			var reqs []*http.Request
+			states := map[net.Conn]http.ConnState{}
+			srv := &http.Server{
+				Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					reqs = append(reqs, r)
+					mu.Unlock()
+					body, _ := io.ReadAll(r.Body)
+					q := new(dns.Msg)
+					if err := q.Unpack(body); err != nil {
+						http.Error(w, err.Error(), http.StatusBadRequest)
+						return
+					}
+					b, _ := upstreamtest.AnswerA("192.0.2.1")(q).Pack()
+					w.Header().Set("Content-Type", MediaType)
+					switch q.Question[0].Name {
+					case "chunked.example.":
+						w.Write(b[:3])
+						w.(http.Flusher).Flush() // no Content-Length: chunked
+						w.Write(b[3:])
+					case "close.example.":
+						w.Header().Set("Connection", "close")
+						w.Write(b)
+					default:
+						w.Write(b)
+					}
+				}),
+				ConnState: func(c net.Conn, st http.ConnState) {
+					if st == http.StateNew {
+						conns.Add(1)
+					}
+					mu.Lock()
+					states[c] = st
+					mu.Unlock()
+				},
+				TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "doh.test")}, NextProtos: alpn},
+			}
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", srv.TLSConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go srv.Serve(ln)
+			t.Cleanup(func() { srv.Close() })
+			tr, counters := newDoHTransport(t, "https://doh.test:"+portOf(t, ln.Addr())+"/dns-query?ip=127.0.0.1", ca)
+			for _, name := range []string{"a.example", "chunked.example", "b.example"} {
+				if err := exchangeA(t, tr, name); err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+			}
+			if n := conns.Load(); n != 1 {
+				t.Errorf("%d connections for 3 queries in turn, want 1", n)
+			}
+			if err := exchangeA(t, tr, "close.example"); err != nil {
+				t.Fatal(err)
+			}
+			if err := exchangeA(t, tr, "after-close.example"); err != nil {
+				t.Fatal(err)
+			}
+			if n := conns.Load(); n != 2 {
+				t.Errorf("%d connections after Connection: close, want 2", n)
+			}
+			// The server drops its idle connections: the next query
+			// finds its kept one closed and goes again on a new one.
+			eventually(t, "the server to see its connection idle", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				idle := 0
+				for c, st := range states {
+					if st == http.StateIdle {
+						c.Close()
+						idle++
+					}
+				}
+				return idle > 0
+			})
+			eventually(t, "the idle connection to be closed", func() bool {
+				tr.mu.Lock()
+				defer tr.mu.Unlock()
+				if len(tr.h1idle) != 1 {
+					return false
+				}
+				c := tr.h1idle[0]
+				c.tc.SetReadDeadline(time.Now().Add(time.Millisecond))
+				_, err := c.br.Peek(1)
+				c.tc.SetReadDeadline(time.Time{})
+				return errors.Is(err, io.EOF)
+			})
+			if err := exchangeA(t, tr, "stale.example"); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					if err := exchangeA(t, tr, fmt.Sprintf("c%d.example", i)); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			tr.mu.Lock()
+			idle := len(tr.h1idle)
+			tr.mu.Unlock()
+			if idle > h1MaxIdle {
+				t.Errorf("%d idle connections kept, at most %d", idle, h1MaxIdle)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range reqs {
+				if r.Proto != "HTTP/1.1" || r.Method != http.MethodPost || r.Host != "doh.test:"+portOf(t, ln.Addr()) ||
+					r.URL.RequestURI() != "/dns-query" || r.Header.Get("Content-Type") != MediaType || r.Header.Get("Accept") != MediaType || r.TLS.ServerName != "doh.test" {
+					t.Errorf("request %s %s %s host %q SNI %q", r.Proto, r.Method, r.URL.RequestURI(), r.Host, r.TLS.ServerName)
+				}
+			}
+			if q := counters.Queries.Load(); q < 14 || q > 15 {
+				t.Errorf("%d queries counted, want 14 (15 with the stale connection's try)", q)
 			}
 		})
-		tr, _ := newDoHTransport(t, "https://doh.test:"+portOf(t, ln.Addr())+"/dns-query?ip=127.0.0.1", ca)
-		_, err = tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
-		if !errors.Is(err, ErrDial) {
-			t.Errorf("ALPN %q: err %v, want a dial error", protos, err)
-		}
-		if protos == nil && !strings.Contains(err.Error(), "HTTP/2") {
-			t.Errorf("no ALPN: err %v does not say HTTP/2", err)
-		}
-		tr.Close()
-		ln.Close()
-		wg.Wait()
 	}
 }
 
