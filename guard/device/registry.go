@@ -581,7 +581,7 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 	}
 	e.rec.Observed++
 	e.ungraded++
-	if e.rec.Observed <= gradeAlways || e.ungraded >= gradeEvery {
+	if e.ids.N() <= gradeAlways || e.ungraded >= gradeEvery { // the current evidence, not the lifetime count
 		e.ungraded = 0
 		r.gradeLocked(e, now)
 	}

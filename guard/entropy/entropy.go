@@ -223,6 +223,9 @@ func (e *Estimator) Observe(v uint16, boot uint32) {
 	}
 }
 
+// N is the number of values observed.
+func (e *Estimator) N() uint64 { return e.n }
+
 // add records v as seen and reports whether it is new.
 func (e *Estimator) add(v uint16) bool {
 	if e.seen != nil {
