@@ -129,3 +129,33 @@ func TestOddNamesGoServer(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSameName: the guard's presentation of a wire name and miekg/dns's
+// (which escape differently) are the same name; exactly the same when
+// the name has no upper-case letter (NameString lower-cases).
+func FuzzSameName(f *testing.F) {
+	for _, l := range oddLabels {
+		f.Add([]byte(l), []byte("Example"))
+	}
+	f.Add([]byte{0, 255, '\\', '.'}, []byte{'"', 127})
+	f.Fuzz(func(t *testing.T, l1, l2 []byte) {
+		if len(l1) == 0 || len(l1) > 63 || len(l2) == 0 || len(l2) > 63 {
+			return
+		}
+		wire := append([]byte{byte(len(l1))}, l1...)
+		wire = append(append(wire, byte(len(l2))), l2...)
+		wire = append(wire, 0)
+		miekg, _, err := dns.UnpackDomainName(wire, 0)
+		if err != nil {
+			return
+		}
+		guard := dnswire.NameString(wire)
+		if !sameName(guard, miekg, false) {
+			t.Fatalf("%q and %q differ", guard, miekg)
+		}
+		upper := strings.IndexFunc(string(wire), func(r rune) bool { return r >= 'A' && r <= 'Z' }) >= 0
+		if sameName(guard, miekg, true) == upper {
+			t.Fatalf("exact %q vs %q: upper-case letters %v", guard, miekg, upper)
+		}
+	})
+}
