@@ -127,59 +127,89 @@ func (l *logBuffer) String() string {
 // TestPoolNeverAnsweringNames: names whose servers never answer (the
 // issue's slow-name attack: 5 a second from one device) fail on their
 // own; the upstream stays up and every other name is answered, both
-// with other traffic about and with none (the health check answers).
+// with other traffic about and with none (the health check answers),
+// over Do53 and over DoT (where they share one pipelined connection).
 func TestPoolNeverAnsweringNames(t *testing.T) {
+	never := func(q *dns.Msg) bool { return dns.IsSubDomain("never.test.", q.Question[0].Name) }
 	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
-		if !dns.IsSubDomain("never.test.", q.Question[0].Name) {
+		if !never(q) {
 			s.send(from, upstreamtest.AnswerA("192.0.2.1")(q))
 		}
 	})
-	var logs logBuffer
-	p := newPool(t, []string{srv.url()}, Options{Timeout: 150 * time.Millisecond, Logger: logs.logger()})
-
-	// Attack and victim at once.
-	var wg sync.WaitGroup
-	var attackAnswered atomic.Int32
-	for i := range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("n%d.never.test", i), dns.TypeA)); err == nil {
-				attackAnswered.Add(1)
+	ca := upstreamtest.NewCA(t)
+	dot := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: func(q *dns.Msg) *dns.Msg {
+		if never(q) {
+			return nil
+		}
+		return upstreamtest.AnswerA("192.0.2.1")(q)
+	}})
+	for _, tc := range []struct {
+		name, url string
+		checks    func() int
+	}{
+		{"udp", srv.url(), func() int { return asked(srv, ".") }},
+		{"dot", dot.URL("dot.test"), func() int {
+			n := 0
+			for _, r := range dot.Received() {
+				if r.Msg != nil && r.Msg.Question[0].Name == "." {
+					n++
+				}
 			}
-		}()
-		time.Sleep(10 * time.Millisecond)
-	}
-	victimFailed := 0
-	for i := range 40 {
-		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", i), dns.TypeA)); err != nil {
-			victimFailed++
-			t.Logf("victim query %d: %v", i, err)
-		}
-	}
-	wg.Wait()
-	if victimFailed > 0 || attackAnswered.Load() != 0 {
-		t.Errorf("victim failed %d of 40; %d never-answering names answered", victimFailed, attackAnswered.Load())
-	}
+			return n
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs logBuffer
+			p := newPool(t, []string{tc.url}, Options{CAPEM: ca.PEM, Timeout: 150 * time.Millisecond, Logger: logs.logger()})
 
-	// Only never-answering names: nothing else answered since they were
-	// sent, so the pool checks the upstream, which answers the check.
-	for i := range 5 {
-		if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA)); IsAllDown(err) || err == nil {
-			t.Fatalf("never-answering name %d: %v, want its own failure", i, err)
-		}
+			// Attack and victim at once.
+			var wg sync.WaitGroup
+			var attackAnswered atomic.Int32
+			for i := range 20 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("n%d.never.test", i), dns.TypeA)); err == nil {
+						attackAnswered.Add(1)
+					}
+				}()
+				time.Sleep(10 * time.Millisecond)
+			}
+			victimFailed := 0
+			for i := range 40 {
+				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", i), dns.TypeA)); err != nil {
+					victimFailed++
+					t.Logf("victim query %d: %v", i, err)
+				}
+			}
+			wg.Wait()
+			if victimFailed > 0 || attackAnswered.Load() != 0 {
+				t.Errorf("victim failed %d of 40; %d never-answering names answered", victimFailed, attackAnswered.Load())
+			}
+
+			// Only never-answering names: nothing else answered since they
+			// were sent, so the pool checks the upstream, which answers.
+			for i := range 5 {
+				if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA)); IsAllDown(err) || err == nil {
+					t.Fatalf("never-answering name %d: %v, want its own failure", i, err)
+				}
+			}
+			if tc.checks() == 0 {
+				t.Error("no health check asked")
+			}
+			if st := p.Stats()[0]; !st.Up {
+				t.Errorf("upstream marked down: %+v", st)
+			}
+			if strings.Contains(logs.String(), "upstream down") {
+				t.Errorf("logged:\n%s", logs.String())
+			}
+			if _, err := p.Exchange(clientCtx(t), query("after.example", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
-	if asked(srv, ".") == 0 {
-		t.Error("no health check asked")
-	}
-	if st := p.Stats()[0]; !st.Up {
-		t.Errorf("upstream marked down: %+v", st)
-	}
-	if strings.Contains(logs.String(), "upstream down") {
-		t.Errorf("logged:\n%s", logs.String())
-	}
-	if _, err := p.Exchange(clientCtx(t), query("after.example", dns.TypeA)); err != nil {
-		t.Fatal(err)
+	if n := dot.Conns(); n != 1 {
+		t.Errorf("%d DoT connections, want 1 (never reset)", n)
 	}
 }
 
