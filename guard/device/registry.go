@@ -103,6 +103,7 @@ type Registry struct {
 	orig        origRing
 	exempt      string // last exempt list given to OnExempt, joined
 	churn       churn
+	bitmaps     *entropy.Budget // estimators past their sparse form
 
 	learnedMAC broadcast // an address's MAC was learned from a packet or lease
 	// Waits counts the identify stage's waits for a MAC.
@@ -145,6 +146,7 @@ func NewRegistry(opts Options) (*Registry, error) {
 		leased:    map[netip.Addr]string{},
 		leaseName: map[string]string{},
 		dirty:     map[string]bool{},
+		bitmaps:   entropy.NewBudget(MaxBitmaps),
 	}
 	r.main.init()
 	r.unconfirmed.init()
@@ -195,13 +197,13 @@ func (r *Registry) restore(rec *Record) (*entry, error) {
 	e := &entry{rec: rec}
 	var err error
 	if len(rec.IDState) > 0 {
-		e.ids = entropy.New()
+		e.ids = entropy.NewWithBudget(r.bitmaps)
 		if uerr := e.ids.UnmarshalBinary(rec.IDState); uerr != nil {
 			e.ids, err = nil, uerr
 		}
 	}
 	if len(rec.PortState) > 0 {
-		e.ports = entropy.New()
+		e.ports = entropy.NewWithBudget(r.bitmaps)
 		if uerr := e.ports.UnmarshalBinary(rec.PortState); uerr != nil {
 			e.ports, err = nil, uerr
 		}
@@ -287,6 +289,12 @@ func (r *Registry) markLocked(e *entry) {
 // (unless it has an operator override: those are never forgotten and do
 // not count).
 const MaxDevices = 1024
+
+// MaxBitmaps bounds the estimators (two per device) that may grow past
+// their sparse form (512 distinct values, 1 KiB) to the 8 KiB bitmap: 4
+// MiB, however many confirmed devices send however many IDs. Beyond it an
+// estimator saturates (see entropy.Budget).
+const MaxBitmaps = 512
 
 // MaxUnconfirmed bounds the pool of devices not (yet) confirmed by the
 // neighbour table or a DHCP lease: a device sending from random source
@@ -570,12 +578,12 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 
 	boot := e.rec.Boots
 	if e.ids == nil {
-		e.ids = entropy.New()
+		e.ids = entropy.NewWithBudget(r.bitmaps)
 	}
 	e.ids.Observe(q.ID, boot)
 	if q.Port != 0 {
 		if e.ports == nil {
-			e.ports = entropy.New()
+			e.ports = entropy.NewWithBudget(r.bitmaps)
 		}
 		e.ports.Observe(q.Port, boot)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dnsguard/dnsguard/guard/entropy"
 )
 
 // staticNeighbours is a neighbour table that does not follow the kernel.
@@ -404,5 +406,31 @@ func TestRegistryOverrideFollowsMergedRecord(t *testing.T) {
 	v := findView(reg.Views(), mac)
 	if v == nil || v.Override == nil || !v.Exempt || findView(reg.Views(), id) != nil {
 		t.Errorf("merged record %+v (address record %q gone: %v)", v, id, findView(reg.Views(), id) == nil)
+	}
+}
+
+// TestRegistryBitmapBudget: however many devices earn full estimators,
+// at most the budget hold a bitmap; the others saturate and still grade.
+func TestRegistryBitmapBudget(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	reg.bitmaps = entropy.NewBudget(4)
+	r := rand.New(rand.NewPCG(9, 9))
+	for d := range 10 {
+		mac := net.HardwareAddr{2, 0, 4, 0, 0, byte(d)}.String()
+		src := netip.AddrFrom4([4]byte{10, 0, 4, byte(d)})
+		for i := range 700 {
+			clk.add(time.Millisecond)
+			port := uint16(1024 + r.UintN(60000))
+			reg.ObserveQuery(mac, netip.AddrPortFrom(src, port), router, &Query{ID: uint16(r.UintN(65536)), Port: port, Name: fmt.Sprintf("b%d.example.", i), Type: 1})
+		}
+	}
+	if used := reg.bitmaps.Used(); used > 4 {
+		t.Errorf("%d bitmaps held, budget 4", used)
+	}
+	for _, v := range reg.Views() {
+		if v.TXID.Verdict != "random" || v.Port.Verdict != "random" || v.Strict {
+			t.Errorf("%s graded %s/%s strict=%v: %s", v.ID, v.TXID.Verdict, v.Port.Verdict, v.Strict, v.TXID.Detail)
+		}
 	}
 }

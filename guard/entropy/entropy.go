@@ -33,7 +33,9 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"runtime"
 	"slices"
+	"sync/atomic"
 )
 
 // Verdict is the grade of one field of one device.
@@ -171,6 +173,11 @@ type Estimator struct {
 	vals     []uint16
 	seen     *[bitmapSize]uint64
 	distinct uint32
+	// budget, when set, is charged for the bitmap; refused one, the
+	// estimator keeps its sparseMax values and records no new ones
+	// (saturated).
+	budget    *Budget
+	saturated bool
 
 	heavy hitters // over all values
 	first hitters // over the first firstLen values of each boot
@@ -209,9 +216,11 @@ func (e *Estimator) Observe(v uint16, boot uint32) {
 	e.mean += d / float64(e.n)
 	e.m2 += d * (float64(v) - e.mean)
 
-	if e.add(v) {
+	switch isNew, known := e.add(v); {
+	case !known: // saturated: whether v was seen before is not known
+	case isNew:
 		e.distinct++
-	} else {
+	default:
 		e.bootHits++
 	}
 	e.bootN++
@@ -226,32 +235,75 @@ func (e *Estimator) Observe(v uint16, boot uint32) {
 // N is the number of values observed.
 func (e *Estimator) N() uint64 { return e.n }
 
-// add records v as seen and reports whether it is new.
-func (e *Estimator) add(v uint16) bool {
+// add records v as seen and reports whether it is new; known is false
+// when a saturated estimator cannot tell.
+func (e *Estimator) add(v uint16) (isNew, known bool) {
 	if e.seen != nil {
 		w, b := v>>6, uint64(1)<<(v&63)
 		if e.seen[w]&b != 0 {
-			return false
+			return false, true
 		}
 		e.seen[w] |= b
-		return true
+		return true, true
 	}
 	i, found := slices.BinarySearch(e.vals, v)
 	if found {
-		return false
+		return false, true
 	}
 	if len(e.vals) < sparseMax {
 		e.vals = slices.Insert(e.vals, i, v)
-		return true
+		return true, true
 	}
-	e.seen = new([bitmapSize]uint64)
+	if e.budget != nil && !e.budget.take(false) {
+		e.saturated = true
+		return false, false
+	}
+	seen := new([bitmapSize]uint64)
 	for _, x := range e.vals {
-		e.seen[x>>6] |= 1 << (x & 63)
+		seen[x>>6] |= 1 << (x & 63)
 	}
-	e.vals = nil
-	e.seen[v>>6] |= 1 << (v & 63)
+	seen[v>>6] |= 1 << (v & 63)
+	e.useBitmap(seen)
+	return true, true
+}
+
+// useBitmap makes seen the estimator's set of values; its budget, if
+// any, was charged and is given back when the bitmap is collected.
+func (e *Estimator) useBitmap(seen *[bitmapSize]uint64) {
+	e.seen, e.vals = seen, nil
+	if e.budget != nil {
+		runtime.AddCleanup(seen, func(b *Budget) { b.used.Add(-1) }, e.budget)
+	}
+}
+
+// Budget bounds how many of the estimators sharing it hold an 8 KiB
+// bitmap at once (the live guard's registry: a LAN full of busy devices,
+// or of MACs the neighbour table confirms, must not make every estimator
+// grow one). An estimator refused one stays saturated: it keeps its
+// first sparseMax distinct values and records no new ones, so its replay
+// and distinct figures stop growing; every other part of it goes on.
+type Budget struct {
+	max  int64
+	used atomic.Int64
+}
+
+// NewBudget returns a budget of max bitmaps.
+func NewBudget(max int) *Budget { return &Budget{max: int64(max)} }
+
+// Used is the number of bitmaps charged and not yet collected.
+func (b *Budget) Used() int { return int(b.used.Load()) }
+
+func (b *Budget) take(force bool) bool {
+	if b.used.Add(1) > b.max && !force {
+		b.used.Add(-1)
+		return false
+	}
 	return true
 }
+
+// NewWithBudget returns an empty estimator whose bitmap, if it grows one,
+// is charged to b.
+func NewWithBudget(b *Budget) *Estimator { return &Estimator{budget: b} }
 
 // values calls f with every distinct value seen, in increasing order.
 func (e *Estimator) values(f func(uint16)) {
@@ -381,6 +433,9 @@ func (e *Estimator) Result() Result {
 
 	r.Detail = fmt.Sprintf("n=%d boots=%d distinct=%d span=%d top=0x%04x (%.0f%%) counting=%.0f%% of %d steps replayed-boots=%d/%d sigma=%.1f bits=%.1f",
 		e.n, e.boots, e.distinct, r.Span, r.Top, 100*r.TopShare, 100*r.Counting, e.steps, replayed, closed, r.Sigma, r.Bits)
+	if e.saturated {
+		r.Detail += fmt.Sprintf(" (distinct values tracked up to %d: memory budget)", sparseMax)
+	}
 
 	n := e.n
 	enough := n >= MinSamples

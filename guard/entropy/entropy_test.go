@@ -5,7 +5,10 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 )
 
 // sample is one observed value and its boot.
@@ -472,4 +475,59 @@ func TestSmallUntilEarned(t *testing.T) {
 			t.Fatalf("seed %d: span %d from the list, %d from the bitmap", seed, a, b)
 		}
 	}
+}
+
+// TestBudget: estimators sharing a budget of one bitmap: the first to
+// need one gets it, the next stays saturated (and still grades), and a
+// bitmap given back when its estimator is dropped goes to the next.
+func TestBudget(t *testing.T) {
+	b := NewBudget(1)
+	fill := func(e *Estimator, seed uint64) {
+		r := rand.New(rand.NewPCG(seed, 1))
+		for i := range 2000 {
+			e.Observe(uint16(r.UintN(65536)), uint32(i/100))
+		}
+	}
+	a := NewWithBudget(b)
+	fill(a, 1)
+	if a.seen == nil || b.Used() != 1 {
+		t.Fatalf("first estimator: bitmap %v, used %d", a.seen != nil, b.Used())
+	}
+	s := NewWithBudget(b)
+	fill(s, 2)
+	if s.seen != nil || !s.saturated || len(s.vals) != sparseMax || s.distinct != sparseMax {
+		t.Fatalf("second estimator: bitmap %v saturated %v values %d distinct %d", s.seen != nil, s.saturated, len(s.vals), s.distinct)
+	}
+	if res := s.Result(); res.Verdict != Random || res.N != 2000 || !strings.Contains(res.Detail, "memory budget") {
+		t.Errorf("saturated estimator graded %s n=%d: %s", res.Verdict, res.N, res.Detail)
+	}
+	// Its encoding round-trips as a list.
+	enc, _ := s.MarshalBinary()
+	restored := NewWithBudget(b)
+	if err := restored.UnmarshalBinary(enc); err != nil || restored.distinct != sparseMax || restored.seen != nil {
+		t.Fatalf("saturated round trip: %v distinct %d", err, restored.distinct)
+	}
+	a = nil
+	for i := 0; b.Used() != 0 && i < 100; i++ {
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+	if b.Used() != 0 {
+		t.Fatalf("bitmap of a dropped estimator not given back: used %d", b.Used())
+	}
+	c := NewWithBudget(b)
+	fill(c, 3)
+	if c.seen == nil || b.Used() != 1 {
+		t.Errorf("after the release: bitmap %v used %d", c.seen != nil, b.Used())
+	}
+	// A stored bitmap is restored whatever the budget says.
+	full := New()
+	fill(full, 4)
+	enc, _ = full.MarshalBinary()
+	d := NewWithBudget(b)
+	if err := d.UnmarshalBinary(enc); err != nil || d.seen == nil || b.Used() != 2 {
+		t.Errorf("restore over budget: %v bitmap %v used %d", err, d.seen != nil, b.Used())
+	}
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(d)
 }

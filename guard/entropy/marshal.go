@@ -93,9 +93,10 @@ func (hs *hitters) decode(d *decoder, total uint64) {
 // UnmarshalBinary restores an estimator encoded by MarshalBinary. On error
 // the estimator is left empty.
 func (e *Estimator) UnmarshalBinary(data []byte) error {
-	*e = Estimator{}
+	b := e.budget
+	*e = Estimator{budget: b}
 	if err := e.unmarshal(data); err != nil {
-		*e = Estimator{}
+		*e = Estimator{budget: b}
 		return err
 	}
 	return nil
@@ -206,10 +207,17 @@ func (e *Estimator) unmarshal(data []byte) error {
 		if k > 65536 {
 			d.fail("distinct count out of range")
 		}
+		seen := new([bitmapSize]uint64)
 		for i := uint64(0); i < k && d.err == nil; i++ {
-			if v := d.u16("value"); d.err == nil && !e.add(v) {
-				d.fail("value listed twice")
+			if v := d.u16("value"); d.err == nil {
+				if seen[v>>6]&(1<<(v&63)) != 0 {
+					d.fail("value listed twice")
+				}
+				seen[v>>6] |= 1 << (v & 63)
 			}
+		}
+		if d.err == nil {
+			e.setBitmap(seen)
 		}
 	case bitmapAsWords:
 		seen := new([bitmapSize]uint64)
@@ -243,10 +251,16 @@ func (e *Estimator) setBitmap(seen *[bitmapSize]uint64) {
 		n += bits.OnesCount64(w)
 	}
 	if n > sparseMax {
-		e.seen, e.vals = seen, nil
+		if e.budget != nil {
+			e.budget.take(true) // what was stored is kept (the store is bounded)
+		}
+		e.useBitmap(seen)
 		return
 	}
-	e.seen, e.vals = nil, make([]uint16, 0, n)
+	e.seen, e.vals = nil, nil
+	if n > 0 {
+		e.vals = make([]uint16, 0, n)
+	}
 	for w, word := range seen {
 		for word != 0 {
 			bit := bits.TrailingZeros64(word)
