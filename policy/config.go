@@ -42,6 +42,9 @@ type Config struct {
 	LogLevel    string
 	MemoryLimit int64 // bytes; 0 leaves the Go runtime default
 
+	// DNSSEC validation (issue 12): off unless option dnssec '1'.
+	DNSSEC DNSSEC
+
 	// Upstream behaviour.
 	UpstreamTimeout time.Duration // per attempt, before failing over
 	Randomize0x20   bool          // 0x20 case randomisation on Do53 upstreams
@@ -58,6 +61,16 @@ type Config struct {
 	Intercept Intercept
 	Local     Local
 	Classes   []Class
+}
+
+// DNSSEC says whether and how answers are validated.
+type DNSSEC struct {
+	Enabled bool
+	// TrustAnchors are DS or DNSKEY records in presentation format; given
+	// ones replace the built-in root anchors.
+	TrustAnchors []string
+	// InsecureDomains are negative trust anchors (RFC 7646).
+	InsecureDomains []string
 }
 
 // State says where per-device records live.
@@ -270,6 +283,30 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("local server: %w", err)
 		}
 	}
+	for _, a := range c.DNSSEC.TrustAnchors {
+		if err := TrustAnchor(a); err != nil {
+			return fmt.Errorf("trust_anchor: %w", err)
+		}
+	}
+	return nil
+}
+
+// TrustAnchor checks a trust anchor: one DS record, or one DNSKEY record
+// of a zone key, in presentation format.
+func TrustAnchor(s string) error {
+	rr, err := dns.NewRR(s)
+	if err != nil {
+		return fmt.Errorf("%q: %v", s, err)
+	}
+	switch a := rr.(type) {
+	case *dns.DS:
+	case *dns.DNSKEY:
+		if a.Flags&dns.ZONE == 0 || a.Protocol != 3 {
+			return fmt.Errorf("%q: not a zone key", s)
+		}
+	default:
+		return fmt.Errorf("%q: want a DS or DNSKEY record", s)
+	}
 	return nil
 }
 
@@ -322,6 +359,9 @@ func (c *Config) mainFields() map[string]setter {
 		"memory_limit":       size(&c.MemoryLimit),
 		"upstream_timeout":   dur(&c.UpstreamTimeout),
 		"randomize_case":     boolean(&c.Randomize0x20),
+		"dnssec":             boolean(&c.DNSSEC.Enabled),
+		"trust_anchor":       wholeList(&c.DNSSEC.TrustAnchors),
+		"insecure_domain":    nameList(&c.DNSSEC.InsecureDomains),
 		"tcp_idle_timeout":   dur(&c.TCPIdleTimeout),
 		"tcp_max_conns":      integer(&c.TCPMaxConns),
 		"tcp_max_per_client": integer(&c.TCPMaxPerClient),
@@ -465,6 +505,41 @@ func (c *Class) fields() map[string]setter {
 
 func str(p *string) setter {
 	return func(v []string) error { *p = v[len(v)-1]; return nil }
+}
+
+// wholeList is a list whose values keep their spaces (a DNS record).
+func wholeList(p *[]string) setter {
+	first := true
+	return func(v []string) error {
+		if first {
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			if s = strings.TrimSpace(s); s != "" {
+				*p = append(*p, s)
+			}
+		}
+		return nil
+	}
+}
+
+// nameList is a list of DNS names (any name, the root included).
+func nameList(p *[]string) setter {
+	first := true
+	return func(v []string) error {
+		if first {
+			*p, first = nil, false
+		}
+		for _, s := range v {
+			for _, w := range strings.Fields(s) {
+				if _, ok := dns.IsDomainName(w); !ok {
+					return fmt.Errorf("%q is not a domain name", w)
+				}
+				*p = append(*p, dns.CanonicalName(w))
+			}
+		}
+		return nil
+	}
 }
 
 func strList(p *[]string) setter {

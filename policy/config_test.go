@@ -191,3 +191,33 @@ func TestLocalSection(t *testing.T) {
 		})
 	}
 }
+
+func TestDNSSECOptions(t *testing.T) {
+	c, err := Parse(strings.NewReader(`config dnsguard 'main'
+	option dnssec '1'
+	list trust_anchor 'example. IN DS 12345 13 2 ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789'
+	list trust_anchor 'example. 3600 IN DNSKEY 257 3 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ=='
+	list insecure_domain 'Broken.Example'
+	list insecure_domain 'other.test.'
+`), "x.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.DNSSEC.Enabled || len(c.DNSSEC.TrustAnchors) != 2 || !reflect.DeepEqual(c.DNSSEC.InsecureDomains, []string{"broken.example.", "other.test."}) {
+		t.Errorf("got %+v", c.DNSSEC)
+	}
+	if d, _ := Load(""); d.DNSSEC.Enabled || len(d.DNSSEC.TrustAnchors) != 0 {
+		t.Errorf("default: %+v", d.DNSSEC)
+	}
+	for _, bad := range []string{
+		"\tlist trust_anchor 'example. IN A 192.0.2.1'\n",
+		"\tlist trust_anchor 'example. IN DNSKEY 256 2 13 mdsswUyr3DPW132mOi8V9xESWE8jTo0dxCjjnopKl+GqJxpVXckHAeF+KkxLbxILfDLUT0rAK9iUzy1L53eKGQ=='\n",
+		"\tlist trust_anchor 'nonsense'\n",
+		"\tlist insecure_domain 'bad..name'\n",
+		"\toption dnssec 'maybe'\n",
+	} {
+		if _, err := Parse(strings.NewReader("config dnsguard 'main'\n"+bad), "x.conf"); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
+	"github.com/dnsguard/dnsguard/guard/dnssec"
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/forward"
 	"github.com/dnsguard/dnsguard/guard/limit"
@@ -186,6 +187,11 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	if err != nil {
 		return nil, err
 	}
+	sec, err := newDNSSEC(cfg, sp.pool, log.With("stage", "dnssec"))
+	if err != nil {
+		ups.release(context.Background(), sp)
+		return nil, fmt.Errorf("dnssec: %w", err)
+	}
 	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
 		checked, err := v.Check(q.Question[0], resp, false)
 		if err == nil {
@@ -212,7 +218,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap, local.Wrap)
 	var running inflight
 	return &guardChain{
-		handler: running.wrap(stage.Chain(forward.Handler(strictExchanger{sp.pool, v, check}), stages...)),
+		handler: running.wrap(stage.Chain(forward.Handler(strictExchanger{sp.pool, v, check, sec}), stages...)),
 		close: func(ctx context.Context) {
 			running.wait(ctx)
 			if cfg.Local.Server != "" || local.Stats.Answered.Load() > 0 {
@@ -221,6 +227,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 					"refused", local.Stats.Refused.Load(), "answered_here", local.Stats.Answered.Load())
 			}
 			local.Close()
+			logDNSSEC(log, sec)
 			ups.release(ctx, sp)
 		},
 	}, nil
@@ -239,13 +246,26 @@ type strictExchanger struct {
 	pool  *upstream.Pool
 	v     *validate.Validator
 	check upstream.CheckFunc // this configuration's shield
+	sec   *dnssec.Validator  // nil: DNSSEC validation off
 }
 
 func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	if !strictRequest(forward.RequestFrom(ctx)) {
-		return s.pool.ExchangeWith(ctx, q, s.check)
+	if s.sec != nil && !q.CheckingDisabled {
+		q = withDO(q)
 	}
-	resp, err := s.pool.ExchangeWith(upstream.WithCaseRandomization(ctx, true), q, s.check)
+	// DNSSEC first, on the answer as it came (the shield may trim the
+	// authority section a wildcard's proof sits in), then the shield.
+	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
+		resp, err := dnssecVerdict(ctx, s.sec, q, resp)
+		if err != nil {
+			return nil, err
+		}
+		return s.check(q, resp)
+	}
+	if !strictRequest(forward.RequestFrom(ctx)) {
+		return s.pool.ExchangeWith(ctx, q, check)
+	}
+	resp, err := s.pool.ExchangeWith(upstream.WithCaseRandomization(ctx, true), q, check)
 	if err != nil {
 		return nil, err
 	}

@@ -90,6 +90,20 @@ type Unreachable interface {
 	Unreachable() bool
 }
 
+// Held is implemented by errors that say how long they are cached
+// (guard/dnssec's bogus verdicts).
+type Held interface {
+	HoldFor() time.Duration
+}
+
+func heldFor(err error) time.Duration {
+	var h Held
+	if errors.As(err, &h) {
+		return h.HoldFor()
+	}
+	return 0
+}
+
 // pathFailure reports whether err (or an error in its chain) is
 // Unreachable.
 func pathFailure(err error) bool {
@@ -155,10 +169,11 @@ const (
 	keyEDNS = 1 << iota
 	keyDO
 	keyCD
+	keyAD // AD asked without DO: AD may be set on the answer (RFC 6840 §5.7)
 )
 
 // appendKey appends the cache key of q: lower-cased name, type, class and
-// the EDNS presence, DO and CD bits.
+// the EDNS presence, DO and CD bits (and AD without DO).
 func appendKey(dst []byte, q *dnswire.Query) []byte {
 	dst = q.LowerName(dst)
 	dst = binary.BigEndian.AppendUint16(dst, q.Type)
@@ -172,6 +187,9 @@ func appendKey(dst []byte, q *dnswire.Query) []byte {
 	}
 	if q.CD {
 		f |= keyCD
+	}
+	if q.AD && !q.EDNS.DO {
+		f |= keyAD
 	}
 	return append(dst, f)
 }
@@ -310,6 +328,11 @@ func (c *Cache) store(key string, r *dnswire.Reply, err error) {
 		// was, and only until the path recovers.
 		e.failErr, e.failUntil = err, now.Add(p.FailMin)
 		e.failPath, e.failGen = true, c.gen.Load()
+	case err != nil && heldFor(err) > 0:
+		// A failure that says how long it stands (DNSSEC bogus data:
+		// 60 s, unbound's val-bogus-ttl); the name's backoff is unchanged.
+		e.failErr, e.failUntil = err, now.Add(heldFor(err))
+		e.failPath = false
 	case err != nil:
 		// RFC 9520 §3.2: at least fail_min, doubling, at most fail_max;
 		// no upstream query for this question until it expires.

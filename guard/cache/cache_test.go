@@ -448,3 +448,53 @@ func TestPathDownFailures(t *testing.T) {
 		t.Errorf("not asked after the 8 s backoff: %d calls", n)
 	}
 }
+
+type held struct{ d time.Duration }
+
+func (h held) Error() string          { return "bogus" }
+func (h held) HoldFor() time.Duration { return h.d }
+
+// TestHeldFailures: a failure that says how long it stands (DNSSEC bogus,
+// 60 s) is cached exactly that long, whatever fail_min and the backoff say;
+// CD=1 and CD=0 queries never share an entry.
+func TestHeldFailures(t *testing.T) {
+	_, u, clk, _ := setup(t)
+	ctx := context.Background()
+	inner := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		if !req.Q.CD {
+			u.calls.Add(1)
+			return nil, fmt.Errorf("validate: %w", held{60 * time.Second})
+		}
+		return u.ServeDNS(ctx, req)
+	})
+	cc := New(policy.Cache{MaxEntries: 1000, MinTTL: 30 * time.Second, MaxTTL: time.Hour, NegMaxTTL: time.Hour,
+		FailMin: time.Second, FailMax: 5 * time.Minute}, nil, clk.now)
+	hh := cc.Wrap(inner)
+	for range 59 {
+		if _, err := hh.ServeDNS(ctx, request(t, "bogus.example.", true, true)); err == nil {
+			t.Fatal("bogus answered")
+		}
+		clk.add(time.Second)
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("%d upstream calls within the 60 s hold, want 1", n)
+	}
+	clk.add(2 * time.Second)
+	_, _ = hh.ServeDNS(ctx, request(t, "bogus.example.", true, true))
+	if n := u.calls.Load(); n != 2 {
+		t.Errorf("%d upstream calls after the hold, want 2", n)
+	}
+	// CD=1: a separate entry, answered.
+	m := new(dns.Msg)
+	m.SetQuestion("bogus.example.", dns.TypeA)
+	m.CheckingDisabled = true
+	m.SetEdns0(1232, true)
+	raw, _ := m.Pack()
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hh.ServeDNS(ctx, &stage.Request{Raw: raw, Q: q}); err != nil {
+		t.Errorf("CD=1 query got the CD=0 failure: %v", err)
+	}
+}

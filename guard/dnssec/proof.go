@@ -88,6 +88,13 @@ func (r *run) proofs(resp *dns.Msg, known zoneState) *proofSet {
 		for _, rr := range s.rrs {
 			switch x := rr.(type) {
 			case *dns.NSEC:
+				if l := int(s.signer.Labels); l < dns.CountLabel(x.Hdr.Name) {
+					// The NSEC of a wildcard, expanded with the answer
+					// (unbound's auth-zone sends it so): its signature
+					// vouches for it at the wildcard's own name.
+					x = dns.Copy(x).(*dns.NSEC)
+					x.Hdr.Name = strings.TrimSuffix("*."+suffix(canon(x.Hdr.Name), l), ".") + "."
+				}
 				p.nsec = append(p.nsec, x)
 			case *dns.NSEC3:
 				if x.Hash != dns.SHA1 || canon(parent(x.Hdr.Name)) != p.zone {

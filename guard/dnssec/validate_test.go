@@ -111,6 +111,20 @@ func TestValidateTable(t *testing.T) {
 		{name: "NODATA empty non-terminal NSEC", qname: "ent.example.", qtype: dns.TypeA, want: Secure},
 		{name: "wildcard NSEC", qname: "a.wild.example.", qtype: dns.TypeA, want: Secure},
 		{name: "wildcard NSEC stripped", qname: "a.wild.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) { m.Ns = nil }, want: Bogus, ede: 12},
+		{name: "wildcard NSEC sent expanded (unbound auth-zone)", qname: "a.wild.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			for _, rr := range m.Ns {
+				if rr.Header().Name == "*.wild.example." {
+					rr.Header().Name = "a.wild.example."
+				}
+			}
+		}, want: Secure},
+		{name: "expanded NSEC moved to another name", qname: "b.wild.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			for _, rr := range m.Ns {
+				if rr.Header().Name == "*.wild.example." {
+					rr.Header().Name = "zzz.wild.example."
+				}
+			}
+		}, want: Secure},
 		{name: "wildcard NODATA NSEC", qname: "a.wild.example.", qtype: dns.TypeMX, want: Secure},
 		{name: "CNAME in zone", qname: "alias.example.", qtype: dns.TypeA, want: Secure},
 		{name: "CNAME across zones", qname: "out.example.", qtype: dns.TypeA, want: Secure},

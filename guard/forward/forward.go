@@ -69,7 +69,10 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 	m.Response = true
 	m.Rcode = resp.Rcode
 	m.RecursionAvailable = true
-	m.AuthenticatedData = resp.AuthenticatedData && req.Q.EDNS.DO
+	// AD comes only from the guard's own validation (the exchanger sets it
+	// on a validated answer and clears it otherwise), and goes only to
+	// devices that asked with DO or AD (RFC 6840 §5.7).
+	m.AuthenticatedData = resp.AuthenticatedData && (req.Q.EDNS.DO || req.Q.AD)
 	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
 	m.Answer = resp.Answer
 	if len(resp.Answer) == 0 {
@@ -86,18 +89,22 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 		}
 	}
 	if !req.Q.EDNS.DO {
-		m.Answer = withoutDNSSEC(m.Answer)
+		m.Answer = withoutDNSSEC(m.Answer, req.Q.Type)
 	}
 	return dnswire.FromMsg(m)
 }
 
-// withoutDNSSEC drops DNSSEC records a device did not ask for (RFC 4035 §3.2.1).
-func withoutDNSSEC(rrs []dns.RR) []dns.RR {
+// withoutDNSSEC drops DNSSEC records a device did not ask for (RFC 4035
+// §3.2.1); records of the type asked are kept (RFC 3225 §3: an explicit
+// RRSIG, NSEC or NSEC3 query is answered without DO too).
+func withoutDNSSEC(rrs []dns.RR, qtype uint16) []dns.RR {
 	out := rrs[:0:0]
 	for _, rr := range rrs {
-		switch rr.Header().Rrtype {
+		switch t := rr.Header().Rrtype; t {
 		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
-			continue
+			if t != qtype {
+				continue
+			}
 		}
 		out = append(out, rr)
 	}

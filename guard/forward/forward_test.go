@@ -135,3 +135,59 @@ func TestQuery(t *testing.T) {
 		t.Errorf("OPT added for a device without DO: %v", q)
 	}
 }
+
+func TestStoredDNSSEC(t *testing.T) {
+	mk := func(qtype uint16, do, ad bool) *stage.Request {
+		m := new(dns.Msg)
+		m.SetQuestion("a.example.", qtype)
+		m.AuthenticatedData = ad
+		if do {
+			m.SetEdns0(1232, true)
+		}
+		raw, _ := m.Pack()
+		q, err := dnswire.ParseQuery(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &stage.Request{Raw: raw, Q: q}
+	}
+	answer := func(qtype uint16, ad bool, rrs ...string) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion("a.example.", qtype)
+		m.Response, m.AuthenticatedData = true, ad
+		for _, s := range rrs {
+			m.Answer = append(m.Answer, rr(s))
+		}
+		return m
+	}
+	sig := "a.example. 300 IN RRSIG A 8 2 300 20300101000000 20200101000000 1 example. AAAA"
+	cases := []struct {
+		name   string
+		req    *stage.Request
+		resp   *dns.Msg
+		wantAD bool
+		wantN  int
+	}{
+		{"AD to a DO device", mk(dns.TypeA, true, false), answer(dns.TypeA, true, "a.example. 300 IN A 192.0.2.1", sig), true, 2},
+		{"AD to an AD device", mk(dns.TypeA, false, true), answer(dns.TypeA, true, "a.example. 300 IN A 192.0.2.1", sig), true, 1},
+		{"no AD to a plain device", mk(dns.TypeA, false, false), answer(dns.TypeA, true, "a.example. 300 IN A 192.0.2.1", sig), false, 1},
+		{"no AD the exchanger did not set", mk(dns.TypeA, true, true), answer(dns.TypeA, false, "a.example. 300 IN A 192.0.2.1"), false, 1},
+		{"explicit RRSIG query without DO", mk(dns.TypeRRSIG, false, false), answer(dns.TypeRRSIG, false, sig), false, 1},
+		{"explicit NSEC query without DO", mk(dns.TypeNSEC, false, false), answer(dns.TypeNSEC, false, "a.example. 300 IN NSEC b.example. A RRSIG NSEC"), false, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Stored(tc.req, tc.resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(r.Msg); err != nil {
+				t.Fatal(err)
+			}
+			if m.AuthenticatedData != tc.wantAD || len(m.Answer) != tc.wantN {
+				t.Errorf("AD %v, %d records: %v", m.AuthenticatedData, len(m.Answer), m)
+			}
+		})
+	}
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnssec"
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/guard/upstream"
+	"github.com/dnsguard/dnsguard/policy"
+	"github.com/miekg/dns"
+)
+
+// bogusTTL is how long a bogus verdict is cached (unbound's val-bogus-ttl).
+const bogusTTL = 60 * time.Second
+
+// errBogus is in the chain of every DNSSEC refusal.
+var errBogus = errors.New("dnssec: bogus")
+
+// bogusError is a refusal of bogus data: SERVFAIL with the verdict's EDE,
+// cached for bogusTTL (guard/cache's Held).
+type bogusError struct{ err *stage.Error }
+
+func (e bogusError) Error() string          { return e.err.Error() }
+func (e bogusError) Unwrap() error          { return e.err }
+func (e bogusError) HoldFor() time.Duration { return bogusTTL }
+
+// rawPool fetches the validator's DS and DNSKEY records through the
+// upstream pool, unchecked by the shield (the validator checks them).
+type rawPool struct{ pool *upstream.Pool }
+
+func (r rawPool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	return r.pool.ExchangeWith(ctx, q, nil)
+}
+
+// newDNSSEC returns the configuration's validator, or nil with
+// validation off.
+func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger) (*dnssec.Validator, error) {
+	if !cfg.DNSSEC.Enabled {
+		return nil, nil
+	}
+	anchors, err := dnssec.ParseAnchors(cfg.DNSSEC.TrustAnchors)
+	if err != nil {
+		return nil, err
+	}
+	return dnssec.New(rawPool{pool}, dnssec.Config{
+		Anchors:         anchors,
+		NegativeAnchors: cfg.DNSSEC.InsecureDomains,
+		TimeTrusted:     clockTrust(log),
+	})
+}
+
+// clockTrust reports whether the clock can be trusted for signature
+// validity: a router without a real-time clock starts in the past, so
+// until the time is past the binary's build time signature times are not
+// checked (dnsmasq's dnssec-no-timecheck); the log says so once.
+func clockTrust(log *slog.Logger) func() bool {
+	floor := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.time" {
+				if t, err := time.Parse(time.RFC3339, s.Value); err == nil && t.After(floor) {
+					floor = t
+				}
+			}
+		}
+	}
+	var once sync.Once
+	return func() bool {
+		if time.Now().After(floor) {
+			return true
+		}
+		once.Do(func() {
+			log.Warn("dnssec: clock before the build time; signature validity times not checked until it is set", "build_time", floor)
+		})
+		return false
+	}
+}
+
+// dnssecVerdict validates resp (the upstream's answer to q) with sec:
+// AD set on secure data and cleared on anything else; bogus data is an
+// error. With sec nil or CD=1 the answer passes unvalidated, AD cleared:
+// AD comes only from the guard's own validation.
+func dnssecVerdict(ctx context.Context, sec *dnssec.Validator, q, resp *dns.Msg) (*dns.Msg, error) {
+	if sec == nil || q.CheckingDisabled {
+		resp.AuthenticatedData = false
+		return resp, nil
+	}
+	res := sec.Validate(ctx, resp)
+	switch res.Security {
+	case dnssec.Secure:
+		resp.AuthenticatedData = true
+		return resp, nil
+	case dnssec.Insecure:
+		resp.AuthenticatedData = false
+		return resp, nil
+	case dnssec.Bogus:
+		code := res.EDE
+		if code == 0 {
+			code = dns.ExtendedErrorCodeDNSBogus
+		}
+		return nil, bogusError{err: stage.Fail(code, dnswire.EDEText("DNSSEC bogus: "+res.Reason), errBogus)}
+	default:
+		return nil, stage.Fail(dns.ExtendedErrorCodeDNSSECIndeterminate, dnswire.EDEText("DNSSEC indeterminate: "+res.Reason), errBogus)
+	}
+}
+
+// withDO returns q asking for DNSSEC records (DO=1), copied if needed.
+func withDO(q *dns.Msg) *dns.Msg {
+	if opt := q.IsEdns0(); opt != nil && opt.Do() {
+		return q
+	}
+	c := q.Copy()
+	if opt := c.IsEdns0(); opt != nil {
+		opt.SetDo()
+	} else {
+		c.SetEdns0(dnswire.OurEDNSSize, true)
+	}
+	return c
+}
+
+func logDNSSEC(log *slog.Logger, sec *dnssec.Validator) {
+	if sec == nil {
+		return
+	}
+	st := sec.Stats()
+	log.Info("dnssec totals", "validations", st.Validations, "secure", st.Secure, "insecure", st.Insecure,
+		"bogus", st.Bogus, "indeterminate", st.Indeterminate, "key_queries", st.Queries,
+		"signatures", st.Signatures, "cache_hits", st.CacheHits, "evictions", st.CacheEvictions, "limit_hits", st.LimitHits)
+}
