@@ -23,21 +23,29 @@ func sh(t *testing.T, args ...string) {
 	}
 }
 
-// TestNeighbours follows a namespace's neighbour table: an entry added is
-// found by IP, its deletion reports the MAC gone, the router's own
-// addresses are local and the LAN prefix is known.
-func TestNeighbours(t *testing.T) {
+// lanNamespace makes a namespace (removed when the test ends) with a
+// veth pair, lan0 at 10.9.0.1/24, and returns its name.
+func lanNamespace(t *testing.T, prefix string) string {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.Require(t, "ip")
 	b := make([]byte, 4)
 	rand.Read(b)
-	ns := "dgnb-" + hex.EncodeToString(b)
+	ns := prefix + "-" + hex.EncodeToString(b)
 	sh(t, "ip", "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	sh(t, "ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
 	sh(t, "ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "lan0")
 	sh(t, "ip", "-n", ns, "link", "set", "lan0", "up")
 	sh(t, "ip", "-n", ns, "link", "set", "lan0p", "up")
+	return ns
+}
+
+// TestNeighbours follows a namespace's neighbour table: an entry added is
+// found by IP, its deletion reports the MAC gone, the router's own
+// addresses are local and the LAN prefix is known.
+func TestNeighbours(t *testing.T) {
+	ns := lanNamespace(t, "dgnb")
 	sh(t, "ip", "-n", ns, "neigh", "add", "10.9.0.7", "lladdr", "02:00:00:00:00:07", "dev", "lan0", "nud", "reachable")
 
 	gone := make(chan string, 4)
@@ -95,17 +103,7 @@ func TestNeighbours(t *testing.T) {
 // subscriber listing the table, `ip monitor`, `ip neigh` changes) and a
 // clean stop log no warning; the watch's goroutines are joined.
 func TestNeighboursQuietStop(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.Require(t, "ip")
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := "dgnq-" + hex.EncodeToString(b)
-	sh(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	sh(t, "ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
-	sh(t, "ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "lan0")
-	sh(t, "ip", "-n", ns, "link", "set", "lan0", "up")
-	sh(t, "ip", "-n", ns, "link", "set", "lan0p", "up")
+	ns := lanNamespace(t, "dgnq")
 
 	var logs logBuf
 	ctx, cancel := context.WithCancel(context.Background())
