@@ -210,6 +210,18 @@ func TestHandoverDefaultRouter(t *testing.T) {
 	if got := r.get(t, "dhcp.wan.dhcp_option"); got != "" {
 		t.Errorf("wan (DHCP off) got dhcp_option %q", got)
 	}
+	// dnsmasq keeps home.arpa and the CGNAT reverse zones to itself: the
+	// guard sends them there, and dnsmasq would forward what it does not
+	// know to its WAN upstreams.
+	srv := r.get(t, "dhcp.@dnsmasq[0].server")
+	for _, z := range []string{"/home.arpa/", "/64.100.in-addr.arpa/", "/100.100.in-addr.arpa/", "/127.100.in-addr.arpa/"} {
+		if !strings.Contains(srv, z) {
+			t.Errorf("dnsmasq server list %q lacks %s (local only)", srv, z)
+		}
+	}
+	if strings.Contains(srv, "/63.100.") || strings.Contains(srv, "/128.100.") || strings.Contains(srv, "#") {
+		t.Errorf("dnsmasq server list %q: only 100.64.0.0/10's zones, without an address", srv)
+	}
 	backup, err := os.ReadFile(filepath.Join(r.dir, "etc/dnsguard/dhcp.before-dnsguard"))
 	if err != nil || string(backup) != dhcpDefault {
 		t.Errorf("no exact backup of /etc/config/dhcp (err %v)", err)

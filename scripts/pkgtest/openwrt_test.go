@@ -259,6 +259,9 @@ func TestOpenWrtInstallUpgradeRemove(t *testing.T) {
 			if got := r.uci(t, "get dhcp.lan.dhcp_option"); got != "6,0.0.0.0" {
 				t.Errorf("DHCP option %q, want 6,0.0.0.0 (the router as DNS server)", got)
 			}
+			if got := r.uci(t, "get dhcp.@dnsmasq[0].server"); !strings.Contains(got, "/home.arpa/") || !strings.Contains(got, "/127.100.in-addr.arpa/") {
+				t.Errorf("dnsmasq server list %q: home.arpa and CGNAT reverse zones must stay local", got)
+			}
 			if got := r.uci(t, "get dnsguard.local.server"); got != "127.0.0.1:5354" {
 				t.Errorf("dnsguard.local.server %q, want dnsmasq at 127.0.0.1:5354", got)
 			}
