@@ -2,6 +2,7 @@ package dnssec
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -126,8 +127,56 @@ func TestAnchors(t *testing.T) {
 	}
 }
 
+// TestSignatureCache: a signature that verified once is not checked
+// again for the same data, but altered data and expired signatures are
+// still refused.
+func TestSignatureCache(t *testing.T) {
+	w := testWorld(t, nil)
+	clock := testNow
+	v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return clock }})
+	resp := ask(w, "a.wild.example.", dns.TypeA)
+	if got := v.Validate(context.Background(), resp); got.Security != Secure {
+		t.Fatal(got)
+	}
+	sigs := v.Stats().Signatures
+	other := ask(w, "b.wild.example.", dns.TypeA)
+	if got := v.Validate(context.Background(), other); got.Security != Secure {
+		t.Fatal(got)
+	}
+	// Both signatures are the wildcard's own (over *.wild.example.): the
+	// expansion's A and the NSEC come from the signature cache.
+	if n := v.Stats().Signatures - sigs; n != 0 {
+		t.Errorf("%d signatures checked for a second wildcard expansion, want 0", n)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeAAAA)); got.Security != Secure {
+		t.Fatal(got)
+	}
+	if n := v.Stats().Signatures - sigs; n != 1 {
+		t.Errorf("%d signatures checked for a new RRset, want 1", n)
+	}
+	if v.Stats().SignatureCacheHits == 0 {
+		t.Error("no signature cache hits")
+	}
+	forged := ask(w, "a.wild.example.", dns.TypeA)
+	for _, rr := range forged.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			a.A = a.A.To4()
+			a.A[3]++
+		}
+	}
+	if got := v.Validate(context.Background(), forged); got.Security != Bogus {
+		t.Errorf("altered data after its signature was cached: %v", got)
+	}
+	clock = testNow.Add(31 * 24 * time.Hour)
+	v.FlushCache() // the keys' own cache would expire with them
+	if got := v.Validate(context.Background(), resp); got.Security != Bogus || got.EDE != dns.ExtendedErrorCodeSignatureExpired {
+		t.Errorf("expired signature after it was cached: %v (EDE %d)", got, got.EDE)
+	}
+}
+
 // BenchmarkValidateMiss is the cost of validating one answer when the
-// keys are cached (a cache miss of the answer cache in a known zone).
+// keys are cached (a cache miss of the answer cache in a known zone): the
+// signature cache is cleared each time, so every RRSIG is checked.
 func BenchmarkValidateMiss(b *testing.B) {
 	for _, zone := range []string{"example.", "rsa.", "ed.", "n3."} {
 		b.Run(zone, func(b *testing.B) {
@@ -140,6 +189,9 @@ func BenchmarkValidateMiss(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
+				v.verified.mu.Lock()
+				clear(v.verified.m)
+				v.verified.mu.Unlock()
 				v.Validate(context.Background(), resp)
 			}
 		})
@@ -154,7 +206,34 @@ func BenchmarkValidateMiss(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
+			v.verified.mu.Lock()
+			clear(v.verified.m)
+			v.verified.mu.Unlock()
 			v.Validate(context.Background(), resp)
+		}
+	})
+	// Distinct wildcard expansions: every signature is the wildcard's,
+	// from the signature cache after the first.
+	b.Run("wildcard-distinct", func(b *testing.B) {
+		w := testWorld(b, nil)
+		v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+		resps := make([]*dns.Msg, 2000)
+		for i := range resps {
+			resps[i] = ask(w, "n"+strconv.Itoa(i)+".wild.example.", dns.TypeA)
+		}
+		v.Validate(context.Background(), resps[0])
+		b.ReportAllocs()
+		b.ResetTimer()
+		i := 0
+		for b.Loop() {
+			if i%len(resps) == 0 {
+				v.verified.mu.Lock()
+				clear(v.verified.m)
+				v.verified.mu.Unlock()
+				v.Validate(context.Background(), resps[0]) // the NSEC again
+			}
+			v.Validate(context.Background(), resps[i%len(resps)])
+			i++
 		}
 	})
 }

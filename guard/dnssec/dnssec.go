@@ -111,7 +111,7 @@ type Config struct {
 type Stats struct {
 	Validations, Secure, Insecure, Bogus, Indeterminate uint64
 	Queries, Signatures, CacheHits, CacheEvictions      uint64
-	LimitHits                                           uint64
+	LimitHits, SignatureCacheHits                       uint64
 }
 
 // Validator validates answers; it is safe for concurrent use.
@@ -121,11 +121,13 @@ type Validator struct {
 	anchors map[string][]dns.RR // canonical zone -> DS/DNSKEY anchors
 	ntas    []string
 
-	mu    sync.Mutex
-	cache map[string]cached // canonical name -> zone state after its DS step
+	mu       sync.Mutex
+	cache    map[string]cached // canonical name -> zone state after its DS step
+	verified *sigCache         // signatures that verified
 
 	validations, secure, insecure, bogus, indeterminate atomic.Uint64
 	queries, signatures, hits, evictions, limits        atomic.Uint64
+	sigHits                                             atomic.Uint64
 }
 
 // RootAnchors are the root zone's trust anchors as DS records
@@ -199,7 +201,7 @@ func New(ex Exchanger, cfg Config) (*Validator, error) {
 	if len(anchors) == 0 {
 		return nil, errors.New("dnssec: no trust anchors")
 	}
-	v := &Validator{ex: ex, cfg: cfg, anchors: map[string][]dns.RR{}, cache: map[string]cached{}}
+	v := &Validator{ex: ex, cfg: cfg, anchors: map[string][]dns.RR{}, cache: map[string]cached{}, verified: newSigCache(cfg.CacheSize)}
 	for _, a := range anchors {
 		switch a.(type) {
 		case *dns.DS, *dns.DNSKEY:
@@ -224,7 +226,7 @@ func (v *Validator) Stats() Stats {
 		Validations: v.validations.Load(), Secure: v.secure.Load(), Insecure: v.insecure.Load(),
 		Bogus: v.bogus.Load(), Indeterminate: v.indeterminate.Load(),
 		Queries: v.queries.Load(), Signatures: v.signatures.Load(), CacheHits: v.hits.Load(),
-		CacheEvictions: v.evictions.Load(), LimitHits: v.limits.Load(),
+		CacheEvictions: v.evictions.Load(), LimitHits: v.limits.Load(), SignatureCacheHits: v.sigHits.Load(),
 	}
 }
 
@@ -325,6 +327,9 @@ func (v *Validator) FlushCache() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	clear(v.cache)
+	v.verified.mu.Lock()
+	clear(v.verified.m)
+	v.verified.mu.Unlock()
 }
 
 func canon(name string) string { return dns.CanonicalName(name) }
