@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,7 @@ type doh struct {
 
 	mu      sync.Mutex
 	conn    *h2Conn
+	old     []*h2Conn // replaced ones still draining (GOAWAY)
 	dialing *dial
 	closed  bool
 	h1      bool      // the last dial negotiated no h2: HTTP/1.1
@@ -68,7 +70,10 @@ func (d *doh) String() string { return d.ep.String() }
 // Close closes the connections; in-flight queries fail.
 func (d *doh) Close() error {
 	d.mu.Lock()
-	c := d.conn
+	conns := d.old
+	if d.conn != nil {
+		conns = append(conns, d.conn)
+	}
 	d.closed = true
 	idle := d.h1idle
 	d.h1idle = nil
@@ -76,9 +81,9 @@ func (d *doh) Close() error {
 	for _, c := range idle {
 		c.tc.Close()
 	}
-	if c != nil {
+	for _, c := range conns {
 		c.close(net.ErrClosed)
-		<-c.done
+		<-c.done // its reader has returned
 	}
 	return nil
 }
@@ -243,7 +248,18 @@ func (d *doh) connect(ctx context.Context) error {
 		return net.ErrClosed
 	case c != nil:
 		// One that went away is dead or draining: it closes itself
-		// when its last stream ends.
+		// when its last stream ends (or at Close).
+		if old := d.conn; old != nil {
+			d.old = slices.DeleteFunc(d.old, func(o *h2Conn) bool {
+				select {
+				case <-o.done:
+					return true
+				default:
+					return false
+				}
+			})
+			d.old = append(d.old, old)
+		}
 		d.conn, d.h1 = c, false
 	default:
 		d.h1 = true

@@ -959,3 +959,46 @@ func TestH2AgainstUnbound(t *testing.T) {
 		t.Errorf("%d queries, %d mismatches", counters.Queries.Load(), counters.Mismatches.Load())
 	}
 }
+
+// Close ends a connection still draining after GOAWAY too, not only the
+// current one: the query on it fails and the server sees it closed.
+func TestH2CloseEndsDrainingConnections(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	var n atomic.Int32
+	drained := make(chan struct{})
+	srv := startRawH2(t, ca, func(c *rawConn) {
+		first := n.Add(1) == 1
+		for {
+			r, ok := c.next()
+			if !ok {
+				if first {
+					close(drained)
+				}
+				return
+			}
+			if !first {
+				c.respond(r)
+				continue
+			}
+			c.wmu.Lock()
+			_ = c.fr.WriteGoAway(r.id, http2.ErrCodeNo, nil) // and never answers
+			c.wmu.Unlock()
+		}
+	})
+	tr, _ := newDoHTransport(t, srv.URL, ca)
+	stuck := make(chan error, 1)
+	go func() { stuck <- exchangeA(t, tr, "stuck.example") }()
+	eventually(t, "the first connection to be going away", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.conn != nil && !tr.conn.usable()
+	})
+	if err := exchangeA(t, tr, "fine.example"); err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+	if err := <-stuck; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("query on the draining connection: %v, want net.ErrClosed", err)
+	}
+	<-drained
+}
