@@ -26,6 +26,7 @@ func testWorld(t testing.TB, wrongDS map[string]bool) *world {
 		}},
 		{origin: "insecure.example.", unsigned: true, records: []string{"www.insecure.example. 300 IN A 192.0.2.66"}},
 		{origin: "wrongds.example.", records: []string{"www.wrongds.example. 300 IN A 192.0.2.2"}},
+		{origin: "child.example.", records: []string{"www.child.example. 300 IN A 192.0.2.17"}},
 		{origin: "n3.", nsec3: true, optOut: true, salt: "AABB", iter: 1, records: []string{
 			"www.n3. 300 IN A 192.0.2.3",
 			"*.wild.n3. 300 IN A 192.0.2.8",
@@ -186,6 +187,50 @@ func TestValidateTable(t *testing.T) {
 			}
 		}, want: Bogus},
 	}
+	parentNSEC := func(m *dns.Msg) {
+		// The parent's NSEC at the delegation sorts before every name
+		// of the child: it must not deny them (RFC 6840 §4.1).
+		m.Rcode = dns.RcodeNameError
+		m.Answer = nil
+		m.Ns = pick(w.zones["example."].data["child.example."], dns.TypeNSEC)
+		m.Ns = append(m.Ns, pick(w.zones["example."].data["example."], dns.TypeSOA)...)
+	}
+	cases = append(cases, []struct {
+		name   string
+		qname  string
+		qtype  uint16
+		tamper func(resp *dns.Msg)
+		keys   func(q, resp *dns.Msg)
+		ntas   []string
+		clock  bool
+		want   Security
+		ede    uint16
+	}{
+		{name: "secure child zone", qname: "www.child.example.", qtype: dns.TypeA, want: Secure},
+		{name: "parent-side NSEC denies a child name", qname: "www.child.example.", qtype: dns.TypeA, tamper: parentNSEC, want: Bogus},
+		{name: "signed A replayed at another name", qname: "alias.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			src := ask(w, "www.example.", dns.TypeA)
+			for _, rr := range src.Answer {
+				rr.Header().Name = "alias.example."
+			}
+			m.Answer = src.Answer
+		}, want: Bogus, ede: 6},
+		{name: "RRSIG from an unrelated zone", qname: "www.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			src := ask(w, "www.n3.", dns.TypeA)
+			m.Answer = dropTypes(m.Answer, dns.TypeRRSIG)
+			for _, rr := range src.Answer {
+				if s, ok := rr.(*dns.RRSIG); ok {
+					s.Hdr.Name = "www.example."
+					m.Answer = append(m.Answer, s)
+				}
+			}
+		}, want: Bogus, ede: 10},
+		{name: "CNAME loop", qname: "alias.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			for i := 0; i < 20; i++ {
+				m.Answer = append(m.Answer, mustRR(t, "alias.example. 300 IN CNAME alias.example."))
+			}
+		}, want: Bogus},
+	}...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			w.tamper = tc.keys
