@@ -5,6 +5,7 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -291,8 +292,16 @@ func TestOpenWrtInstallUpgradeRemove(t *testing.T) {
 			if !ok {
 				t.Fatalf("no instance main: %+v", svc)
 			}
-			if want := []string{"/usr/sbin/dnsguard", "run", "--config", "/etc/config/dnsguard"}; !slices.Equal(main.Command, want) {
+			// In ujail the daemon reads a copy in a mounted directory (a
+			// mounted file would keep its old inode after 'uci commit').
+			if want := []string{"/usr/sbin/dnsguard", "run", "--config", "/var/run/dnsguard-config/dnsguard"}; !slices.Equal(main.Command, want) {
 				t.Errorf("command %q, want %q", main.Command, want)
+			}
+			if r.read(t, "tmp/run/dnsguard-config/dnsguard") != r.read(t, "etc/config/dnsguard") {
+				t.Error("the jail's copy of the config differs from /etc/config/dnsguard")
+			}
+			if !strings.Contains(fmt.Sprint(main.Jail), "/var/run/dnsguard-config") {
+				t.Errorf("jail %v does not mount the config's directory", main.Jail)
 			}
 			if main.Env["GOMEMLIMIT"] != "48MiB" {
 				t.Errorf("env %v, want GOMEMLIMIT=48MiB", main.Env)
@@ -333,8 +342,12 @@ func TestOpenWrtInstallUpgradeRemove(t *testing.T) {
 				t.Errorf("state directories owned by %q, want dnsguard", stateOwner)
 			}
 
-			// A change of the owner's, kept by upgrade and removal.
-			r.mustSh(t, "uci set dnsguard.main.log_level=debug && uci commit dnsguard")
+			// A change of the owner's, kept by upgrade and removal; a reload
+			// hands it to the jailed daemon.
+			r.mustSh(t, "uci set dnsguard.main.log_level=debug && uci commit dnsguard && /etc/init.d/dnsguard reload")
+			if !strings.Contains(r.read(t, "tmp/run/dnsguard-config/dnsguard"), "'debug'") {
+				t.Error("reload did not refresh the jail's copy of the config")
+			}
 			oldMD5 := r.md5(t, "usr/sbin/dnsguard")
 
 			// Upgrade to the newer build.
