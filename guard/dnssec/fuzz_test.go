@@ -86,3 +86,58 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzChain replaces the upstream's answer to one of the validator's own
+// DS/DNSKEY queries with arbitrary data (its question kept, so the data
+// is looked at): a secure answer must stay secure or become bogus or
+// indeterminate, never insecure (no downgrade without a key), and the
+// validator must not panic.
+func FuzzChain(f *testing.F) {
+	w := testWorld(f, nil)
+	for _, q := range []struct {
+		name string
+		t    uint16
+	}{
+		{"example.", dns.TypeDS}, {"example.", dns.TypeDNSKEY}, {".", dns.TypeDNSKEY},
+		{"insecure.example.", dns.TypeDS}, {"www.example.", dns.TypeDS}, {"n3.", dns.TypeDS},
+		{"unsigned.n3.", dns.TypeDS}, {"n3.", dns.TypeDNSKEY},
+	} {
+		b, err := ask(w, q.name, q.t).Pack()
+		if err != nil {
+			f.Fatal(err)
+		}
+		for i := range uint8(4) {
+			f.Add(i, b)
+		}
+	}
+	answers := []*dns.Msg{ask(w, "www.example.", dns.TypeA), ask(w, "www.n3.", dns.TypeA), ask(w, "nope.example.", dns.TypeA)}
+	f.Fuzz(func(t *testing.T, which uint8, b []byte) {
+		m := new(dns.Msg)
+		if m.Unpack(b) != nil {
+			return
+		}
+		n := 0
+		ex := exchangeFunc(func(q *dns.Msg) *dns.Msg {
+			resp := w.query(q.Question[0].Name, q.Question[0].Qtype)
+			if n == int(which%6) {
+				resp = m.Copy()
+				resp.Question = q.Question
+				resp.Response = true
+			}
+			n++
+			return resp
+		})
+		v, err := New(ex, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := v.Validate(context.Background(), answers[int(which/6)%len(answers)].Copy())
+		if res.Security == Insecure {
+			t.Fatalf("a signed answer turned insecure by the chain data: %v", res)
+		}
+	})
+}
+
+type exchangeFunc func(q *dns.Msg) *dns.Msg
+
+func (f exchangeFunc) Exchange(_ context.Context, q *dns.Msg) (*dns.Msg, error) { return f(q), nil }
