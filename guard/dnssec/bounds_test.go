@@ -3,6 +3,7 @@ package dnssec
 import (
 	"context"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +252,38 @@ func BenchmarkValidateCold(b *testing.B) {
 		if got := v.Validate(context.Background(), resp); got.Security != Secure {
 			b.Fatal(got)
 		}
+	}
+}
+
+// TestConcurrentValidations: validations in parallel on a cold cache
+// share the key queries and agree (run under -race).
+func TestConcurrentValidations(t *testing.T) {
+	w := testWorld(t, nil)
+	v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+	names := []string{"www.example.", "www.n3.", "nope.example.", "a.wild.example.", "www.insecure.example.", "out.example."}
+	resps := make([]*dns.Msg, len(names))
+	for i, n := range names {
+		resps[i] = ask(w, n, dns.TypeA)
+	}
+	want := []Security{Secure, Secure, Secure, Secure, Insecure, Secure}
+	var wg sync.WaitGroup
+	errs := make(chan string, 64)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			i := g % len(names)
+			if got := v.Validate(context.Background(), resps[i].Copy()); got.Security != want[i] {
+				errs <- names[i] + ": " + got.String()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if q := v.Stats().Queries; q > 16*6 {
+		t.Errorf("%d key queries", q)
 	}
 }

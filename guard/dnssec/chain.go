@@ -44,16 +44,21 @@ func (r *run) fetch(name string, qtype uint16) (*dns.Msg, error) {
 		return nil, errLimit
 	}
 	r.queries++
-	r.v.queries.Add(1)
-	q := new(dns.Msg)
-	q.SetQuestion(name, qtype)
-	q.RecursionDesired = true
-	q.CheckingDisabled = true
-	q.SetEdns0(1232, true)
-	resp, err := r.v.ex.Exchange(r.ctx, q)
+	// Validations that need the same record at once share one upstream
+	// query (the answer is only read).
+	v, err, _ := r.v.flight.Do(name+"/"+dns.TypeToString[qtype], func() (any, error) {
+		r.v.queries.Add(1)
+		q := new(dns.Msg)
+		q.SetQuestion(name, qtype)
+		q.RecursionDesired = true
+		q.CheckingDisabled = true
+		q.SetEdns0(1232, true)
+		return r.v.ex.Exchange(r.ctx, q)
+	})
 	if err != nil {
 		return nil, err
 	}
+	resp, _ := v.(*dns.Msg)
 	if resp == nil || len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, name) || resp.Question[0].Qtype != qtype {
 		return nil, errMismatch
 	}

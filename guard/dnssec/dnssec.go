@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/sync/singleflight"
 )
 
 // Security is a validation verdict (RFC 4033 §5).
@@ -122,8 +123,9 @@ type Validator struct {
 	ntas    []string
 
 	mu       sync.Mutex
-	cache    map[string]cached // canonical name -> zone state after its DS step
-	verified *sigCache         // signatures that verified
+	cache    map[string]cached  // canonical name -> zone state after its DS step
+	verified *sigCache          // signatures that verified
+	flight   singleflight.Group // key queries in progress
 
 	validations, secure, insecure, bogus, indeterminate atomic.Uint64
 	queries, signatures, hits, evictions, limits        atomic.Uint64

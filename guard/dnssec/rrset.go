@@ -67,8 +67,24 @@ func collect(rrs []dns.RR) *rrsets {
 	}
 	for _, s := range out.list {
 		if len(s.rrs) > 1 {
-			s.rrs = dns.Dedup(s.rrs, nil)
+			s.rrs = dedup(s.rrs)
 		}
+	}
+	return out
+}
+
+// dedup drops repeated records (an RRset is a set, RFC 2181 §5) without
+// touching the records themselves (the message may be shared).
+func dedup(rrs []dns.RR) []dns.RR {
+	out := make([]dns.RR, 0, len(rrs))
+next:
+	for _, rr := range rrs {
+		for _, o := range out {
+			if dns.IsDuplicate(o, rr) {
+				continue next
+			}
+		}
+		out = append(out, rr)
 	}
 	return out
 }
