@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -664,5 +665,40 @@ func TestFailsafeStop(t *testing.T) {
 	}
 	if !strings.Contains(r.read(t, "tmp/syslog.log"), "stopped") {
 		t.Error("the log does not say the guard was stopped")
+	}
+}
+
+// TestOpkgFreeSpace: the real opkg's check of Installed-Size against the
+// free space of /overlay (a tmpfs of a chosen size in the root): refused
+// just below, installed just above (the x86_64 package, which the root
+// runs; each arch's Installed-Size is in the footprint table).
+func TestOpkgFreeSpace(t *testing.T) {
+	m := managers(t)[0]
+	p := openIPK(t, m.new)
+	isize, err := strconv.ParseInt(parseControl(t, p.control["control"].data)["Installed-Size"], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := (isize + 1023) / 1024 // KiB, as opkg rounds
+	for _, tc := range []struct {
+		name string
+		kib  int64
+		ok   bool
+	}{
+		{"below", need - 256, false},
+		{"above", need + 256, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newOWRoot(t)
+			r.copyIn(t, m.new, "tmp/pkgs/"+filepath.Base(m.new))
+			out, err := r.sh(t, fmt.Sprintf("mkdir -p /overlay && mount -t tmpfs -o size=%dk tmpfs /overlay && opkg install /tmp/pkgs/%s", tc.kib, filepath.Base(m.new)))
+			installed := err == nil && r.exists("usr/sbin/dnsguard")
+			if installed != tc.ok {
+				t.Errorf("/overlay of %d KiB for Installed-Size %d (%d KiB): installed %v, want %v\n%s", tc.kib, isize, need, installed, tc.ok, out)
+			}
+			if !tc.ok && !strings.Contains(out, "Only have") {
+				t.Errorf("refused without opkg's free-space message:\n%s", out)
+			}
+		})
 	}
 }
