@@ -26,7 +26,10 @@
 # fresh names, prints sent= ok= ...), pct OK SENT.
 #
 # Environment: ATTACK_KEEP=1 keeps the work dir (logs, configs);
-# ATTACK_SECONDS (default 30) is the length of the load phases.
+# ATTACK_SECONDS (default 30) is the length of the load phases;
+# ATTACK_GUARD_BIN=FILE attacks that dnsguard binary instead of one built
+# from this tree (e.g. an older build, for before/after figures; the
+# macflood attack always runs this tree's test).
 #
 # Needs root, iproute2, Go, unbound. Not part of scripts/test.sh (minutes).
 set -euo pipefail
@@ -93,9 +96,13 @@ stop_all() {
 }
 
 log "building dnsguard and attacktool"
-go build -o "$W/dnsguard" ./cmd/dnsguard
+if [ -n "${ATTACK_GUARD_BIN:-}" ]; then
+	BIN=$ATTACK_GUARD_BIN
+else
+	go build -o "$W/dnsguard" ./cmd/dnsguard
+	BIN=$W/dnsguard
+fi
 go build -o "$W/attacktool" ./scripts/attacktool
-BIN=$W/dnsguard
 TOOL=$W/attacktool
 
 # wait_for FILE PATTERN: wait up to 20 s for PATTERN in FILE.
@@ -143,7 +150,10 @@ start_guard() {
 
 # start_unbound NAME [extra server: lines]: unbound on $UNBOUND forwarding
 # everything to the upstream's plain DNS, with OpenWrt-style rebinding
-# protection (private-address) like the guard's rebind_protection.
+# protection (private-address) like the guard's rebind_protection, and
+# infra-keep-probing (without it, a forwarder unbound marked down is not
+# asked again for infra-host-ttl, 15 minutes: the recovery attack would
+# read "never").
 start_unbound() {
 	local name=$1
 	shift
@@ -164,6 +174,7 @@ server:
 	num-threads: 1
 	access-control: 127.0.0.0/8 allow
 	do-not-query-localhost: no
+	infra-keep-probing: yes
 	module-config: "iterator"
 	private-address: 10.0.0.0/8
 	private-address: 172.16.0.0/12
@@ -292,18 +303,20 @@ attack_escape() {
 # Item 1: a device asks 5 names a second whose servers never answer while
 # another device looks up fresh names; the victim's success rate.
 slowname_run() {
-	local server=$1 v
+	local server=$1 logfile=$2 v before after
+	before=$(wc -l <"$logfile")
 	load "$server" "$ATTACKER" 5 "$LOAD_SECONDS" never.test >"$W/slow-attacker.txt" &
 	local apid=$!
 	v=$(load "$server" "$VICTIM" 10 "$LOAD_SECONDS" victim.example)
 	wait "$apid" || true
-	echo "victim $(pct "$(field ok "$v")" "$(field sent "$v")") ok ($v)"
+	after=$(wc -l <"$logfile")
+	echo "victim $(pct "$(field ok "$v")" "$(field sent "$v")") ok ($v), $((after - before)) log lines"
 }
 attack_slowname() {
 	start_upstream
 	start_guard slowname
 	start_unbound slowname
-	result slowname "$(slowname_run "$GUARD")" "$(slowname_run "$UNBOUND")"
+	result slowname "$(slowname_run "$GUARD" "$GUARD_LOG")" "$(slowname_run "$UNBOUND" "$W/unbound-slowname/log")"
 }
 
 # Item 2: MAC flood. A LAN device sends queries in frames from 6,000
@@ -332,19 +345,25 @@ attack_macflood() {
 # name every second; then it answers again. Seconds from recovery to the
 # first answer for that name.
 recovery_run() {
-	local server=$1 name i s
+	local server=$1 name i s r failed=0
 	name="retried-$RANDOM.example"
+	q "$server" -src "$VICTIM" "warm-$RANDOM.example" >/dev/null
 	kill -USR1 "$UP_PID"
 	# One retry a second, whether the answer is a quick SERVFAIL or a 1 s
 	# timeout, so that the outage lasts 20 s for both resolvers.
 	for i in $(seq 20); do
-		q "$server" -src "$VICTIM" -timeout 1s "$name" >/dev/null &
+		q "$server" -src "$VICTIM" -timeout 1s "$name" >"$W/retry-$i.txt" &
 		sleep 1
 		wait $!
 	done
+	for i in $(seq 20); do
+		if [ "$(field rcode "$(cat "$W/retry-$i.txt")")" != NOERROR ]; then
+			failed=$((failed + 1))
+		fi
+	done
 	kill -USR2 "$UP_PID"
 	s=$("$TOOL" until -s "$server" -src "$VICTIM" -name "$name" -every 100ms -max 330s)
-	echo "${s#seconds=} s from recovery to the first answer"
+	echo "${s#seconds=} s from recovery to the first answer (outage: $failed/20 retries failed)"
 }
 attack_recovery() {
 	start_upstream
@@ -375,7 +394,7 @@ reload_run() {
 }
 attack_reload() {
 	start_upstream
-	cp policy/default.conf "$W/reload.conf"
+	printf "config dnsguard 'main'\n\toption log_level 'info'\n" >"$W/reload.conf"
 	start_guard reload --config "$W/reload.conf" --upstream "$DOT_URL" --upstream-ca "$W/up/ca.pem"
 	local g
 	g=$(reload_run "$GUARD" "$GUARD_PID")
@@ -469,6 +488,9 @@ ede_run() {
 	local n
 	n=$(printf '%s' "$text" | sed -e 's/^"//' -e 's/"$//' -e 's/\\x[0-9a-f][0-9a-f]/X/g' \
 		-e 's/\\u[0-9a-f]\{4\}/XX/g' -e 's/\\[0-7]\{3\}/X/g' -e 's/\\./X/g' | wc -c)
+	if [ "${#text}" -gt 72 ]; then
+		text="${text:0:72}..."
+	fi
 	echo "$(field rcode "$r") EDE $(field ede "$r"), text of $n octets, printable ASCII only: $printable: $text"
 }
 attack_ede() {
