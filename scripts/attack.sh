@@ -345,7 +345,7 @@ attack_macflood() {
 # name every second; then it answers again. Seconds from recovery to the
 # first answer for that name.
 recovery_run() {
-	local server=$1 name i s r failed=0
+	local server=$1 name i s failed=0
 	name="retried-$RANDOM.example"
 	q "$server" -src "$VICTIM" "warm-$RANDOM.example" >/dev/null
 	kill -USR1 "$UP_PID"
