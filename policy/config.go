@@ -294,7 +294,7 @@ func (c *Config) Validate() error {
 // TrustAnchor checks a trust anchor: one DS record, or one DNSKEY record
 // of a zone key, in presentation format.
 func TrustAnchor(s string) error {
-	rr, err := dns.NewRR(s)
+	rr, err := ParseTrustAnchor(s)
 	if err != nil {
 		return fmt.Errorf("%q: %v", s, err)
 	}

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 	"golang.org/x/sync/singleflight"
 )
@@ -148,7 +149,7 @@ func ParseAnchors(lines []string) ([]dns.RR, error) {
 			if line == "" || strings.HasPrefix(line, ";") {
 				continue
 			}
-			rr, err := dns.NewRR(line)
+			rr, err := policy.ParseTrustAnchor(line)
 			if err != nil {
 				return nil, fmt.Errorf("trust anchor %q: %w", line, err)
 			}
