@@ -64,6 +64,19 @@ func signedZone(t *testing.T, dir, origin, text string, signArgs []string, tampe
 	return file, ds
 }
 
+// dropLines removes the zone file lines f matches (f gets a line's fields;
+// lines with fewer than five are kept).
+func dropLines(s string, f func([]string) bool) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		if fs := strings.Fields(line); len(fs) >= 5 && f(fs) {
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
+}
+
 func zoneText(origin string, records ...string) string {
 	s := fmt.Sprintf("$ORIGIN %s\n$TTL 300\n@ IN SOA ns.%s host.invalid. 1 3600 600 86400 300\n@ IN NS ns.%s\nns IN A 93.184.215.53\n", origin, origin, origin)
 	return s + strings.Join(records, "\n") + "\n"
@@ -78,35 +91,56 @@ func TestDNSSECValidation(t *testing.T) {
 	testenv.Short(t)
 	dir := t.TempDir()
 	const good, forged, wild = "93.184.215.14", "93.184.215.15", "93.184.215.16"
-	signedFile, signedDS := signedZone(t, dir, "signed.test.", zoneText("signed.test.",
-		"www IN A "+good, "forged IN A "+good, "*.wild IN A "+wild, `txt IN TXT "hello"`), nil,
+	type zone struct{ name, file, ds string }
+	var zones []zone
+	sign := func(name, text string, args []string, tamper func(string) string) {
+		f, ds := signedZone(t, dir, name, text, args, tamper)
+		zones = append(zones, zone{name, f, ds})
+	}
+	day := func(d int) string { return time.Now().Add(time.Duration(d) * 24 * time.Hour).UTC().Format("20060102") }
+	sign("signed.test.", zoneText("signed.test.",
+		"www IN A "+good, "forged IN A "+good, "nosig IN A "+good, "*.wild IN A "+wild, `txt IN TXT "hello"`,
+		"unsigned IN NS ns.unsigned", "ns.unsigned IN A 93.184.215.53"), nil,
 		func(s string) string {
-			// An on-path or compromised upstream alters one address.
-			return strings.Replace(s, "forged.signed.test.\t300\tIN\tA\t"+good, "forged.signed.test.\t300\tIN\tA\t"+forged, 1)
+			// An on-path or compromised upstream alters one address
+			// and strips one signature.
+			s = strings.Replace(s, "forged.signed.test.\t300\tIN\tA\t"+good, "forged.signed.test.\t300\tIN\tA\t"+forged, 1)
+			return dropLines(s, func(f []string) bool { return f[0] == "nosig.signed.test." && f[3] == "RRSIG" && f[4] == "A" })
 		})
-	if b, _ := os.ReadFile(signedFile); !strings.Contains(string(b), forged) {
+	if b, _ := os.ReadFile(zones[0].file); !strings.Contains(string(b), forged) || strings.Contains(string(b), "nosig.signed.test.\t300\tIN\tRRSIG\tA ") {
 		t.Fatalf("tampering did not apply:\n%s", b)
 	}
-	n3File, n3DS := signedZone(t, dir, "nsec3.test.", zoneText("nsec3.test.", "www IN A "+good, "*.wild IN A "+wild),
-		[]string{"-n", "-t", "0"}, nil)
-	expFile, expDS := signedZone(t, dir, "expired.test.", zoneText("expired.test.", "www IN A "+good),
-		[]string{"-i", time.Now().Add(-60 * 24 * time.Hour).UTC().Format("20060102"), "-e", time.Now().Add(-48 * time.Hour).UTC().Format("20060102")}, nil)
+	sign("nsec3.test.", zoneText("nsec3.test.", "www IN A "+good, "*.wild IN A "+wild), []string{"-n", "-t", "0"}, nil)
+	sign("expired.test.", zoneText("expired.test.", "www IN A "+good), []string{"-i", day(-60), "-e", day(-2)}, nil)
+	sign("future.test.", zoneText("future.test.", "www IN A "+good), []string{"-i", day(2), "-e", day(60)}, nil)
+	sign("nokey.test.", zoneText("nokey.test.", "www IN A "+good), nil, func(s string) string {
+		return dropLines(s, func(f []string) bool { return f[3] == "DNSKEY" || f[3] == "RRSIG" && f[4] == "DNSKEY" })
+	})
+	sign("stripped.test.", zoneText("stripped.test.", "www IN A "+good), []string{"-n", "-t", "0"}, func(s string) string {
+		return dropLines(s, func(f []string) bool { return f[3] == "NSEC3" || f[3] == "RRSIG" && f[4] == "NSEC3" })
+	})
+	// The unsigned child of signed.test., served beside it.
+	unsignedFile := filepath.Join(dir, "unsigned.signed.test.zone")
+	os.WriteFile(unsignedFile, []byte(zoneText("unsigned.signed.test.", "www IN A "+good)), 0o644)
 
 	var extra []string
 	extra = append(extra, `local-zone: "test." nodefault`)
-	for _, z := range []struct{ name, file string }{{"signed.test.", signedFile}, {"nsec3.test.", n3File}, {"expired.test.", expFile}} {
+	for _, z := range append(zones, zone{name: "unsigned.signed.test.", file: unsignedFile}) {
 		extra = append(extra, "auth-zone:", "\tname: "+z.name, "\tzonefile: "+z.file, "\tfor-downstream: yes", "\tfor-upstream: no", "\tfallback-enabled: no", "server:")
 	}
 	auth := upstreamtest.StartUnbound(t, upstreamtest.UnboundOptions{Records: []string{}, Extra: extra})
 
-	anchors := []string{signedDS, n3DS, expDS}
+	var anchors []string
+	for _, z := range zones {
+		anchors = append(anchors, z.ds)
+	}
 	// unbound as a validating forwarder with the same anchors.
 	vextra := []string{`module-config: "validator iterator"`, `local-zone: "test." nodefault`, "do-not-query-localhost: no", "val-log-level: 2", "ede: yes"}
 	for _, a := range anchors {
 		vextra = append(vextra, fmt.Sprintf("trust-anchor: %q", a))
 	}
-	for _, z := range []string{"signed.test.", "nsec3.test.", "expired.test."} {
-		vextra = append(vextra, "forward-zone:", "\tname: "+z, "\tforward-addr: "+auth.Do53.Addr().String()+"@"+fmt.Sprint(auth.Do53.Port()), "server:")
+	for _, z := range zones {
+		vextra = append(vextra, "forward-zone:", "\tname: "+z.name, "\tforward-addr: "+auth.Do53.Addr().String()+"@"+fmt.Sprint(auth.Do53.Port()), "server:")
 	}
 	ref := upstreamtest.StartUnbound(t, upstreamtest.UnboundOptions{Records: []string{}, Extra: vextra})
 
@@ -160,6 +194,11 @@ func TestDNSSECValidation(t *testing.T) {
 		{"NODATA NSEC3", "www.nsec3.test.", dns.TypeMX, dns.RcodeSuccess, true, 0, false, true},
 		{"wildcard NSEC3", "b.wild.nsec3.test.", dns.TypeA, dns.RcodeSuccess, true, 0, false, true},
 		{"expired signatures", "www.expired.test.", dns.TypeA, dns.RcodeServerFailure, false, 7, false, true},
+		{"not yet valid signatures", "www.future.test.", dns.TypeA, dns.RcodeServerFailure, false, 8, false, true},
+		{"missing RRSIG", "nosig.signed.test.", dns.TypeA, dns.RcodeServerFailure, false, 10, false, true},
+		{"missing DNSKEY", "www.nokey.test.", dns.TypeA, dns.RcodeServerFailure, false, 9, false, true},
+		{"stripped NSEC3 proof", "nope.stripped.test.", dns.TypeA, dns.RcodeServerFailure, false, 12, false, true},
+		{"unsigned delegation", "www.unsigned.signed.test.", dns.TypeA, dns.RcodeSuccess, false, 0, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
