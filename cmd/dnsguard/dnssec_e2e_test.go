@@ -229,6 +229,15 @@ func TestDNSSECValidation(t *testing.T) {
 	if r := query(g.addr, "www.signed.test.", dns.TypeA, false, true, false); !r.AuthenticatedData || hasSig(r) {
 		t.Errorf("AD device:\n%v", r)
 	}
+	// Explicit DNSSEC types without DO are answered as the upstream
+	// answers them (unbound's auth-zone gives RRSIG queries NODATA; they
+	// are not validated: no SERVFAIL, no AD), NSEC with its records.
+	if r := query(g.addr, "www.signed.test.", dns.TypeRRSIG, false, false, false); r.Rcode != dns.RcodeSuccess || r.AuthenticatedData {
+		t.Errorf("RRSIG query without DO:\n%v", r)
+	}
+	if r := query(g.addr, "www.signed.test.", dns.TypeNSEC, false, false, false); r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Rrtype != dns.TypeNSEC {
+		t.Errorf("NSEC query without DO:\n%v", r)
+	}
 	// The forged answer is still refused from the cache (bogus cached).
 	if r := query(g.addr, "forged.signed.test.", dns.TypeA, false, false, false); r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("forged answer from cache:\n%v", r)

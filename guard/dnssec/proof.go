@@ -337,6 +337,9 @@ func (p *proofSet) deny(name string, qtype uint16, nxdomain bool) denial {
 			if !noType(m.TypeBitMap) || parentSide(m.TypeBitMap) {
 				return denyFail
 			}
+			if qtype == dns.TypeDS && hasType(m.TypeBitMap, dns.TypeSOA) {
+				return denyFail // the child's apex NSEC3 cannot deny the parent's DS
+			}
 			return denyOK
 		}
 	}

@@ -72,6 +72,11 @@ func (v *Validator) validate(ctx context.Context, resp *dns.Msg) Result {
 	if resp.Rcode != dns.RcodeSuccess && resp.Rcode != dns.RcodeNameError {
 		return Result{Security: Indeterminate, EDE: dns.ExtendedErrorCodeDNSSECIndeterminate, Reason: "upstream " + dns.RcodeToString[resp.Rcode]}
 	}
+	if q.Qtype == dns.TypeRRSIG {
+		// Signatures are not signed: an explicit RRSIG query is answered
+		// as it came, without AD (as unbound answers it).
+		return Result{Security: Insecure, Reason: "RRSIG query"}
+	}
 	r := v.newRun(ctx)
 	res := r.answer(resp, qname, q.Qtype)
 	if r.limit != "" && res.Security != Secure && res.Security != Insecure {
@@ -180,6 +185,12 @@ func (r *run) answer(resp *dns.Msg, qname string, qtype uint16) Result {
 		return worse(res, result(p.st))
 	}
 	for _, s := range wild {
+		// The proof must come from the wildcard's own zone: a child zone's
+		// denial says nothing about the parent's names (the next closer
+		// name could be the child's cut).
+		if canon(s.signer.SignerName) != p.zone {
+			return Result{Security: Bogus, EDE: dns.ExtendedErrorCodeNSECMissing, Reason: "wildcard " + s.String() + " with a proof from " + p.zone}
+		}
 		switch p.wildcard(s.name, s.signer.Labels) {
 		case denyOK:
 		case denyInsecure:

@@ -27,6 +27,7 @@ func testWorld(t testing.TB, wrongDS map[string]bool) *world {
 		{origin: "insecure.example.", unsigned: true, records: []string{"www.insecure.example. 300 IN A 192.0.2.66"}},
 		{origin: "wrongds.example.", records: []string{"www.wrongds.example. 300 IN A 192.0.2.2"}},
 		{origin: "child.example.", records: []string{"www.child.example. 300 IN A 192.0.2.17"}},
+		{origin: "sub.wild.example.", records: []string{"www.sub.wild.example. 300 IN A 192.0.2.18"}},
 		{origin: "n3.", nsec3: true, optOut: true, salt: "AABB", iter: 1, records: []string{
 			"www.n3. 300 IN A 192.0.2.3",
 			"*.wild.n3. 300 IN A 192.0.2.8",
@@ -225,6 +226,26 @@ func TestValidateTable(t *testing.T) {
 				}
 			}
 		}, want: Bogus, ede: 10},
+		{name: "DS denied by the child's apex NSEC", qname: "example.", qtype: dns.TypeDS, tamper: func(m *dns.Msg) {
+			m.Answer = nil
+			m.Ns = append(pick(w.zones["example."].data["example."], dns.TypeNSEC), pick(w.zones["example."].data["example."], dns.TypeSOA)...)
+		}, want: Bogus},
+		{name: "DS denied by the child's apex NSEC3", qname: "strict3.", qtype: dns.TypeDS, tamper: func(m *dns.Msg) {
+			z := w.zones["strict3."]
+			m.Answer = nil
+			m.Ns = append(pick(z.data[canon(z.nsec3Matching("strict3.").Hdr.Name)], dns.TypeNSEC3), pick(z.data["strict3."], dns.TypeSOA)...)
+		}, want: Bogus},
+		{name: "secure child below a wildcard", qname: "www.sub.wild.example.", qtype: dns.TypeA, want: Secure},
+		{name: "parent wildcard spliced into a child name", qname: "foo.sub.wild.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
+			// The child's genuine NXDOMAIN proof, with the parent's genuine
+			// wildcard expansion for the name as the answer.
+			src := ask(w, "foo.wild.example.", dns.TypeA)
+			m.Rcode = dns.RcodeSuccess
+			m.Answer = rename(src.Answer, "foo.sub.wild.example.")
+			m.Ns = dropTypes(m.Ns, dns.TypeSOA)
+		}, want: Bogus},
+		{name: "explicit RRSIG query", qname: "www.example.", qtype: dns.TypeRRSIG, want: Insecure},
+		{name: "explicit NSEC query", qname: "www.example.", qtype: dns.TypeNSEC, want: Secure},
 		{name: "CNAME loop", qname: "alias.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
 			for i := 0; i < 20; i++ {
 				m.Answer = append(m.Answer, mustRR(t, "alias.example. 300 IN CNAME alias.example."))
