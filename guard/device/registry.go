@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/entropy"
@@ -29,6 +30,11 @@ type Options struct {
 	// OnExempt is called with the MACs that must not be intercepted,
 	// whenever that list changes (the nftables exempt set).
 	OnExempt func([]net.HardwareAddr)
+	// OnBypass, if set, is told of each attempt to reach a resolver
+	// around the guard (kind do53, dot, doq or doh) as it is recorded;
+	// it is called with the registry's lock held, so it must be quick
+	// and must not call back into the registry.
+	OnBypass func(mac, kind string, dst netip.AddrPort)
 	Log      *slog.Logger
 	Now      func() time.Time
 }
@@ -108,6 +114,9 @@ type Registry struct {
 	learnedMAC broadcast // an address's MAC was learned from a packet or lease
 	// Waits counts the identify stage's waits for a MAC.
 	Waits WaitStats
+	// Flushes counts the batches written to the store, FlushErrors
+	// those that failed (and are tried again at the next flush).
+	Flushes, FlushErrors atomic.Uint64
 }
 
 type entry struct {
@@ -497,6 +506,7 @@ func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
 	e.rec.noteIP(ip.String())
 	if !local {
 		e.rec.noteBypass("do53", dst.String(), now)
+		r.onBypass(mac, "do53", dst)
 		if q != nil {
 			r.orig.put(src, q.ID, dst)
 		}
@@ -521,6 +531,14 @@ func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind strin
 	e := r.entryLocked(mac, mac, now, agree)
 	e.rec.noteIP(ip.String())
 	e.rec.noteBypass(kind, dst.String(), now)
+	r.onBypass(mac, kind, dst)
+}
+
+// onBypass tells Options.OnBypass of an attempt (r.mu held).
+func (r *Registry) onBypass(mac, kind string, dst netip.AddrPort) {
+	if r.opts.OnBypass != nil {
+		r.opts.OnBypass(mac, kind, dst)
+	}
 }
 
 // OrigDst returns where a redirected query from client with the given ID
@@ -760,7 +778,11 @@ func (r *Registry) Flush() error {
 	if r.opts.Store == nil {
 		return nil
 	}
+	if len(recs) == 0 && len(deleted) == 0 {
+		return nil
+	}
 	if err := r.opts.Store.Save(recs, deleted); err != nil {
+		r.FlushErrors.Add(1)
 		// Keep them dirty for the next batch.
 		r.mu.Lock()
 		for _, rec := range recs {
@@ -770,6 +792,7 @@ func (r *Registry) Flush() error {
 		r.mu.Unlock()
 		return err
 	}
+	r.Flushes.Add(1)
 	return nil
 }
 

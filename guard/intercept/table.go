@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -73,6 +74,8 @@ type Table struct {
 	// refuse, in tests, stands in for a kernel without some features:
 	// an install using one it names fails with its error.
 	refuse func(uses feature) error
+
+	repairs atomic.Uint64 // times Watch put a removed or changed table back
 }
 
 // feature is a kernel feature the table can do without.
@@ -221,6 +224,14 @@ func (t *Table) Missing() []string {
 	return t.off.names()
 }
 
+// Installed reports whether the table is in (as last installed; Watch
+// puts it back when something removes it).
+func (t *Table) Installed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.installed
+}
+
 // Logging reports whether the installed table logs packets to NFLOG.
 func (t *Table) Logging() bool {
 	t.mu.Lock()
@@ -310,9 +321,14 @@ func (t *Table) Watch(ctx context.Context, interval time.Duration) {
 			lastErr = ""
 			continue
 		}
+		t.repairs.Add(1)
 		t.log.Warn("nftables table was removed or changed; put back", "table", "inet "+TableName)
 	}
 }
+
+// Repairs is how many times Watch put the table back after something
+// removed or changed it.
+func (t *Table) Repairs() uint64 { return t.repairs.Load() }
 
 // SetDoH replaces the addresses HTTPS is rejected to.
 func (t *Table) SetDoH(addrs []netip.Addr) error {

@@ -62,6 +62,9 @@ type Request struct {
 	// without one).
 	Body          io.Reader
 	ContentLength int64
+	// RemoteAddr is the client's address (the connection's peer), set
+	// by the Server.
+	RemoteAddr net.Addr
 
 	params map[string]string
 }
@@ -295,6 +298,7 @@ func (s *Server) serveConn(c net.Conn) {
 	case err != nil:
 		return // the client went away or timed out: nobody to answer
 	default:
+		req.RemoteAddr = c.RemoteAddr()
 		s.Handler.serve(w, req)
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(wt))

@@ -343,6 +343,7 @@ func (p *Pool) noneUp() bool {
 // every upstream down, Options.OnRecover is called.
 func (p *Pool) answered(m *member, rtt time.Duration) {
 	rtt = max(rtt, time.Microsecond)
+	m.counters.Latency.Observe(rtt)
 	p.mu.Lock()
 	m.rtt = ewma(m.rtt, rtt)
 	m.lastAnswer = time.Now()

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/metrics"
 	"github.com/miekg/dns"
 )
 
@@ -34,6 +35,8 @@ type Counters struct {
 	// CaseFallbacks counts answers that came back in another case than
 	// the 0x20 query had, and were asked again without 0x20.
 	CaseFallbacks atomic.Uint64
+	// Latency is the time to each answer (questions and health checks).
+	Latency metrics.Histogram
 }
 
 // Stats is a snapshot of one upstream's counters and state.
@@ -48,12 +51,14 @@ type Stats struct {
 	Refused    uint64
 	// CaseFallbacks: 0x20 answers in the wrong case, asked again.
 	CaseFallbacks uint64
+	Latency       metrics.HistogramSnapshot
 }
 
 func (c *Counters) snapshot() Stats {
 	return Stats{
 		Queries: c.Queries.Load(), Failures: c.Failures.Load(), Mismatches: c.Mismatches.Load(),
 		Flood: c.Flood.Load(), Refused: c.Refused.Load(), CaseFallbacks: c.CaseFallbacks.Load(),
+		Latency: c.Latency.Snapshot(),
 	}
 }
 
