@@ -60,6 +60,7 @@ type Config struct {
 	Answers   Answers
 	Intercept Intercept
 	Local     Local
+	API       API
 	Classes   []Class
 }
 
@@ -71,6 +72,20 @@ type DNSSEC struct {
 	TrustAnchors []string
 	// InsecureDomains are negative trust anchors (RFC 7646).
 	InsecureDomains []string
+}
+
+// API is the HTTP API, the dashboard and the Prometheus metrics (config
+// api 'api'). It is off while Listen is empty.
+type API struct {
+	Listen string // IP:PORT; empty: no API
+	// Token is what every /api/ request must carry (Authorization:
+	// Bearer, or the cookie POST /api/v1/login sets). Empty: /api/ and
+	// the dashboard refuse everyone; /metrics still answers.
+	Token string
+	// AllowClient is who may connect at all (everyone else's connection
+	// is closed); empty: loopback and the clients the DNS listener
+	// answers (the router's addresses, the LAN prefixes, allow_client).
+	AllowClient []netip.Prefix
 }
 
 // State says where per-device records live.
@@ -194,6 +209,8 @@ func Parse(r io.Reader, file string) (*Config, error) {
 			fields = c.Intercept.fields()
 		case "local":
 			fields = c.Local.fields()
+		case "api":
+			fields = c.API.fields()
 		case "class":
 			if s.Name == "" {
 				return nil, &ParseError{file, s.Line, "a class section needs a name: config class 'NAME'"}
@@ -287,6 +304,14 @@ func (c *Config) Validate() error {
 		if err := TrustAnchor(a); err != nil {
 			return fmt.Errorf("trust_anchor: %w", err)
 		}
+	}
+	if c.API.Listen != "" {
+		if ap, err := netip.ParseAddrPort(c.API.Listen); err != nil || ap.Port() == 0 {
+			return fmt.Errorf("api listen %q: want IP:PORT", c.API.Listen)
+		}
+	}
+	if strings.ContainsFunc(c.API.Token, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+		return errors.New("api token: printable ASCII without spaces only")
 	}
 	return nil
 }
@@ -419,6 +444,14 @@ func (i *Intercept) fields() map[string]setter {
 		"doh_address":  addrList(&i.DoHAddresses),
 		"nflog_group":  u16(&i.NFLogGroup),
 		"guard_port":   u16(&i.GuardPort),
+	}
+}
+
+func (a *API) fields() map[string]setter {
+	return map[string]setter{
+		"listen":       str(&a.Listen),
+		"token":        str(&a.Token),
+		"allow_client": prefixList(&a.AllowClient),
 	}
 }
 
