@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
@@ -33,6 +34,11 @@ type routerSide struct {
 	// Reload applies what a config reload may change without a restart:
 	// the device classes. (Interception settings change on restart.)
 	Reload func(*policy.Config)
+	// Counters count the chain's answers and the bypass attempts for the
+	// API and /metrics (the first of Stages counts); Registry is the
+	// device table they serve.
+	Counters *control.Counters
+	Registry *device.Registry
 
 	cfg      *policy.Config
 	log      *slog.Logger
@@ -78,7 +84,7 @@ func (r *routerSide) Close(ctx context.Context) error {
 // observer when cfg.Intercept.LAN is non-empty. The nftables table comes
 // later, from Intercept, once the guard listens.
 func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
-	r := &routerSide{cfg: cfg, log: log, reallow: make(chan struct{}, 1)}
+	r := &routerSide{cfg: cfg, log: log, reallow: make(chan struct{}, 1), Counters: control.NewCounters(0)}
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.allowClient.Store(&cfg.AllowClient)
 	fail := func(err error) (*routerSide, error) {
@@ -165,7 +171,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	opts := device.Options{
 		Store: store, Persist: cfg.State.Persist, PersistInterval: cfg.State.PersistInterval,
 		FlushInterval: cfg.State.FlushInterval, Leases: cfg.State.Leases, Classes: cfg.Classes,
-		Neighbours: neigh, Log: log.With("part", "devices"),
+		Neighbours: neigh, Log: log.With("part", "devices"), OnBypass: r.Counters.Bypass,
 	}
 	if r.table != nil {
 		table := r.table
@@ -180,6 +186,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		return fail(err)
 	}
 	regp.Store(reg)
+	r.Registry = reg
 	regDone := make(chan struct{})
 	go func() { reg.Run(r.ctx); close(regDone) }()
 	r.closers = append(r.closers, func(context.Context) error {
@@ -203,7 +210,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		// table (or the observer) has its MAC: wait for it, briefly.
 		idopts.WaitForMAC = macWait
 	}
-	r.Stages = []stage.Middleware{device.Identify(reg, idopts), localzone.Stage()}
+	r.Stages = []stage.Middleware{r.Counters.Stage(), device.Identify(reg, idopts), localzone.Stage()}
 	r.Reload = func(next *policy.Config) {
 		reg.SetClasses(next.Classes)
 		r.allowClient.Store(&next.AllowClient)

@@ -168,6 +168,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// redirected to the guard.
 	log.Info("listening", "addrs", srv.Addrs())
 	router.Intercept(cfg.ListenAddrs())
+	// The API is beside DNS: when it cannot start, DNS goes on.
+	api, err := startAPI(cfg, router, srv, c, ups, log)
+	if err != nil {
+		log.Error("api not served", "err", err)
+	}
+	if api != nil {
+		defer api.Close(context.WithoutCancel(ctx))
+	}
 	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
 	for {
 		select {
@@ -176,6 +184,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			if err != nil {
 				log.Error("reload failed; keeping the running config", "err", err)
 				continue
+			}
+			if fmt.Sprint(next.API) != fmt.Sprint(cfg.API) {
+				log.Warn("api settings change only on restart")
 			}
 			if fmt.Sprint(next.ListenAddrs()) != fmt.Sprint(cfg.ListenAddrs()) {
 				log.Warn("listen addresses change only on restart", "running", cfg.ListenAddrs(), "config", next.ListenAddrs())
