@@ -234,6 +234,10 @@ func TestHandoverDefaultRouter(t *testing.T) {
 	if len(c.Listen) != 0 {
 		t.Errorf("guard listen list %q: uci-defaults must not write the LAN address (the guard serves every LAN address)", c.Listen)
 	}
+	// The API: on the LAN address, with a generated token (issue 13).
+	if c.API.Listen != "192.168.8.1:8053" || len(c.API.Token) != 48 || strings.Trim(c.API.Token, "0123456789abcdef") != "" {
+		t.Errorf("api listen %q token %q: want the LAN address on 8053 and 24 random octets in hex", c.API.Listen, c.API.Token)
+	}
 
 	// Installing again (an upgrade runs uci-defaults again) changes nothing.
 	afterFirst, guardFirst := r.show(t, "dhcp"), r.show(t, "dnsguard")
