@@ -116,7 +116,7 @@ type DeviceStats struct {
 
 // Gather reads every source once.
 func (s *Sources) Gather() *Stats {
-	st := &Stats{Time: time.Now().UTC()}
+	st := &Stats{Time: time.Now().UTC(), Queries: []QueryCount{}}
 	if l := s.Listen; l != nil {
 		st.Listen = ListenStats{Queries: l.Queries.Load(), Malformed: l.Malformed.Load(), Dropped: l.Dropped.Load(),
 			Truncated: l.Truncated.Load(), TCPRefused: l.TCPRefused.Load(), Spilled: l.Spilled.Load(), Denied: l.Denied.Load()}
