@@ -229,6 +229,10 @@ func TestDNSSECValidation(t *testing.T) {
 	if r := query(g.addr, "www.signed.test.", dns.TypeA, false, true, false); !r.AuthenticatedData || hasSig(r) {
 		t.Errorf("AD device:\n%v", r)
 	}
+	// A DO device gets a wildcard expansion's proof, to validate it itself.
+	if r := query(g.addr, "c.wild.signed.test.", dns.TypeA, true, false, false); len(r.Ns) == 0 || r.Ns[0].Header().Rrtype != dns.TypeNSEC && r.Ns[0].Header().Rrtype != dns.TypeRRSIG {
+		t.Errorf("wildcard answer without its proof:\n%v", r)
+	}
 	// Explicit DNSSEC types without DO are answered as the upstream
 	// answers them (unbound's auth-zone gives RRSIG queries NODATA; they
 	// are not validated: no SERVFAIL, no AD), NSEC with its records.

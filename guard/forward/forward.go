@@ -87,6 +87,19 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 				m.Ns = append(m.Ns, rr)
 			}
 		}
+	} else if req.Q.EDNS.DO {
+		// A positive answer keeps its NSEC/NSEC3 proof (a wildcard
+		// expansion's, RFC 4035 §3.1.3.3) for a device that validates.
+		for _, rr := range resp.Ns {
+			switch h := rr.Header(); h.Rrtype {
+			case dns.TypeNSEC, dns.TypeNSEC3:
+				m.Ns = append(m.Ns, rr)
+			case dns.TypeRRSIG:
+				if c := rr.(*dns.RRSIG).TypeCovered; c == dns.TypeNSEC || c == dns.TypeNSEC3 {
+					m.Ns = append(m.Ns, rr)
+				}
+			}
+		}
 	}
 	if !req.Q.EDNS.DO {
 		m.Answer = withoutDNSSEC(m.Answer, req.Q.Type)

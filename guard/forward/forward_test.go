@@ -191,3 +191,33 @@ func TestStoredDNSSEC(t *testing.T) {
 		})
 	}
 }
+
+func TestStoredWildcardProof(t *testing.T) {
+	resp := new(dns.Msg)
+	resp.SetQuestion("a.wild.example.", dns.TypeA)
+	resp.Response = true
+	resp.Answer = []dns.RR{rr("a.wild.example. 300 IN A 192.0.2.1"), rr("a.wild.example. 300 IN RRSIG A 13 2 300 20300101000000 20200101000000 1 example. AAAA")}
+	resp.Ns = []dns.RR{
+		rr("example. 300 IN NS ns.example."),
+		rr("*.wild.example. 300 IN NSEC b.example. A RRSIG NSEC"),
+		rr("*.wild.example. 300 IN RRSIG NSEC 13 2 300 20300101000000 20200101000000 1 example. AAAA"),
+		rr("example. 300 IN RRSIG NS 13 1 300 20300101000000 20200101000000 1 example. AAAA"),
+	}
+	for _, do := range []bool{true, false} {
+		r, err := Stored(req(t, "a.wild.example.", do), resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(r.Msg); err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if do {
+			want = 2 // the NSEC and its RRSIG; not the NS or its RRSIG
+		}
+		if len(m.Ns) != want {
+			t.Errorf("DO=%v: authority %v", do, m.Ns)
+		}
+	}
+}
