@@ -332,3 +332,62 @@ func FuzzReadResponse(f *testing.F) {
 		}
 	})
 }
+
+// Past MaxConns a new connection is closed at once; when one ends, the
+// next is served.
+func TestMaxConns(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := new(Mux)
+	mux.HandleFunc("GET /x", func(w *ResponseWriter, r *Request) { io.WriteString(w, "ok") })
+	srv := &Server{Handler: mux, MaxConns: 2, ReadTimeout: time.Minute, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	defer func() { srv.Shutdown(context.Background()); <-done }()
+	var idle []net.Conn
+	for range 2 { // say nothing, hold their places
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		srv.mu.Lock()
+		n := len(srv.conns)
+		srv.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("connections never accepted")
+		}
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("third connection: %d %v, want closed", n, err)
+	}
+	c.Close()
+	idle[0].Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		resp, err := Do(ctx, unixDial(path), "GET", "x", "/x", nil, nil)
+		if err == nil && resp.StatusCode == 200 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("never served after a place freed: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -35,6 +35,7 @@ const (
 	DefaultMaxBody      = 1 << 20
 	DefaultReadTimeout  = 5 * time.Second
 	DefaultWriteTimeout = 10 * time.Second
+	DefaultMaxConns     = 64 // connections served at once
 )
 
 // ErrServerClosed is what Serve returns after Shutdown.
@@ -189,7 +190,11 @@ type Server struct {
 	MaxBody      int64 // DefaultMaxBody if 0; larger bodies get 413
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
-	Log          *slog.Logger // slog.Default() if nil
+	// MaxConns bounds the connections served at once (DefaultMaxConns
+	// if 0); one more is closed as soon as it is accepted, so clients
+	// that connect and say nothing cannot pile up goroutines.
+	MaxConns int
+	Log      *slog.Logger // slog.Default() if nil
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -230,6 +235,16 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Unlock()
 			c.Close()
 			return ErrServerClosed
+		}
+		max := s.MaxConns
+		if max <= 0 {
+			max = DefaultMaxConns
+		}
+		if open := len(s.conns); open >= max {
+			s.mu.Unlock()
+			c.Close()
+			s.log().Debug("minihttp: connection refused, too many open", "open", open)
+			continue
 		}
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
