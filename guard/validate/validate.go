@@ -440,6 +440,13 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 			apexes = append(apexes, canon(h.Name))
 		}
 	}
+	// A positive answer's proof (a wildcard expansion's NSEC/NSEC3) sits
+	// in the zone that signed the answer's last RRset.
+	for _, rr := range m.Answer {
+		if sig, ok := rr.(*dns.RRSIG); ok && canon(sig.Hdr.Name) == last && isSub(canon(sig.SignerName), last) {
+			apexes = append(apexes, canon(sig.SignerName))
+		}
+	}
 	kept := make([]dns.RR, 0, len(m.Ns))
 	for _, rr := range m.Ns {
 		h := rr.Header()

@@ -405,3 +405,32 @@ func TestCheckWireNames(t *testing.T) {
 func itoa3(i int) string {
 	return string([]byte{'0' + byte(i/100), '0' + byte(i/10%10), '0' + byte(i%10)})
 }
+
+// TestWildcardProofKept: a positive answer keeps the NSEC proof its
+// signer's zone sent (a wildcard expansion's), and nothing from elsewhere.
+func TestWildcardProofKept(t *testing.T) {
+	v := New(testPolicy())
+	m := msg("a.wild.example.", dns.TypeA, "a.wild.example. 300 IN A 93.184.215.14",
+		"a.wild.example. 300 IN RRSIG A 13 2 300 20300101000000 20200101000000 1 example. AAAA")
+	m.Ns = []dns.RR{
+		rr("*.wild.example. 300 IN NSEC b.example. A RRSIG NSEC"),
+		rr("*.wild.example. 300 IN RRSIG NSEC 13 2 300 20300101000000 20200101000000 1 example. AAAA"),
+		rr("x.other. 300 IN NSEC y.other. A RRSIG NSEC"),
+	}
+	out, err := v.Check(q("a.wild.example.", dns.TypeA), m, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Ns) != 2 {
+		t.Errorf("authority %v", out.Ns)
+	}
+	// Unsigned: no apex, nothing kept (as before).
+	m.Answer = m.Answer[:1]
+	out, err = v.Check(q("a.wild.example.", dns.TypeA), m, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Ns) != 0 {
+		t.Errorf("unsigned answer kept %v", out.Ns)
+	}
+}
