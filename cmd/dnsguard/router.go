@@ -357,7 +357,7 @@ func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept
 		case failed == 0:
 			wait = dohRefreshEvery
 		case wait < time.Minute:
-			wait *= 2 // the listener or the upstreams are not there yet: try again soon
+			wait = max(2*wait, time.Second) // the listener or the upstreams are not there yet: try again soon (from 1 s: 0 doubled is 0)
 		default:
 			wait = time.Minute
 		}

@@ -109,7 +109,11 @@ func (c *Counters) Bypass(mac, kind string, dst netip.AddrPort) {
 	if !counted {
 		c.bypassOther.Add(1)
 	}
-	c.Events.Add(Event{Kind: "bypass", Device: mac, Bypass: kind, Target: dst.String()})
+	// A device stuck on its own resolver tries it with every query:
+	// one event per device, kind and target while it keeps on.
+	if c.Events.quiet("bypass " + mac + " " + kind + " " + dst.String()) {
+		c.Events.Add(Event{Kind: "bypass", Device: mac, Bypass: kind, Target: dst.String()})
+	}
 }
 
 func deviceID(req *stage.Request) string {
@@ -135,12 +139,13 @@ type Event struct {
 	Target string    `json:"target,omitempty"` // where the bypass went
 }
 
-// stormQuiet is how long a device must go without being rate-limited
-// before its next rate-limited query is a new storm event.
-const stormQuiet = time.Minute
+// quietFor is how long a device must go without being rate-limited (or
+// without trying one resolver around the guard) before it makes a new
+// storm (bypass) event.
+const quietFor = time.Minute
 
-// maxStormDevices bounds the devices whose storm is remembered.
-const maxStormDevices = 4096
+// maxRecent bounds the storms and bypasses remembered.
+const maxRecent = 4096
 
 // Events is a bounded ring of recent events.
 type Events struct {
@@ -150,7 +155,7 @@ type Events struct {
 	ring   []Event
 	next   int
 	seq    uint64
-	storms map[string]time.Time // device -> last rate-limited query
+	recent map[string]time.Time // storm or bypass key -> last seen
 }
 
 // NewEvents returns a ring of n events (0: 256).
@@ -158,7 +163,7 @@ func NewEvents(n int) *Events {
 	if n <= 0 {
 		n = 256
 	}
-	return &Events{now: time.Now, ring: make([]Event, 0, n), storms: map[string]time.Time{}}
+	return &Events{now: time.Now, ring: make([]Event, 0, n), recent: map[string]time.Time{}}
 }
 
 // Add records e, stamping its sequence number and time; the oldest event
@@ -183,29 +188,35 @@ func (ev *Events) addLocked(e Event) {
 	ev.next = (ev.next + 1) % len(ev.ring)
 }
 
-// storm records a storm event when req's device starts being rate-limited
-// (its first refusal after stormQuiet without one).
-func (ev *Events) storm(req *stage.Request) {
-	id := deviceID(req)
+// quiet notes key and reports whether it was quiet (not seen for
+// quietFor) until now.
+func (ev *Events) quiet(key string) bool {
 	now := ev.now()
 	ev.mu.Lock()
 	defer ev.mu.Unlock()
-	last, seen := ev.storms[id]
-	if len(ev.storms) >= maxStormDevices && !seen {
-		for k, t := range ev.storms {
-			if now.Sub(t) > stormQuiet {
-				delete(ev.storms, k)
+	last, seen := ev.recent[key]
+	if len(ev.recent) >= maxRecent && !seen {
+		for k, t := range ev.recent {
+			if now.Sub(t) > quietFor {
+				delete(ev.recent, k)
 			}
 		}
-		if len(ev.storms) >= maxStormDevices {
-			clear(ev.storms)
+		if len(ev.recent) >= maxRecent {
+			clear(ev.recent)
 		}
 	}
-	ev.storms[id] = now
-	if seen && now.Sub(last) <= stormQuiet {
+	ev.recent[key] = now
+	return !seen || now.Sub(last) > quietFor
+}
+
+// storm records a storm event when req's device starts being rate-limited
+// (its first refusal after quietFor without one).
+func (ev *Events) storm(req *stage.Request) {
+	id := deviceID(req)
+	if !ev.quiet("storm " + id) {
 		return
 	}
-	ev.addLocked(Event{Kind: "storm", Device: id, Client: req.Client.Addr().String(),
+	ev.Add(Event{Kind: "storm", Device: id, Client: req.Client.Addr().String(),
 		Query: dnswire.NameString(req.Q.Name), Type: dns.Type(req.Q.Type).String(),
 		EDE: dnswire.EDEProhibited, Text: "rate limited: too many queries from this device"})
 }
