@@ -109,7 +109,7 @@
   function deviceRows(tbody, v) {
     const tr = el("tr");
     const name = el("td", null, "dev");
-    name.appendChild(el("div", v.name || v.mac || v.id));
+    name.appendChild(el("div", v.name || "(no name)"));
     name.appendChild(el("div", v.mac || v.id, "mac"));
     name.addEventListener("click", () => { open.has(v.id) ? open.delete(v.id) : open.add(v.id); refresh(); });
     tr.appendChild(name);
@@ -148,10 +148,16 @@
     }
   }
 
+  // fill replaces a table's rows; each cell is labelled with its
+  // column's header (the phone layout shows rows as cards).
   function fill(id, rows) {
     const tbody = document.querySelector("#" + id + " tbody");
     tbody.replaceChildren();
     rows(tbody);
+    const heads = [...document.querySelectorAll("#" + id + " thead th")].map((th) => th.title || th.textContent);
+    for (const tr of tbody.rows) {
+      [...tr.cells].forEach((td, i) => { td.dataset.label = heads[i] || ""; });
+    }
   }
 
   async function refresh() {
