@@ -42,6 +42,12 @@ reads it. Honest addresses are in 198.51.100.0/24 and 3fff:51::/32
 (documentation ranges): a guard in front of the lab must allow them
 (config answers: list allow_private '198.51.100.0/24').
 
+--dnssec signs the zone online (ECDSA P-256 keys made at start, NSEC
+white lies for negative answers) for queries with DO=1; the forged
+experiments alter the signed answers as an attacker without the keys
+would. A guard given the logged DS (--ds-out FILE) as its trust_anchor,
+with option dnssec '1', refuses them as bogus; 'lab table --dnssec' shows it.
+
 flags:
 `
 
@@ -88,6 +94,8 @@ func labServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	record := fs.String("record", "lab-record.json", "write what clients did to `FILE`")
 	recordEvery := fs.Duration("record-every", 2*time.Second, "how often the record file is rewritten")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	signed := fs.Bool("dnssec", false, "sign the zone (new ECDSA keys each start): answers to DO queries carry RRSIG/NSEC; the forged experiments then fail validation")
+	dsOut := fs.String("ds-out", "", "with --dnssec, write the zone's DS record to `FILE` (for list trust_anchor); default: log it")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -129,7 +137,20 @@ func labServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return fmt.Errorf("lab: --forge-aaaa %q is not an IPv6 address", *forgeAAAA)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: parseLevel(*logLevel)}))
-	l := lab.New(lab.Config{Zone: zone, Forgery: forgery, Schedule: sched, Log: log})
+	var signer *lab.Signer
+	if *signed {
+		if signer, err = lab.NewSigner(zone.Suffix, nil); err != nil {
+			return err
+		}
+		ds := signer.DS().String()
+		log.Info("lab dnssec: zone signed; trust anchor", "ds", ds)
+		if *dsOut != "" {
+			if err := os.WriteFile(*dsOut, []byte(ds+"\n"), 0o644); err != nil {
+				return fmt.Errorf("lab: --ds-out: %w", err)
+			}
+		}
+	}
+	l := lab.New(lab.Config{Zone: zone, Forgery: forgery, Schedule: sched, Log: log, Signer: signer})
 
 	var tlsCfg *tls.Config
 	if len(dots)+len(dohs) > 0 {

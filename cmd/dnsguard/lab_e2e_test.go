@@ -323,3 +323,56 @@ func waitRecord(t *testing.T, path string, ok func(*lab.Snapshot) bool) *lab.Sna
 		}
 	}
 }
+
+// TestLabDNSSEC: with the lab's zone signed (lab table --dnssec), the
+// guard validates: honest answers pass, and the forged experiments are
+// refused by DNSSEC (EDE 6 for an altered address, 10 for unsigned forged
+// records; for "empty" 9, since the lab's DNSKEY answer is emptied too, or
+// 12 once keys are cached: an empty answer without proof).
+func TestLabDNSSEC(t *testing.T) {
+	testenv.Short(t)
+	p, err := emulate.ProfileByName("random")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Interval, p.Timeout = 500*time.Millisecond, 2*time.Second
+	tests := []struct {
+		exp string
+		ede []uint16 // none: every answer usable
+	}{{"baseline", nil}, {"forged-a", []uint16{6}}, {"forged-aaaa", []uint16{10}}, {"forged-cname", []uint16{10}}, {"empty", []uint16{9, 12}}}
+	o := tableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
+		Names: []string{"www.lab.example.", "cname-cdn.lab.example."}, Parallel: len(tests), DNSSEC: true}
+	for _, tt := range tests {
+		e, err := lab.ParseExperiment(tt.exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Experiments = append(o.Experiments, e)
+	}
+	rows := runTable(context.Background(), o)
+	for i, tt := range tests {
+		t.Run(tt.exp, func(t *testing.T) {
+			r := rows[i]
+			if r.Err != nil {
+				t.Fatal(r.Err)
+			}
+			if f := forgedAnswers(r.Guarded); f > 0 {
+				t.Errorf("through the guard the device got %d forged addresses", f)
+			}
+			seen := 0
+			for _, c := range tt.ede {
+				seen += r.Guarded.ede[c]
+			}
+			if len(tt.ede) == 0 {
+				if r.Guarded.usable == 0 || r.Guarded.servfail != 0 {
+					t.Errorf("honest signed answers: %s, EDE %v", gets(r.Guarded), r.Guarded.ede)
+				}
+			} else if r.Guarded.usable != 0 || seen == 0 {
+				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, gets(r.Guarded), r.Guarded.ede)
+			}
+			if t.Failed() {
+				t.Logf("guard log:\n%s", r.GuardLog)
+			}
+		})
+	}
+}

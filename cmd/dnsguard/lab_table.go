@@ -38,6 +38,7 @@ type tableOptions struct {
 	Fresh       []string // names asked only after the baseline
 	GuardConfig string   // extra UCI text appended to the guard's config
 	Parallel    int
+	DNSSEC      bool // the lab signs its zone; the guard validates with its DS
 }
 
 // tableRow is what one experiment did to the device, directly and
@@ -66,10 +67,10 @@ type labRun struct {
 	stop func()
 }
 
-func startLabRun(ctx context.Context, sched lab.Schedule, ttl uint32) (*labRun, error) {
+func startLabRun(ctx context.Context, sched lab.Schedule, ttl uint32, signer *lab.Signer) (*labRun, error) {
 	z := lab.DefaultZone()
 	z.TTL = ttl
-	l := lab.New(lab.Config{Zone: z, Schedule: sched})
+	l := lab.New(lab.Config{Zone: z, Schedule: sched, Signer: signer})
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -239,7 +240,7 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if directLab, derr = startLabRun(ctx, sched, o.TTL); derr != nil {
+		if directLab, derr = startLabRun(ctx, sched, o.TTL, nil); derr != nil {
 			return
 		}
 		defer directLab.stop()
@@ -247,7 +248,15 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 	}()
 	go func() {
 		defer wg.Done()
-		if guardLab, gerr = startLabRun(ctx, sched, o.TTL); gerr != nil {
+		guardConfig := o.GuardConfig
+		var signer *lab.Signer
+		if o.DNSSEC {
+			if signer, gerr = lab.NewSigner(lab.DefaultZone().Suffix, nil); gerr != nil {
+				return
+			}
+			guardConfig += fmt.Sprintf("\nconfig dnsguard 'dnssec'\n\toption dnssec '1'\n\tlist trust_anchor '%s'\n", signer.DS())
+		}
+		if guardLab, gerr = startLabRun(ctx, sched, o.TTL, signer); gerr != nil {
 			return
 		}
 		defer guardLab.stop()
@@ -257,7 +266,7 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 			return
 		}
 		defer os.RemoveAll(dir)
-		g, err := startGuardRun(ctx, o.Binary, guardLab.addr, o.GuardConfig, dir)
+		g, err := startGuardRun(ctx, o.Binary, guardLab.addr, guardConfig, dir)
 		if err != nil {
 			gerr = err
 			return
@@ -389,6 +398,9 @@ func writeTable(w io.Writer, o tableOptions, rows []tableRow) error {
 	fmt.Fprintf(w, "device profile %s (re-asks every %v whatever the TTL, x%d on failure, %v timeout), names %s;\n",
 		o.Profile.Name, o.Profile.Interval, o.Profile.FailFactor, o.Profile.Timeout, strings.Join(o.Names, " "))
 	fmt.Fprintf(w, "each run: lab honest for %v, then the experiment, %v in all; lab TTL %d s; guard with its default config.\n", o.Baseline, o.Duration, o.TTL)
+	if o.DNSSEC {
+		fmt.Fprintln(w, "dnssec: the lab signs its zone (keys made per run); the guard validates with option dnssec '1' and the lab's DS as its trust anchor.")
+	}
 	if len(o.Fresh) > 0 {
 		fmt.Fprintf(w, "a second device asks %s from the experiment's start (a name the guard has not cached).\n", strings.Join(o.Fresh, " "))
 	}
@@ -422,6 +434,7 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	only := fs.String("experiments", "", "comma-separated experiments (default: all)")
 	parallel := fs.Int("parallel", 16, "experiments run at once")
 	binary := fs.String("binary", "", "dnsguard binary playing the guard (default: this one)")
+	signed := fs.Bool("dnssec", false, "the lab signs its zone and the guard validates it (its DS as the trust anchor)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -434,7 +447,7 @@ func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		p.Interval = *interval
 	}
 	o := tableOptions{Binary: *binary, Baseline: *baseline, Duration: *duration, TTL: uint32(*ttl), Profile: p,
-		Names: strings.Split(*names, ","), Fresh: splitList(*fresh), Parallel: *parallel, Experiments: lab.Experiments()}
+		Names: strings.Split(*names, ","), Fresh: splitList(*fresh), Parallel: *parallel, Experiments: lab.Experiments(), DNSSEC: *signed}
 	if o.Binary == "" {
 		if o.Binary, err = os.Executable(); err != nil {
 			return err

@@ -25,6 +25,9 @@ type Config struct {
 	Schedule Schedule
 	Now      func() time.Time // nil: time.Now
 	Log      *slog.Logger     // nil: discard
+	// Signer, if set, signs the honest answers to DO queries before the
+	// experiment manipulates them (lab --dnssec).
+	Signer *Signer
 }
 
 // Lab is the adversarial resolver.
@@ -36,6 +39,7 @@ type Lab struct {
 	log     *slog.Logger
 	start   time.Time
 	rec     *Recorder
+	signer  *Signer
 
 	mu    sync.Mutex
 	phase int
@@ -61,7 +65,7 @@ func New(cfg Config) *Lab {
 	}
 	start := cfg.Now()
 	l := &Lab{zone: cfg.Zone, forgery: cfg.Forgery, sched: cfg.Schedule, now: cfg.Now, log: cfg.Log, start: start, phase: -1,
-		rec: NewRecorder(start, cfg.Schedule.String())}
+		rec: NewRecorder(start, cfg.Schedule.String()), signer: cfg.Signer}
 	l.Current()
 	return l
 }
@@ -111,7 +115,11 @@ func (l *Lab) Respond(raw []byte, client netip.AddrPort, transport string) [][]b
 	if opt := q.IsEdns0(); opt != nil {
 		ev.EDNS, ev.UDPSize = true, opt.UDPSize()
 	}
-	msgs := e.Apply(q, l.zone.Answer(q), l.forgery)
+	m := l.zone.Answer(q)
+	if l.signer != nil {
+		l.signer.Sign(&l.zone, q, m)
+	}
+	msgs := e.Apply(q, m, l.forgery)
 	var out [][]byte
 	packed := map[*dns.Msg][]byte{} // a flood sends one message N times
 	for _, m := range msgs {
