@@ -297,7 +297,15 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 			s.Stats.Malformed.Add(1)
 			continue
 		}
-		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		if client.Addr().Is4In6() {
+			// Our IPv6 sockets are IPv6-only (ListenOne binds udp6), so
+			// an IPv4-mapped source was forged on the wire (RFC 4942
+			// §2.2); unmapped it would pass as 127.0.0.1 or a LAN
+			// device. Nothing can be answered to it: drop it.
+			s.Stats.Queries.Add(1)
+			s.Stats.Dropped.Add(1)
+			continue
+		}
 		var src []byte
 		if u.pktinfo {
 			src = appendPktinfo(oobOut[:0], local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
