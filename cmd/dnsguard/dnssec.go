@@ -95,6 +95,16 @@ func dnssecVerdict(ctx context.Context, sec *dnssec.Validator, q, resp *dns.Msg)
 	switch res.Security {
 	case dnssec.Secure:
 		resp.AuthenticatedData = true
+		if res.Capped {
+			// RFC 4035 §5.3.3: no longer than the signatures allow.
+			for _, sec := range [][]dns.RR{resp.Answer, resp.Ns} {
+				for _, rr := range sec {
+					if h := rr.Header(); h.Ttl > res.TTLCap {
+						h.Ttl = res.TTLCap
+					}
+				}
+			}
+		}
 		return resp, nil
 	case dnssec.Insecure:
 		resp.AuthenticatedData = false

@@ -287,3 +287,28 @@ func TestConcurrentValidations(t *testing.T) {
 		t.Errorf("%d key queries", q)
 	}
 }
+
+// TestTTLCap: a secure answer's records live no longer than their
+// signatures' original TTL, nor past the signatures' expiry.
+func TestTTLCap(t *testing.T) {
+	w := newWorld(t, []*tzone{
+		{origin: "."},
+		{origin: "soon.", expire: testNow.Add(100 * time.Second), records: []string{"www.soon. 300 IN A 192.0.2.1"}},
+		{origin: "later.", records: []string{"www.later. 300 IN A 192.0.2.1"}},
+	}, nil)
+	clock := testNow
+	v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return clock }})
+	resp := ask(w, "www.later.", dns.TypeA)
+	for _, rr := range resp.Answer {
+		rr.Header().Ttl = 1_000_000 // an upstream stretching the TTL
+	}
+	if got := v.Validate(context.Background(), resp); got.Security != Secure || !got.Capped || got.TTLCap != 300 {
+		t.Errorf("later: %+v", got)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.soon.", dns.TypeA)); got.Security != Secure || !got.Capped || got.TTLCap != 100 {
+		t.Errorf("soon: %+v", got)
+	}
+	if got := v.Validate(context.Background(), ask(w, "nope.later.", dns.TypeA)); got.Security != Secure || !got.Capped || got.TTLCap > 300 {
+		t.Errorf("negative: %+v", got)
+	}
+}

@@ -16,11 +16,23 @@ type run struct {
 	checkTime bool
 	queries   int
 	sigs      int
-	limit     string // set when a bound was reached
+	limit     string        // set when a bound was reached
+	ttl       time.Duration // the answer's TTL cap so far; < 0: none
+}
+
+// capTTL lowers the answer's TTL cap to d (RFC 4035 §5.3.3: a validated
+// RRset lives no longer than its signature's original TTL and expiry).
+func (r *run) capTTL(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	if r.ttl < 0 || d < r.ttl {
+		r.ttl = d
+	}
 }
 
 func (v *Validator) newRun(ctx context.Context) *run {
-	r := &run{v: v, ctx: ctx, now: v.cfg.Now(), checkTime: true}
+	r := &run{v: v, ctx: ctx, now: v.cfg.Now(), checkTime: true, ttl: -1}
 	if v.cfg.TimeTrusted != nil {
 		r.checkTime = v.cfg.TimeTrusted()
 	}

@@ -68,6 +68,11 @@ type Result struct {
 	Security Security
 	EDE      uint16
 	Reason   string
+	// Capped says a secure answer's records may live at most TTLCap
+	// seconds (RFC 4035 §5.3.3: the signatures' original TTLs and the
+	// time left before they expire).
+	Capped bool
+	TTLCap uint32
 }
 
 func (r Result) String() string {

@@ -54,7 +54,8 @@ func (r *run) proofs(resp *dns.Msg, known zoneState) *proofSet {
 		}
 	}
 	st := known
-	if st.sec == Indeterminate && st.zone == "" {
+	answerLevel := st.sec == Indeterminate && st.zone == ""
+	if answerLevel {
 		if zone == "" {
 			// Unsigned proofs: fine only if the zone is insecure.
 			st = r.walk(ps[0].name)
@@ -82,6 +83,9 @@ func (r *run) proofs(resp *dns.Msg, known zoneState) *proofSet {
 			return p
 		}
 		p.ttl = min(p.ttl, ttl)
+		if answerLevel {
+			r.capTTL(ttl)
+		}
 		if !dns.IsSubDomain(p.zone, s.name) {
 			continue
 		}

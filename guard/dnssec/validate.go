@@ -2,6 +2,7 @@ package dnssec
 
 import (
 	"context"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -81,6 +82,9 @@ func (v *Validator) validate(ctx context.Context, resp *dns.Msg) Result {
 	res := r.answer(resp, qname, q.Qtype)
 	if r.limit != "" && res.Security != Secure && res.Security != Insecure {
 		res = Result{Security: Indeterminate, EDE: dns.ExtendedErrorCodeDNSSECIndeterminate, Reason: r.limit}
+	}
+	if res.Security == Secure && r.ttl >= 0 {
+		res.Capped, res.TTLCap = true, uint32(r.ttl/time.Second)
 	}
 	return res
 }
@@ -266,10 +270,11 @@ func (r *run) signed(s *rrset, wild *[]*rrset) Result {
 	if st.zone != signer {
 		return Result{Security: Bogus, EDE: dns.ExtendedErrorCodeDNSBogus, Reason: s.String() + " signed by " + signer + ", which is not a zone apex"}
 	}
-	res, _ := r.verify(s, st)
+	res, ttl := r.verify(s, st)
 	if res.sec != Secure {
 		return result(res)
 	}
+	r.capTTL(ttl)
 	if int(s.signer.Labels) < dns.CountLabel(s.name) {
 		*wild = append(*wild, s)
 	}
