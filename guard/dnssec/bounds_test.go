@@ -312,3 +312,25 @@ func TestTTLCap(t *testing.T) {
 		t.Errorf("negative: %+v", got)
 	}
 }
+
+// TestAlgorithmsAndDigests: RSASHA512 and DS digest 4 validate; a zone
+// whose DS uses only SHA-1 is insecure (digest 1 is not supported here).
+func TestAlgorithmsAndDigests(t *testing.T) {
+	w := newWorld(t, []*tzone{
+		{origin: "."},
+		{origin: "rsa512.", alg: dns.RSASHA512, records: []string{"www.rsa512. 300 IN A 192.0.2.1"}},
+		{origin: "sha384.", digest: dns.SHA384, records: []string{"www.sha384. 300 IN A 192.0.2.1"}},
+		{origin: "sha1.", digest: dns.SHA1, records: []string{"www.sha1. 300 IN A 192.0.2.1"}},
+	}, nil)
+	root := w.zones["."].ksk.ToDS(dns.SHA384)
+	v, _ := New(w, Config{Anchors: []dns.RR{root}, Now: func() time.Time { return testNow }})
+	for _, tc := range []struct {
+		name string
+		want Security
+		ede  uint16
+	}{{"www.rsa512.", Secure, 0}, {"www.sha384.", Secure, 0}, {"www.sha1.", Insecure, dns.ExtendedErrorCodeUnsupportedDSDigestType}} {
+		if got := v.Validate(context.Background(), ask(w, tc.name, dns.TypeA)); got.Security != tc.want || got.EDE != tc.ede {
+			t.Errorf("%s: %+v", tc.name, got)
+		}
+	}
+}

@@ -29,6 +29,7 @@ type tzone struct {
 	iter     uint16
 	salt     string
 	optOut   bool
+	digest   uint8 // of the DS in the parent (default SHA-256)
 	incept   time.Time
 	expire   time.Time
 	records  []string // zone content (no SOA/DNSKEY needed)
@@ -253,7 +254,11 @@ func newWorld(t testing.TB, zones []*tzone, wrongDS map[string]bool) *world {
 		}
 		extra[p.origin] = append(extra[p.origin], mustRR(t, z.origin+" 3600 IN NS ns."+strings.TrimPrefix(z.origin, ".")))
 		if !z.unsigned {
-			ds := z.ksk.ToDS(dns.SHA256)
+			digest := z.digest
+			if digest == 0 {
+				digest = dns.SHA256
+			}
+			ds := z.ksk.ToDS(digest)
 			ds.Hdr.Ttl = 3600
 			if wrongDS[z.origin] {
 				ds.Digest = strings.Repeat("AB", 32)
