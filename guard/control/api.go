@@ -55,6 +55,9 @@ type Options struct {
 	Sources *Sources
 	Log     *slog.Logger
 	Now     func() time.Time
+	// RateEvery is how often the devices' query rates are sampled for
+	// the dashboard (rateEvery if 0).
+	RateEvery time.Duration
 }
 
 // Server serves the API, /metrics and the dashboard.
@@ -64,6 +67,9 @@ type Server struct {
 	srv   *minihttp.Server
 	ln    net.Listener
 	done  chan struct{}
+	rates *rates
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
 
 	// Closed counts connections closed for coming from outside Allow.
 	Closed atomic.Uint64
@@ -101,10 +107,22 @@ func Serve(opts Options) (*Server, error) {
 	mux.HandleFunc("POST /api/v1/devices/{id}", s.auth(s.override))
 	mux.HandleFunc("GET /api/v1/stats", s.auth(s.stats))
 	mux.HandleFunc("GET /api/v1/events", s.auth(s.events))
+	mux.HandleFunc("GET /api/v1/rates", s.auth(s.rateHistory))
 	mux.HandleFunc("GET /", static(indexHTML, "text/html; charset=utf-8"))
 	mux.HandleFunc("GET /app.js", static(appJS, "text/javascript; charset=utf-8"))
 	mux.HandleFunc("GET /app.css", static(appCSS, "text/css; charset=utf-8"))
 	s.srv = &minihttp.Server{Handler: mux, MaxBody: maxBody, Log: opts.Log}
+	s.rates = newRates()
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	if reg := opts.Sources.Registry; reg != nil {
+		every := opts.RateEvery
+		if every <= 0 {
+			every = rateEvery
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.rates.run(ctx, reg, every, opts.Now) }()
+	}
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, minihttp.ErrServerClosed) {
@@ -121,6 +139,8 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Close(ctx context.Context) error {
 	err := s.srv.Shutdown(ctx)
 	<-s.done
+	s.stop()
+	s.wg.Wait()
 	return err
 }
 
@@ -441,6 +461,12 @@ func (s *Server) override(w *minihttp.ResponseWriter, r *minihttp.Request) {
 	s.opts.Log.Info("api: device override", "device", id, "client", clientOf(r))
 	v, _ := s.find(id)
 	writeJSON(w, 200, v)
+}
+
+// rateHistory serves each device's recent query rates (queries per
+// second over each sampling interval, oldest first).
+func (s *Server) rateHistory(w *minihttp.ResponseWriter, _ *minihttp.Request) {
+	writeJSON(w, 200, s.rates.snapshot())
 }
 
 func (s *Server) stats(w *minihttp.ResponseWriter, _ *minihttp.Request) {

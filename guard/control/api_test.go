@@ -152,7 +152,7 @@ var bearer = map[string]string{"Authorization": "Bearer " + testToken}
 
 func TestAuth(t *testing.T) {
 	g := newTestGuard(t, nil)
-	for _, path := range []string{"/api/v1/devices", "/api/v1/stats", "/api/v1/events", "/api/v1/devices/ip:192.0.2.9"} {
+	for _, path := range []string{"/api/v1/devices", "/api/v1/stats", "/api/v1/events", "/api/v1/rates", "/api/v1/devices/ip:192.0.2.9"} {
 		if r := g.do(t, "GET", path, nil, ""); r.code != 401 {
 			t.Errorf("GET %s without a token: %d, want 401", path, r.code)
 		}
@@ -367,6 +367,12 @@ func TestEndpoints(t *testing.T) {
 		t.Errorf("events since %d: %s", evs[1].Seq, r.body)
 	}
 
+	r = g.do(t, "GET", "/api/v1/rates", bearer, "")
+	var rates map[string][]float64
+	if err := json.Unmarshal(r.body, &rates); r.code != 200 || err != nil {
+		t.Errorf("rates: %d %v %s", r.code, err, r.body)
+	}
+
 	// The dashboard: its page, script and style, under a strict CSP.
 	for _, p := range []string{"/", "/app.js", "/app.css"} {
 		r := g.do(t, "GET", p, nil, "")
@@ -467,5 +473,33 @@ print(json.dumps(out))
 		if got, ok := vals[k]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, want)
 		}
+	}
+}
+
+func TestRates(t *testing.T) {
+	r := newRates()
+	t0 := time.Unix(1_800_000_000, 0)
+	views := func(q map[string]uint64) []device.View {
+		var vs []device.View
+		for id, n := range q {
+			vs = append(vs, device.View{ID: id, Queries: n})
+		}
+		return vs
+	}
+	r.sample(views(map[string]uint64{"a": 10, "b": 5}), t0)
+	r.sample(views(map[string]uint64{"a": 30, "b": 5}), t0.Add(10*time.Second))
+	r.sample(views(map[string]uint64{"a": 31}), t0.Add(20*time.Second))
+	got := r.snapshot()
+	if len(got["a"]) != 2 || got["a"][0] != 2 || got["a"][1] != 0.1 {
+		t.Errorf("a: %v, want [2 0.1]", got["a"])
+	}
+	if _, ok := got["b"]; ok {
+		t.Errorf("b left the table but kept its history: %v", got["b"])
+	}
+	for i := range rateSamples + 5 {
+		r.sample(views(map[string]uint64{"a": uint64(31 + i)}), t0.Add(time.Duration(30+10*i)*time.Second))
+	}
+	if n := len(r.snapshot()["a"]); n != rateSamples {
+		t.Errorf("%d samples kept, want %d", n, rateSamples)
 	}
 }

@@ -4,7 +4,6 @@
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
-  const hist = new Map(); // device id -> recent [time, queries]
   const open = new Set(); // devices whose evidence is shown
   let timer = null;
 
@@ -40,21 +39,15 @@
     return Math.round(s / 3600) + " h ago";
   }
 
-  function spark(id, queries) {
-    const now = Date.now();
-    const h = hist.get(id) || [];
-    h.push([now, queries]);
-    while (h.length > 30) h.shift();
-    hist.set(id, h);
-    const rates = [];
-    for (let i = 1; i < h.length; i++) {
-      rates.push(Math.max(0, h[i][1] - h[i - 1][1]) / Math.max(1, (h[i][0] - h[i - 1][0]) / 1000));
-    }
+  // spark draws a device's recent query rates (the guard samples them).
+  function spark(rates) {
+    rates = rates || [];
     const ns = "http://www.w3.org/2000/svg";
     const svg = document.createElementNS(ns, "svg");
     svg.setAttribute("width", "60"); svg.setAttribute("height", "16");
     const max = Math.max(0.1, ...rates);
-    const pts = rates.map((r, i) => (i * 60 / 29).toFixed(1) + "," + (15 - r / max * 14).toFixed(1)).join(" ");
+    const step = 60 / Math.max(1, rates.length - 1);
+    const pts = rates.map((r, i) => (i * step).toFixed(1) + "," + (15 - r / max * 14).toFixed(1)).join(" ");
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", pts); line.setAttribute("fill", "none"); line.setAttribute("stroke", "#36c");
     svg.appendChild(line);
@@ -106,6 +99,8 @@
     return td;
   }
 
+  let rateHist = {};
+
   function deviceRows(tbody, v) {
     const tr = el("tr");
     const name = el("td", null, "dev");
@@ -115,7 +110,7 @@
     tr.appendChild(name);
     tr.appendChild(el("td", (v.ips || []).join(" ")));
     tr.appendChild(el("td", ago(v.last_seen)));
-    tr.appendChild(spark(v.id, v.queries));
+    tr.appendChild(spark(rateHist[v.id]));
     tr.appendChild(el("td", v.queries));
     const t = v.table1 || {};
     const bypass = (v.bypass || []).map((a) => a.kind + " " + a.target + " x" + a.count).join("; ");
@@ -162,7 +157,8 @@
 
   async function refresh() {
     try {
-      const [devs, stats, events] = await Promise.all([api("/api/v1/devices"), api("/api/v1/stats"), api("/api/v1/events")]);
+      const [devs, stats, events, rates] = await Promise.all([api("/api/v1/devices"), api("/api/v1/stats"), api("/api/v1/events"), api("/api/v1/rates")]);
+      rateHist = rates || {};
       fill("devices", (tb) => devs.filter((v) => !v.unconfirmed).forEach((v) => deviceRows(tb, v)));
       fill("upstreams", (tb) => (stats.upstreams || []).forEach((u) => {
         const tr = el("tr");
