@@ -18,10 +18,12 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/minihttp"
+	"golang.org/x/sys/unix"
 )
 
 // The dashboard: one page, its script and its style, nothing else.
@@ -91,7 +93,17 @@ func Serve(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: listen %q: %w", opts.Listen, err)
 	}
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
+	// Freebind: at boot the guard may start before the LAN address is
+	// configured; the socket takes connections once it is.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+			if ap.Addr().Is6() {
+				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
+			}
+		})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", ap.String())
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}

@@ -3,6 +3,8 @@ package control
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -501,5 +503,49 @@ func TestRates(t *testing.T) {
 	}
 	if n := len(r.snapshot()["a"]); n != rateSamples {
 		t.Errorf("%d samples kept, want %d", n, rateSamples)
+	}
+}
+
+// TestListenBeforeAddress: the API binds an address the host does not
+// have yet (the LAN address at boot) and serves once it appears.
+func TestListenBeforeAddress(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.Require(t, "ip")
+	b := make([]byte, 3)
+	cryptorand.Read(b)
+	ns := "dga-" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
+	log := slog.New(slog.DiscardHandler)
+	var srv *Server
+	err := testenv.InNetns(ns, func() error {
+		var err error
+		srv, err = Serve(Options{Listen: "192.0.2.77:8053", Token: testToken, Sources: &Sources{Counters: NewCounters(0)}, Log: log})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("binding an address not yet there: %v", err)
+	}
+	defer srv.Close(context.Background())
+	if out, err := exec.Command("ip", "-n", ns, "addr", "add", "192.0.2.77/32", "dev", "lo").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	var got []byte
+	err = testenv.InNetns(ns, func() error {
+		c, err := net.DialTimeout("tcp", "192.0.2.77:8053", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err = io.ReadAll(c)
+		return err
+	})
+	if err != nil || !bytes.HasPrefix(got, []byte("HTTP/1.1 200")) || !bytes.Contains(got, []byte("dnsguard_queries_total")) {
+		t.Errorf("after the address came: %v %.80q", err, got)
 	}
 }
