@@ -147,7 +147,8 @@ func (r *run) anchorKeys(zone string) zoneState {
 			keys = append(keys, a)
 		}
 	}
-	st, ttl := r.dnskeys(zone, ds, keys)
+	keys = append(keys, r.v.cfg.Tracker.Trusted(zone)...)
+	st, ttl := r.dnskeysFor(zone, ds, keys, true)
 	r.v.store(key, st, ttl, r.now)
 	return st
 }
@@ -217,6 +218,12 @@ func (r *run) step(st zoneState, n string) (zoneState, time.Duration) {
 // dnskeys fetches zone's DNSKEY RRset and validates it against ds (DS
 // records from the parent or anchors) or the trusted keys.
 func (r *run) dnskeys(zone string, ds []*dns.DS, trusted []*dns.DNSKEY) (zoneState, time.Duration) {
+	return r.dnskeysFor(zone, ds, trusted, false)
+}
+
+// dnskeysFor is dnskeys; for an anchor zone (anchor) revoked keys are
+// left out and the validated RRset is shown to the RFC 5011 tracker.
+func (r *run) dnskeysFor(zone string, ds []*dns.DS, trusted []*dns.DNSKEY, anchor bool) (zoneState, time.Duration) {
 	resp, err := r.fetch(zone, dns.TypeDNSKEY)
 	if err != nil {
 		return indeterminate("DNSKEY " + zone + ": " + err.Error()), 0
@@ -228,8 +235,11 @@ func (r *run) dnskeys(zone string, ds []*dns.DS, trusted []*dns.DNSKEY) (zoneSta
 	var sep []*dns.DNSKEY
 	for _, rr := range s.rrs {
 		k := rr.(*dns.DNSKEY)
-		if k.Protocol != 3 || k.Flags&dns.ZONE == 0 {
+		if k.Protocol != 3 || k.Flags&dns.ZONE == 0 || k.Flags&dns.REVOKE != 0 {
 			continue
+		}
+		if anchor && r.v.cfg.Tracker.Revoked(zone, k) {
+			continue // RFC 5011 §2.1: a revoked key is no anchor
 		}
 		for _, d := range ds {
 			if d.KeyTag != k.KeyTag() || d.Algorithm != k.Algorithm {
@@ -268,6 +278,9 @@ func (r *run) dnskeys(zone string, ds []*dns.DS, trusted []*dns.DNSKEY) (zoneSta
 	res, ttl := r.verifyWith(s, zone, sep)
 	if res.sec != Secure {
 		return res, ttl
+	}
+	if anchor && r.checkTime {
+		r.v.cfg.Tracker.observe(zone, s, r.now, r.checkTime, sep)
 	}
 	var keys []*dns.DNSKEY
 	for _, rr := range s.rrs {

@@ -99,6 +99,8 @@ type Config struct {
 	// false signature validity windows are not checked (a router without
 	// a real-time clock before NTP has synced). Nil means always trusted.
 	TimeTrusted func() bool
+	// Tracker, if set, follows the anchor zones' key rollovers (RFC 5011).
+	Tracker *Tracker
 	// MaxQueries bounds the upstream queries of one validation (default 16).
 	MaxQueries int
 	// MaxDepth bounds the labels walked below a trust anchor (default 12).

@@ -37,6 +37,10 @@ type tzone struct {
 	ksk, zsk   *dns.DNSKEY
 	kpriv      crypto.Signer
 	zpriv      crypto.Signer
+	moreKSK    []*dns.DNSKEY   // more keys in the DNSKEY RRset, signing it too
+	morePriv   []crypto.Signer // their private keys
+	publish    []*dns.DNSKEY   // keys in the DNSKEY RRset that do not sign it
+	extra      []dns.RR        // the children's NS and DS, for re-signing
 	data       map[string][]dns.RR // owner -> records incl. RRSIG/NSEC
 	names      []string            // authoritative names, canonical order
 	exists     map[string]bool     // names incl. empty non-terminals
@@ -117,6 +121,9 @@ func (z *tzone) sign(t testing.TB, extra []dns.RR) {
 	}
 	add(dns.Copy(z.ksk))
 	add(dns.Copy(z.zsk))
+	for _, k := range append(append([]*dns.DNSKEY{}, z.moreKSK...), z.publish...) {
+		add(dns.Copy(k))
+	}
 	cut := func(n string) bool {
 		return n != z.origin && hasTypeRR(z.data[n], dns.TypeNS)
 	}
@@ -200,7 +207,8 @@ func (z *tzone) sign(t testing.TB, extra []dns.RR) {
 			signers := []*dns.DNSKEY{z.zsk}
 			privs := []crypto.Signer{z.zpriv}
 			if typ == dns.TypeDNSKEY {
-				signers, privs = []*dns.DNSKEY{z.ksk}, []crypto.Signer{z.kpriv}
+				signers = append([]*dns.DNSKEY{z.ksk}, z.moreKSK...)
+				privs = append([]crypto.Signer{z.kpriv}, z.morePriv...)
 			}
 			for i, k := range signers {
 				sig := &dns.RRSIG{Hdr: dns.RR_Header{Ttl: set[0].Header().Ttl}, Algorithm: k.Algorithm, KeyTag: k.KeyTag(), SignerName: z.origin,
@@ -267,9 +275,20 @@ func newWorld(t testing.TB, zones []*tzone, wrongDS map[string]bool) *world {
 		}
 	}
 	for _, z := range zones {
-		z.sign(t, extra[z.origin])
+		z.extra = extra[z.origin]
+		z.sign(t, z.extra)
 	}
 	return w
+}
+
+// resign signs zone z again (after its keys changed).
+func (w *world) resign(t testing.TB, z *tzone) {
+	z.names, z.nsec3Chain = nil, nil
+	var extra []dns.RR
+	for _, rr := range z.extra {
+		extra = append(extra, dns.Copy(rr))
+	}
+	z.sign(t, extra)
 }
 
 func (w *world) anchor() []dns.RR {
