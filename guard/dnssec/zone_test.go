@@ -37,10 +37,10 @@ type tzone struct {
 	ksk, zsk   *dns.DNSKEY
 	kpriv      crypto.Signer
 	zpriv      crypto.Signer
-	moreKSK    []*dns.DNSKEY   // more keys in the DNSKEY RRset, signing it too
-	morePriv   []crypto.Signer // their private keys
-	publish    []*dns.DNSKEY   // keys in the DNSKEY RRset that do not sign it
-	extra      []dns.RR        // the children's NS and DS, for re-signing
+	moreKSK    []*dns.DNSKEY       // more keys in the DNSKEY RRset, signing it too
+	morePriv   []crypto.Signer     // their private keys
+	publish    []*dns.DNSKEY       // keys in the DNSKEY RRset that do not sign it
+	extra      []dns.RR            // the children's NS and DS, for re-signing
 	data       map[string][]dns.RR // owner -> records incl. RRSIG/NSEC
 	names      []string            // authoritative names, canonical order
 	exists     map[string]bool     // names incl. empty non-terminals
