@@ -76,9 +76,11 @@ type Server struct {
 	// Closed counts connections closed for coming from outside Allow.
 	Closed atomic.Uint64
 
-	mu       sync.Mutex
-	sessions map[string]time.Time     // session id -> expiry
-	fails    map[netip.Addr]time.Time // client -> GCRA theoretical arrival time
+	statsMu   sync.Mutex
+	lastStats *Stats // the last gathered, reused for statsFor
+	mu        sync.Mutex
+	sessions  map[string]time.Time     // session id -> expiry
+	fails     map[netip.Addr]time.Time // client -> GCRA theoretical arrival time
 }
 
 // Serve binds opts.Listen and serves until Close.
@@ -405,10 +407,25 @@ func (s *Server) logout(w *minihttp.ResponseWriter, r *minihttp.Request) {
 	w.WriteHeader(204)
 }
 
+// statsFor is how long gathered stats are reused: /metrics needs no
+// token, and grading every device for each request would let any LAN
+// client keep the router's CPU busy.
+const statsFor = time.Second
+
+// gather returns stats at most statsFor old.
+func (s *Server) gather() *Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	if s.lastStats == nil || time.Since(s.lastStats.Time) >= statsFor || time.Since(s.lastStats.Time) < 0 {
+		s.lastStats = s.opts.Sources.Gather()
+	}
+	return s.lastStats
+}
+
 func (s *Server) metrics(w *minihttp.ResponseWriter, _ *minihttp.Request) {
 	secure(w)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	_, _ = w.Write(s.opts.Sources.Gather().Prometheus())
+	_, _ = w.Write(s.gather().Prometheus())
 }
 
 func (s *Server) views() []device.View {
@@ -482,7 +499,7 @@ func (s *Server) rateHistory(w *minihttp.ResponseWriter, _ *minihttp.Request) {
 }
 
 func (s *Server) stats(w *minihttp.ResponseWriter, _ *minihttp.Request) {
-	writeJSON(w, 200, s.opts.Sources.Gather())
+	writeJSON(w, 200, s.gather())
 }
 
 func (s *Server) events(w *minihttp.ResponseWriter, r *minihttp.Request) {
