@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/dnssec"
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
@@ -40,7 +41,7 @@ func (r rawPool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 
 // newDNSSEC returns the configuration's validator, or nil with
 // validation off.
-func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger) (*dnssec.Validator, error) {
+func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger, state *device.Store) (*dnssec.Validator, error) {
 	if !cfg.DNSSEC.Enabled {
 		return nil, nil
 	}
@@ -52,7 +53,38 @@ func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger) (*dnss
 		Anchors:         anchors,
 		NegativeAnchors: cfg.DNSSEC.InsecureDomains,
 		TimeTrusted:     clockTrust(log),
+		Tracker:         anchorTracker(state, log),
 	})
+}
+
+// anchorStateKey is where the RFC 5011 state lives in the state file.
+const anchorStateKey = "dnssec-anchors"
+
+// anchorTracker follows the anchors' key rollovers (RFC 5011), its state
+// kept in the state file; without one, in memory only (a restart begins
+// every hold-down again).
+func anchorTracker(state *device.Store, log *slog.Logger) *dnssec.Tracker {
+	var saved []byte
+	save := func([]byte) {}
+	if state != nil {
+		var err error
+		if saved, err = state.GetMeta(anchorStateKey); err != nil {
+			log.Warn("dnssec: trust anchor state unreadable; starting afresh", "err", err)
+		}
+		save = func(b []byte) {
+			if err := state.PutMeta(anchorStateKey, b); err != nil {
+				log.Warn("dnssec: trust anchor state not saved", "err", err)
+			} else {
+				log.Info("dnssec: trust anchor state changed (RFC 5011)")
+			}
+		}
+	}
+	t, err := dnssec.NewTracker(saved, save)
+	if err != nil {
+		log.Warn("dnssec: trust anchor state damaged; starting afresh", "err", err)
+		t, _ = dnssec.NewTracker(nil, save)
+	}
+	return t
 }
 
 // clockTrust reports whether the clock can be trusted for signature

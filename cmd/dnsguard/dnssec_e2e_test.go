@@ -242,6 +242,10 @@ func TestDNSSECValidation(t *testing.T) {
 	if r := query(g.addr, "www.signed.test.", dns.TypeNSEC, false, false, false); r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Rrtype != dns.TypeNSEC {
 		t.Errorf("NSEC query without DO:\n%v", r)
 	}
+	// The anchors' keys are tracked (RFC 5011) in the state file.
+	if !strings.Contains(g.log(), "trust anchor state changed") {
+		t.Errorf("no RFC 5011 state saved:\n%s", g.log())
+	}
 	// The forged answer is still refused from the cache (bogus cached).
 	if r := query(g.addr, "forged.signed.test.", dns.TypeA, false, false, false); r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("forged answer from cache:\n%v", r)

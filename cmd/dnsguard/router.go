@@ -39,6 +39,9 @@ type routerSide struct {
 	// device table they serve.
 	Counters *control.Counters
 	Registry *device.Registry
+	// State is the state file (nil: none); the DNSSEC trust anchors'
+	// RFC 5011 state is kept in it.
+	State *device.Store
 
 	cfg      *policy.Config
 	log      *slog.Logger
@@ -108,6 +111,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 			return fail(err)
 		default:
 			r.closers = append(r.closers, func(context.Context) error { return store.Close() })
+			r.State = store
 		}
 	}
 

@@ -259,6 +259,37 @@ func loadRecords(db *bolt.DB, log *slog.Logger) ([]*Record, error) {
 	return out, nil
 }
 
+// GetMeta returns a small value another part of the guard keeps in the
+// state file (nil if none): the DNSSEC trust anchors' RFC 5011 state.
+func (s *Store) GetMeta(key string) ([]byte, error) {
+	if key == string(keySchema) {
+		return nil, fmt.Errorf("device: meta key %q is reserved", key)
+	}
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get([]byte(key)); v != nil {
+			out = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("device: meta %s: %w", key, err)
+	}
+	return out, nil
+}
+
+// PutMeta stores a small value under key in the state file (persisted
+// with the device records).
+func (s *Store) PutMeta(key string, v []byte) error {
+	if key == string(keySchema) {
+		return fmt.Errorf("device: meta key %q is reserved", key)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte(key), v) }); err != nil {
+		return fmt.Errorf("device: meta %s: %w", key, err)
+	}
+	return nil
+}
+
 // Save writes records and deletes the IDs in gone, all in one transaction.
 func (s *Store) Save(records []*Record, gone []string) error {
 	if len(records) == 0 && len(gone) == 0 {

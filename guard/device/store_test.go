@@ -314,3 +314,31 @@ func TestStoreSurvivesRandomDamage(t *testing.T) {
 	}
 	t.Logf("%d of %d damaged files still opened (damage where bbolt does not look), the rest moved aside", opened, n)
 }
+
+// TestStoreMeta: other parts' small values (the DNSSEC anchors' state)
+// survive a reopen and cannot overwrite the schema version.
+func TestStoreMeta(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s, err := OpenStore(path, "", quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.GetMeta("dnssec-anchors"); err != nil || v != nil {
+		t.Fatalf("empty: %q %v", v, err)
+	}
+	if err := s.PutMeta("dnssec-anchors", []byte(`{"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutMeta("schema", []byte("99")); err == nil {
+		t.Error("schema overwritten")
+	}
+	s.Close()
+	s, err = OpenStore(path, "", quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.GetMeta("dnssec-anchors"); err != nil || string(v) != `{"x":1}` {
+		t.Errorf("after reopen: %q %v", v, err)
+	}
+}
