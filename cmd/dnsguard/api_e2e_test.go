@@ -66,6 +66,9 @@ config intercept 'intercept'
 config api 'api'
 	option listen '`+apiAddr+`'
 	option token '`+token+`'
+config class 'cameras'
+	list mac_prefix '02:00:5e'
+	option strict '1'
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}

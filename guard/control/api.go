@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,6 +123,7 @@ func Serve(opts Options) (*Server, error) {
 	mux.HandleFunc("GET /api/v1/stats", s.auth(s.stats))
 	mux.HandleFunc("GET /api/v1/events", s.auth(s.events))
 	mux.HandleFunc("GET /api/v1/rates", s.auth(s.rateHistory))
+	mux.HandleFunc("GET /api/v1/classes", s.auth(s.classes))
 	mux.HandleFunc("GET /", static(indexHTML, "text/html; charset=utf-8"))
 	mux.HandleFunc("GET /app.js", static(appJS, "text/javascript; charset=utf-8"))
 	mux.HandleFunc("GET /app.css", static(appCSS, "text/css; charset=utf-8"))
@@ -478,6 +480,10 @@ func (s *Server) override(w *minihttp.ResponseWriter, r *minihttp.Request) {
 		fail(w, 400, "want {\"class\": NAME, \"strict\": true|false, \"exempt\": true|false}: "+err.Error())
 		return
 	}
+	if o.Class != "" && !slices.Contains(reg.ClassNames(), o.Class) {
+		fail(w, 400, fmt.Sprintf("no class %q in the config (GET /api/v1/classes)", o.Class))
+		return
+	}
 	id := r.PathValue("id")
 	if _, err := reg.SetOverride(id, &o); err != nil {
 		if errors.Is(err, device.ErrUnknownDevice) {
@@ -490,6 +496,16 @@ func (s *Server) override(w *minihttp.ResponseWriter, r *minihttp.Request) {
 	s.opts.Log.Info("api: device override", "device", id, "client", clientOf(r))
 	v, _ := s.find(id)
 	writeJSON(w, 200, v)
+}
+
+// classes serves the configured device classes' names (what an override
+// may name).
+func (s *Server) classes(w *minihttp.ResponseWriter, _ *minihttp.Request) {
+	names := []string{}
+	if reg := s.opts.Sources.Registry; reg != nil {
+		names = reg.ClassNames()
+	}
+	writeJSON(w, 200, names)
 }
 
 // rateHistory serves each device's recent query rates (queries per

@@ -64,7 +64,7 @@ type testGuard struct {
 func newTestGuard(t *testing.T, allow func(netip.Addr) bool) *testGuard {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	reg, err := device.NewRegistry(device.Options{Log: log})
+	reg, err := device.NewRegistry(device.Options{Log: log, Classes: []policy.Class{{Name: "cams", Rate: 5}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ var bearer = map[string]string{"Authorization": "Bearer " + testToken}
 
 func TestAuth(t *testing.T) {
 	g := newTestGuard(t, nil)
-	for _, path := range []string{"/api/v1/devices", "/api/v1/stats", "/api/v1/events", "/api/v1/rates", "/api/v1/devices/ip:192.0.2.9"} {
+	for _, path := range []string{"/api/v1/devices", "/api/v1/stats", "/api/v1/events", "/api/v1/rates", "/api/v1/classes", "/api/v1/devices/ip:192.0.2.9"} {
 		if r := g.do(t, "GET", path, nil, ""); r.code != 401 {
 			t.Errorf("GET %s without a token: %d, want 401", path, r.code)
 		}
@@ -326,7 +326,10 @@ func TestEndpoints(t *testing.T) {
 	if id != "ip:192.0.2.10" || !d.Exempt {
 		t.Errorf("registry after the override: %s %+v", id, d)
 	}
-	for _, bad := range []string{`{"exempt":"yes"}`, `{"colour":"red"}`, `not json`} {
+	if r := g.do(t, "GET", "/api/v1/classes", bearer, ""); r.code != 200 || strings.TrimSpace(string(r.body)) != `["cams"]` {
+		t.Errorf("classes: %d %s", r.code, r.body)
+	}
+	for _, bad := range []string{`{"exempt":"yes"}`, `{"colour":"red"}`, `not json`, `{"class":"no-such-class"}`} {
 		if r := g.do(t, "POST", "/api/v1/devices/ip:192.0.2.10", js, bad); r.code != 400 {
 			t.Errorf("override %s: %d", bad, r.code)
 		}

@@ -678,6 +678,17 @@ func (r *Registry) SetClasses(classes []policy.Class) {
 	}
 }
 
+// ClassNames returns the configured classes' names, in order.
+func (r *Registry) ClassNames() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	names := make([]string, len(r.opts.Classes))
+	for i, c := range r.opts.Classes {
+		names[i] = c.Name
+	}
+	return names
+}
+
 // ErrUnknownDevice is returned for an override of a device never seen.
 var ErrUnknownDevice = errors.New("device: no such device")
 

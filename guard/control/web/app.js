@@ -95,11 +95,25 @@
     b("Exempt", v.exempt, Object.assign({}, o, { exempt: !v.exempt }));
     b("Strict", v.strict, Object.assign({}, o, { strict: !v.strict }));
     if (v.override) b("Clear", false, {});
-    if (v.class) td.appendChild(el("span", " " + v.class, "mac"));
+    if (classNames.length) {
+      const sel = el("select");
+      sel.dataset.device = v.id;
+      sel.appendChild(el("option", "class: " + (v.class || "none"))).value = "";
+      for (const c of classNames) {
+        const opt = el("option", c);
+        opt.value = c;
+        sel.appendChild(opt);
+      }
+      sel.addEventListener("change", () => { if (sel.value) setPolicy(v.id, Object.assign({}, o, { class: sel.value })); });
+      td.appendChild(sel);
+    } else if (v.class) {
+      td.appendChild(el("span", " " + v.class, "mac"));
+    }
     return td;
   }
 
   let rateHist = {};
+  let classNames = [];
 
   function deviceRows(tbody, v) {
     const tr = el("tr");
@@ -157,8 +171,10 @@
 
   async function refresh() {
     try {
-      const [devs, stats, events, rates] = await Promise.all([api("/api/v1/devices"), api("/api/v1/stats"), api("/api/v1/events"), api("/api/v1/rates")]);
+      const [devs, stats, events, rates, classes] = await Promise.all([api("/api/v1/devices"), api("/api/v1/stats"),
+        api("/api/v1/events"), api("/api/v1/rates"), api("/api/v1/classes")]);
       rateHist = rates || {};
+      classNames = classes || [];
       fill("devices", (tb) => devs.filter((v) => !v.unconfirmed).forEach((v) => deviceRows(tb, v)));
       fill("upstreams", (tb) => (stats.upstreams || []).forEach((u) => {
         const tr = el("tr");
