@@ -1,9 +1,11 @@
 package dnssec
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,7 +27,7 @@ const (
 
 // trackedKey is one key-signing key of an anchor zone.
 type trackedKey struct {
-	Key       string    `json:"key"` // the DNSKEY, presentation format, REVOKE bit clear
+	Key       string    `json:"key"` // "FLAGS PROTOCOL ALGORITHM KEY", REVOKE bit clear
 	State     string    `json:"state"`
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
@@ -55,13 +57,32 @@ func NewTracker(state []byte, save func([]byte)) (*Tracker, error) {
 	}
 	for z, keys := range t.zones {
 		for _, k := range keys {
-			rr, err := dns.NewRR(k.Key)
-			if _, ok := rr.(*dns.DNSKEY); err != nil || !ok {
+			if fromID(z, k.Key) == nil {
 				return nil, fmt.Errorf("dnssec: trust anchor state: zone %s: bad key %q", z, k.Key)
 			}
 		}
 	}
 	return t, nil
+}
+
+// fromID rebuilds a tracked key of zone from its identity (no zone-file
+// parser: dns.NewRR would link miekg's parser for every type).
+func fromID(zone, id string) *dns.DNSKEY {
+	f := strings.Fields(id)
+	if len(f) != 4 {
+		return nil
+	}
+	flags, err1 := strconv.ParseUint(f[0], 10, 16)
+	proto, err2 := strconv.ParseUint(f[1], 10, 8)
+	alg, err3 := strconv.ParseUint(f[2], 10, 8)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil
+	}
+	if _, err := base64.StdEncoding.DecodeString(f[3]); err != nil {
+		return nil
+	}
+	return &dns.DNSKEY{Hdr: dns.RR_Header{Name: canon(zone), Rrtype: dns.TypeDNSKEY, Class: dns.ClassINET},
+		Flags: uint16(flags), Protocol: uint8(proto), Algorithm: uint8(alg), PublicKey: f[3]}
 }
 
 // Marshal returns the tracker's state.
@@ -78,11 +99,7 @@ func (t *Tracker) marshal() []byte {
 
 // keyID is a key's identity: its DNSKEY with the REVOKE bit clear.
 func keyID(k *dns.DNSKEY) string {
-	c := dns.Copy(k).(*dns.DNSKEY)
-	c.Flags &^= dns.REVOKE
-	c.Hdr.Ttl = 0
-	c.Hdr.Name = canon(c.Hdr.Name)
-	return c.String()
+	return fmt.Sprintf("%d %d %d %s", k.Flags&^dns.REVOKE, k.Protocol, k.Algorithm, k.PublicKey)
 }
 
 // Trusted returns the keys of zone that completed their hold-down.
@@ -95,8 +112,9 @@ func (t *Tracker) Trusted(zone string) []*dns.DNSKEY {
 	var out []*dns.DNSKEY
 	for _, k := range t.zones[canon(zone)] {
 		if k.State == stateValid {
-			rr, _ := dns.NewRR(k.Key)
-			out = append(out, rr.(*dns.DNSKEY))
+			if key := fromID(zone, k.Key); key != nil {
+				out = append(out, key)
+			}
 		}
 	}
 	return out
