@@ -236,8 +236,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 // bindListeners binds the listen addresses. An explicit list must bind
 // whole; the addresses derived from LAN interfaces (0.0.0.0 and [::] on
-// guard_port) need only one family (a router without IPv6 still serves
-// IPv4).
+// guard_port) may lack a family the system does not have (a router
+// without IPv6 still serves IPv4), but a family whose port is taken
+// (another resolver holds it) is an error: serving the other family
+// alone would leave that family's LAN DNS and the router's own
+// resolver to whatever holds the port while the redirect points at it,
+// and keep the init script's fail-safe from acting.
 func bindListeners(srv *listen.Server, cfg *policy.Config, log *slog.Logger) error {
 	if !cfg.ListenDerived() {
 		return srv.Listen(cfg.ListenAddrs())
@@ -245,6 +249,9 @@ func bindListeners(srv *listen.Server, cfg *policy.Config, log *slog.Logger) err
 	var errs []error
 	for _, a := range cfg.ListenAddrs() {
 		if err := srv.ListenOne(a); err != nil {
+			if !familyMissing(err) {
+				return err
+			}
 			log.Warn("not listening on one address family", "addr", a, "err", err)
 			errs = append(errs, err)
 		}
@@ -253,6 +260,14 @@ func bindListeners(srv *listen.Server, cfg *policy.Config, log *slog.Logger) err
 		return errors.Join(errs...)
 	}
 	return nil
+}
+
+// familyMissing reports whether a listen error means the system lacks
+// the address family (no IPv6), as opposed to the port being taken or
+// not permitted.
+func familyMissing(err error) bool {
+	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT) ||
+		errors.Is(err, syscall.EADDRNOTAVAIL)
 }
 
 func parseLevel(s string) slog.Level {
