@@ -26,10 +26,18 @@ func TestBoundsAndCache(t *testing.T) {
 		t.Error("query bound not counted")
 	}
 
-	// Names deeper than MaxDepth below the anchor are not walked.
+	// Chains of more zones than MaxDepth are not followed (root ->
+	// example. -> child.example. is two); deep names are fine.
 	v, _ = New(w, Config{Anchors: w.anchor(), Now: now, MaxDepth: 1})
-	if got := v.Validate(context.Background(), ask(w, "www.insecure.example.", dns.TypeA)); got.Security != Indeterminate {
+	if got := v.Validate(context.Background(), ask(w, "www.child.example.", dns.TypeA)); got.Security != Indeterminate {
 		t.Errorf("depth bound: got %v", got)
+	}
+	if got := v.Validate(context.Background(), ask(w, "www.example.", dns.TypeA)); got.Security != Secure {
+		t.Errorf("within the depth bound: got %v", got)
+	}
+	deep := "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.www.insecure.example."
+	if got := v.Validate(context.Background(), ask(w, deep, dns.TypeA)); got.Security != Insecure {
+		t.Errorf("20-label name under an insecure delegation: got %v", got)
 	}
 
 	// Signature checks per validation.

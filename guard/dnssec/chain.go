@@ -107,15 +107,16 @@ func (r *run) walk(target string) zoneState {
 	if st.sec != Secure {
 		return st
 	}
+	// Every label is looked at (each uncached one costs a DS query, bounded
+	// by MaxQueries, and its result is cached even if this validation runs
+	// out); the walk stops at the first insecure or bogus link. MaxDepth
+	// bounds the zones in the chain.
 	below := dns.CountLabel(target) - dns.CountLabel(anchor)
-	if below > r.v.cfg.MaxDepth {
-		r.v.limits.Add(1)
-		r.limit = "chain depth limit reached"
-		return indeterminate(r.limit)
-	}
 	labels := dns.Split(target)
+	zones := 0
 	for i := below - 1; i >= 0; i-- {
 		n := target[labels[i]:]
+		prev := st.zone
 		if c, ok := r.v.lookup(n, r.now); ok {
 			st = c
 		} else {
@@ -125,6 +126,13 @@ func (r *run) walk(target string) zoneState {
 		}
 		if st.sec != Secure {
 			return st
+		}
+		if st.zone != prev {
+			if zones++; zones > r.v.cfg.MaxDepth {
+				r.v.limits.Add(1)
+				r.limit = "chain depth limit reached"
+				return indeterminate(r.limit)
+			}
 		}
 	}
 	return st

@@ -103,7 +103,7 @@ type Config struct {
 	Tracker *Tracker
 	// MaxQueries bounds the upstream queries of one validation (default 16).
 	MaxQueries int
-	// MaxDepth bounds the labels walked below a trust anchor (default 12).
+	// MaxDepth bounds the zones in a chain below its trust anchor (default 12).
 	MaxDepth int
 	// MaxSignatures bounds the signature checks of one validation (default 32).
 	MaxSignatures int

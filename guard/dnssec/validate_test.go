@@ -28,6 +28,10 @@ func testWorld(t testing.TB, wrongDS map[string]bool) *world {
 		{origin: "wrongds.example.", records: []string{"www.wrongds.example. 300 IN A 192.0.2.2"}},
 		{origin: "child.example.", records: []string{"www.child.example. 300 IN A 192.0.2.17"}},
 		{origin: "sub.wild.example.", records: []string{"www.sub.wild.example. 300 IN A 192.0.2.18"}},
+		{origin: "deep.", records: []string{"x.deep. 300 IN A 192.0.2.19"}},
+		{origin: "d.c.b.a.deep.", records: []string{"www.d.c.b.a.deep. 300 IN A 192.0.2.20"}},
+		{origin: "deep3.", nsec3: true, records: []string{"x.deep3. 300 IN A 192.0.2.21"}},
+		{origin: "d.c.b.a.deep3.", records: []string{"www.d.c.b.a.deep3. 300 IN A 192.0.2.22"}},
 		{origin: "n3.", nsec3: true, optOut: true, salt: "AABB", iter: 1, records: []string{
 			"www.n3. 300 IN A 192.0.2.3",
 			"*.wild.n3. 300 IN A 192.0.2.8",
@@ -244,6 +248,8 @@ func TestValidateTable(t *testing.T) {
 			m.Answer = rename(src.Answer, "foo.sub.wild.example.")
 			m.Ns = dropTypes(m.Ns, dns.TypeSOA)
 		}, want: Bogus},
+		{name: "zone below empty non-terminals (NSEC parent)", qname: "www.d.c.b.a.deep.", qtype: dns.TypeA, want: Secure},
+		{name: "zone below empty non-terminals (NSEC3 parent)", qname: "www.d.c.b.a.deep3.", qtype: dns.TypeA, want: Secure},
 		{name: "explicit RRSIG query", qname: "www.example.", qtype: dns.TypeRRSIG, want: Insecure},
 		{name: "explicit NSEC query", qname: "www.example.", qtype: dns.TypeNSEC, want: Secure},
 		{name: "CNAME loop", qname: "alias.example.", qtype: dns.TypeA, tamper: func(m *dns.Msg) {
