@@ -262,13 +262,28 @@ config class 'cameras'
 	if err := g.stop(t, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	start()
+	g2 := start()
 	waitFor(t, "the API after the restart", func() bool {
 		resp, err := lan.Get(base + "/metrics")
 		if err == nil {
 			resp.Body.Close()
 		}
 		return err == nil
+	})
+	// A reload keeps the API and its counters (they live with the router
+	// side, not the chain a reload replaces).
+	h.dig(t, h.dev, "@"+h.lan4, "after-restart.example")
+	_, before := get(lan, "/metrics", nil)
+	g2.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the reload", func() bool { return strings.Contains(g2.log(), "config reloaded") })
+	q := `dnsguard_queries_total{transport="udp",rcode="NOERROR"}`
+	waitFor(t, "the counters going on across the reload", func() bool {
+		h.dig(t, h.dev, "@"+h.lan4, "after-reload.example")
+		_, now := get(lan, "/metrics", nil)
+		if metricValue(now, q) < metricValue(before, q) {
+			t.Fatalf("%s went from %v to %v across a reload", q, metricValue(before, q), metricValue(now, q))
+		}
+		return metricValue(now, q) > metricValue(before, q)
 	})
 	code, b = get(lan, "/api/v1/devices/"+homeDevMAC, auth)
 	var after device.View
