@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
@@ -174,4 +175,29 @@ func logDNSSEC(log *slog.Logger, sec *dnssec.Validator) {
 	log.Info("dnssec totals", "validations", st.Validations, "secure", st.Secure, "insecure", st.Insecure,
 		"bogus", st.Bogus, "indeterminate", st.Indeterminate, "key_queries", st.Queries,
 		"signatures", st.Signatures, "cache_hits", st.CacheHits, "evictions", st.CacheEvictions, "limit_hits", st.LimitHits)
+}
+
+// bogusLog logs DNSSEC refusals, at most one a second (a forger, or a
+// broken zone a device keeps asking for, must not flood the log); the
+// ones left out are counted in the next line.
+type bogusLog struct {
+	log     *slog.Logger
+	last    atomic.Int64 // Unix nanoseconds of the last line
+	skipped atomic.Int64
+}
+
+func newBogusLog(log *slog.Logger) *bogusLog { return &bogusLog{log: log} }
+
+func (b *bogusLog) note(q *dns.Msg, err error) {
+	if b == nil || len(q.Question) != 1 {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := b.last.Load()
+	if now-last < int64(time.Second) || !b.last.CompareAndSwap(last, now) {
+		b.skipped.Add(1)
+		return
+	}
+	b.log.Info("dnssec: answer refused", "name", q.Question[0].Name, "type", dns.TypeToString[q.Question[0].Qtype],
+		"reason", err.Error(), "not_logged_before", b.skipped.Swap(0))
 }

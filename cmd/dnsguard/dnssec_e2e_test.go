@@ -242,6 +242,10 @@ func TestDNSSECValidation(t *testing.T) {
 	if r := query(g.addr, "www.signed.test.", dns.TypeNSEC, false, false, false); r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || r.Answer[0].Header().Rrtype != dns.TypeNSEC {
 		t.Errorf("NSEC query without DO:\n%v", r)
 	}
+	// Refusals are logged (at a bounded rate).
+	if !strings.Contains(g.log(), `msg="dnssec: answer refused"`) {
+		t.Errorf("no refusal logged:\n%s", g.log())
+	}
 	// The anchors' keys are tracked (RFC 5011) in the state file.
 	if !strings.Contains(g.log(), "trust anchor state changed") {
 		t.Errorf("no RFC 5011 state saved:\n%s", g.log())

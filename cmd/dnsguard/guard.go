@@ -218,7 +218,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap, local.Wrap)
 	var running inflight
 	return &guardChain{
-		handler: running.wrap(stage.Chain(forward.Handler(strictExchanger{sp.pool, v, check, sec}), stages...)),
+		handler: running.wrap(stage.Chain(forward.Handler(strictExchanger{sp.pool, v, check, sec, newBogusLog(log.With("stage", "dnssec"))}), stages...)),
 		close: func(ctx context.Context) {
 			running.wait(ctx)
 			if cfg.Local.Server != "" || local.Stats.Answered.Load() > 0 {
@@ -247,6 +247,7 @@ type strictExchanger struct {
 	v     *validate.Validator
 	check upstream.CheckFunc // this configuration's shield
 	sec   *dnssec.Validator  // nil: DNSSEC validation off
+	bogus *bogusLog          // logs refusals, at a bounded rate
 }
 
 func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
@@ -258,6 +259,7 @@ func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, er
 	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
 		resp, err := dnssecVerdict(ctx, s.sec, q, resp)
 		if err != nil {
+			s.bogus.note(q, err)
 			return nil, err
 		}
 		return s.check(q, resp)
