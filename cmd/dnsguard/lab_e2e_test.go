@@ -339,7 +339,7 @@ func TestLabDNSSEC(t *testing.T) {
 	tests := []struct {
 		exp string
 		ede []uint16 // none: every answer usable
-	}{{"baseline", nil}, {"forged-a", []uint16{6}}, {"forged-aaaa", []uint16{10}}, {"forged-cname", []uint16{10}}, {"empty", []uint16{9, 12}}}
+	}{{"baseline", nil}, {"ttl-huge", nil}, {"forged-a", []uint16{6}}, {"forged-aaaa", []uint16{10}}, {"forged-cname", []uint16{10}}, {"empty", []uint16{9, 12}}}
 	o := tableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
 		Names: []string{"www.lab.example.", "cname-cdn.lab.example."}, Parallel: len(tests), DNSSEC: true}
 	for _, tt := range tests {
@@ -366,6 +366,18 @@ func TestLabDNSSEC(t *testing.T) {
 			if len(tt.ede) == 0 {
 				if r.Guarded.usable == 0 || r.Guarded.servfail != 0 {
 					t.Errorf("honest signed answers: %s, EDE %v", gets(r.Guarded), r.Guarded.ede)
+				}
+				// RFC 4035 §5.3.3: no longer than the signature's original
+				// TTL (the lab's 300 s), whatever TTL the upstream gives.
+				for _, ex := range r.GuardedDevice.Exchanges() {
+					if ex.Reply == nil {
+						continue
+					}
+					for _, rr := range ex.Reply.Answer {
+						if rr.Header().Ttl > 300 {
+							t.Fatalf("TTL %d reached the device: %v", rr.Header().Ttl, rr)
+						}
+					}
 				}
 			} else if r.Guarded.usable != 0 || seen == 0 {
 				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, gets(r.Guarded), r.Guarded.ede)
