@@ -54,11 +54,12 @@ func (c *Counters) Stage() stage.Middleware {
 	return func(next stage.Handler) stage.Handler {
 		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 			r, err := next.ServeDNS(ctx, req)
-			if err == nil && r != nil {
+			switch {
+			case err != nil:
+				c.countError(req, err)
+			case r != nil:
 				c.count(req.TCP, r.Rcode(), r.ExtRcode)
-				return r, nil
 			}
-			c.countError(req, err)
 			return r, err
 		})
 	}
