@@ -342,3 +342,29 @@ func TestAlgorithmsAndDigests(t *testing.T) {
 		}
 	}
 }
+
+// TestDeepZoneShortcut: the DS answer's signer names the zone holding a
+// cut, so a signed zone 16 labels below its parent costs a handful of
+// queries, not one per label (more than a validation may make).
+func TestDeepZoneShortcut(t *testing.T) {
+	deep := "p.o.n.m.l.k.j.i.h.g.f.e.d.c.b.a.deep."
+	w := newWorld(t, []*tzone{
+		{origin: "."},
+		{origin: "deep.", records: []string{"x.deep. 300 IN A 192.0.2.1"}},
+		{origin: deep, records: []string{"www." + deep + " 300 IN A 192.0.2.2"}},
+	}, nil)
+	v, _ := New(w, Config{Anchors: w.anchor(), Now: func() time.Time { return testNow }})
+	if got := v.Validate(context.Background(), ask(w, "www."+deep, dns.TypeA)); got.Security != Secure {
+		t.Fatalf("got %v", got)
+	}
+	// DS and DNSKEY of the deep zone and of deep., the root's DNSKEY.
+	if q := v.Stats().Queries; q > 5 {
+		t.Errorf("%d queries for the chain", q)
+	}
+	// An unsigned answer under it (a forged one) is still caught.
+	forged := ask(w, "www."+deep, dns.TypeA)
+	forged.Answer = dropTypes(forged.Answer, dns.TypeRRSIG)
+	if got := v.Validate(context.Background(), forged); got.Security != Bogus || got.EDE != dns.ExtendedErrorCodeRRSIGsMissing {
+		t.Errorf("unsigned: %v", got)
+	}
+}

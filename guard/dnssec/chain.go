@@ -90,10 +90,10 @@ const (
 	errRcode    = valErr("upstream failed")
 )
 
-// walk returns the state of the zone enclosing target: it starts at the
-// closest trust anchor and asks for the DS of each name on the way down,
-// so every zone cut is seen and every insecure delegation is proven by
-// its parent.
+// walk returns the state of the zone enclosing target (as the DS step
+// at target leaves it): every zone cut between the closest trust anchor
+// and target is seen and every insecure delegation is proven by its
+// parent.
 func (r *run) walk(target string) zoneState {
 	target = canon(target)
 	if r.v.underNTA(target) {
@@ -103,26 +103,98 @@ func (r *run) walk(target string) zoneState {
 	if !ok {
 		return zoneState{sec: Insecure, reason: "no trust anchor"}
 	}
+	return r.zoneAt(anchor, target, 0)
+}
+
+// zoneAt is walk below anchor. An ancestor already known to be insecure
+// or bogus settles it with no query. Otherwise the DS of n is asked first:
+// its signer P (the DS's, or the denial's) names the zone that holds n's
+// cut, and P's own state is found the same way, so the labels between
+// cuts cost nothing (a signed zone deep under ip6.arpa). When the answer
+// names no usable P, every label from the anchor down is asked in turn.
+func (r *run) zoneAt(anchor, n string, depth int) zoneState {
+	if n == anchor {
+		return r.anchorKeys(anchor)
+	}
+	if c, ok := r.v.lookup(n, r.now); ok {
+		return c
+	}
+	labels := dns.Split(n)
+	for i := len(labels) - dns.CountLabel(anchor) - 1; i > 0; i-- {
+		if c, ok := r.v.lookup(n[labels[i]:], r.now); ok && c.sec != Secure {
+			return c
+		}
+	}
+	if depth >= r.v.cfg.MaxDepth {
+		r.v.limits.Add(1)
+		r.limit = "chain depth limit reached"
+		return indeterminate(r.limit)
+	}
+	resp, err := r.fetch(n, dns.TypeDS)
+	if err != nil {
+		return indeterminate("DS " + n + ": " + err.Error())
+	}
+	if p := dsSigner(resp, n, anchor); p != "" {
+		pst := r.zoneAt(anchor, p, depth+1)
+		if pst.sec != Secure {
+			return pst
+		}
+		if pst.zone == p {
+			st, ttl := r.stepWith(pst, n, resp)
+			r.v.store(n, st, ttl, r.now)
+			return st
+		}
+	}
+	return r.labelWalk(anchor, n, resp)
+}
+
+// dsSigner returns the zone that signed resp, the answer to n's DS query:
+// a proper ancestor of n at or below anchor, or "".
+func dsSigner(resp *dns.Msg, n, anchor string) string {
+	for _, sec := range [][]dns.RR{resp.Answer, resp.Ns} {
+		for _, rr := range sec {
+			sig, ok := rr.(*dns.RRSIG)
+			if !ok {
+				continue
+			}
+			switch sig.TypeCovered {
+			case dns.TypeDS, dns.TypeCNAME, dns.TypeNSEC, dns.TypeNSEC3:
+			default:
+				continue
+			}
+			if s := canon(sig.SignerName); s != n && dns.IsSubDomain(s, n) && dns.IsSubDomain(anchor, s) {
+				return s
+			}
+		}
+	}
+	return ""
+}
+
+// labelWalk asks the DS of every label from anchor down to n (each result
+// cached, even if this validation runs out of queries) and stops at the
+// first insecure or bogus link; last is the answer to n's own DS query.
+// MaxDepth bounds the zones in the chain.
+func (r *run) labelWalk(anchor, n string, last *dns.Msg) zoneState {
 	st := r.anchorKeys(anchor)
 	if st.sec != Secure {
 		return st
 	}
-	// Every label is looked at (each uncached one costs a DS query, bounded
-	// by MaxQueries, and its result is cached even if this validation runs
-	// out); the walk stops at the first insecure or bogus link. MaxDepth
-	// bounds the zones in the chain.
-	below := dns.CountLabel(target) - dns.CountLabel(anchor)
-	labels := dns.Split(target)
+	below := dns.CountLabel(n) - dns.CountLabel(anchor)
+	labels := dns.Split(n)
 	zones := 0
 	for i := below - 1; i >= 0; i-- {
-		n := target[labels[i]:]
+		name := n[labels[i]:]
 		prev := st.zone
-		if c, ok := r.v.lookup(n, r.now); ok {
+		if c, ok := r.v.lookup(name, r.now); ok {
 			st = c
 		} else {
 			var ttl time.Duration
-			st, ttl = r.step(st, n)
-			r.v.store(n, st, ttl, r.now)
+			if i == 0 && last != nil {
+				st, ttl = r.stepWith(st, name, last)
+			} else {
+				st, ttl = r.step(st, name)
+			}
+			r.v.store(name, st, ttl, r.now)
 		}
 		if st.sec != Secure {
 			return st
@@ -167,6 +239,11 @@ func (r *run) step(st zoneState, n string) (zoneState, time.Duration) {
 	if err != nil {
 		return indeterminate("DS " + n + ": " + err.Error()), 0
 	}
+	return r.stepWith(st, n, resp)
+}
+
+// stepWith is step with resp, the answer to n's DS query.
+func (r *run) stepWith(st zoneState, n string, resp *dns.Msg) (zoneState, time.Duration) {
 	sets := collect(resp.Answer)
 	if s := sets.get(n, dns.TypeDS); s != nil {
 		res, ttl := r.verify(s, st)
