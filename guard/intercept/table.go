@@ -484,6 +484,15 @@ func (t *Table) redirectRules(s tableSets) [][]expr.Any {
 		return nil
 	}
 	rules := t.exemptions(s)
+	// Sent to a broadcast or multicast address (a frame not addressed to
+	// the router alone): redirected, the answer's source would be turned
+	// back into that address by conntrack (ff02::1, 10.0.0.255), which no
+	// host may send from (RFC 4291 §2.7, RFC 1122 §3.2.1.3). Left alone,
+	// it reaches the guard, which does not answer it.
+	rules = append(rules, cat([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.PACKET_HOST}},
+	}, verdict(expr.VerdictReturn)))
 	if t.cfg.GuardPort == 53 && t.off&featFib == 0 {
 		// Addressed to the router itself: already the guard's port.
 		rules = append(rules, cat(

@@ -60,6 +60,13 @@ func parsePktinfo(oob []byte) (dst netip.Addr, ifindex int, ok bool) {
 		switch {
 		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && len(data) >= unix.SizeofInet4Pktinfo:
 			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0]))
+			if pi.Addr != pi.Spec_dst && pi.Addr != [4]byte{} {
+				// The kernel sets spec_dst to the header's destination
+				// only for a local unicast address: this one was sent to
+				// a broadcast or multicast address, which cannot be
+				// answered from.
+				return netip.Addr{}, 0, false
+			}
 			return netip.AddrFrom4(pi.Addr), int(pi.Ifindex), true
 		case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO && len(data) >= unix.SizeofInet6Pktinfo:
 			pi := (*unix.Inet6Pktinfo)(unsafe.Pointer(&data[0]))
