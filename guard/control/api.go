@@ -14,12 +14,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
@@ -96,17 +96,7 @@ func Serve(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: listen %q: %w", opts.Listen, err)
 	}
-	// Freebind: at boot the guard may start before the LAN address is
-	// configured; the socket takes connections once it is.
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
-			if ap.Addr().Is6() {
-				_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
-			}
-		})
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp", ap.String())
+	ln, err := listenFreebind(ap)
 	if err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
@@ -545,4 +535,53 @@ func static(b []byte, ctype string) minihttp.HandlerFunc {
 		w.Header().Set("Content-Security-Policy", csp)
 		_, _ = w.Write(b)
 	}
+}
+
+// listenFreebind listens on TCP ap with IP_FREEBIND: at boot the guard
+// may start before the LAN address is configured; the socket takes
+// connections once it is. The socket is made by hand because
+// net.ListenConfig takes only a string address, and a string address
+// links Go's stub resolver into the router binary (footprint_test.go).
+func listenFreebind(ap netip.AddrPort) (net.Listener, error) {
+	family, level, opt := unix.AF_INET, unix.IPPROTO_IP, unix.IP_FREEBIND
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		family, level, opt = unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
+		sa6 := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		if z := ap.Addr().Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return nil, fmt.Errorf("listen %s: zone: %w", ap, err)
+			}
+			sa6.ZoneId = uint32(ifi.Index)
+		}
+		sa = sa6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: socket: %w", ap, err)
+	}
+	f := os.NewFile(uintptr(fd), "api")
+	defer f.Close() // FileListener dups the descriptor
+	for _, o := range []struct{ level, opt int }{{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {level, opt}} {
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, 1); err != nil {
+			return nil, fmt.Errorf("listen %s: setsockopt: %w", ap, err)
+		}
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return nil, fmt.Errorf("listen %s: setsockopt: %w", ap, err)
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, fmt.Errorf("listen %s: bind: %w", ap, err)
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		return nil, fmt.Errorf("listen %s: %w", ap, err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", ap, err)
+	}
+	return ln, nil
 }
