@@ -12,9 +12,11 @@
 // (RFC 6840 §5.2), and so is an NSEC3 proof above 150 iterations (RFC 9276,
 // EDE 27). The cryptography is miekg/dns's (RRSIG.Verify, DNSKEY.ToDS).
 //
-// Validation is bounded: upstream queries per validation, labels walked
-// below an anchor, signatures checked per answer and cached zones are all
-// capped and counted.
+// Validation is bounded: upstream queries per validation, zones in a
+// chain, signatures checked per answer and cached zones are all capped and
+// counted. Signatures that verified are remembered (the same signed data
+// is not checked twice), and a Tracker follows the anchors' key rollovers
+// (RFC 5011).
 package dnssec
 
 import (
