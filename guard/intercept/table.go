@@ -424,6 +424,11 @@ func (t *Table) addSets(c *nftables.Conn, tab *nftables.Table) (tableSets, error
 		{&s.doh6, setDoH6, nftables.TypeIP6Addr, d6},
 	} {
 		set := &nftables.Set{Table: tab, Name: x.name, KeyType: x.typ}
+		if x.typ == nftables.TypeIFName {
+			// Interface names are strings in host order: without saying
+			// so, nft lists the set as { "" } although it matches.
+			set.KeyByteOrder = binaryutil.NativeEndian
+		}
 		if err := c.AddSet(set, x.elems); err != nil {
 			return s, fmt.Errorf("intercept: set %s: %w", x.name, err)
 		}

@@ -90,6 +90,7 @@ func TestTableInstallWatchRemove(t *testing.T) {
 		`ip6 daddr @doh6 udp dport 443`,
 		`192.0.2.53`, `2001:db8::53`, `02:00:00:00:00:01`, `192.0.2.7`,
 		`iifname != @lan return`,
+		`elements = { "lan0" }`,
 	} {
 		if !strings.Contains(listing, want) {
 			t.Errorf("listing lacks %q:\n%s", want, listing)
