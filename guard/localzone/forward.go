@@ -136,6 +136,14 @@ func (l *Local) Wrap(next stage.Handler) stage.Handler {
 			return emptyZone(req, l.zones.names[i], apex, l.maxTTL)
 		case ok:
 			return l.forward(ctx, req)
+		case plainName(req.Q.Name) && (req.Q.Type == dns.TypeHTTPS || req.Q.Type == dns.TypeSVCB):
+			// A browser's HTTPS lookup of a typed host name: no public
+			// name without a dot has one, and asking the local server
+			// would let dnsmasq (domain-needed covers A/AAAA only) pass
+			// the DHCP host name to its WAN upstreams. No data: the
+			// browser goes on with A/AAAA.
+			l.Stats.Answered.Add(1)
+			return stage.Synth(req, dns.RcodeSuccess, nil, nil)
 		case !plainAddressQuery(&req.Q):
 			return next.ServeDNS(ctx, req)
 		case l.tr == nil:
@@ -199,9 +207,12 @@ func (l *Local) forward(ctx context.Context, req *stage.Request) (*dnswire.Reply
 // OpenWrt), such queries stay local; other types (a DS or SOA query for
 // a top-level domain) go upstream.
 func plainAddressQuery(q *dnswire.Query) bool {
-	n := q.Name
-	return (q.Type == dns.TypeA || q.Type == dns.TypeAAAA) &&
-		len(n) > 1 && n[0] > 0 && int(n[0])+1 < len(n) && n[int(n[0])+1] == 0
+	return (q.Type == dns.TypeA || q.Type == dns.TypeAAAA) && plainName(q.Name)
+}
+
+// plainName reports whether the wire name n has exactly one label.
+func plainName(n []byte) bool {
+	return len(n) > 1 && n[0] > 0 && int(n[0])+1 < len(n) && n[int(n[0])+1] == 0
 }
 
 // capTTLs lowers every TTL of m (and the SOA minimum, which bounds

@@ -449,3 +449,31 @@ func FuzzMatch(f *testing.F) {
 		}
 	})
 }
+
+// TestLocalPlainServiceBinding: browsers ask HTTPS (and SVCB) records
+// for the host names typed in ("http://mylaptop/"); for a one-label name
+// that went to the public upstream and leaked the DHCP host name (and
+// dnsmasq's domain-needed covers only A/AAAA, so asking it would leak the
+// name to its WAN upstreams). Answered here: no data, so the browser
+// goes on with the A/AAAA lookups, which the local server answers.
+func TestLocalPlainServiceBinding(t *testing.T) {
+	srv := startLocalServer(t)
+	with := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr})
+	without := newLocal(t, Config{Domains: []string{"lan"}})
+	for _, qt := range []uint16{dns.TypeHTTPS, dns.TypeSVCB} {
+		for _, l := range []*Local{with, without} {
+			before := len(srv.received())
+			got, forwarded := serve(t, l.Wrap, request(t, "mylaptop.", qt))
+			if forwarded || len(srv.received()) != before {
+				t.Errorf("%s mylaptop.: forwarded upstream %v, to the local server %v", dns.TypeToString[qt], forwarded, len(srv.received()) != before)
+			}
+			if got == nil || got.Rcode != dns.RcodeSuccess || len(got.Answer) != 0 {
+				t.Errorf("%s mylaptop.: %v, want NOERROR without data", dns.TypeToString[qt], got)
+			}
+		}
+		// A two-label name is not a plain name: upstream as before.
+		if _, forwarded := serve(t, with.Wrap, request(t, "www.example.", qt)); !forwarded {
+			t.Errorf("%s www.example.: not forwarded upstream", dns.TypeToString[qt])
+		}
+	}
+}
