@@ -15,8 +15,10 @@ func builtin() *Config {
 			"tls://9.9.9.9:853?sni=dns.quad9.net",
 			"https://dns.google/dns-query?ip=8.8.8.8",
 		},
-		LogLevel:        "info",
-		MemoryLimit:     24 << 20,
+		LogLevel:    "info",
+		MemoryLimit: 24 << 20,
+		// Issue 12: validation on, with the built-in root anchors.
+		DNSSEC:          DNSSEC{Enabled: true},
 		UpstreamTimeout: 600 * time.Millisecond,
 		TCPIdleTimeout:  10 * time.Second,
 		TCPMaxConns:     256,

@@ -42,7 +42,7 @@ type Config struct {
 	LogLevel    string
 	MemoryLimit int64 // bytes; 0 leaves the Go runtime default
 
-	// DNSSEC validation (issue 12): off unless option dnssec '1'.
+	// DNSSEC validation (issue 12): on unless option dnssec '0'.
 	DNSSEC DNSSEC
 
 	// Upstream behaviour.

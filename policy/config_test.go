@@ -206,7 +206,7 @@ func TestDNSSECOptions(t *testing.T) {
 	if !c.DNSSEC.Enabled || len(c.DNSSEC.TrustAnchors) != 2 || !reflect.DeepEqual(c.DNSSEC.InsecureDomains, []string{"broken.example.", "other.test."}) {
 		t.Errorf("got %+v", c.DNSSEC)
 	}
-	if d, _ := Load(""); d.DNSSEC.Enabled || len(d.DNSSEC.TrustAnchors) != 0 {
+	if d, _ := Load(""); !d.DNSSEC.Enabled || len(d.DNSSEC.TrustAnchors) != 0 {
 		t.Errorf("default: %+v", d.DNSSEC)
 	}
 	for _, bad := range []string{

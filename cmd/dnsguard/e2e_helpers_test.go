@@ -67,11 +67,31 @@ func startGuard(t *testing.T, args ...string) *guardProc {
 	return runGuard(t, exec.Command(binary, append([]string{"run"}, args...)...))
 }
 
+// standInUpstreams turns DNSSEC validation off (validation is on by
+// default) in a dnsguard run command line that does not say --dnssec
+// itself: the tests' upstreams are stand-ins (recorders, upstreamtest
+// handlers, unbound local-data, the lab) that cannot serve the root's
+// signed DNSKEY chain, so every answer would be indeterminate (SERVFAIL
+// EDE 5). The DNSSEC tests give --dnssec with their own trust anchors.
+func standInUpstreams(args []string) []string {
+	run := slices.Index(args, "run")
+	if run < 0 || !strings.HasSuffix(args[max(run-1, 0)], "dnsguard") {
+		return args
+	}
+	for _, a := range args[run+1:] {
+		if a == "--dnssec" || a == "-dnssec" || strings.HasPrefix(a, "--dnssec=") || strings.HasPrefix(a, "-dnssec=") {
+			return args
+		}
+	}
+	return slices.Insert(slices.Clone(args), run+1, "--dnssec=false")
+}
+
 // runGuard starts cmd (a dnsguard run, possibly wrapped, as by ip netns
 // exec), keeps its log, waits until it serves and kills it when the test
 // ends.
 func runGuard(t *testing.T, cmd *exec.Cmd) *guardProc {
 	t.Helper()
+	cmd.Args = standInUpstreams(cmd.Args)
 	g := &guardProc{cmd: cmd, done: make(chan error, 1)}
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -47,7 +48,30 @@ type runFlags struct {
 	logLevel   string
 	check      bool
 	pprof      string
+	dnssec     optBool
 }
+
+// optBool is a boolean flag that knows whether it was given, so that an
+// absent flag leaves the config file's value.
+type optBool struct{ set, v bool }
+
+func (b *optBool) String() string {
+	if b == nil || !b.set {
+		return ""
+	}
+	return strconv.FormatBool(b.v)
+}
+
+func (b *optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	b.set, b.v = true, v
+	return nil
+}
+
+func (b *optBool) IsBoolFlag() bool { return true }
 
 func (f *runFlags) load() (*policy.Config, error) {
 	cfg, err := policy.Load(f.config)
@@ -72,6 +96,9 @@ func (f *runFlags) load() (*policy.Config, error) {
 	if f.logLevel != "" {
 		cfg.LogLevel = f.logLevel
 	}
+	if f.dnssec.set {
+		cfg.DNSSEC.Enabled = f.dnssec.v
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("flags: %w", err)
 	}
@@ -90,6 +117,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Var(&f.lan, "lan", "intercept DNS from LAN interface `IFACE` (repeatable)")
 	fs.StringVar(&f.state, "state", "", "per-device state `FILE` (bbolt)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
+	fs.Var(&f.dnssec, "dnssec", "validate answers with DNSSEC (--dnssec=false: off); default: the config's option dnssec, on")
 	fs.BoolVar(&f.check, "check", false, "build everything the config asks for (upstreams, pins, CA file, classes) without opening a socket, and exit; a --config file must have its \"config dnsguard\" section")
 	if profilesBuilt {
 		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
