@@ -286,7 +286,7 @@ for arch in $arches; do
 		# shellcheck disable=SC2086 # goenv values are word lists of VAR=value
 		(cd "$root" && env CGO_ENABLED=0 GOOS=linux GOTOOLCHAIN=local ${goenv[$v]} \
 			go build -trimpath -buildvcs=false -tags "$GO_TAGS" \
-			-ldflags "-s -w -X main.version=$pkgver" -o "$vbin" ./cmd/dnsguard)
+			-ldflags "-s -w -X main.version=$pkgver -X main.buildTime=$SOURCE_DATE_EPOCH" -o "$vbin" ./cmd/dnsguard)
 		built[$v]=1
 	fi
 	bin="$out/bin/$arch/dnsguard"

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
-	"sync"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -53,9 +53,19 @@ func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger, state 
 	return dnssec.New(rawPool{pool}, dnssec.Config{
 		Anchors:         anchors,
 		NegativeAnchors: cfg.DNSSEC.InsecureDomains,
-		TimeTrusted:     clockTrust(log),
+		TimeTrusted:     bootClockFor(state, log).Trusted,
 		Tracker:         anchorTracker(state, log),
 	})
+}
+
+// bootClockFor returns the running guard's clock check; state may be nil.
+func bootClockFor(state *device.Store, log *slog.Logger) *bootClock {
+	build, reason := releaseTime()
+	var ms metaStore
+	if state != nil {
+		ms = state
+	}
+	return newBootClock(time.Now, build, reason, ms, log)
 }
 
 // anchorStateKey is where the RFC 5011 state lives in the state file.
@@ -88,30 +98,129 @@ func anchorTracker(state *device.Store, log *slog.Logger) *dnssec.Tracker {
 	return t
 }
 
-// clockTrust reports whether the clock can be trusted for signature
-// validity: a router without a real-time clock starts in the past, so
-// until the time is past the binary's build time signature times are not
-// checked (dnsmasq's dnssec-no-timecheck); the log says so once.
-func clockTrust(log *slog.Logger) func() bool {
-	floor := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// buildTime is the release time, set by the package build
+// (scripts/build-packages.sh: -ldflags "-X main.buildTime=$SOURCE_DATE_EPOCH",
+// Unix seconds; RFC 3339 is read too). Without it the VCS commit time
+// that go build records is used.
+var buildTime string
+
+// clockFloorDefault is the lower bound when the binary knows no build
+// time (a go build outside a checkout, or with -buildvcs=false).
+var clockFloorDefault = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// clockStateKey is where the newest trusted time lives in the state file.
+const clockStateKey = "dnssec-clock"
+
+// clockRecordEvery is how often the trusted time is written to the state
+// file (which reaches flash with the rest of it, every persist_interval
+// and at shutdown).
+const clockRecordEvery = time.Hour
+
+// metaStore is the part of the state file the boot clock uses
+// (*device.Store).
+type metaStore interface {
+	GetMeta(key string) ([]byte, error)
+	PutMeta(key string, v []byte) error
+}
+
+// releaseTime returns the binary's build time and where it came from.
+func releaseTime() (time.Time, string) {
+	if buildTime != "" {
+		if n, err := strconv.ParseInt(buildTime, 10, 64); err == nil {
+			return time.Unix(n, 0).UTC(), "build time"
+		}
+		if t, err := time.Parse(time.RFC3339, buildTime); err == nil {
+			return t, "build time"
+		}
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.time" {
-				if t, err := time.Parse(time.RFC3339, s.Value); err == nil && t.After(floor) {
-					floor = t
+				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
+					return t, "build time (commit)"
 				}
 			}
 		}
 	}
-	var once sync.Once
-	return func() bool {
-		if time.Now().After(floor) {
-			return true
+	return time.Time{}, ""
+}
+
+// bootClock decides whether the clock can be trusted for signature
+// validity times. A router without a real-time clock boots with a time
+// in the past until NTP syncs, and NTP needs DNS to find its servers:
+// while the clock is earlier than a known-good lower bound (the binary's
+// build time, or the newest trusted time recorded in the state file,
+// whichever is later) validity times are not checked, as dnsmasq's
+// --dnssec-timestamp and dnssec-no-timecheck do; the log says so once,
+// with the reason, and again once when the clock passes the bound, from
+// which moment they are checked.
+type bootClock struct {
+	now    func() time.Time
+	floor  time.Time
+	reason string
+	log    *slog.Logger
+	state  metaStore // nil: the trusted time is not recorded
+
+	recorded atomic.Int64 // Unix seconds last written to the state file
+	behind   atomic.Bool  // "clock behind" logged
+	passed   atomic.Bool  // "clock passed the bound" logged
+}
+
+// newBootClock returns the clock check with its lower bound: the later of
+// build (zero: unknown, clockFloorDefault) and the time in state.
+func newBootClock(now func() time.Time, build time.Time, buildReason string, state metaStore, log *slog.Logger) *bootClock {
+	c := &bootClock{now: now, floor: clockFloorDefault, reason: "no build time known; fixed lower bound", log: log, state: state}
+	if build.After(c.floor) {
+		c.floor, c.reason = build, buildReason
+	}
+	if state != nil {
+		b, err := state.GetMeta(clockStateKey)
+		if err != nil {
+			log.Warn("dnssec: recorded clock unreadable", "err", err)
+		} else if len(b) > 0 {
+			t, err := time.Parse(time.RFC3339, string(b))
+			switch {
+			case err != nil:
+				log.Warn("dnssec: recorded clock damaged; ignored", "value", string(b))
+			case t.After(c.floor):
+				c.floor, c.reason = t, "newest time recorded in the state file"
+				c.recorded.Store(t.Unix())
+			}
 		}
-		once.Do(func() {
-			log.Warn("dnssec: clock before the build time; signature validity times not checked until it is set", "build_time", floor)
-		})
+	}
+	return c
+}
+
+// Trusted reports whether signature validity times can be checked now.
+func (c *bootClock) Trusted() bool {
+	t := c.now()
+	if t.Before(c.floor) {
+		if c.behind.CompareAndSwap(false, true) {
+			c.log.Warn("dnssec: the clock is earlier than its known lower bound (no real-time clock, NTP not synced yet?); signature validity times are not checked until it passes it",
+				"now", t.UTC().Format(time.RFC3339), "lower_bound", c.floor.UTC().Format(time.RFC3339), "reason", c.reason)
+		}
 		return false
+	}
+	if c.behind.Load() && c.passed.CompareAndSwap(false, true) {
+		c.log.Info("dnssec: the clock passed its lower bound; signature validity times are checked",
+			"now", t.UTC().Format(time.RFC3339), "lower_bound", c.floor.UTC().Format(time.RFC3339))
+	}
+	c.record(t)
+	return true
+}
+
+// record writes t, a trusted time, to the state file at most once per
+// clockRecordEvery, for the next boot's lower bound.
+func (c *bootClock) record(t time.Time) {
+	if c.state == nil {
+		return
+	}
+	last := c.recorded.Load()
+	if t.Unix()-last < int64(clockRecordEvery/time.Second) || !c.recorded.CompareAndSwap(last, t.Unix()) {
+		return
+	}
+	if err := c.state.PutMeta(clockStateKey, []byte(t.UTC().Format(time.RFC3339))); err != nil {
+		c.log.Warn("dnssec: clock not recorded in the state file", "err", err)
 	}
 }
 
