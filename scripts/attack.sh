@@ -145,7 +145,8 @@ start_guard() {
 	esac
 	case " ${args[*]} " in
 	*" --dnssec"*) ;;
-	*) args+=(--dnssec=false) ;;
+	*) # an older ATTACK_GUARD_BIN has no --dnssec (and validates nothing)
+		if "$BIN" run -h 2>&1 | grep -q -- '-dnssec'; then args+=(--dnssec=false); fi ;;
 	esac
 	GUARD_LOG=$W/guard-$name.log
 	"$BIN" run --listen "$GUARD" --state "$W/state-$name.db" "${args[@]}" >"$GUARD_LOG" 2>&1 &
