@@ -223,7 +223,10 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	if e != nil {
 		sh.lru.MoveToFront(e.elem)
 		if e.reply != nil && now.Before(e.expires) {
-			r := e.reply.With(uint32(now.Sub(e.stored)/time.Second), 0, nil)
+			// The hit is answered in the request's room: no allocation.
+			r := &req.Reply
+			*r = *e.reply
+			r.Age, r.FixedTTL, r.EDE = uint32(now.Sub(e.stored)/time.Second), 0, nil
 			sh.mu.Unlock()
 			c.Stats.Hits.Add(1)
 			return r, nil
@@ -244,12 +247,15 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	fr := *req
 	fr.Raw, fr.Q.Name = nil, append([]byte(nil), req.Q.Name...)
 	ch := c.flight.DoChan(skey, func() (any, error) {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+		rctx, cancel := context.WithTimeout(stage.WithoutWaiter(context.WithoutCancel(ctx)), refreshTimeout)
 		defer cancel()
 		r, err := next.ServeDNS(rctx, &fr)
 		c.store(skey, r, err)
 		return r, err
 	})
+	// This goroutine now waits: a listener reading in batches sends the
+	// answers it has and hands its other queries on.
+	stage.Waiting(ctx)
 	var res singleflight.Result
 	select {
 	case res = <-ch:

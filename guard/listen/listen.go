@@ -219,7 +219,8 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // answer turns one message from a device into the bytes to send back,
 // appended to out; nil means send nothing.
-func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.AddrPort, tcp bool, out []byte) []byte {
+// The request is built in req, received at now.
+func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.AddrPort, tcp bool, out []byte, now time.Time, req *stage.Request) []byte {
 	s.Stats.Queries.Add(1)
 	q, err := dnswire.ParseQuery(raw)
 	if err != nil {
@@ -242,7 +243,7 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 	}
 	// No per-query timer here: the stages that wait (the upstream pool,
 	// the cache's shared flight) bound their own waits.
-	req := &stage.Request{Raw: raw, Q: q, Client: client, Local: local, TCP: tcp, Received: time.Now()}
+	*req = stage.Request{Raw: raw, Q: q, Client: client, Local: local, TCP: tcp, Received: now}
 	r, err := s.handler.Load().h.ServeDNS(ctx, req)
 	if err != nil {
 		r = stage.ErrorReply(req, err)
@@ -255,86 +256,169 @@ func (s *Server) answer(ctx context.Context, raw []byte, client, local netip.Add
 	return b
 }
 
-// serveUDP is one of the socket's readers: it reads a query, answers it
-// and writes the answer, all inline. No goroutine is started per packet
-// (a cache hit costs two syscalls and a copy); a query that waits on an
-// upstream holds only its own reader while the others go on.
+// serveUDP is one of the socket's readers: it reads a batch of queries
+// (recvmmsg), answers them inline and sends the answers together
+// (sendmmsg). No goroutine is started per packet and, for a cache hit,
+// nothing is allocated; the clock is read once per batch. A query that
+// waits on an upstream holds only its own reader: before it waits (see
+// stage.Waiting) the answers ready are sent and the rest of the batch is
+// handed to other goroutines.
 func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32) {
-	buf := make([]byte, maxUDPQuery)
-	out := make([]byte, 0, 4096)
-	var oob, oobOut []byte
-	if u.pktinfo {
-		oob, oobOut = make([]byte, oobSize), make([]byte, 0, oobSize)
+	rc, err := u.c.SyscallConn()
+	if err != nil {
+		s.log.Error("udp socket", "err", err)
+		return
 	}
+	r := &udpReader{s: s, u: u, b: newUDPBatch(rc, u.pktinfo), busy: busy}
+	r.ctx = ctx
+	r.wctx = stage.WithWaiter(ctx, r.waiting)
 	for {
-		local := u.local
-		var (
-			n, oobn, ifindex int
-			client           netip.AddrPort
-			err              error
-		)
-		if u.pktinfo {
-			n, oobn, _, client, err = u.c.ReadMsgUDPAddrPort(buf, oob)
-		} else {
-			n, client, err = u.c.ReadFromUDPAddrPort(buf)
-		}
+		n, err := r.b.read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			s.log.Debug("udp read", "err", err)
-			continue
-		}
-		if u.pktinfo {
-			dst, idx, ok := parsePktinfo(oob[:oobn])
-			if !ok || dst.IsMulticast() {
-				continue // cannot answer from the right address
+			if n == 0 {
+				continue
 			}
-			local, ifindex = netip.AddrPortFrom(dst, local.Port()), idx
 		}
-		if n == len(buf) { // cut short: no real query is this large
-			s.Stats.Queries.Add(1)
-			s.Stats.Malformed.Add(1)
-			continue
+		r.now = time.Now()
+		if cap(r.b.out) > 64*1024 { // a rare large answer: not kept
+			r.b.out = make([]byte, 0, 4096)
 		}
-		if client.Addr().Is4In6() {
-			// Our IPv6 sockets are IPv6-only (ListenOne binds udp6), so
-			// an IPv4-mapped source was forged on the wire (RFC 4942
-			// §2.2); unmapped it would pass as 127.0.0.1 or a LAN
-			// device. Nothing can be answered to it: drop it.
-			s.Stats.Queries.Add(1)
-			s.Stats.Dropped.Add(1)
-			continue
+		r.b.out = r.b.out[:0]
+		for r.next = 0; r.next < r.b.n; {
+			i := r.next
+			r.next++
+			r.serve(i)
 		}
-		var src []byte
-		if u.pktinfo {
-			src = appendPktinfo(oobOut[:0], local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
+		r.flush()
+	}
+}
+
+// udpReader is one reader goroutine's state.
+type udpReader struct {
+	s    *Server
+	u    *udpSocket
+	b    *udpBatch
+	busy *atomic.Int32
+	ctx  context.Context
+	wctx context.Context // ctx with r.waiting
+	now  time.Time       // when the batch was read
+	next int             // the batch's next message to answer
+	req  stage.Request   // the request being answered, reused
+}
+
+// slot is message i's sender and the address it was sent to; ok is false
+// for a message not to answer (counted).
+func (r *udpReader) slot(i int) (raw []byte, client, local netip.AddrPort, ifindex int, ok bool) {
+	raw, cut, client, scope, ok := r.b.query(i)
+	if !ok {
+		return nil, client, local, 0, false
+	}
+	local = r.u.local
+	if r.u.pktinfo {
+		dst, idx, ok := parsePktinfo(r.b.control(i))
+		if !ok || dst.IsMulticast() {
+			return nil, client, local, 0, false // cannot answer from the right address
 		}
-		if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
-			if b := s.deny(buf[:n], client, false, out[:0]); b != nil {
-				u.c.WriteMsgUDPAddrPort(b, src, client)
+		local, ifindex = netip.AddrPortFrom(dst, local.Port()), idx
+	}
+	if cut { // cut short: no real query is this large
+		r.s.Stats.Queries.Add(1)
+		r.s.Stats.Malformed.Add(1)
+		return nil, client, local, 0, false
+	}
+	a := client.Addr()
+	if a.Is4In6() {
+		// Our IPv6 sockets are IPv6-only (ListenOne binds udp6), so
+		// an IPv4-mapped source was forged on the wire (RFC 4942
+		// §2.2); unmapped it would pass as 127.0.0.1 or a LAN
+		// device. Nothing can be answered to it: drop it.
+		r.s.Stats.Queries.Add(1)
+		r.s.Stats.Dropped.Add(1)
+		return nil, client, local, 0, false
+	}
+	if scope != 0 && a.Is6() && a.IsLinkLocalUnicast() {
+		a = a.WithZone(r.b.zone(scope))
+	}
+	return raw, netip.AddrPortFrom(a, client.Port()), local, ifindex, true
+}
+
+// serve answers message i of the batch, queueing its answer.
+func (r *udpReader) serve(i int) {
+	s := r.s
+	raw, client, local, ifindex, ok := r.slot(i)
+	if !ok {
+		return
+	}
+	src := local.Addr()
+	srcIf := pktinfoIfindex(src, client.Addr(), ifindex)
+	if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
+		start := len(r.b.out)
+		if b := s.deny(raw, client, false, r.b.out); b != nil {
+			r.b.out = b
+			r.b.queue(i, start, len(b), src, srcIf)
+		}
+		return
+	}
+	if r.busy.Load() >= s.spillAt {
+		// Nearly every reader waits on an upstream: answer this one
+		// on its own goroutine, so that cache hits are not held up
+		// behind slow misses.
+		s.spill(r.ctx, r.u, append([]byte(nil), raw...), client, local, r.pktinfoFor(src, srcIf))
+		return
+	}
+	r.busy.Add(1)
+	start := len(r.b.out)
+	b := s.answer(r.wctx, raw, client, local, false, r.b.out, r.now, &r.req)
+	r.busy.Add(-1)
+	r.req = stage.Request{} // let go of what the query referred to
+	if b == nil {
+		return
+	}
+	r.b.out = b
+	r.b.queue(i, start, len(b), src, srcIf)
+}
+
+// pktinfoFor is the control message of an answer sent on its own.
+func (r *udpReader) pktinfoFor(src netip.Addr, ifindex int) []byte {
+	if !r.u.pktinfo {
+		return nil
+	}
+	return appendPktinfo(nil, src, ifindex)
+}
+
+// waiting runs when the query being answered is about to wait on the
+// network: the answers ready go out now, and the batch's other queries
+// are answered on goroutines of their own (within MaxSpill; those beyond
+// stay with this reader).
+func (r *udpReader) waiting() {
+	r.flush()
+	s := r.s
+	for r.next < r.b.n {
+		i := r.next
+		raw, client, local, ifindex, ok := r.slot(i)
+		if ok {
+			// Not into r.b.out: the answer in progress is appended there.
+			src := r.pktinfoFor(local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
+			if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
+				if b := s.deny(raw, client, false, nil); b != nil {
+					r.u.c.WriteMsgUDPAddrPort(b, src, client)
+				}
+			} else if !s.trySpill(r.ctx, r.u, append([]byte(nil), raw...), client, local, src) {
+				return
 			}
-			continue
 		}
-		if busy.Load() >= s.spillAt {
-			// Nearly every reader waits on an upstream: answer this one
-			// on its own goroutine, so that cache hits are not held up
-			// behind slow misses.
-			s.spill(ctx, u, append([]byte(nil), buf[:n]...), client, local, append([]byte(nil), src...))
-			continue
-		}
-		busy.Add(1)
-		b := s.answer(ctx, buf[:n], client, local, false, out[:0])
-		busy.Add(-1)
-		if b == nil {
-			continue
-		}
-		if _, _, err := u.c.WriteMsgUDPAddrPort(b, src, client); err != nil && ctx.Err() == nil {
-			s.log.Debug("udp write", "client", client, "err", err)
-		}
-		if cap(b) <= 64*1024 {
-			out = b
-		}
+		r.next++
+	}
+}
+
+// flush sends the queued answers.
+func (r *udpReader) flush() {
+	if failed, err := r.b.flush(); failed > 0 && r.ctx.Err() == nil {
+		r.s.log.Debug("udp write", "failed", failed, "err", err)
 	}
 }
 
@@ -373,21 +457,29 @@ func (s *Server) deny(raw []byte, client netip.AddrPort, tcp bool, out []byte) [
 // spill answers one UDP query on a goroutine of its own, within
 // MaxSpill; beyond it the query is dropped (the device will retry).
 func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) {
+	if !s.trySpill(ctx, u, raw, client, local, src) {
+		s.Stats.Queries.Add(1)
+		s.Stats.Dropped.Add(1)
+	}
+}
+
+// trySpill answers one UDP query on a goroutine of its own if fewer than
+// MaxSpill are, and reports whether it does.
+func (s *Server) trySpill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) bool {
 	select {
 	case s.spilling <- struct{}{}:
 	default:
-		s.Stats.Queries.Add(1)
-		s.Stats.Dropped.Add(1)
-		return
+		return false
 	}
 	s.Stats.Spilled.Add(1)
 	s.wg.Add(1)
 	go func() {
 		defer func() { <-s.spilling; s.wg.Done() }()
-		if b := s.answer(ctx, raw, client, local, false, nil); b != nil {
+		if b := s.answer(ctx, raw, client, local, false, nil, time.Now(), new(stage.Request)); b != nil {
 			u.c.WriteMsgUDPAddrPort(b, src, client)
 		}
 	}()
+	return true
 }
 
 func (s *Server) serveTCP(ctx context.Context, l *net.TCPListener) {
@@ -474,7 +566,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.Add
 		go func() {
 			defer func() { <-inflight; wg.Done() }()
 			// Room for the length prefix, then the answer.
-			out := s.answer(ctx, msg, client, local, true, append(msg[n:n], 0, 0))
+			out := s.answer(ctx, msg, client, local, true, append(msg[n:n], 0, 0), time.Now(), new(stage.Request))
 			if out == nil {
 				return
 			}

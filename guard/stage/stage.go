@@ -26,6 +26,39 @@ type Request struct {
 	Received  time.Time
 	Device    *Device // filled by the identify stage; nil before it
 	Randomize bool    // ask upstreams for 0x20 case randomisation (strict devices)
+	// Reply is room a stage may answer in (the cache's hits) instead of
+	// allocating a reply; valid until the answer is written, like Raw.
+	Reply dnswire.Reply
+}
+
+// waitKey holds the func a listener wants called before its goroutine
+// waits on the network.
+type waitKey struct{}
+
+// WithWaiter returns ctx with f, which Waiting calls. A listener that
+// reads queries in batches uses it to send the answers it has ready and
+// hand the rest of its batch on, so that cache hits are not held behind
+// a miss. f runs on the goroutine that called Waiting.
+func WithWaiter(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, waitKey{}, f)
+}
+
+// WithoutWaiter returns ctx without the func WithWaiter put in, for work
+// that runs on another goroutine than the listener's (a shared flight).
+func WithoutWaiter(ctx context.Context) context.Context {
+	if f, _ := ctx.Value(waitKey{}).(func()); f == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, waitKey{}, nil)
+}
+
+// Waiting tells the listener that the query of ctx is about to wait on
+// the network (an upstream, another device's identical query). It must be
+// called on the goroutine ServeDNS was called on.
+func Waiting(ctx context.Context) {
+	if f, _ := ctx.Value(waitKey{}).(func()); f != nil {
+		f()
+	}
 }
 
 // Device is the identity and policy of the device that sent a query.
