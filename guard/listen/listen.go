@@ -53,7 +53,10 @@ func (o *Options) defaults() {
 		o.TCPMaxInflight = 32
 	}
 	if o.UDPReaders <= 0 {
-		o.UDPReaders = 64
+		// Each reads batchSize queries at a time: 32 readers hold 256
+		// (their buffers are 1 MiB), and a reader whose query waits on an
+		// upstream hands the rest of its batch on.
+		o.UDPReaders = 32
 	}
 	if o.MaxSpill <= 0 {
 		o.MaxSpill = 1024
@@ -93,6 +96,10 @@ type Server struct {
 
 	spillAt  int32         // busy readers of a socket from which its queries are spilled
 	spilling chan struct{} // spilled queries being answered
+	// handoff feeds the spill workers: long-lived goroutines (their
+	// stacks grown once) that answer spilled queries before any
+	// goroutine of its own is started for one.
+	handoff chan spilled
 
 	Stats Stats
 }
@@ -116,6 +123,7 @@ func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
 	s := &Server{opts: opts, log: log,
 		spillAt:   int32(max(opts.UDPReaders-opts.UDPReaders/8, 1)),
 		spilling:  make(chan struct{}, opts.MaxSpill),
+		handoff:   make(chan spilled), // unbuffered: only to a worker waiting
 		perClient: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
 	s.SetHandler(h)
 	return s
@@ -200,6 +208,10 @@ func (s *Server) closeAll() {
 // Serve answers until ctx is done, then closes the sockets and waits for
 // the answers in progress.
 func (s *Server) Serve(ctx context.Context) error {
+	for range s.opts.UDPReaders {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.spillWorker(ctx) }()
+	}
 	for _, u := range s.udp {
 		busy := new(atomic.Int32) // readers of this socket inside answer
 		for range s.opts.UDPReaders {
@@ -463,9 +475,38 @@ func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, lo
 	}
 }
 
-// trySpill answers one UDP query on a goroutine of its own if fewer than
-// MaxSpill are, and reports whether it does.
+// spilled is a UDP query handed to a spill worker.
+type spilled struct {
+	u             *udpSocket
+	raw, src      []byte
+	client, local netip.AddrPort
+}
+
+// spillWorker answers spilled queries until ctx ends.
+func (s *Server) spillWorker(ctx context.Context) {
+	req := new(stage.Request)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case sp := <-s.handoff:
+			if b := s.answer(ctx, sp.raw, sp.client, sp.local, false, nil, time.Now(), req); b != nil {
+				sp.u.c.WriteMsgUDPAddrPort(b, sp.src, sp.client)
+			}
+			*req = stage.Request{}
+		}
+	}
+}
+
+// trySpill answers one UDP query on a spill worker, or on a goroutine of
+// its own if fewer than MaxSpill are, and reports whether it does.
 func (s *Server) trySpill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) bool {
+	select {
+	case s.handoff <- spilled{u: u, raw: raw, src: src, client: client, local: local}:
+		s.Stats.Spilled.Add(1)
+		return true
+	default:
+	}
 	select {
 	case s.spilling <- struct{}{}:
 	default:
