@@ -47,6 +47,7 @@ type udpBatch struct {
 	bufs  []byte // batchSize query buffers of maxUDPQuery
 	oob   []byte // batchSize control buffers of oobSize
 	n     int    // messages read
+	want  int    // messages to read at most (1..batchSize)
 	rerr  error
 
 	wh     [batchSize]mmsghdr // write side
@@ -89,6 +90,7 @@ func newUDPBatch(rc syscall.RawConn, pktinfo bool) *udpBatch {
 	}
 	b.recvFn = b.recv
 	b.sendFn = b.send
+	b.want = batchSize
 	return b
 }
 
@@ -102,7 +104,7 @@ func (b *udpBatch) read() (int, error) {
 }
 
 func (b *udpBatch) recv(fd uintptr) bool {
-	for i := range batchSize {
+	for i := range b.want {
 		h := &b.rh[i].hdr
 		h.Namelen = sockaddrSize
 		if b.pktinfo {
@@ -112,7 +114,7 @@ func (b *udpBatch) recv(fd uintptr) bool {
 		b.rh[i].n = 0
 	}
 	for {
-		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rh[0])), batchSize, unix.MSG_DONTWAIT, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rh[0])), uintptr(b.want), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
 			b.n = int(r)

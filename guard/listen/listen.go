@@ -300,26 +300,36 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 			r.b.out = make([]byte, 0, 4096)
 		}
 		r.b.out = r.b.out[:0]
+		r.waited = false
 		for r.next = 0; r.next < r.b.n; {
 			i := r.next
 			r.next++
 			r.serve(i)
 		}
 		r.flush()
+		// A reader whose queries wait on upstreams reads one at a time
+		// (nothing to hand on); while they are answered at once it
+		// reads ever larger batches again.
+		if r.waited {
+			r.b.want = 1
+		} else {
+			r.b.want = min(2*r.b.want, batchSize)
+		}
 	}
 }
 
 // udpReader is one reader goroutine's state.
 type udpReader struct {
-	s    *Server
-	u    *udpSocket
-	b    *udpBatch
-	busy *atomic.Int32
-	ctx  context.Context
-	wctx context.Context // ctx with r.waiting
-	now  time.Time       // when the batch was read
-	next int             // the batch's next message to answer
-	req  stage.Request   // the request being answered, reused
+	s      *Server
+	u      *udpSocket
+	b      *udpBatch
+	busy   *atomic.Int32
+	ctx    context.Context
+	wctx   context.Context // ctx with r.waiting
+	now    time.Time       // when the batch was read
+	next   int             // the batch's next message to answer
+	waited bool            // a query of this batch waited on the network
+	req    stage.Request   // the request being answered, reused
 }
 
 // slot is message i's sender and the address it was sent to; ok is false
@@ -407,6 +417,7 @@ func (r *udpReader) pktinfoFor(src netip.Addr, ifindex int) []byte {
 // are answered on goroutines of their own (within MaxSpill; those beyond
 // stay with this reader).
 func (r *udpReader) waiting() {
+	r.waited = true
 	r.flush()
 	s := r.s
 	for r.next < r.b.n {
