@@ -3,7 +3,8 @@
 # in one run, with dnsperf (issue 2).
 #
 #   scripts/bench.sh             full benchmark, prints one table
-#   scripts/bench.sh --profile   CPU profiles of the guard under hit and miss load
+#   scripts/bench.sh --profile   CPU profiles of the guard under hit, miss and DoT
+#                                miss load
 #
 # Every server under test has a cache and forwards to the same local upstream:
 # an unbound instance configured as an authoritative stand-in (local zones
@@ -18,6 +19,11 @@
 #   miss qps      dnsperf over unique names (never repeated) answered NXDOMAIN
 #   cpu/hit, cpu/miss  server utime+stime (/proc/PID/stat) / queries answered,
 #                 also shown split into user and system time
+#   cpu/dot miss, cpu/doh miss  the same for misses when the server forwards
+#                 over DNS over TLS / DNS over HTTPS to the same upstream, which
+#                 serves both itself (unbound tls-port, https-port); unbound
+#                 forwards with forward-tls-upstream (it has no DoH client),
+#                 dnsdist uses a DoT and a DoH backend, dnsmasq has neither ("-")
 #   hit avg, p99  latency under full hit load (separate dnsperf -v pass)
 #   2k avg, p99   latency at a steady 2,000 queries/s (-Q 2000), hits and misses
 #   rss, hwm      VmRSS and VmHWM of a fresh instance after 100,000 unique names
@@ -25,7 +31,9 @@
 #
 # Environment:
 #   BENCH_RUNS=5  BENCH_SECONDS=5  BENCH_SERVERS="dnsguard dnsmasq unbound dnsdist"
-#   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1  BENCH_PORT=15300 (upstream; +1 server)
+#   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1  BENCH_PORT=15300 (upstream; +1 server,
+#                        +2 pprof, +3 upstream DoT, +4 upstream DoH)
+#   BENCH_TLS=1          measure the DoT/DoH misses (0: skip, columns print "-")
 #   BENCH_CLIENTS=4  BENCH_OUTSTANDING=100   dnsperf -c and -q
 #   BENCH_CACHE_ENTRIES=20000  BENCH_CACHE_BYTES=8M   every server's cache size
 #                               (the guard's shipped defaults; peers sized alike)
@@ -42,8 +50,8 @@
 #   BENCH_RESULTS=FILE   per-run figures (default /tmp/dnsguard-bench-results.tsv)
 #
 # Needs (Debian): golang (or Go in /usr/local/go), dnsperf, dnsmasq-base,
-# unbound, dnsdist, util-linux (taskset, chrt); curl for --profile (linux-perf when
-# the guard has no --pprof flag).
+# unbound, dnsdist, util-linux (taskset, chrt), openssl (the upstream's TLS
+# certificate); curl for --profile (linux-perf when the guard has no --pprof flag).
 set -euo pipefail
 
 RUNS=${BENCH_RUNS:-5}
@@ -53,6 +61,9 @@ SERVER_CPU=${BENCH_SERVER_CPU:-0}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 UP_PORT=${BENCH_PORT:-15300}
 SRV_PORT=$((UP_PORT + 1))
+UP_DOT_PORT=$((UP_PORT + 3))
+UP_DOH_PORT=$((UP_PORT + 4))
+TLS=${BENCH_TLS:-1}
 CLIENTS=${BENCH_CLIENTS:-4}
 OUTSTANDING=${BENCH_OUTSTANDING:-100}
 CACHE_ENTRIES=${BENCH_CACHE_ENTRIES:-20000}
@@ -84,6 +95,7 @@ case " $SERVERS " in *" dnsguard "*) ;; *) die "BENCH_SERVERS must include dnsgu
 
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 need=(go dnsperf unbound taskset chrt awk sort)
+((TLS)) && need+=(openssl)
 for s in $SERVERS; do
 	case $s in
 	dnsguard | unbound) ;;
@@ -179,6 +191,10 @@ MISS_NAMES=$((150000 * SECONDS_PER_PHASE))
 awk -v n="$MISS_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "u%07d.miss.bench A\n", i }' >"$WORK/miss.txt"
 awk -v n=$((STEADY_QPS * SECONDS_PER_PHASE + STEADY_QPS)) 'BEGIN { for (i = 1; i <= n; i++) printf "s%07d.miss.bench A\n", i }' >"$WORK/steady-miss.txt"
 awk -v n="$MEM_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "m%06d.mem.bench A\n", i }' >"$WORK/mem.txt"
+# DoT and DoH misses: names of their own, never asked before
+TLS_MISS_NAMES=$((100000 * SECONDS_PER_PHASE))
+awk -v n="$TLS_MISS_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "t%07d.miss.bench A\n", i }' >"$WORK/dot-miss.txt"
+awk -v n="$TLS_MISS_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "w%07d.miss.bench A\n", i }' >"$WORK/doh-miss.txt"
 
 # ---- configs -----------------------------------------------------------
 
@@ -192,6 +208,16 @@ bytes() { # 8M -> 8388608
 	esac
 }
 CACHE_BYTES_N=$(bytes "$CACHE_BYTES")
+
+# The upstream's certificate for DoT and DoH: self-signed, for the name
+# upstream.bench and the address 127.0.0.1; every server trusts it.
+TLS_NAME=upstream.bench
+if ((TLS)); then
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj "/CN=$TLS_NAME" -addext "subjectAltName=DNS:$TLS_NAME,IP:127.0.0.1" \
+		-keyout "$WORK/upstream.key" -out "$WORK/upstream.pem" >"$WORK/logs/openssl.log" 2>&1 ||
+		{ cat "$WORK/logs/openssl.log" >&2; die "openssl could not make the upstream certificate"; }
+fi
 
 {
 	cat <<EOF
@@ -220,6 +246,19 @@ server:
 	local-zone: "mem.bench." redirect
 	local-data: "mem.bench. 3600 IN A 11.0.1.1"
 EOF
+	if ((TLS)); then
+		cat <<EOF
+	interface: 127.0.0.1@$UP_DOT_PORT
+	interface: 127.0.0.1@$UP_DOH_PORT
+	tls-port: $UP_DOT_PORT
+	https-port: $UP_DOH_PORT
+	http-endpoint: "/dns-query"
+	tls-service-key: "$WORK/upstream.key"
+	tls-service-pem: "$WORK/upstream.pem"
+	incoming-num-tcp: 256
+	http-max-streams: 1000
+EOF
+	fi
 	awk -v n="$HIT_NAMES" 'BEGIN { for (i = 1; i <= n; i++) printf "\tlocal-data: \"h%d.hit.bench. 3600 IN A 11.0.%d.%d\"\n", i, 2 + int(i / 250), 1 + i % 250 }'
 	printf 'remote-control:\n\tcontrol-enable: no\n'
 } >"$WORK/upstream.conf"
@@ -289,26 +328,50 @@ remote-control:
 	control-enable: no
 EOF
 
-cat >"$WORK/dnsdist.conf" <<EOF
+# dnsdist_conf FILE BACKEND: dnsdist's config with one backend.
+dnsdist_conf() {
+	cat >"$1" <<EOF
 setLocal("127.0.0.1:$SRV_PORT")
-newServer({address="127.0.0.1:$UP_PORT", checkName="h1.hit.bench.", checkInterval=1})
+newServer({$2, checkName="h1.hit.bench.", checkInterval=1})
 pc = newPacketCache($CACHE_ENTRIES, {maxTTL=86400, minTTL=0, temporaryFailureTTL=60, staleTTL=60, dontAge=false})
 getPool(""):setCache(pc)
 setSecurityPollSuffix("")
 EOF
+}
+dnsdist_conf "$WORK/dnsdist.conf" "address=\"127.0.0.1:$UP_PORT\""
+dnsdist_tls="tls=\"openssl\", subjectName=\"$TLS_NAME\", caStore=\"$WORK/upstream.pem\", validateCertificates=true"
+dnsdist_conf "$WORK/dnsdist-dot.conf" "address=\"127.0.0.1:$UP_DOT_PORT\", $dnsdist_tls"
+dnsdist_conf "$WORK/dnsdist-doh.conf" "address=\"127.0.0.1:$UP_DOH_PORT\", $dnsdist_tls, dohPath=\"/dns-query\""
+
+# unbound forwarding over TLS (it has no DoH client)
+sed -e "s|^\tforward-addr: .*|\tforward-addr: 127.0.0.1@$UP_DOT_PORT#$TLS_NAME\n\tforward-tls-upstream: yes|" \
+	-e "s|^\tnum-queries-per-thread: 4096|&\n\ttls-cert-bundle: \"$WORK/upstream.pem\"|" \
+	"$WORK/unbound.conf" >"$WORK/unbound-dot.conf"
 
 # ---- processes ---------------------------------------------------------
 
-# start NAME: starts a server pinned to SERVER_CPU; sets SRV_PID.
+# start_server NAME TAG [do53|dot|doh]: starts a server pinned to
+# SERVER_CPU, forwarding to the upstream over the given transport; sets
+# SRV_PID.
 SRV_PID=
 start_server() {
-	local name=$1 tag=$2 err=$WORK/logs/$1.$2.stderr
+	local name=$1 tag=$2 up=${3:-do53} err=$WORK/logs/$1.$2.stderr
 	local -a cmd
+	local sfx=
+	[[ $up == do53 ]] || sfx=-$up
 	case $name in
-	dnsguard) cmd=("$GUARD" run --config "$WORK/dnsguard.conf" --listen "127.0.0.1:$SRV_PORT" --upstream "udp://127.0.0.1:$UP_PORT" "${GUARD_EXTRA[@]}") ;;
+	dnsguard)
+		local url=udp://127.0.0.1:$UP_PORT
+		case $up in
+		dot) url="tls://127.0.0.1:$UP_DOT_PORT?sni=$TLS_NAME" ;;
+		doh) url="https://$TLS_NAME:$UP_DOH_PORT/dns-query?ip=127.0.0.1" ;;
+		esac
+		cmd=("$GUARD" run --config "$WORK/dnsguard.conf" --listen "127.0.0.1:$SRV_PORT" --upstream "$url" "${GUARD_EXTRA[@]}")
+		[[ $up == do53 ]] || cmd+=(--upstream-ca "$WORK/upstream.pem")
+		;;
 	dnsmasq) cmd=(dnsmasq -k -C "$WORK/dnsmasq.conf") ;;
-	unbound) cmd=(unbound -d -c "$WORK/unbound.conf") ;;
-	dnsdist) cmd=(dnsdist --supervised --disable-syslog -C "$WORK/dnsdist.conf") ;;
+	unbound) cmd=(unbound -d -c "$WORK/unbound$sfx.conf") ;;
+	dnsdist) cmd=(dnsdist --supervised --disable-syslog -C "$WORK/dnsdist$sfx.conf") ;;
 	esac
 	"${PIN_SERVER[@]}" "${cmd[@]}" </dev/null >"$err" 2>&1 &
 	SRV_PID=$!
@@ -474,6 +537,25 @@ measure() {
 	record "$name" "$run" rss "$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
 	record "$name" "$run" hwm "$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
 	stop_server "$pid"
+
+	# (g) misses forwarded over DoT and DoH, where the server can
+	((TLS)) || return 0
+	local up
+	for up in dot doh; do
+		case $name/$up in
+		dnsmasq/* | unbound/doh) continue ;;
+		esac
+		start_server "$name" "$tag.$up" "$up"
+		pid=$SRV_PID
+		dnsperf_phase "$tag.$up.warm" NOERROR -d "$WORK/hit.txt" -l 1
+		t0=$(cpu_ticks "$pid")
+		dnsperf_phase "$tag.$up.miss" NXDOMAIN -d "$WORK/$up-miss.txt" -n 1 -l "$SECONDS_PER_PHASE"
+		t1=$(cpu_ticks "$pid")
+		record "$name" "$run" "${up}_miss_qps" "$DP_QPS"
+		record_cpu "$name" "$run" "${up}_miss" "$t0" "$t1" "$DP_DONE"
+		((DP_DONE < TLS_MISS_NAMES)) || die "$tag.$up.miss: ran out of unique names; raise TLS_MISS_NAMES"
+		stop_server "$pid"
+	done
 }
 
 start_upstream() {
@@ -483,6 +565,12 @@ start_upstream() {
 	wait_ready upstream "$UP_PORT" "$UP_PID" "$WORK/logs/upstream.stderr"
 	[[ $(probe "$UP_PORT" x.miss.bench) == NXDOMAIN ]] || die "upstream does not answer NXDOMAIN for miss names"
 	[[ $(probe "$UP_PORT" x.mem.bench) == NOERROR ]] || die "upstream does not answer the mem zone"
+	if ((TLS)); then
+		# a DoT handshake answered with the certificate made above
+		echo | openssl s_client -connect "127.0.0.1:$UP_DOT_PORT" -servername "$TLS_NAME" -CAfile "$WORK/upstream.pem" \
+			-verify_return_error >"$WORK/logs/upstream-tls.log" 2>&1 ||
+			{ tail -5 "$WORK/logs/upstream-tls.log" >&2; die "upstream does not serve DoT on port $UP_DOT_PORT"; }
+	fi
 }
 
 # ---- profile mode ------------------------------------------------------
@@ -494,16 +582,18 @@ profile() {
 	local out=${BENCH_OUT:-/tmp/dnsguard-profile} phase pid bg
 	local pprof_addr=127.0.0.1:$((UP_PORT + 2)) use_pprof=0
 	mkdir -p "$out"
-	if "$GUARD" run -h 2>&1 | grep -q -- '-pprof'; then
+	# (not "run -h | grep -q": with pipefail, grep quitting early fails it)
+	if grep -q -- '-pprof' <<<"$("$GUARD" run -h 2>&1)"; then
 		use_pprof=1
 		command -v curl >/dev/null || die "curl not found (apt-get install curl)"
 		GUARD_EXTRA=(--pprof "$pprof_addr")
 	elif ! command -v perf >/dev/null; then
 		die "the guard has no --pprof flag and perf is not installed (apt-get install linux-perf)"
 	fi
-	local secs=$((SECONDS_PER_PHASE * 2))
-	for phase in hit miss; do
-		start_server dnsguard "profile.$phase"
+	local secs=$((SECONDS_PER_PHASE * 2)) phases=(hit miss)
+	((TLS)) && phases+=(dot)
+	for phase in "${phases[@]}"; do
+		start_server dnsguard "profile.$phase" "$([[ $phase == dot ]] && echo dot || echo do53)"
 		pid=$SRV_PID
 		dnsperf_phase "profile.$phase.warm" NOERROR -d "$WORK/hit.txt" -l 1
 		rm -f "$out/$phase.pprof" "$out/$phase.perf.data"
@@ -515,11 +605,11 @@ profile() {
 		bg=$!
 		PIDS+=("$bg")
 		sleep 0.2
-		if [[ $phase == hit ]]; then
-			dnsperf_phase "profile.hit" NOERROR -d "$WORK/hit.txt" -l "$((secs + 1))"
-		else
-			dnsperf_phase "profile.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$((secs + 1))"
-		fi
+		case $phase in
+		hit) dnsperf_phase "profile.hit" NOERROR -d "$WORK/hit.txt" -l "$((secs + 1))" ;;
+		miss) dnsperf_phase "profile.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$((secs + 1))" ;;
+		dot) dnsperf_phase "profile.dot" NXDOMAIN -d "$WORK/dot-miss.txt" -n 1 -l "$((secs + 1))" ;;
+		esac
 		wait "$bg" || die "profiling $phase failed"
 		forget_pid "$bg"
 		if ((use_pprof)) && [[ $phase == miss ]]; then
@@ -568,17 +658,18 @@ table() {
 	}
 	{ vals[$1 SUBSEP $3] = vals[$1 SUBSEP $3] " " $4 }
 	END {
-		nm = split("hit_qps miss_qps cpu_hit cpu_miss hit_avg hit_p99 s2k_hit_avg s2k_hit_p99 s2k_miss_avg s2k_miss_p99 rss hwm noise", m, " ")
-		split("hit q/s|miss q/s|cpu us/hit|cpu us/miss|hit avg us|hit p99 us|2k hit avg|2k hit p99|2k miss avg|2k miss p99|RSS MiB|HWM MiB|noise %", head, "|")
+		nm = split("hit_qps miss_qps cpu_hit cpu_miss cpu_dot_miss cpu_doh_miss hit_avg hit_p99 s2k_hit_avg s2k_hit_p99 s2k_miss_avg s2k_miss_p99 rss hwm noise", m, " ")
+		split("hit q/s|miss q/s|cpu us/hit|cpu us/miss|cpu us/dot miss|cpu us/doh miss|hit avg us|hit p99 us|2k hit avg|2k hit p99|2k miss avg|2k miss p99|RSS MiB|HWM MiB|noise %", head, "|")
 		ns = split(servers, s, " ")
 		printf "%-16s", "server"
-		for (k = 1; k <= nm; k++) printf " %11s", head[k]
+		for (k = 1; k <= nm; k++) { w[k] = length(head[k]) < 11 ? 11 : length(head[k]); printf " %" w[k] "s", head[k] }
 		printf "\n"
 		for (i = 1; i <= ns; i++) {
 			printf "%-16s", s[i]
 			for (k = 1; k <= nm; k++) {
 				v = median(s[i] SUBSEP m[k]); med[s[i], m[k]] = v
-				printf (m[k] ~ /qps/ ? " %11.0f" : " %11.1f"), v
+				if (v == "") printf " %" w[k] "s", "-"
+				else printf " %" w[k] (m[k] ~ /qps/ ? ".0f" : ".1f"), v
 			}
 			printf "\n"
 		}
@@ -587,9 +678,9 @@ table() {
 			printf "%-16s", "guard/" s[i]
 			for (k = 1; k < nm; k++) {
 				p = med[s[i], m[k]]; g = med["dnsguard", m[k]]
-				if (p + 0 == 0) printf " %11s", "-"; else printf " %11.2f", g / p
+				if (p + 0 == 0 || g == "") printf " %" w[k] "s", "-"; else printf " %" w[k] ".2f", g / p
 			}
-			printf " %11s\n", ""
+			printf " %" w[nm] "s\n", ""
 		}
 		printf "\nCPU per query split, microseconds (user + system = total):\n"
 		printf "%-16s %11s %11s %11s %11s\n", "server", "hit usr", "hit sys", "miss usr", "miss sys"
@@ -609,6 +700,24 @@ table() {
 		if (med["unbound", "hit_p99"] != "") printf "  hit p99 %.0f us <= unbound %.0f us: %s\n", g, med["unbound", "hit_p99"], (g <= med["unbound", "hit_p99"] ? "met" : "NOT met")
 		g = med["dnsguard", "rss"]
 		printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", g, "'"$MEM_NAMES"'", (g < 30 ? "met" : "NOT met")
+		# the targets of issue 14
+		printf "\ntargets (issue 14):\n"
+		target("cpu/hit", "cpu_hit", "dnsdist", "cpu_hit", 1)
+		target("cpu/miss", "cpu_miss", "unbound", "cpu_miss", 1)
+		target("cpu/dot miss", "cpu_dot_miss", "unbound", "cpu_dot_miss", 1)
+		target("cpu/dot miss", "cpu_dot_miss", "dnsdist", "cpu_dot_miss", 1.5)
+		target("cpu/doh miss", "cpu_doh_miss", "unbound", "cpu_dot_miss", 1)
+		target("cpu/doh miss", "cpu_doh_miss", "dnsdist", "cpu_dot_miss", 1.5)
+		target("hit p99", "hit_p99", "unbound", "hit_p99", 1)
+		target("2k hit p99", "s2k_hit_p99", "unbound", "s2k_hit_p99", 1)
+		printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", med["dnsguard", "rss"], "'"$MEM_NAMES"'", (med["dnsguard", "rss"] < 30 ? "met" : "NOT met")
+	}
+	# target LABEL KEY PEER PEERKEY FACTOR: the KEY of the guard at most
+	# PEERKEY of PEER times FACTOR.
+	function target(label, key, peer, pkey, f,   g, p) {
+		g = med["dnsguard", key]; p = med[peer, pkey]
+		if (g == "" || p == "") return
+		printf "  %s %.1f us <= %s%s%s = %.1f: %s\n", label, g, peer, (pkey == key ? "" : " " pkey), (f == 1 ? "" : " x" f), p * f, (g <= p * f ? "met" : "NOT met")
 	}' "$RESULTS"
 }
 
@@ -632,7 +741,7 @@ done
 
 echo
 echo "dnsguard benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average before: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "dnsguard $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'); $(dnsmasq --version 2>/dev/null | head -1 | awk '{print "dnsmasq " $3}'); unbound $(unbound -V 2>/dev/null | awk '/^Version/ {print $2}'); $(dnsdist --version 2>/dev/null | awk 'NR == 1 {print $1, $2}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf " $2}')"
+echo "dnsguard ${BENCH_GUARD_BIN:+$BENCH_GUARD_BIN, prebuilt, tree }$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'); $(dnsmasq --version 2>/dev/null | head -1 | awk '{print "dnsmasq " $3}'); unbound $(unbound -V 2>/dev/null | awk '/^Version/ {print $2}'); $(dnsdist --version 2>/dev/null | awk 'NR == 1 {print $1, $2}'); $(dnsperf -h 2>&1 | awk '/^Version/ {print "dnsperf " $2}')"
 echo "dnsperf -c $CLIENTS -q $OUTSTANDING, $SECONDS_PER_PHASE s per phase, scheduling $SCHED; $HIT_NAMES hit names; cache $CACHE_ENTRIES entries / $CACHE_BYTES each"
 echo
 table
