@@ -40,6 +40,7 @@ func BenchmarkChainHit(b *testing.B) {
 	if err := os.WriteFile(conf, []byte(`config dnsguard 'main'
 	option state_file '`+filepath.Join(dir, "state.db")+`'
 	list upstream 'udp://`+up.LocalAddr().String()+`'
+	option dnssec '0'
 
 config limits
 	option device_rate '10000000'
