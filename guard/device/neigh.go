@@ -25,7 +25,8 @@ type Neighbours struct {
 	mu      sync.RWMutex
 	byIP    map[netip.Addr]string // IP -> MAC
 	local   map[netip.Addr]int    // router address -> interface index
-	lanIdx  map[int]bool
+	lanIdx  map[int]bool          // interface indexes known to be LAN
+	notLAN  map[int]bool          // interface indexes known not to be
 	lanNets []netip.Prefix
 
 	done chan struct{} // closed when follow returns
@@ -51,7 +52,11 @@ func WatchNeighbours(ctx context.Context, lan []string, onGone func(mac string),
 		n.lan[name] = true
 		l, err := net.InterfaceByName(name)
 		if err != nil {
-			return nil, fmt.Errorf("device: LAN interface %q: %w", name, err)
+			// At boot the guard may start before netifd makes br-lan:
+			// the interface counts as LAN once netlink says it exists
+			// (RTM_NEWLINK, in order with its addresses).
+			log.Warn("LAN interface not present yet; its devices are served once it appears", "interface", name, "err", err)
+			continue
 		}
 		n.lanIdx[l.Index] = true
 	}
@@ -187,7 +192,7 @@ func (n *Neighbours) applyNeigh(u neighUpdate) {
 	ip := u.ip
 	gone := u.del || u.state&(unix.NUD_FAILED|unix.NUD_INCOMPLETE) != 0
 	n.mu.Lock()
-	if len(n.lanIdx) > 0 && !n.lanIdx[u.linkIndex] {
+	if len(n.lan) > 0 && !n.isLANLocked(u.linkIndex) {
 		n.mu.Unlock()
 		return
 	}
@@ -215,12 +220,16 @@ func (n *Neighbours) applyAddr(u addrUpdate) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	defer n.addrs.Fire()
+	if u.link {
+		n.applyLinkLocked(u)
+		return
+	}
 	if !u.del {
 		n.local[ip] = u.linkIndex
 	} else {
 		delete(n.local, ip)
 	}
-	if !n.lanIdx[u.linkIndex] {
+	if len(n.lan) == 0 || !n.isLANLocked(u.linkIndex) {
 		return
 	}
 	nets := n.lanNets[:0:0]
@@ -233,6 +242,25 @@ func (n *Neighbours) applyAddr(u addrUpdate) {
 		nets = append(nets, pfx)
 	}
 	n.lanNets = nets
+}
+
+// isLANLocked reports whether the interface with index idx is one of the
+// LAN interfaces. n.mu is held.
+func (n *Neighbours) isLANLocked(idx int) bool { return n.lanIdx[idx] }
+
+// applyLinkLocked follows an interface made, renamed or removed: a LAN
+// interface made after the start (br-lan at boot) counts from then on.
+func (n *Neighbours) applyLinkLocked(u addrUpdate) {
+	was := n.lanIdx[u.linkIndex]
+	is := !u.del && n.lan[u.name]
+	switch {
+	case is && !was:
+		n.lanIdx[u.linkIndex] = true
+		n.log.Info("LAN interface present", "interface", u.name, "index", u.linkIndex)
+	case !is && was:
+		delete(n.lanIdx, u.linkIndex)
+		n.log.Info("LAN interface gone", "interface", u.name, "index", u.linkIndex)
+	}
 }
 
 // Addresses returns the router's own addresses, the LAN interfaces'
@@ -291,7 +319,7 @@ func (n *Neighbours) IsLocal(ip netip.Addr) bool {
 func (n *Neighbours) OnLAN(ip netip.Addr) bool {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	if len(n.lanIdx) == 0 {
+	if len(n.lan) == 0 {
 		return true
 	}
 	ip = ip.Unmap().WithZone("")

@@ -178,3 +178,49 @@ func TestBenignNetlinkError(t *testing.T) {
 		}
 	}
 }
+
+// TestNeighboursLateLAN: a LAN interface that does not exist at start
+// (br-lan before netifd makes it at boot) is followed once it appears:
+// its prefix becomes LAN and its neighbours are learned; when it goes,
+// its prefix stops being LAN.
+func TestNeighboursLateLAN(t *testing.T) {
+	ns := lanNamespace(t, "dgll")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var n *Neighbours
+	if err := testenv.InNetns(ns, func() error {
+		var err error
+		n, err = WatchNeighbours(ctx, []string{"br-late"}, nil, quiet())
+		return err
+	}); err != nil {
+		t.Fatalf("a missing LAN interface stopped the watch: %v", err)
+	}
+	defer func() { cancel(); n.Wait() }()
+	if n.OnLAN(netip.MustParseAddr("10.9.0.7")) {
+		t.Error("lan0's prefix is LAN, but only br-late is")
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not seen within 5 s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	sh(t, "ip", "-n", ns, "link", "add", "br-late", "type", "bridge")
+	sh(t, "ip", "-n", ns, "addr", "add", "10.8.0.1/24", "dev", "br-late")
+	sh(t, "ip", "-n", ns, "link", "set", "br-late", "up")
+	waitFor("br-late's prefix", func() bool { return n.OnLAN(netip.MustParseAddr("10.8.0.9")) })
+	if n.OnLAN(netip.MustParseAddr("10.9.0.7")) {
+		t.Error("lan0's prefix became LAN")
+	}
+	sh(t, "ip", "-n", ns, "neigh", "add", "10.8.0.9", "lladdr", "02:00:00:00:00:09", "dev", "br-late", "nud", "reachable")
+	waitFor("a neighbour on br-late", func() bool {
+		mac, ok := n.MAC(netip.MustParseAddr("10.8.0.9"))
+		return ok && mac == "02:00:00:00:00:09"
+	})
+	sh(t, "ip", "-n", ns, "link", "del", "br-late")
+	waitFor("br-late gone", func() bool { return !n.OnLAN(netip.MustParseAddr("10.8.0.9")) })
+}

@@ -26,12 +26,16 @@ type neighUpdate struct {
 	linkIndex int
 }
 
-// addrUpdate is one of the router's addresses added or removed.
+// addrUpdate is one of the router's addresses added or removed, or (link
+// set) an interface made, renamed or removed: interfaces travel with the
+// addresses so that an interface is known before its first address.
 type addrUpdate struct {
-	del       bool // RTM_DELADDR
+	del       bool // RTM_DELADDR, RTM_DELLINK
 	ip        netip.Addr
 	bits      int // prefix length
 	linkIndex int
+	link      bool   // RTM_NEWLINK, RTM_DELLINK
+	name      string // the interface's name (link updates)
 }
 
 // rtnlSubscribe joins the neighbour and address groups, then lists what
@@ -43,7 +47,7 @@ func rtnlSubscribe(ctx context.Context, neigh chan<- neighUpdate, addr chan<- ad
 	if err != nil {
 		return fmt.Errorf("netlink: %w", err)
 	}
-	for _, g := range []uint32{unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR} {
+	for _, g := range []uint32{unix.RTNLGRP_LINK, unix.RTNLGRP_NEIGH, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR} {
 		if err := c.JoinGroup(g); err != nil {
 			c.Close()
 			return fmt.Errorf("netlink: join group %d: %w", g, err)
@@ -100,6 +104,7 @@ func rtnlDump() ([]netlink.Message, error) {
 		typ  netlink.HeaderType
 		body []byte
 	}{
+		{unix.RTM_GETLINK, make([]byte, unix.SizeofIfInfomsg)}, // interfaces before their addresses
 		{unix.RTM_GETNEIGH, make([]byte, unix.SizeofNdMsg)},
 		{unix.RTM_GETADDR, make([]byte, unix.SizeofIfAddrmsg)},
 	} {
@@ -128,8 +133,12 @@ func rtnlDeliver(ctx context.Context, m netlink.Message, neigh chan<- neighUpdat
 		case <-ctx.Done():
 			return false
 		}
-	case unix.RTM_NEWADDR, unix.RTM_DELADDR:
-		u, ok := parseAddr(m)
+	case unix.RTM_NEWADDR, unix.RTM_DELADDR, unix.RTM_NEWLINK, unix.RTM_DELLINK:
+		parse := parseAddr
+		if m.Header.Type == unix.RTM_NEWLINK || m.Header.Type == unix.RTM_DELLINK {
+			parse = parseLink
+		}
+		u, ok := parse(m)
 		if !ok {
 			return true
 		}
@@ -202,4 +211,26 @@ func parseAddr(m netlink.Message) (addrUpdate, bool) {
 	}
 	u.ip = u.ip.Unmap()
 	return u, ad.Err() == nil && u.ip.IsValid() && u.bits <= u.ip.BitLen()
+}
+
+// parseLink reads a struct ifinfomsg and its IFLA_IFNAME.
+func parseLink(m netlink.Message) (addrUpdate, bool) {
+	if len(m.Data) < unix.SizeofIfInfomsg {
+		return addrUpdate{}, false
+	}
+	u := addrUpdate{
+		link:      true,
+		del:       m.Header.Type == unix.RTM_DELLINK,
+		linkIndex: int(int32(binary.NativeEndian.Uint32(m.Data[4:8]))),
+	}
+	ad, err := netlink.NewAttributeDecoder(m.Data[unix.SizeofIfInfomsg:])
+	if err != nil {
+		return addrUpdate{}, false
+	}
+	for ad.Next() {
+		if ad.Type() == unix.IFLA_IFNAME {
+			u.name = ad.String()
+		}
+	}
+	return u, ad.Err() == nil && u.name != "" && u.linkIndex > 0
 }

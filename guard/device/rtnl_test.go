@@ -98,6 +98,9 @@ func FuzzParseRtnl(f *testing.F) {
 		if u, ok := parseAddr(netlink.Message{Header: netlink.Header{Type: unix.RTM_NEWADDR}, Data: b}); ok && (!u.ip.IsValid() || u.bits > u.ip.BitLen()) {
 			t.Fatalf("bad address %+v", u)
 		}
+		if u, ok := parseLink(netlink.Message{Header: netlink.Header{Type: unix.RTM_NEWLINK}, Data: b}); ok && (!u.link || u.name == "" || u.linkIndex <= 0) {
+			t.Fatalf("bad link %+v", u)
+		}
 	})
 }
 
