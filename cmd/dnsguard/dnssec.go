@@ -42,7 +42,9 @@ func (r rawPool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 
 // newDNSSEC returns the configuration's validator, or nil with
 // validation off.
-func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger, state *device.Store) (*dnssec.Validator, error) {
+// clock is the running guard's clock check (kept across reloads); nil:
+// one of its own.
+func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger, state *device.Store, clock *bootClock) (*dnssec.Validator, error) {
 	if !cfg.DNSSEC.Enabled {
 		return nil, nil
 	}
@@ -50,22 +52,28 @@ func newDNSSEC(cfg *policy.Config, pool *upstream.Pool, log *slog.Logger, state 
 	if err != nil {
 		return nil, err
 	}
+	if clock == nil {
+		clock = bootClockFor(state, log, false)
+	}
 	return dnssec.New(rawPool{pool}, dnssec.Config{
 		Anchors:         anchors,
 		NegativeAnchors: cfg.DNSSEC.InsecureDomains,
-		TimeTrusted:     bootClockFor(state, log).Trusted,
+		TimeTrusted:     clock.Trusted,
 		Tracker:         anchorTracker(state, log),
 	})
 }
 
 // bootClockFor returns the running guard's clock check; state may be nil.
-func bootClockFor(state *device.Store, log *slog.Logger) *bootClock {
+// With waitNTP, signature times are not checked until NTPSynced.
+func bootClockFor(state *device.Store, log *slog.Logger, waitNTP bool) *bootClock {
 	build, reason := releaseTime()
 	var ms metaStore
 	if state != nil {
 		ms = state
 	}
-	return newBootClock(time.Now, build, reason, ms, log)
+	c := newBootClock(time.Now, build, reason, ms, log)
+	c.waitNTP.Store(waitNTP)
+	return c
 }
 
 // anchorStateKey is where the RFC 5011 state lives in the state file.
@@ -154,6 +162,14 @@ func releaseTime() (time.Time, string) {
 // --dnssec-timestamp and dnssec-no-timecheck do; the log says so once,
 // with the reason, and again once when the clock passes the bound, from
 // which moment they are checked.
+//
+// With waitNTP (dnsguard run --dnssec-wait-ntp, set by the OpenWrt init
+// script when sysntpd is enabled, as OpenWrt's dnsmasq gets
+// --dnssec-no-timecheck) the bound is not enough: a clock wrongly in the
+// future would make every signature look expired, DNS would fail and NTP
+// could not resolve its servers. Times are then not checked at all until
+// NTPSynced (SIGUSR1, sent by /etc/hotplug.d/ntp/25-dnsguard when sysntpd
+// reports a synced stratum).
 type bootClock struct {
 	now    func() time.Time
 	floor  time.Time
@@ -164,6 +180,9 @@ type bootClock struct {
 	recorded atomic.Int64 // Unix seconds last written to the state file
 	behind   atomic.Bool  // "clock behind" logged
 	passed   atomic.Bool  // "clock passed the bound" logged
+	waitNTP  atomic.Bool  // times unchecked until NTPSynced
+	waiting  atomic.Bool  // "waiting for NTP" logged
+	synced   atomic.Bool  // NTPSynced: trusted whatever the bound
 }
 
 // newBootClock returns the clock check with its lower bound: the later of
@@ -193,8 +212,15 @@ func newBootClock(now func() time.Time, build time.Time, buildReason string, sta
 
 // Trusted reports whether signature validity times can be checked now.
 func (c *bootClock) Trusted() bool {
+	if c.waitNTP.Load() {
+		if c.waiting.CompareAndSwap(false, true) {
+			c.log.Warn("dnssec: waiting for NTP to sync (--dnssec-wait-ntp); signature validity times are not checked until it has",
+				"now", c.now().UTC().Format(time.RFC3339))
+		}
+		return false
+	}
 	t := c.now()
-	if t.Before(c.floor) {
+	if t.Before(c.floor) && !c.synced.Load() {
 		if c.behind.CompareAndSwap(false, true) {
 			c.log.Warn("dnssec: the clock is earlier than its known lower bound (no real-time clock, NTP not synced yet?); signature validity times are not checked until it passes it",
 				"now", t.UTC().Format(time.RFC3339), "lower_bound", c.floor.UTC().Format(time.RFC3339), "reason", c.reason)
@@ -207,6 +233,30 @@ func (c *bootClock) Trusted() bool {
 	}
 	c.record(t)
 	return true
+}
+
+// NTPSynced tells the clock that NTP has synced: from now on the clock is
+// trusted (its time recorded in the state file at once, the next boot's
+// lower bound) and signature validity times are checked, with or without
+// --dnssec-wait-ntp. Only the first call counts; later ones (each NTP
+// stratum change) do nothing.
+func (c *bootClock) NTPSynced() {
+	if c.synced.Swap(true) {
+		return
+	}
+	c.waitNTP.Store(false)
+	c.passed.Store(true) // the NTP line says it; no "passed the bound" line after it
+	t := c.now()
+	c.log.Info("dnssec: NTP has synced; signature validity times are checked", "now", t.UTC().Format(time.RFC3339))
+	// Past the lower bound or not, NTP's time is the trusted one: the
+	// bound is only a guess for when nothing says the time is right
+	// (synced, set above, lifts it).
+	if c.state != nil {
+		c.recorded.Store(t.Unix())
+		if err := c.state.PutMeta(clockStateKey, []byte(t.UTC().Format(time.RFC3339))); err != nil {
+			c.log.Warn("dnssec: clock not recorded in the state file", "err", err)
+		}
+	}
 }
 
 // record writes t, a trusted time, to the state file at most once per

@@ -168,3 +168,66 @@ func TestReleaseTime(t *testing.T) {
 		}
 	}
 }
+
+// TestBootClockWaitNTP: with --dnssec-wait-ntp the clock is not trusted,
+// even past every bound, until NTPSynced; then it is (even before the
+// bound: NTP's time wins) and the time is recorded at once.
+func TestBootClockWaitNTP(t *testing.T) {
+	store, err := device.OpenStore(filepath.Join(t.TempDir(), "state.db"), "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	build := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	now := time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC) // past the build time
+	var logs bytes.Buffer
+	c := newBootClock(func() time.Time { return now }, build, "build time", store, slog.New(slog.NewTextHandler(&logs, nil)))
+	c.waitNTP.Store(true)
+	for range 3 {
+		if c.Trusted() {
+			t.Fatal("trusted before NTP synced")
+		}
+	}
+	if got, _ := store.GetMeta(clockStateKey); len(got) != 0 {
+		t.Errorf("recorded %q before NTP synced", got)
+	}
+	now = time.Date(2026, 11, 30, 18, 0, 0, 0, time.UTC)
+	c.NTPSynced()
+	c.NTPSynced() // every stratum change signals again
+	if !c.Trusted() {
+		t.Fatal("not trusted after NTP synced")
+	}
+	if got, _ := store.GetMeta(clockStateKey); string(got) != "2026-11-30T18:00:00Z" {
+		t.Errorf("recorded %q, want the synced time", got)
+	}
+	out := logs.String()
+	if n := strings.Count(out, "waiting for NTP"); n != 1 {
+		t.Errorf("waiting logged %d times, want once:\n%s", n, out)
+	}
+	if n := strings.Count(out, "NTP has synced"); n != 1 {
+		t.Errorf("synced logged %d times, want once:\n%s", n, out)
+	}
+	if strings.Contains(out, "earlier than its known lower bound") {
+		t.Errorf("lower-bound line while waiting for NTP:\n%s", out)
+	}
+
+	// NTP's time wins over a lower bound it is earlier than (a state
+	// file written while the clock was wrongly in the future).
+	now = build.Add(-24 * time.Hour)
+	c2 := newBootClock(func() time.Time { return now }, build, "build time", nil, slog.New(slog.DiscardHandler))
+	c2.waitNTP.Store(true)
+	c2.NTPSynced()
+	if !c2.Trusted() {
+		t.Error("synced clock before the build time not trusted")
+	}
+	// Without the flag too (the guard restarted after the sync file was
+	// made, then NTP stepped again): the bound rules until the signal.
+	c3 := newBootClock(func() time.Time { return now }, build, "build time", nil, slog.New(slog.DiscardHandler))
+	if c3.Trusted() {
+		t.Error("clock before the build time trusted")
+	}
+	c3.NTPSynced()
+	if !c3.Trusted() {
+		t.Error("without --dnssec-wait-ntp: synced clock before the build time not trusted")
+	}
+}

@@ -187,7 +187,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	if err != nil {
 		return nil, err
 	}
-	sec, err := newDNSSEC(cfg, sp.pool, log.With("stage", "dnssec"), router.State)
+	sec, err := newDNSSEC(cfg, sp.pool, log.With("stage", "dnssec"), router.State, router.Clock)
 	if err != nil {
 		ups.release(context.Background(), sp)
 		return nil, fmt.Errorf("dnssec: %w", err)

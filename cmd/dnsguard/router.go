@@ -42,6 +42,9 @@ type routerSide struct {
 	// State is the state file (nil: none); the DNSSEC trust anchors'
 	// RFC 5011 state is kept in it.
 	State *device.Store
+	// Clock is the DNSSEC clock check, kept across reloads (nil: each
+	// chain gets one of its own); set by cmdRun.
+	Clock *bootClock
 
 	cfg      *policy.Config
 	log      *slog.Logger

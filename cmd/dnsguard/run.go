@@ -27,7 +27,8 @@ const runUsage = `usage: dnsguard run [flags]
 Runs the guard. Without --config it uses the embedded default
 (listen on 127.0.0.1:5353 and [::1]:5353, DoT/DoH upstreams by IP).
 Flags override the config file. SIGHUP reloads the config (the cache is
-kept); SIGTERM stops cleanly.
+kept); SIGUSR1 says NTP has synced (--dnssec-wait-ntp); SIGTERM stops
+cleanly.
 
 Upstream URLs:
   tls://IP:PORT?sni=NAME[&pin=sha256/BASE64]    DNS over TLS
@@ -49,6 +50,7 @@ type runFlags struct {
 	check      bool
 	pprof      string
 	dnssec     optBool
+	waitNTP    bool
 }
 
 // optBool is a boolean flag that knows whether it was given, so that an
@@ -118,6 +120,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.state, "state", "", "per-device state `FILE` (bbolt)")
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.Var(&f.dnssec, "dnssec", "validate answers with DNSSEC (--dnssec=false: off); default: the config's option dnssec, on")
+	fs.BoolVar(&f.waitNTP, "dnssec-wait-ntp", false, "do not check DNSSEC signature times until told NTP has synced (SIGUSR1), even with the clock past the build time (the OpenWrt init script sets it when sysntpd is enabled)")
 	fs.BoolVar(&f.check, "check", false, "build everything the config asks for (upstreams, pins, CA file, classes) without opening a socket, and exit; a --config file must have its \"config dnsguard\" section")
 	if profilesBuilt {
 		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
@@ -140,6 +143,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(stdout, "config ok")
 		return nil
 	}
+	// SIGUSR1 (NTP synced, from the hotplug script) must not kill a guard
+	// still starting: caught from here on.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	logLevel := new(slog.LevelVar)
 	logLevel.Set(parseLevel(cfg.LogLevel))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
@@ -168,6 +176,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// unchanged); the cache forgets the failures it recorded while every
 	// upstream was down as soon as one answers again.
 	ups := newUpstreams(log, c.Recovered)
+	router.Clock = bootClockFor(router.State, log.With("stage", "dnssec"), f.waitNTP)
 	g, err := buildGuard(cfg, c, router, log, ups)
 	if err != nil {
 		return err
@@ -207,6 +216,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
 	for {
 		select {
+		case <-usr1:
+			router.Clock.NTPSynced()
 		case <-hup:
 			next, err := f.load()
 			if err != nil {
