@@ -146,6 +146,7 @@ stage_data() {
 	install -D -m 0755 "$2" "$d/usr/sbin/dnsguard"
 	install -D -m 0755 "$files/dnsguard.init" "$d/etc/init.d/dnsguard"
 	install -D -m 0755 "$files/dnsguard.failsafe" "$d/usr/libexec/dnsguard-failsafe"
+	install -D -m 0755 "$files/dnsguard.ntp-hotplug" "$d/etc/hotplug.d/ntp/25-dnsguard"
 	install -D -m 0644 "$files/dnsguard.capabilities" "$d/etc/capabilities/dnsguard.json"
 	install -D -m 0644 "$files/dnsguard.config" "$d/etc/config/dnsguard"
 	install -D -m 0755 "$files/dnsguard.uci-defaults" "$d/etc/uci-defaults/90-dnsguard"

@@ -84,6 +84,7 @@ start) start_service ;;
 boot) boot ;;
 reload) reload_service ;;
 triggers) service_triggers ;;
+ntp_synced) ntp_synced ;;
 *) echo "unknown action $1" >&2; exit 2 ;;
 esac
 `

@@ -285,6 +285,7 @@ func TestIPKStructure(t *testing.T) {
 				"lib/upgrade/keep.d/dnsguard":                  0o644,
 				"usr/libexec/dnsguard-failsafe":                0o755,
 				"etc/capabilities/dnsguard.json":               0o644,
+				"etc/hotplug.d/ntp/25-dnsguard":                0o755,
 			} {
 				e, ok := p.data[path]
 				if !ok {
@@ -385,6 +386,7 @@ func TestIPKScripts(t *testing.T) {
 		"etc/init.d/dnsguard":           p.data["etc/init.d/dnsguard"],
 		"etc/uci-defaults/90-dnsguard":  p.data["etc/uci-defaults/90-dnsguard"],
 		"usr/libexec/dnsguard-failsafe": p.data["usr/libexec/dnsguard-failsafe"],
+		"etc/hotplug.d/ntp/25-dnsguard": p.data["etc/hotplug.d/ntp/25-dnsguard"],
 	}
 	dir := t.TempDir()
 	for name, e := range scripts {
