@@ -247,6 +247,11 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	fr := *req
 	fr.Raw, fr.Q.Name = nil, append([]byte(nil), req.Q.Name...)
 	ch := c.flight.DoChan(skey, func() (any, error) {
+		// A flight that ended between this caller's miss and now has
+		// stored its answer: serve that, not a second upstream query.
+		if r := c.fresh(skey); r != nil {
+			return r, nil
+		}
 		rctx, cancel := context.WithTimeout(stage.WithoutWaiter(context.WithoutCancel(ctx)), refreshTimeout)
 		defer cancel()
 		r, err := next.ServeDNS(rctx, &fr)
@@ -277,6 +282,18 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 		}
 	}
 	return nil, res.Err
+}
+
+// fresh returns the unexpired answer stored under key, or nil.
+func (c *Cache) fresh(key string) *dnswire.Reply {
+	now := c.now()
+	sh := c.shardOf(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.m[key]; e != nil && e.reply != nil && now.Before(e.expires) {
+		return e.reply.With(uint32(now.Sub(e.stored)/time.Second), 0, nil)
+	}
+	return nil
 }
 
 // fallback answers from an entry whose failure is cached: stale data if
