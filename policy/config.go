@@ -247,14 +247,17 @@ func Parse(r io.Reader, file string) (*Config, error) {
 
 // Default listen addresses without a listen list: loopback off port 53
 // when no LAN interface is given, so the guard runs anywhere without
-// privileges.
-var defaultListen = []string{"127.0.0.1:5353", "[::1]:5353"}
+// privileges. Port 5337 is unassigned (IANA leaves 5322-5342 free) and
+// not a local resolver's habit: 5353 is mDNS (avahi holds it on most
+// Linux desktops), 5354 mDNSResponder, 5355 LLMNR (systemd-resolved),
+// 5335 the unbound of the Pi-hole guides.
+var defaultListen = []string{"127.0.0.1:5337", "[::1]:5337"}
 
 // ListenAddrs is where the guard serves: the listen list when one is
 // given; else, with LAN interfaces, every address of the router on
 // guard_port (one socket per family on the unspecified address, each
 // answer sent from the address asked, so addresses that come and go
-// are served and loopback is included); else loopback on port 5353.
+// are served and loopback is included); else loopback on port 5337.
 func (c *Config) ListenAddrs() []string {
 	if len(c.Listen) > 0 {
 		return c.Listen

@@ -112,7 +112,7 @@ func TestListenAddrs(t *testing.T) {
 		want    []string
 		derived bool
 	}{
-		{"", []string{"127.0.0.1:5353", "[::1]:5353"}, false},
+		{"", []string{"127.0.0.1:5337", "[::1]:5337"}, false},
 		{"config dnsguard\n\tlist lan 'br-lan'\n", []string{"0.0.0.0:53", "[::]:53"}, true},
 		{"config dnsguard\n\tlist lan 'br-lan'\nconfig intercept\n\toption guard_port '5300'\n", []string{"0.0.0.0:5300", "[::]:5300"}, true},
 		{"config dnsguard\n\tlist lan 'br-lan'\n\tlist listen '192.168.1.1:53'\n", []string{"192.168.1.1:53"}, false},

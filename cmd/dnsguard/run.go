@@ -25,7 +25,7 @@ import (
 const runUsage = `usage: dnsguard run [flags]
 
 Runs the guard. Without --config it uses the embedded default
-(listen on 127.0.0.1:5353 and [::1]:5353, DoT/DoH upstreams by IP).
+(listen on 127.0.0.1:5337 and [::1]:5337, DoT/DoH upstreams by IP).
 Flags override the config file. SIGHUP reloads the config (the cache is
 kept); SIGUSR1 says NTP has synced (--dnssec-wait-ntp); SIGTERM stops
 cleanly.
