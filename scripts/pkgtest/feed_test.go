@@ -20,10 +20,10 @@ import (
 // the feed's download gets it).
 func TestFeedBuild(t *testing.T) {
 	testenv.Short(t)
+	if err := openWrtTool(t); err != nil {
+		t.Fatal(err)
+	}
 	if toolDir == "" {
-		if toolErr != nil {
-			t.Fatal(toolErr)
-		}
 		t.Skip("no shared/tools/openwrt-root beside the checkout (set OPENWRT_ROOT_TOOL)")
 	}
 	testenv.Require(t, "make", "git", "gcc")

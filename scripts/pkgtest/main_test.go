@@ -3,11 +3,12 @@
 // qemu-user, and the router-side shell scripts (init script, uci-defaults,
 // postrm) against stand-ins for OpenWrt's shell functions and uci.
 //
-// TestMain builds every package once, into a temporary directory; Go's build
-// cache keeps later runs fast.
+// The first test that needs the packages builds every one of them, once,
+// into a temporary directory; Go's build cache keeps later runs fast.
 package pkgtest
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -15,7 +16,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // arches are the OpenWrt package architectures built, with the Go build
@@ -43,12 +47,18 @@ var arches = []struct {
 
 var (
 	repoRoot string // the module root
+	workDir  string // this run's temporary directory, removed by TestMain
 	outDir   string // build-packages.sh's OUTDIR
 	oldDir   string // the previous build (x86_64 only), for upgrades
-	buildLog []byte // its output (the size table)
-	buildErr error  // why the build failed, if it did
 	toolDir  string // ../shared/tools/openwrt-root, if found
-	toolErr  error  // why it could not be built
+
+	// Set once, by the first test that needs them (go test -list and
+	// tests that need no package build nothing).
+	toolOnce  sync.Once
+	toolErr   error // why the openwrt-root tool could not be built
+	buildOnce sync.Once
+	buildLog  []byte // build-packages.sh's output (the size table)
+	buildErr  error  // why the build failed, if it did
 )
 
 func TestMain(m *testing.M) {
@@ -63,56 +73,88 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	repoRoot = filepath.Join(wd, "..", "..")
-	if testing.Short() {
-		buildErr = errShort
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "dnsguard-pkgtest-")
-	if err != nil {
+	toolDir = findOpenWrtTool(wd)
+	if workDir, err = os.MkdirTemp("", "dnsguard-pkgtest-"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
-	outDir = filepath.Join(dir, "out")
-	oldDir = filepath.Join(dir, "old")
-
-	// The OpenWrt-like root's tools (opkg, apk, uci): apk packs the .apk.
-	apk := "none"
-	if toolDir = findOpenWrtTool(wd); toolDir != "" {
-		out, err := exec.Command("bash", filepath.Join(toolDir, "build.sh"), openWrtOut()).CombinedOutput()
-		if err != nil {
-			toolErr = fmt.Errorf("%s/build.sh %s: %v\n%s", toolDir, openWrtOut(), err, out)
-		} else {
-			apk = filepath.Join(openWrtOut(), "prefix", "bin", "apk")
-		}
-	} else if os.Getenv("OPENWRT_ROOT_TOOL") != "" {
-		toolErr = fmt.Errorf("OPENWRT_ROOT_TOOL=%s has no build.sh", os.Getenv("OPENWRT_ROOT_TOOL"))
-	}
-	cmd := exec.Command("bash", filepath.Join(repoRoot, "scripts", "build-packages.sh"), outDir)
-	cmd.Env = append(os.Environ(), "VERSION=1.2.3", "RELEASE=4", "APK="+apk)
-	buildLog, err = cmd.CombinedOutput()
-	if err != nil {
-		buildErr = fmt.Errorf("scripts/build-packages.sh: %v\n%s", err, buildLog)
-		return m.Run()
-	}
-	// The previous release, to upgrade from.
-	cmd = exec.Command("bash", filepath.Join(repoRoot, "scripts", "build-packages.sh"), oldDir)
-	cmd.Env = append(os.Environ(), "VERSION=1.2.3", "RELEASE=3", "APK="+apk, "ARCHES=x86_64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("scripts/build-packages.sh (previous release): %v\n%s", err, out)
-	}
+	defer os.RemoveAll(workDir)
+	outDir = filepath.Join(workDir, "out")
+	oldDir = filepath.Join(workDir, "old")
 	return m.Run()
 }
 
-var errShort = fmt.Errorf("packages are not built under -short")
+// openWrtTool builds the OpenWrt-like root's tools (opkg, apk, uci) once;
+// it reports why they cannot be had ("" and nil: no tool beside the
+// checkout).
+func openWrtTool(t *testing.T) error {
+	t.Helper()
+	toolOnce.Do(func() {
+		switch {
+		case toolDir != "":
+			out, err := runBuild(t, nil, "bash", filepath.Join(toolDir, "build.sh"), openWrtOut())
+			if err != nil {
+				toolErr = fmt.Errorf("%s/build.sh %s: %w\n%s", toolDir, openWrtOut(), err, out)
+			}
+		case os.Getenv("OPENWRT_ROOT_TOOL") != "":
+			toolErr = fmt.Errorf("OPENWRT_ROOT_TOOL=%s has no build.sh", os.Getenv("OPENWRT_ROOT_TOOL"))
+		}
+	})
+	return toolErr
+}
 
-// built skips the test under -short and fails it if the packages could not
-// be built.
+// buildPackages runs scripts/build-packages.sh once: every package, and the
+// previous release (x86_64) to upgrade from.
+func buildPackages(t *testing.T) {
+	t.Helper()
+	apk := "none"
+	if openWrtTool(t) == nil && toolDir != "" {
+		apk = filepath.Join(openWrtOut(), "prefix", "bin", "apk")
+	}
+	script := filepath.Join(repoRoot, "scripts", "build-packages.sh")
+	env := []string{"VERSION=1.2.3", "RELEASE=4", "APK=" + apk}
+	out, err := runBuild(t, env, "bash", script, outDir)
+	buildLog = out
+	if err != nil {
+		buildErr = fmt.Errorf("scripts/build-packages.sh: %w\n%s", err, out)
+		return
+	}
+	env = []string{"VERSION=1.2.3", "RELEASE=3", "APK=" + apk, "ARCHES=x86_64"}
+	if out, err := runBuild(t, env, "bash", script, oldDir); err != nil {
+		buildErr = fmt.Errorf("scripts/build-packages.sh (previous release): %w\n%s", err, out)
+	}
+}
+
+// runBuild runs a build script in a process group of its own, killed as a
+// whole when the test binary's deadline is near (a timed-out go test
+// leaves no build running behind it) or when this process dies.
+func runBuild(t *testing.T, env []string, name string, args ...string) ([]byte, error) {
+	ctx := context.Background()
+	if d, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("killed near the test deadline: %w", err)
+	}
+	return out, err
+}
+
+// built skips the test under -short, builds the packages on first use and
+// fails the test if they could not be built.
 func built(t *testing.T) {
 	t.Helper()
-	if buildErr == errShort {
+	if testing.Short() {
 		t.Skip("end-to-end test skipped with -short")
 	}
+	buildOnce.Do(func() { buildPackages(t) })
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}

@@ -55,11 +55,11 @@ func requireOpenWrt(t *testing.T) {
 	t.Helper()
 	built(t)
 	testenv.RequireRoot(t)
-	switch {
-	case toolDir == "" && os.Getenv("OPENWRT_ROOT_TOOL") == "":
+	if err := openWrtTool(t); err != nil {
+		t.Fatalf("openwrt-root tool: %v", err)
+	}
+	if toolDir == "" {
 		t.Skip("no shared/tools/openwrt-root beside the checkout (set OPENWRT_ROOT_TOOL)")
-	case toolErr != nil:
-		t.Fatalf("openwrt-root tool: %v", toolErr)
 	}
 }
 
