@@ -346,69 +346,8 @@ func labDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer cancel()
 	d.Run(rctx, t, strings.Split(*names, ",")...)
 	d.Close()
-	s := summarize(d)
+	s := emulate.Summarize(d)
 	fmt.Fprintf(stdout, "profile %s: %d queries, %d answered with an address, %d failed; %d datagrams received; records per answer %.1f\n",
-		p.Name, s.queries, s.usable, s.failed, s.datagrams, s.recordsPerAnswer())
+		p.Name, s.Queries, s.Usable, s.Failed, s.Datagrams, s.RecordsPerAnswer())
 	return nil
-}
-
-// deviceSummary is what an emulated device saw.
-type deviceSummary struct {
-	queries, usable, failed, timeouts int
-	servfail, refused, nxdomain       int
-	datagrams, records, answers       int
-	addrs                             map[netip.Addr]int
-	ede                               map[uint16]int // Extended DNS Errors seen (EDNS clients only)
-}
-
-func (s *deviceSummary) recordsPerAnswer() float64 {
-	if s.answers == 0 {
-		return 0
-	}
-	return float64(s.records) / float64(s.answers)
-}
-
-func summarize(devs ...*emulate.Device) deviceSummary {
-	s := deviceSummary{addrs: map[netip.Addr]int{}, ede: map[uint16]int{}}
-	var exs []emulate.Exchange
-	for _, d := range devs {
-		exs = append(exs, d.Exchanges()...)
-		s.datagrams += len(d.Received())
-	}
-	for _, ex := range exs {
-		if errors.Is(ex.Err, context.Canceled) || errors.Is(ex.Err, context.DeadlineExceeded) {
-			continue // cut by the end of the run, not by the resolver
-		}
-		s.queries++
-		if ex.Failed() {
-			s.failed++
-		} else {
-			s.usable++
-		}
-		switch {
-		case ex.Reply == nil:
-			s.timeouts++
-		case ex.Reply.Rcode == dns.RcodeServerFailure:
-			s.servfail++
-		case ex.Reply.Rcode == dns.RcodeRefused:
-			s.refused++
-		case ex.Reply.Rcode == dns.RcodeNameError:
-			s.nxdomain++
-		}
-		if ex.Reply != nil {
-			s.answers++
-			s.records += len(ex.Reply.Answer)
-			for _, a := range emulate.Addresses(ex.Reply, dns.TypeANY) {
-				s.addrs[a]++
-			}
-			if opt := ex.Reply.IsEdns0(); opt != nil {
-				for _, o := range opt.Option {
-					if e, ok := o.(*dns.EDNS0_EDE); ok {
-						s.ede[e.InfoCode]++
-					}
-				}
-			}
-		}
-	}
-	return s
 }

@@ -47,8 +47,8 @@ func TestLabExperiments(t *testing.T) {
 			noForged(t, r)
 			// Every answer is a refusal; on a loaded machine a few may
 			// say the upstream timed out instead of why it was refused.
-			if r.Guarded.usable != 0 || r.Guarded.servfail == 0 || r.Guarded.ede[ede] == 0 {
-				t.Errorf("want SERVFAIL with EDE %d: %s, EDE %v", ede, gets(r.Guarded), r.Guarded.ede)
+			if r.Guarded.Usable != 0 || r.Guarded.ServFail == 0 || r.Guarded.EDE[ede] == 0 {
+				t.Errorf("want SERVFAIL with EDE %d: %s, EDE %v", ede, gets(r.Guarded), r.Guarded.EDE)
 			}
 		}
 	}
@@ -57,7 +57,7 @@ func TestLabExperiments(t *testing.T) {
 	boundedUpstream := func(max int) check {
 		return func(t *testing.T, r tableRow) {
 			if r.Upstream > max {
-				t.Errorf("%d queries reached the upstream (device sent %d), want at most %d", r.Upstream, r.Guarded.queries, max)
+				t.Errorf("%d queries reached the upstream (device sent %d), want at most %d", r.Upstream, r.Guarded.Queries, max)
 			}
 		}
 	}
@@ -69,12 +69,12 @@ func TestLabExperiments(t *testing.T) {
 	// the device gets usable answers and no refusal for its content (a
 	// loaded machine may still make an upstream attempt time out).
 	allUsable := func(t *testing.T, r tableRow) {
-		if r.Guarded.usable == 0 {
+		if r.Guarded.Usable == 0 {
 			t.Errorf("through the guard: %s", gets(r.Guarded))
 		}
 		for _, code := range []uint16{4, 15, 24} { // Forged Answer, Blocked, Invalid Data
-			if n := r.Guarded.ede[code]; n > 0 {
-				t.Errorf("the shield refused %d answers (EDE %d): %v", n, code, r.Guarded.ede)
+			if n := r.Guarded.EDE[code]; n > 0 {
+				t.Errorf("the shield refused %d answers (EDE %d): %v", n, code, r.Guarded.EDE)
 			}
 		}
 	}
@@ -84,8 +84,8 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatalf("device got %d records for %s", len(ex.Reply.Answer), ex.Name)
 			}
 		}
-		if r.Direct.recordsPerAnswer() < 5 {
-			t.Errorf("the lab did not amplify: %.1f records per answer", r.Direct.recordsPerAnswer())
+		if r.Direct.RecordsPerAnswer() < 5 {
+			t.Errorf("the lab did not amplify: %.1f records per answer", r.Direct.RecordsPerAnswer())
 		}
 	}
 	oneDatagram := func(t *testing.T, r tableRow) {
@@ -97,8 +97,8 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatalf("device got %d copies of answer %#04x on port %d", per[key{d.Port, d.ID}], d.ID, d.Port)
 			}
 		}
-		if r.Direct.datagrams < 2*r.Direct.answers {
-			t.Errorf("the lab did not flood: %d datagrams for %d answers", r.Direct.datagrams, r.Direct.answers)
+		if r.Direct.Datagrams < 2*r.Direct.Answers {
+			t.Errorf("the lab did not flood: %d datagrams for %d answers", r.Direct.Datagrams, r.Direct.Answers)
 		}
 	}
 	tests := []struct {
@@ -160,7 +160,7 @@ func TestLabExperiments(t *testing.T) {
 			}
 		}}},
 		{"unavailable", []check{func(t *testing.T, r tableRow) {
-			if r.Guarded.usable != 0 || r.Guarded.servfail == 0 {
+			if r.Guarded.Usable != 0 || r.Guarded.ServFail == 0 {
 				t.Errorf("through the guard: %s", gets(r.Guarded))
 			}
 
@@ -190,7 +190,7 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatal(r.Err)
 			}
 			t.Logf("%s: direct %s (%d queries); through guard %s (%d queries), %d reached the upstream",
-				tt.exp, gets(r.Direct), r.Direct.queries, gets(r.Guarded), r.Guarded.queries, r.Upstream)
+				tt.exp, gets(r.Direct), r.Direct.Queries, gets(r.Guarded), r.Guarded.Queries, r.Upstream)
 			for _, c := range tt.checks {
 				c(t, r)
 			}
@@ -205,9 +205,9 @@ func TestLabExperiments(t *testing.T) {
 // figure the issue asks to see for the retry storm and TTL 0.
 func printCounts(t *testing.T, r tableRow) {
 	t.Logf("%s: device sent %d queries through the guard; %d reached the upstream (%d sent straight to the lab)",
-		r.Experiment, r.Guarded.queries, r.Upstream, r.Direct.queries)
-	if r.Upstream >= r.Guarded.queries {
-		t.Errorf("the guard passed on every query: %d device, %d upstream", r.Guarded.queries, r.Upstream)
+		r.Experiment, r.Guarded.Queries, r.Upstream, r.Direct.Queries)
+	if r.Upstream >= r.Guarded.Queries {
+		t.Errorf("the guard passed on every query: %d device, %d upstream", r.Guarded.Queries, r.Upstream)
 	}
 }
 
@@ -361,11 +361,11 @@ func TestLabDNSSEC(t *testing.T) {
 			}
 			seen := 0
 			for _, c := range tt.ede {
-				seen += r.Guarded.ede[c]
+				seen += r.Guarded.EDE[c]
 			}
 			if len(tt.ede) == 0 {
-				if r.Guarded.usable == 0 || r.Guarded.servfail != 0 {
-					t.Errorf("honest signed answers: %s, EDE %v", gets(r.Guarded), r.Guarded.ede)
+				if r.Guarded.Usable == 0 || r.Guarded.ServFail != 0 {
+					t.Errorf("honest signed answers: %s, EDE %v", gets(r.Guarded), r.Guarded.EDE)
 				}
 				// RFC 4035 §5.3.3: no longer than the signature's original
 				// TTL (the lab's 300 s), whatever TTL the upstream gives.
@@ -379,8 +379,8 @@ func TestLabDNSSEC(t *testing.T) {
 						}
 					}
 				}
-			} else if r.Guarded.usable != 0 || seen == 0 {
-				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, gets(r.Guarded), r.Guarded.ede)
+			} else if r.Guarded.Usable != 0 || seen == 0 {
+				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, gets(r.Guarded), r.Guarded.EDE)
 			}
 			if t.Failed() {
 				t.Logf("guard log:\n%s", r.GuardLog)

@@ -45,8 +45,8 @@ type tableOptions struct {
 // through the guard.
 type tableRow struct {
 	Experiment lab.Experiment
-	Direct     deviceSummary
-	Guarded    deviceSummary
+	Direct     emulate.Summary
+	Guarded    emulate.Summary
 	// Upstream queries the lab saw from the guard during the experiment
 	// phase, and that phase's length.
 	Upstream      int
@@ -285,7 +285,7 @@ func runExperiment(ctx context.Context, o tableOptions, e lab.Experiment, i int)
 	if row.Err = errors.Join(derr, gerr); row.Err != nil {
 		return row
 	}
-	row.Direct, row.Guarded = summarize(direct...), summarize(guarded...)
+	row.Direct, row.Guarded = emulate.Summarize(direct...), emulate.Summarize(guarded...)
 	row.DirectDevice, row.GuardedDevice = direct[0], guarded[0]
 	ds := directLab.lab.Snapshot()
 	for _, c := range ds.Clients {
@@ -321,9 +321,9 @@ func runTable(ctx context.Context, o tableOptions) []tableRow {
 }
 
 // forged reports how many of the answers carried the lab's forged data.
-func forgedAnswers(s deviceSummary) int {
+func forgedAnswers(s emulate.Summary) int {
 	n := 0
-	for a, c := range s.addrs {
+	for a, c := range s.Addrs {
 		if _, ok := forgedAddrs[a]; ok {
 			n += c
 		}
@@ -344,48 +344,48 @@ func perMinute(n int, d time.Duration) float64 {
 }
 
 // gets describes in a few words what the device got.
-func gets(s deviceSummary) string {
+func gets(s emulate.Summary) string {
 	var parts []string
 	pct := func(n int) int {
-		if s.queries == 0 {
+		if s.Queries == 0 {
 			return 0
 		}
-		return 100 * n / s.queries
+		return 100 * n / s.Queries
 	}
-	parts = append(parts, fmt.Sprintf("%d%% usable", pct(s.usable)))
+	parts = append(parts, fmt.Sprintf("%d%% usable", pct(s.Usable)))
 	if f := forgedAnswers(s); f > 0 {
 		parts = append(parts, fmt.Sprintf("%d forged addr", f))
 	}
-	if s.timeouts > 0 {
-		parts = append(parts, fmt.Sprintf("%d timeouts", s.timeouts))
+	if s.Timeouts > 0 {
+		parts = append(parts, fmt.Sprintf("%d timeouts", s.Timeouts))
 	}
-	if s.servfail > 0 {
-		parts = append(parts, fmt.Sprintf("%d SERVFAIL", s.servfail))
+	if s.ServFail > 0 {
+		parts = append(parts, fmt.Sprintf("%d SERVFAIL", s.ServFail))
 	}
-	if s.refused > 0 {
-		parts = append(parts, fmt.Sprintf("%d REFUSED", s.refused))
+	if s.Refused > 0 {
+		parts = append(parts, fmt.Sprintf("%d REFUSED", s.Refused))
 	}
-	if r := s.recordsPerAnswer(); r > 2.5 {
+	if r := s.RecordsPerAnswer(); r > 2.5 {
 		parts = append(parts, fmt.Sprintf("%.0f RR/answer", r))
 	}
-	if s.answers > 0 && s.datagrams > s.answers*3/2 {
-		parts = append(parts, fmt.Sprintf("%.0f datagrams/answer", float64(s.datagrams)/float64(s.answers)))
+	if s.Answers > 0 && s.Datagrams > s.Answers*3/2 {
+		parts = append(parts, fmt.Sprintf("%.0f datagrams/answer", float64(s.Datagrams)/float64(s.Answers)))
 	}
 	return strings.Join(parts, ", ")
 }
 
-func edeSummary(s deviceSummary) string {
-	if len(s.ede) == 0 {
+func edeSummary(s emulate.Summary) string {
+	if len(s.EDE) == 0 {
 		return "-"
 	}
-	codes := make([]int, 0, len(s.ede))
-	for c := range s.ede {
+	codes := make([]int, 0, len(s.EDE))
+	for c := range s.EDE {
 		codes = append(codes, int(c))
 	}
 	sort.Ints(codes)
 	var parts []string
 	for _, c := range codes {
-		parts = append(parts, fmt.Sprintf("%s %d", edeName(uint16(c)), s.ede[uint16(c)]))
+		parts = append(parts, fmt.Sprintf("%s %d", edeName(uint16(c)), s.EDE[uint16(c)]))
 	}
 	return strings.Join(parts, ", ")
 }
@@ -417,8 +417,8 @@ func writeTable(w io.Writer, o tableOptions, rows []tableRow) error {
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%d\t%.1f\t%d\t%s\n",
-			r.Experiment, gets(r.Direct), perMinute(r.Direct.queries, o.Duration),
-			gets(r.Guarded), perMinute(r.Guarded.queries, o.Duration), r.Guarded.servfail, perMinute(r.Upstream, r.UpstreamPhase), r.Guarded.ede[3], edeSummary(r.Guarded))
+			r.Experiment, gets(r.Direct), perMinute(r.Direct.Queries, o.Duration),
+			gets(r.Guarded), perMinute(r.Guarded.Queries, o.Duration), r.Guarded.ServFail, perMinute(r.Upstream, r.UpstreamPhase), r.Guarded.EDE[3], edeSummary(r.Guarded))
 	}
 	return tw.Flush()
 }
