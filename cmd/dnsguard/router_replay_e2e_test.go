@@ -113,10 +113,7 @@ func bootQueries(t *testing.T, dir string, mac net.HardwareAddr) [][]sentinelQue
 // going down between boots) from the dev namespace to the guard, which
 // grades them from what NFLOG shows it. Its verdicts must be LABELS.md's.
 func TestRouterReplayIoTSentinel(t *testing.T) {
-	sentinelDir := testenv.SharedData("iot-sentinel")
-	if sentinelDir == "" {
-		t.Skip("IoT Sentinel data (shared/data/iot-sentinel) not beside this checkout")
-	}
+	sentinelDir := testenv.Data(t, "iot-sentinel")
 	tb := newTestbed(t)
 	tb.startGuard(t)
 	labels := readLabels(t, sentinelDir)

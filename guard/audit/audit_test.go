@@ -35,9 +35,10 @@ type label struct {
 
 func readLabels(t *testing.T) []label {
 	t.Helper()
+	testenv.Data(t, "iot-sentinel")
 	f, err := os.Open(filepath.Join(sentinel, "LABELS.md"))
 	if err != nil {
-		t.Skipf("no iot-sentinel data: %v", err)
+		t.Fatal(err)
 	}
 	defer f.Close()
 	var out []label
@@ -482,7 +483,8 @@ func TestHTMLInChromium(t *testing.T) {
 	more, _ := filepath.Glob(filepath.Join(sentinel, "Aria", "*.pcap"))
 	files = append(files, more...)
 	if len(files) == 0 {
-		t.Skip("no iot-sentinel data")
+		testenv.Data(t, "iot-sentinel")
+		t.Fatal("no such captures in ../shared/data/iot-sentinel")
 	}
 	rep := auditFiles(t, Options{}, files...)
 	dir := t.TempDir()
@@ -571,7 +573,8 @@ func FuzzAudit(f *testing.F) {
 func TestPcapngSameAsPcap(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(sentinel, "TP-LinkPlugHS100", "*.pcap"))
 	if len(files) == 0 {
-		t.Skip("no iot-sentinel data")
+		testenv.Data(t, "iot-sentinel")
+		t.Fatal("no such captures in ../shared/data/iot-sentinel")
 	}
 	const mac = "50:c7:bf:00:fc:a3"
 	dir := t.TempDir()

@@ -286,9 +286,9 @@ func TestReassemblerBounded(t *testing.T) {
 // and UDP ports with tshark's reading of the same file.
 func TestAgainstTshark(t *testing.T) {
 	tshark := testenv.Require(t, "tshark")[0]
-	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("iot-sentinel"), "HueBridge", "Setup-A-1-STA.pcap"))
+	files, _ := filepath.Glob(filepath.Join(testenv.Data(t, "iot-sentinel"), "HueBridge", "Setup-A-1-STA.pcap"))
 	if len(files) == 0 {
-		t.Skip("no iot-sentinel data")
+		t.Fatal("no HueBridge/Setup-A-1-STA.pcap in ../shared/data/iot-sentinel")
 	}
 	out, err := exec.Command(tshark, "-r", files[0], "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.proto", "-e", "udp.srcport").Output()
 	if err != nil {

@@ -56,11 +56,24 @@ func missing(t testing.TB, why string) {
 	t.Skip(why)
 }
 
+// Data returns the directory of the named data set under shared/data
+// (see SharedData). Without it the test skips, or, in CI, fails: .ci/run
+// runs beside the project's shared directory, so the tests that replay
+// real captures must run there.
+func Data(t testing.TB, name string) string {
+	t.Helper()
+	d := SharedData(name)
+	if d == "" {
+		missing(t, "needs ../shared/data/"+name+" beside the checkout")
+	}
+	return d
+}
+
 // SharedData returns the directory of the named data set under the
 // project's shared/data (../shared/data beside the checkout, found by
 // walking up from the test's directory), or "" when it is not there.
-// The data sets live outside the repository, so a test that needs one
-// skips without it, in CI too.
+// The data sets live outside the repository: fuzz targets seed from them
+// when they are there; a test that needs one calls Data.
 func SharedData(name string) string {
 	dir, err := os.Getwd()
 	if err != nil {
