@@ -2,12 +2,38 @@
 # Runs every test of dnsguard: format and vet checks, unit, table and
 # end-to-end tests, all with -race, then each fuzz target briefly (FUZZTIME,
 # default 10s).
-# End-to-end tests need root and the Debian packages .ci/run installs; run
-# outside CI they skip what is missing, under DNSGUARD_CI=1 they fail.
+# End-to-end tests need root and the Debian packages scripts/setup.sh
+# installs (run as root, this script installs them when missing); without
+# them they skip and this script says so, under DNSGUARD_CI=1 they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 FUZZTIME="${FUZZTIME:-10s}"
+
+# The real parts the end-to-end tests start. As root on Debian or Ubuntu,
+# missing ones are installed (scripts/setup.sh); otherwise this says which
+# tests will skip and the command that makes them run.
+parts="unbound dnsmasq nft ip dig kdig ldns-signzone tshark chromium promtool qemu-mipsel-static shellcheck curl"
+missing=
+for c in $parts; do
+	command -v "$c" >/dev/null || missing="$missing $c"
+done
+tool=$(bash scripts/openwrt-tool.sh)
+if [ -n "$tool" ] && [ ! -x /var/tmp/openwrt-root/prefix/bin/apk ] && [ -z "${OPENWRT_ROOT_OUT:-}" ]; then
+	missing="$missing openwrt-root(opkg,apk,uci)"
+fi
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${DNSGUARD_SETUP:-1}" = 1 ]; then
+		echo "test.sh: missing:$missing; installing them with scripts/setup.sh (DNSGUARD_SETUP=0 to skip)"
+		eval "$(bash scripts/setup.sh)"
+	else
+		echo "test.sh: missing:$missing"
+		echo "test.sh: the end-to-end tests that need them will SKIP; to run them: sudo bash scripts/setup.sh"
+	fi
+fi
+if [ "$(id -u)" != 0 ]; then
+	echo "test.sh: not root: the namespace, nftables and package end-to-end tests will SKIP; to run them: sudo bash scripts/test.sh"
+fi
 
 unformatted=$(gofmt -l cmd guard policy scripts 2>/dev/null || true)
 if [ -n "$unformatted" ]; then
@@ -51,9 +77,17 @@ fuzz() {
 }
 
 # Every fuzz target, briefly, seeded from testdata and the shared corpus.
-for pkg in $(go list ./...); do
-	for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
-		fuzz "$pkg" "$target"
-	done
+# Targets are found in the sources (go test -list would build every test
+# binary once more just to name them): "PKG TARGET" lines.
+mapfile -t targets < <(
+	for dir in $(go list -f '{{.Dir}}' ./...); do
+		sed -n "s|^func \(Fuzz[A-Za-z0-9_]*\)(f \*testing\.F).*|./${dir#"$PWD"/} \1|p" "$dir"/*_test.go 2>/dev/null
+	done | sort -u
+)
+if [ "${#targets[@]}" -lt 20 ]; then
+	echo "found ${#targets[@]} fuzz targets, expected 20 or more: is the discovery above broken?"; exit 1
+fi
+for t in "${targets[@]}"; do
+	fuzz "${t% *}" "${t#* }"
 done
 echo "all tests passed"
