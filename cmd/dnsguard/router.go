@@ -311,11 +311,7 @@ func observePacket(reg *device.Registry, p intercept.Packet) {
 		if p.DNS == nil {
 			return // a TCP segment without a query in it
 		}
-		q := &device.Query{ID: p.DNS.ID, EDNS: p.DNS.EDNS, Name: p.DNS.Name, Type: p.DNS.Type}
-		if !p.TCP {
-			q.Port = p.Src.Port()
-		}
-		reg.ObserveQuery(mac, p.Src, p.Dst, q)
+		reg.ObserveQuery(mac, p.Dst, device.Observation{Query: p.DNS, Src: p.Src, TCP: p.TCP})
 	case intercept.KindDoT, intercept.KindDoQ, intercept.KindDoH:
 		reg.ObserveBypass(mac, p.Src, p.Dst, string(p.Kind))
 	}

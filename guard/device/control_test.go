@@ -20,7 +20,7 @@ func TestControlSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	mac := "02:00:00:00:00:07"
-	reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.7:1000"), netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 1, Port: 1000})
+	reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(netip.MustParseAddrPort("10.0.0.7:1000"), 1, "."))
 	path := ControlPath(filepath.Join(t.TempDir(), "state.db"))
 	if err := os.WriteFile(path, nil, 0o600); err != nil { // left by a killed guard
 		t.Fatal(err)

@@ -126,7 +126,7 @@ func TestStoreBatchesAndReopens(t *testing.T) {
 	mac := "02:00:00:00:00:01"
 	dev := netip.MustParseAddrPort("192.168.1.20:4096")
 	for i := range 100 {
-		reg.ObserveQuery(mac, dev, netip.MustParseAddrPort("8.8.8.8:53"), &Query{ID: uint16(i), Port: 4096, Name: "a.example.", Type: 1})
+		reg.ObserveQuery(mac, netip.MustParseAddrPort("8.8.8.8:53"), udpQuery(dev, uint16(i), "a.example."))
 	}
 	// Nothing is written before a flush.
 	if recs, _ := s.Load(); len(recs) != 0 {
@@ -203,9 +203,8 @@ func TestRegistryGradesWeakDeviceStrictOnce(t *testing.T) {
 	src := netip.MustParseAddrPort("192.168.1.30:4096")
 	for i := range 200 {
 		clk.add(100 * time.Millisecond)
-		reg.ObserveQuery(weak, src, netip.MustParseAddrPort("192.168.1.1:53"), &Query{ID: uint16(i + 1), Port: 4096, Name: "x.example.", Type: 1})
-		reg.ObserveQuery(good, netip.MustParseAddrPort("192.168.1.31:1"), netip.MustParseAddrPort("192.168.1.1:53"),
-			&Query{ID: uint16(i*40503 + 17), Port: uint16(1024 + (i*7919)%60000), Name: "y.example.", Type: 1})
+		reg.ObserveQuery(weak, netip.MustParseAddrPort("192.168.1.1:53"), udpQuery(src, uint16(i+1), "x.example."))
+		reg.ObserveQuery(good, netip.MustParseAddrPort("192.168.1.1:53"), udpQuery(withPort(netip.MustParseAddrPort("192.168.1.31:1"), uint16(1024+(i*7919)%60000)), uint16(i*40503+17), "y.example."))
 	}
 	_, _, d, _ := reg.Identify(src.Addr())
 	if !d.Strict || d.Class != StrictClass {
@@ -226,7 +225,7 @@ func TestRegistryRetransmissionsAreNoEvidence(t *testing.T) {
 	src := netip.MustParseAddrPort("10.0.0.2:5000")
 	for range 50 {
 		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:09", src, netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 0x1234, Port: 5000, Name: "same.example.", Type: 1})
+		reg.ObserveQuery("02:00:00:00:00:09", netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(src, 0x1234, "same.example."))
 	}
 	if got := reg.Snapshot()[0].Observed; got != 1 {
 		t.Errorf("observed %d, want 1 (the rest are retransmissions)", got)
@@ -235,7 +234,7 @@ func TestRegistryRetransmissionsAreNoEvidence(t *testing.T) {
 	// of them are not a constant ID.
 	for i := range 3 {
 		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:09", netip.AddrPortFrom(src.Addr(), uint16(6000+i)), netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 0x5678, Port: uint16(6000 + i), Name: "retry.example.", Type: 1})
+		reg.ObserveQuery("02:00:00:00:00:09", netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(netip.AddrPortFrom(src.Addr(), uint16(6000+i)), 0x5678, "retry.example."))
 	}
 	if r := reg.Snapshot()[0]; r.Observed != 2 || r.Strict {
 		t.Errorf("retries on new ports: observed %d strict %v, want 2 and not strict", r.Observed, r.Strict)
@@ -246,7 +245,7 @@ func TestRegistryKeepsIdentityAcrossIPChangeAndMergesIPRecord(t *testing.T) {
 	clk := newClock()
 	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
 	mac := "02:00:00:00:00:03"
-	reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.2:1000"), netip.MustParseAddrPort("8.8.8.8:53"), &Query{ID: 1, Port: 1000})
+	reg.ObserveQuery(mac, netip.MustParseAddrPort("8.8.8.8:53"), udpQuery(netip.MustParseAddrPort("10.0.0.2:1000"), 1, "."))
 	id, _, _, _ := reg.Identify(netip.MustParseAddr("10.0.0.2"))
 	if id != mac {
 		t.Fatalf("id %q, want %q", id, mac)
@@ -341,7 +340,7 @@ func TestClassifier(t *testing.T) {
 func TestIdentifyStage(t *testing.T) {
 	clk := newClock()
 	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
-	reg.ObserveQuery("02:00:00:00:00:05", netip.MustParseAddrPort("10.0.0.5:3000"), netip.MustParseAddrPort("8.8.8.8:53"), &Query{ID: 77, Port: 3000})
+	reg.ObserveQuery("02:00:00:00:00:05", netip.MustParseAddrPort("8.8.8.8:53"), udpQuery(netip.MustParseAddrPort("10.0.0.5:3000"), 77, "."))
 	errs := []error{
 		nil,
 		&stage.Error{Rcode: dns.RcodeRefused, EDE: dnswire.EDE{Code: dnswire.EDEProhibited, Text: "rate limited"}},
@@ -383,7 +382,7 @@ func TestRegistrySameQueryEveryBootCounts(t *testing.T) {
 	mac := "20:f8:5e:ca:91:52"
 	src := netip.MustParseAddrPort("10.0.0.2:59904")
 	for range 20 { // Aria: one query per boot, ID 1 from port 59904
-		reg.ObserveQuery(mac, src, netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: 1, Port: 59904, Name: "www.fitbit.com.", Type: 1})
+		reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(src, 1, "www.fitbit.com."))
 		clk.add(time.Second)
 		reg.Gone(mac)
 	}

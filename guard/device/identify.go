@@ -57,12 +57,9 @@ func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
 				}
 			}
 			reply, err := next.ServeDNS(ctx, req)
-			var q *Query
+			var q *Observation
 			if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
-				q = &Query{ID: req.Q.ID, EDNS: req.Q.EDNS.Present, Name: dnswire.NameString(req.Q.Name), Type: req.Q.Type, Client: client}
-				if !req.TCP {
-					q.Port = req.Client.Port()
-				}
+				q = &Observation{Query: &req.Q, Src: req.Client, TCP: req.TCP}
 			}
 			reg.Count(id, OutcomeOf(err), q)
 			return reply, err

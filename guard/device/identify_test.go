@@ -83,7 +83,7 @@ func TestIdentifyWaitWokenByNeighbour(t *testing.T) {
 			if via == "neighbour" {
 				n.applyNeigh(neighUpdate{linkIndex: 7, ip: netip.MustParseAddr("10.9.0.50"), mac: mac, state: unix.NUD_REACHABLE})
 			} else {
-				reg.ObserveQuery(mac.String(), netip.MustParseAddrPort("10.9.0.50:4000"), netip.MustParseAddrPort("10.9.0.1:53"), nil)
+				reg.ObserveQuery(mac.String(), netip.MustParseAddrPort("10.9.0.1:53"), Observation{Src: netip.MustParseAddrPort("10.9.0.50:4000")})
 			}
 			select {
 			case req := <-got:

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/entropy"
 	"github.com/dnsguard/dnsguard/policy"
 )
@@ -37,19 +38,6 @@ type Options struct {
 	OnBypass func(mac, kind string, dst netip.AddrPort)
 	Log      *slog.Logger
 	Now      func() time.Time
-}
-
-// Query is one observed device query, as the graders need it.
-type Query struct {
-	ID   uint16
-	Port uint16 // UDP source port; 0 over TCP (the kernel picks those)
-	EDNS bool
-	Name string
-	Type uint16
-	// Client is the address the query came from (Count only: it is
-	// graded only when this address and the device's MAC agree with the
-	// neighbour table).
-	Client netip.Addr
 }
 
 // Outcome is how the guard answered a query.
@@ -453,15 +441,15 @@ func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name
 // Count records how the guard answered one query of device id; when q is
 // given (no packet observer runs) the query also feeds the graders, if
 // its address and the device's MAC agree with the neighbour table.
-func (r *Registry) Count(id string, o Outcome, q *Query) {
+func (r *Registry) Count(id string, o Outcome, q *Observation) {
 	now := r.opts.Now()
 	agree := false
-	if q != nil {
+	if q != nil && q.Query != nil {
 		mac := id
 		if isIPID(id) {
 			mac = ""
 		}
-		agree = r.agrees(mac, q.Client.Unmap().WithZone(""))
+		agree = r.agrees(mac, q.Src.Addr().Unmap().WithZone(""))
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -486,14 +474,17 @@ func (r *Registry) Count(id string, o Outcome, q *Query) {
 }
 
 // ObserveQuery records a device's DNS query as logged before the redirect:
-// mac and src are the device, dst where it sent the query. A query to an
-// address that is not the router's is a hard-coded resolver.
-func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
+// mac and q.Src are the device, dst where it sent the query. A query to an
+// address that is not the router's is a hard-coded resolver. q.Query may
+// be nil (a TCP segment that starts no query): the packet still says
+// where the device went.
+func (r *Registry) ObserveQuery(mac string, dst netip.AddrPort, q Observation) {
 	if mac == "" {
 		return
 	}
 	now := r.opts.Now()
 	local := r.isLocal(dst.Addr())
+	src := q.Src
 	ip := src.Addr().Unmap().WithZone("")
 	// Only traffic whose MAC and address agree with the neighbour table
 	// is the device's evidence: frames spoofing its MAC from another
@@ -507,12 +498,12 @@ func (r *Registry) ObserveQuery(mac string, src, dst netip.AddrPort, q *Query) {
 	if !local {
 		e.rec.noteBypass("do53", dst.String(), now)
 		r.onBypass(mac, "do53", dst)
-		if q != nil {
-			r.orig.put(src, q.ID, dst)
+		if q.Query != nil {
+			r.orig.put(src, q.Query.ID, dst)
 		}
 	}
-	if q != nil && agree {
-		r.observeLocked(e, q, now)
+	if q.Query != nil && agree {
+		r.observeLocked(e, &q, now)
 	}
 }
 
@@ -566,8 +557,9 @@ func (r *Registry) Gone(mac string) {
 	}
 }
 
-func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
-	if q.EDNS {
+func (r *Registry) observeLocked(e *entry, o *Observation, now time.Time) {
+	q := o.Query
+	if q.EDNS.Present {
 		e.rec.EDNSQueries++
 	} else {
 		e.rec.NoEDNSQueries++
@@ -578,7 +570,8 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 	// as a constant ID.
 	var h maphash.Hash
 	h.SetSeed(r.seed)
-	h.WriteString(q.Name)
+	var name [dnswire.MaxName + 1]byte
+	h.Write(q.LowerName(name[:0]))
 	var b [4]byte
 	b[0], b[1], b[2], b[3] = byte(q.ID>>8), byte(q.ID), byte(q.Type>>8), byte(q.Type)
 	h.Write(b[:])
@@ -599,11 +592,11 @@ func (r *Registry) observeLocked(e *entry, q *Query, now time.Time) {
 		e.ids = entropy.NewWithBudget(r.bitmaps)
 	}
 	e.ids.Observe(q.ID, boot)
-	if q.Port != 0 {
+	if port := o.port(); port != 0 {
 		if e.ports == nil {
 			e.ports = entropy.NewWithBudget(r.bitmaps)
 		}
-		e.ports.Observe(q.Port, boot)
+		e.ports.Observe(port, boot)
 	}
 	e.rec.Observed++
 	e.ungraded++

@@ -68,8 +68,8 @@ func TestRegistryMACFlood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, 5000), router, &Query{ID: 1, Port: 5000, Name: "v.example.", Type: 1})
-	reg.ObserveQuery(exemptMAC, netip.AddrPortFrom(exempt, 5000), router, &Query{ID: 1, Port: 5000, Name: "e.example.", Type: 1})
+	reg.ObserveQuery(victimMAC, router, udpQuery(netip.AddrPortFrom(victim, 5000), 1, "v.example."))
+	reg.ObserveQuery(exemptMAC, router, udpQuery(netip.AddrPortFrom(exempt, 5000), 1, "e.example."))
 	yes := true
 	if _, err := reg.SetOverride(exemptMAC, &Override{Exempt: &yes}); err != nil {
 		t.Fatal(err)
@@ -77,10 +77,9 @@ func TestRegistryMACFlood(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 6000 {
 		clk.add(time.Millisecond)
-		reg.ObserveQuery(randomMAC(r), netip.AddrPortFrom(attacker, uint16(1024+i)), router,
-			&Query{ID: uint16(r.UintN(65536)), Port: uint16(1024 + i), Name: fmt.Sprintf("f%d.example.", i), Type: 1})
+		reg.ObserveQuery(randomMAC(r), router, udpQuery(netip.AddrPortFrom(attacker, uint16(1024+i)), uint16(r.UintN(65536)), fmt.Sprintf("f%d.example.", i)))
 		if i%500 == 0 { // the victim keeps asking meanwhile
-			reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, uint16(6000+i)), router, &Query{ID: uint16(i * 7), Port: uint16(6000 + i), Name: "v.example.", Type: 1})
+			reg.ObserveQuery(victimMAC, router, udpQuery(netip.AddrPortFrom(victim, uint16(6000+i)), uint16(i*7), "v.example."))
 		}
 	}
 	confirmed, unconfirmed := reg.Len()
@@ -132,14 +131,14 @@ func TestRegistryConfirmation(t *testing.T) {
 	reg, _ := NewRegistry(Options{Neighbours: nb, Log: quiet(), Now: clk.now})
 	const late = "02:00:00:00:00:77"
 	ip := netip.MustParseAddr("10.0.0.77")
-	reg.ObserveQuery(late, netip.AddrPortFrom(ip, 4000), router, &Query{ID: 9, Port: 4000, Name: "a.example.", Type: 1})
+	reg.ObserveQuery(late, router, udpQuery(netip.AddrPortFrom(ip, 4000), 9, "a.example."))
 	if c, u := reg.Len(); c != 0 || u != 1 {
 		t.Fatalf("before the neighbour entry: %d confirmed %d unconfirmed", c, u)
 	}
 	nb.mu.Lock()
 	nb.byIP[ip] = late
 	nb.mu.Unlock()
-	reg.ObserveQuery(late, netip.AddrPortFrom(ip, 4001), router, &Query{ID: 10, Port: 4001, Name: "b.example.", Type: 1})
+	reg.ObserveQuery(late, router, udpQuery(netip.AddrPortFrom(ip, 4001), 10, "b.example."))
 	if c, u := reg.Len(); c != 1 || u != 0 {
 		t.Fatalf("after the neighbour entry: %d confirmed %d unconfirmed", c, u)
 	}
@@ -150,7 +149,7 @@ func TestRegistryConfirmation(t *testing.T) {
 	// confirms it at the next flush, without another query.
 	const quiet2 = "02:00:00:00:00:78"
 	ip2 := netip.MustParseAddr("10.0.0.78")
-	reg.ObserveQuery(quiet2, netip.AddrPortFrom(ip2, 4000), router, &Query{ID: 9, Port: 4000, Name: "a.example.", Type: 1})
+	reg.ObserveQuery(quiet2, router, udpQuery(netip.AddrPortFrom(ip2, 4000), 9, "a.example."))
 	reg.confirmPending()
 	if v := findView(reg.Views(), quiet2); v == nil || !v.Unconfirmed {
 		t.Fatalf("confirmed with no neighbour entry: %+v", v)
@@ -172,12 +171,13 @@ func TestRegistrySpoofedMACDoesNotGrade(t *testing.T) {
 	reg, _ := NewRegistry(Options{Neighbours: lan(), Log: quiet(), Now: clk.now})
 	for i := range 100 {
 		clk.add(time.Second)
-		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(attacker, 4096), router, &Query{ID: uint16(i), Port: 4096, Name: fmt.Sprintf("s%d.example.", i), Type: 1})
+		reg.ObserveQuery(victimMAC, router, udpQuery(netip.AddrPortFrom(attacker, 4096), uint16(i), fmt.Sprintf("s%d.example.", i)))
 	}
 	// The identify path: the attacker's address has its own MAC.
 	id, _, _, _ := reg.Identify(attacker)
 	for i := range 50 {
-		reg.Count(id, Answered, &Query{ID: 7, Port: 4096, Name: fmt.Sprintf("t%d.example.", i), Type: 1, Client: attacker})
+		q := udpQuery(netip.AddrPortFrom(attacker, 4096), 7, fmt.Sprintf("t%d.example.", i))
+		reg.Count(id, Answered, &q)
 	}
 	v := findView(reg.Views(), victimMAC)
 	if v == nil || v.Strict || v.TXID.N != 0 {
@@ -186,7 +186,7 @@ func TestRegistrySpoofedMACDoesNotGrade(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 5))
 	for i := range 20 {
 		clk.add(time.Second)
-		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, uint16(1024+r.UintN(60000))), router, &Query{ID: uint16(r.UintN(65536)), Port: uint16(1024 + r.UintN(60000)), Name: fmt.Sprintf("o%d.example.", i), Type: 1})
+		reg.ObserveQuery(victimMAC, router, udpQuery(netip.AddrPortFrom(victim, uint16(1024+r.UintN(60000))), uint16(r.UintN(65536)), fmt.Sprintf("o%d.example.", i)))
 	}
 	if v := findView(reg.Views(), victimMAC); v == nil || v.Strict || v.TXID.Verdict != "random" {
 		t.Errorf("the victim's own traffic: %+v", v)
@@ -206,7 +206,7 @@ func TestRegistryStrictIsReviewed(t *testing.T) {
 	fixed, fixed2 := "02:00:00:00:00:21", "02:00:00:00:00:22"
 	src, src2 := netip.MustParseAddrPort("10.0.0.21:4096"), netip.MustParseAddrPort("10.0.0.22:4096")
 	ask := func(mac string, src netip.AddrPort, id, port uint16, i int) {
-		reg.ObserveQuery(mac, netip.AddrPortFrom(src.Addr(), port), router, &Query{ID: id, Port: port, Name: fmt.Sprintf("q%d.example.", i), Type: 1})
+		reg.ObserveQuery(mac, router, udpQuery(netip.AddrPortFrom(src.Addr(), port), id, fmt.Sprintf("q%d.example.", i)))
 	}
 	for i := range 12 {
 		clk.add(time.Second)
@@ -314,7 +314,7 @@ func TestRegistryRecordCost(t *testing.T) {
 			runtime.ReadMemStats(&before)
 			for i, mac := range macs {
 				src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 40000)
-				reg.ObserveQuery(mac, src, router, &Query{ID: uint16(r.UintN(65536)), Port: 40000, Name: "one.example.", Type: 1})
+				reg.ObserveQuery(mac, router, udpQuery(src, uint16(r.UintN(65536)), "one.example."))
 			}
 			runtime.GC()
 			runtime.ReadMemStats(&after)
@@ -337,10 +337,11 @@ func BenchmarkRegistryFlood(b *testing.B) {
 	for i := range macs {
 		macs[i] = randomMAC(r)
 	}
-	src := netip.AddrPortFrom(attacker, 4000)
+	q := udpQuery(netip.AddrPortFrom(attacker, 4000), 0, "f.example.")
 	b.ResetTimer()
 	for i := range b.N {
-		reg.ObserveQuery(macs[i%len(macs)], src, router, &Query{ID: uint16(i), Port: 4000, Name: "f.example.", Type: 1})
+		q.Query.ID = uint16(i)
+		reg.ObserveQuery(macs[i%len(macs)], router, q)
 	}
 }
 
@@ -362,7 +363,7 @@ func TestRegistryGradesAsSoonAsTheEvidenceDoes(t *testing.T) {
 		}
 		clk.add(time.Second)
 		port := uint16(1024 + r.UintN(60000))
-		reg.ObserveQuery(victimMAC, netip.AddrPortFrom(victim, port), router, &Query{ID: id, Port: port, Name: fmt.Sprintf("n%d.example.", i), Type: 1})
+		reg.ObserveQuery(victimMAC, router, udpQuery(netip.AddrPortFrom(victim, port), id, fmt.Sprintf("n%d.example.", i)))
 		if v := findView(reg.Views(), victimMAC); i < 3 && v.Strict {
 			t.Fatalf("strict after %d values: %+v", i+1, v.TXID)
 		}
@@ -422,7 +423,7 @@ func TestRegistryBitmapBudget(t *testing.T) {
 		for i := range 700 {
 			clk.add(time.Millisecond)
 			port := uint16(1024 + r.UintN(60000))
-			reg.ObserveQuery(mac, netip.AddrPortFrom(src, port), router, &Query{ID: uint16(r.UintN(65536)), Port: port, Name: fmt.Sprintf("b%d.example.", i), Type: 1})
+			reg.ObserveQuery(mac, router, udpQuery(netip.AddrPortFrom(src, port), uint16(r.UintN(65536)), fmt.Sprintf("b%d.example.", i)))
 		}
 	}
 	if used := reg.bitmaps.Used(); used > 4 {

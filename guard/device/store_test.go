@@ -41,7 +41,7 @@ func writeState(t testing.TB, path, persist string, macs ...string) {
 	for i, mac := range macs {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 2)}), 4000)
 		for q := range 20 {
-			reg.ObserveQuery(mac, src, netip.MustParseAddrPort("10.0.0.1:53"), &Query{ID: uint16(q * 7919), Port: uint16(1024 + q*31), Name: "x.example.", Type: 1})
+			reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(withPort(src, uint16(1024+q*31)), uint16(q*7919), "x.example."))
 		}
 	}
 	if err := reg.Close(); err != nil {

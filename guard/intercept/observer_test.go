@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 )
 
@@ -65,7 +66,7 @@ func TestObserverSeesOriginalPackets(t *testing.T) {
 			}
 			switch p.Kind {
 			case KindDNS:
-				if p.Dst != netip.MustParseAddrPort("8.8.8.8:53") || p.Src.Port() != 4096 || p.DNS == nil || p.DNS.Name != "canary.example." {
+				if p.Dst != netip.MustParseAddrPort("8.8.8.8:53") || p.Src.Port() != 4096 || p.DNS == nil || dnswire.NameString(p.DNS.Name) != "canary.example." {
 					t.Errorf("DNS packet %+v (query %+v)", p, p.DNS)
 				}
 				sawDNS = true

@@ -32,16 +32,9 @@ type Packet struct {
 	TCP  bool
 
 	// DNS is set when Kind is KindDNS and the packet carries a whole
-	// DNS query header and question.
-	DNS *Query
-}
-
-// Query is the part of a device's DNS query the guard grades.
-type Query struct {
-	ID   uint16
-	EDNS bool
-	Name string
-	Type uint16
+	// DNS query: the query as read from the wire. Its Name is a copy,
+	// owned by the Packet (NFLOG's buffer is not).
+	DNS *dnswire.Query
 }
 
 // Errors from ParsePacket.
@@ -91,7 +84,8 @@ func ParsePacket(kind Kind, mac []byte, b []byte) (Packet, error) {
 	}
 	if kind == KindDNS && len(payload) > 0 {
 		if q, err := dnswire.ParseQuery(payload); err == nil {
-			p.DNS = &Query{ID: q.ID, EDNS: q.EDNS.Present, Name: dnswire.NameString(q.Name), Type: q.Type}
+			q.Name = append([]byte(nil), q.Name...)
+			p.DNS = &q
 		}
 	}
 	return p, nil

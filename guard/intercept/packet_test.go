@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/dnsguard/dnsguard/guard/capture"
+	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/miekg/dns"
 )
 
@@ -67,6 +68,18 @@ func query(t testing.TB, id uint16, name string, edns bool) []byte {
 	return b
 }
 
+// seen is what the graders take from a logged query.
+type seen struct {
+	ID   uint16
+	EDNS bool
+	Name string
+	Type uint16
+}
+
+func seenOf(q *dnswire.Query) seen {
+	return seen{q.ID, q.EDNS.Present, dnswire.NameString(q.Name), q.Type}
+}
+
 func TestParsePacket(t *testing.T) {
 	dev4 := netip.MustParseAddrPort("192.168.1.20:4096")
 	g4 := netip.MustParseAddrPort("8.8.8.8:53")
@@ -80,15 +93,15 @@ func TestParsePacket(t *testing.T) {
 		tcp     bool
 		src     netip.AddrPort
 		dst     netip.AddrPort
-		dns     *Query
+		dns     *seen
 		wantErr error
 	}{
 		{"udp4 query", KindDNS, buildPacket(t, dev4, g4, false, query(t, 0x0001, "example.com.", false)), false, dev4, g4,
-			&Query{ID: 1, Name: "example.com.", Type: dns.TypeA}, nil},
+			&seen{ID: 1, Name: "example.com.", Type: dns.TypeA}, nil},
 		{"udp6 query with EDNS", KindDNS, buildPacket(t, dev6, g6, false, query(t, 0xbeef, "a.example.", true)), false, dev6, g6,
-			&Query{ID: 0xbeef, EDNS: true, Name: "a.example.", Type: dns.TypeA}, nil},
+			&seen{ID: 0xbeef, EDNS: true, Name: "a.example.", Type: dns.TypeA}, nil},
 		{"tcp4 query", KindDNS, buildPacket(t, dev4, g4, true, query(t, 7, "tcp.example.", false)), true, dev4, g4,
-			&Query{ID: 7, Name: "tcp.example.", Type: dns.TypeA}, nil},
+			&seen{ID: 7, Name: "tcp.example.", Type: dns.TypeA}, nil},
 		{"tcp handshake", KindDNS, buildPacket(t, dev4, g4, true, nil), true, dev4, g4, nil, nil},
 		{"dot attempt", KindDoT, buildPacket(t, dev4, netip.MustParseAddrPort("1.1.1.1:853"), true, nil), true, dev4,
 			netip.MustParseAddrPort("1.1.1.1:853"), nil, nil},
@@ -126,10 +139,26 @@ func TestParsePacket(t *testing.T) {
 			switch {
 			case tc.dns == nil && p.DNS != nil:
 				t.Errorf("DNS = %+v, want none", *p.DNS)
-			case tc.dns != nil && (p.DNS == nil || *p.DNS != *tc.dns):
+			case tc.dns != nil && (p.DNS == nil || seenOf(p.DNS) != *tc.dns):
 				t.Errorf("DNS = %+v, want %+v", p.DNS, *tc.dns)
 			}
 		})
+	}
+}
+
+// TestParsePacketOwnsName: the packet's query name is its own copy, so a
+// packet kept after NFLOG reuses its buffer still names what was asked.
+func TestParsePacketOwnsName(t *testing.T) {
+	b := buildPacket(t, netip.MustParseAddrPort("10.0.0.2:1000"), netip.MustParseAddrPort("8.8.8.8:53"), false, query(t, 1, "keep.example.", false))
+	p, err := ParsePacket(KindDNS, nil, b)
+	if err != nil || p.DNS == nil {
+		t.Fatalf("%+v, %v", p, err)
+	}
+	for i := range b {
+		b[i] = 'x'
+	}
+	if got := dnswire.NameString(p.DNS.Name); got != "keep.example." {
+		t.Fatalf("name after the buffer changed: %q", got)
 	}
 }
 
@@ -169,7 +198,7 @@ func FuzzParsePacket(f *testing.F) {
 		if !p.Src.Addr().IsValid() || !p.Dst.Addr().IsValid() {
 			t.Fatalf("parsed packet without addresses: %+v", p)
 		}
-		if p.DNS != nil && p.DNS.Name == "" {
+		if p.DNS != nil && len(p.DNS.Name) == 0 {
 			t.Fatalf("query without a name: %+v", p.DNS)
 		}
 	})
