@@ -119,6 +119,24 @@ wait_for() {
 	die "timed out waiting for '$2' in $1"
 }
 
+# wait_file FILE PID LOG: wait up to 20 s for FILE (a guard's --ready-file,
+# written once it serves), failing early if PID exits.
+wait_file() {
+	local i
+	for i in $(seq 200); do
+		if [ -e "$1" ]; then
+			return 0
+		fi
+		if ! kill -0 "$2" 2>/dev/null; then
+			tail -20 "$3" >&2 || true
+			die "the guard exited before serving (log $3)"
+		fi
+		sleep 0.1
+	done
+	tail -20 "$3" >&2 || true
+	die "timed out waiting for $1 (log $3)"
+}
+
 # start_upstream: the scriptable upstream.
 # UP_PID is its pid (SIGUSR1: stop answering; SIGUSR2: answer again).
 start_upstream() {
@@ -149,10 +167,20 @@ start_guard() {
 		if "$BIN" run -h 2>&1 | grep -q -- '-dnssec'; then args+=(--dnssec=false); fi ;;
 	esac
 	GUARD_LOG=$W/guard-$name.log
+	local ready=$W/ready-$name
+	if "$BIN" run -h 2>&1 | grep -q -- '-ready-file'; then
+		args+=(--ready-file "$ready")
+	else # an older ATTACK_GUARD_BIN: only its log says when it serves
+		ready=
+	fi
 	"$BIN" run --listen "$GUARD" --state "$W/state-$name.db" "${args[@]}" >"$GUARD_LOG" 2>&1 &
 	GUARD_PID=$!
 	PIDS+=("$GUARD_PID")
-	wait_for "$GUARD_LOG" "dnsguard serving"
+	if [ -n "$ready" ]; then
+		wait_file "$ready" "$GUARD_PID" "$GUARD_LOG"
+	else
+		wait_for "$GUARD_LOG" "dnsguard serving"
+	fi
 }
 
 # start_unbound NAME [extra server: lines]: unbound on $UNBOUND forwarding

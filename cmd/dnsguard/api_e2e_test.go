@@ -274,8 +274,9 @@ config class 'cameras'
 	// side, not the chain a reload replaces).
 	h.dig(t, h.dev, "@"+h.lan4, "after-restart.example")
 	_, before := get(lan, "/metrics", nil)
-	g2.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "the reload", func() bool { return strings.Contains(g2.log(), "config reloaded") })
+	if !g2.reload(t) {
+		t.Fatal("SIGHUP: config not reloaded")
+	}
 	q := `dnsguard_queries_total{transport="udp",rcode="NOERROR"}`
 	waitFor(t, "the counters going on across the reload", func() bool {
 		h.dig(t, h.dev, "@"+h.lan4, "after-reload.example")

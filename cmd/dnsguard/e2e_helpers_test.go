@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,8 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,14 +47,13 @@ func TestMain(m *testing.M) {
 
 // guardProc is a running dnsguard.
 type guardProc struct {
-	cmd  *exec.Cmd
-	addr string // first listen address
-	mu   sync.Mutex
-	logs bytes.Buffer
-	done chan error
+	cmd     *exec.Cmd
+	addr    string        // first listen address
+	ready   string        // its --ready-file
+	logFile string        // its stderr
+	exited  chan struct{} // closed once the process is reaped
+	err     error         // its exit error, set before exited closes
 }
-
-var listenRE = regexp.MustCompile(`msg="dnsguard serving".*listen="?\[([^\] ]+)`)
 
 // startGuard runs dnsguard run with args and waits until it serves.
 func startGuard(t *testing.T, args ...string) *guardProc {
@@ -67,6 +64,16 @@ func startGuard(t *testing.T, args ...string) *guardProc {
 	return runGuard(t, exec.Command(binary, append([]string{"run"}, args...)...))
 }
 
+// runIndex is where "run" stands in a dnsguard command line (possibly
+// wrapped, as by ip netns exec), or -1.
+func runIndex(args []string) int {
+	run := slices.Index(args, "run")
+	if run < 0 || !strings.HasSuffix(args[max(run-1, 0)], "dnsguard") {
+		return -1
+	}
+	return run
+}
+
 // standInUpstreams turns DNSSEC validation off (validation is on by
 // default) in a dnsguard run command line that does not say --dnssec
 // itself: the tests' upstreams are stand-ins (recorders, upstreamtest
@@ -74,8 +81,8 @@ func startGuard(t *testing.T, args ...string) *guardProc {
 // signed DNSKEY chain, so every answer would be indeterminate (SERVFAIL
 // EDE 5). The DNSSEC tests give --dnssec with their own trust anchors.
 func standInUpstreams(args []string) []string {
-	run := slices.Index(args, "run")
-	if run < 0 || !strings.HasSuffix(args[max(run-1, 0)], "dnsguard") {
+	run := runIndex(args)
+	if run < 0 {
 		return args
 	}
 	for _, a := range args[run+1:] {
@@ -87,41 +94,40 @@ func standInUpstreams(args []string) []string {
 }
 
 // runGuard starts cmd (a dnsguard run, possibly wrapped, as by ip netns
-// exec), keeps its log, waits until it serves and kills it when the test
-// ends.
+// exec) with a --ready-file, keeps its log, waits for the ready file and
+// kills the guard when the test ends.
 func runGuard(t *testing.T, cmd *exec.Cmd) *guardProc {
 	t.Helper()
 	cmd.Args = standInUpstreams(cmd.Args)
-	g := &guardProc{cmd: cmd, done: make(chan error, 1)}
-	stderr, err := g.cmd.StderrPipe()
+	run := runIndex(cmd.Args)
+	if run < 0 {
+		t.Fatalf("not a dnsguard run command: %q", cmd.Args)
+	}
+	// Its stderr is a file, written by the guard itself (no copier in
+	// between): every line it logged before writing the ready file is
+	// in the file once the ready file is there.
+	dir := t.TempDir()
+	g := &guardProc{cmd: cmd, ready: filepath.Join(dir, "ready"), logFile: filepath.Join(dir, "stderr"), exited: make(chan struct{})}
+	cmd.Args = slices.Insert(slices.Clone(cmd.Args), run+1, "--ready-file", g.ready)
+	stderr, err := os.Create(g.logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer stderr.Close()
+	cmd.Stderr = stderr
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan string, 1)
 	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			g.mu.Lock()
-			g.logs.WriteString(line + "\n")
-			g.mu.Unlock()
-			if m := listenRE.FindStringSubmatch(line); m != nil {
-				select {
-				case ready <- m[1]:
-				default:
-				}
-			}
-		}
-		g.done <- g.cmd.Wait()
-		close(ready)
+		g.err = g.cmd.Wait()
+		close(g.exited)
 	}()
 	t.Cleanup(func() {
-		if g.cmd.ProcessState == nil {
+		select {
+		case <-g.exited:
+		default:
 			g.cmd.Process.Kill()
-			<-g.done
+			<-g.exited
 		}
 		// A race-built guard reports a data race on its stderr and goes
 		// on; the test that ran it fails.
@@ -131,22 +137,92 @@ func runGuard(t *testing.T, cmd *exec.Cmd) *guardProc {
 			t.Logf("guard log:\n%s", g.log())
 		}
 	})
-	select {
-	case a, ok := <-ready:
-		if !ok {
-			t.Fatalf("dnsguard exited before serving:\n%s", g.log())
-		}
-		g.addr = a
-	case <-time.After(20 * time.Second):
-		t.Fatalf("dnsguard did not start serving:\n%s", g.log())
+	lines := waitReadyFile(t, g.ready, g.exited, g.log)
+	g.addr = readyValue(lines, "listen")
+	if g.addr == "" {
+		t.Fatalf("ready file without a listen address: %q", lines)
 	}
 	return g
 }
 
+// waitReadyFile waits until a guard's --ready-file exists and returns its
+// lines; it fails the test when the guard exits first (exited closes) or
+// after 20 s, with the guard's log.
+func waitReadyFile(t *testing.T, path string, exited <-chan struct{}, log func() string) []string {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(20 * time.Second)
+	for {
+		// Written by rename: there whole or not at all.
+		if b, err := os.ReadFile(path); err == nil {
+			return strings.Split(strings.TrimSpace(string(b)), "\n")
+		}
+		select {
+		case <-exited:
+			t.Fatalf("dnsguard exited before serving:\n%s", log())
+		case <-deadline:
+			t.Fatalf("dnsguard did not start serving (no ready file):\n%s", log())
+		case <-tick.C:
+		}
+	}
+}
+
+// readyValue is the value of the first of the ready file's lines with
+// key ("listen", "api", "reloads").
+func readyValue(lines []string, key string) string {
+	for _, l := range lines {
+		if v, ok := strings.CutPrefix(l, key+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// reloads reads the ready file's counts of SIGHUPs applied and refused.
+func (g *guardProc) reloads(t *testing.T) (applied, refused int) {
+	t.Helper()
+	b, err := os.ReadFile(g.ready)
+	if err != nil {
+		t.Fatalf("ready file: %v\n%s", err, g.log())
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	applied, err1 := strconv.Atoi(readyValue(lines, "reloads"))
+	refused, err2 := strconv.Atoi(readyValue(lines, "reload_failures"))
+	if err1 != nil || err2 != nil {
+		t.Fatalf("ready file: %q", lines)
+	}
+	return applied, refused
+}
+
+// reload sends SIGHUP and waits until the guard has dealt with it (the
+// ready file counts it); it reports whether the new config was applied.
+func (g *guardProc) reload(t *testing.T) bool {
+	t.Helper()
+	applied, refused := g.reloads(t)
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		a, r := g.reloads(t)
+		if a+r > applied+refused {
+			return a > applied
+		}
+		select {
+		case <-g.exited:
+			t.Fatalf("dnsguard exited on SIGHUP:\n%s", g.log())
+		case <-deadline:
+			t.Fatalf("SIGHUP not dealt with within 20 s:\n%s", g.log())
+		case <-tick.C:
+		}
+	}
+}
+
+// log is what the guard has logged so far.
 func (g *guardProc) log() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.logs.String()
+	b, _ := os.ReadFile(g.logFile)
+	return string(b)
 }
 
 // stop sends sig and returns the exit error.
@@ -154,8 +230,8 @@ func (g *guardProc) stop(t *testing.T, sig syscall.Signal) error {
 	t.Helper()
 	g.cmd.Process.Signal(sig)
 	select {
-	case err := <-g.done:
-		return err
+	case <-g.exited:
+		return g.err
 	case <-time.After(15 * time.Second):
 		t.Fatalf("dnsguard did not stop on %v", sig)
 	}

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -435,12 +434,8 @@ func TestHomeNetwork(t *testing.T) {
 	if err := os.WriteFile(h.conf, conf, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.cmd.Process.Signal(syscall.SIGHUP)
-	for i := 0; !strings.Contains(g.log(), "config reloaded"); i++ {
-		if i == 100 {
-			t.Fatalf("no reload:\n%s", g.log())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !g.reload(t) {
+		t.Fatalf("no reload:\n%s", g.log())
 	}
 	var out string
 	for i := 0; i < 50; i++ { // the new list is applied right after the reload

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -342,13 +341,8 @@ func TestLocalNamesReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(conf, b, 0o644)
-	before := len(g.log())
-	g.cmd.Process.Signal(syscall.SIGHUP)
-	for i := 0; !strings.Contains(g.log()[before:], "config reloaded"); i++ {
-		if i > 500 {
-			t.Fatalf("no reload after SIGHUP")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !g.reload(t) {
+		t.Fatalf("no reload after SIGHUP")
 	}
 	checkLocalCases(t, g.addr, []localCase{
 		{"nas.lan.", dns.TypeA, dns.RcodeNameError, "", none, 60}, // dnsmasq's NXDOMAIN now

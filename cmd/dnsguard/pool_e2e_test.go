@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -160,7 +159,7 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 	write(a)
 	g := startGuard(t, "--config", conf, "--listen", freePort(t))
 
-	var sent, failed atomic.Int64
+	var sent, answered, failed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -177,6 +176,7 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 				m.SetQuestion(fmt.Sprintf("w%d-q%d.reload.example.", w, i), dns.TypeA)
 				sent.Add(1)
 				r, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, g.addr)
+				answered.Add(1)
 				if err != nil || r.Rcode != dns.RcodeSuccess {
 					failed.Add(1)
 					if err == nil {
@@ -188,21 +188,25 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 			}
 		}()
 	}
+	// more waits until n more queries have had their answer (or failed):
+	// the load goes on between reloads.
+	more := func(n int64) {
+		want := answered.Load() + n
+		for deadline := time.Now().Add(30 * time.Second); answered.Load() < want; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d queries answered, waiting for %d", answered.Load(), want)
+			}
+		}
+	}
 	reloads := 0
 	reload := func() {
-		before := strings.Count(g.log(), "config reloaded")
-		g.cmd.Process.Signal(syscall.SIGHUP)
-		deadline := time.Now().Add(10 * time.Second)
-		for strings.Count(g.log(), "config reloaded") == before {
-			if time.Now().After(deadline) {
-				t.Fatal("no reload after SIGHUP")
-			}
-			time.Sleep(10 * time.Millisecond)
+		if !g.reload(t) {
+			t.Fatal("SIGHUP: config not reloaded")
 		}
 		reloads++
-		time.Sleep(100 * time.Millisecond)
+		more(8) // queries on the new chain (and in flight at the next reload)
 	}
-	time.Sleep(300 * time.Millisecond)
+	more(16)
 	for range 15 {
 		reload()
 	}
@@ -215,7 +219,7 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 		}
 		reload()
 	}
-	time.Sleep(300 * time.Millisecond)
+	more(16)
 	close(stop)
 	wg.Wait()
 	t.Logf("%d reloads, %d queries, %d failed; connections to the kept upstream over 15 reloads: %d", reloads, sent.Load(), failed.Load(), keptConns)

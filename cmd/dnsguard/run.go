@@ -51,6 +51,7 @@ type runFlags struct {
 	pprof      string
 	dnssec     optBool
 	waitNTP    bool
+	readyFile  string
 }
 
 // optBool is a boolean flag that knows whether it was given, so that an
@@ -121,6 +122,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.Var(&f.dnssec, "dnssec", "validate answers with DNSSEC (--dnssec=false: off); default: the config's option dnssec, on")
 	fs.BoolVar(&f.waitNTP, "dnssec-wait-ntp", false, "do not check DNSSEC signature times until told NTP has synced (SIGUSR1), even with the clock past the build time (the OpenWrt init script sets it when sysntpd is enabled)")
+	fs.StringVar(&f.readyFile, "ready-file", "", "once every listener serves, write `FILE` (atomically: \"pid N\", then \"listen ADDR\" per bound address and \"api ADDR\" when the API serves); removed at exit. For supervisors and tests: wait for the file, not for a log line")
 	fs.BoolVar(&f.check, "check", false, "build everything the config asks for (upstreams, pins, CA file, classes) without opening a socket, and exit; a --config file must have its \"config dnsguard\" section")
 	if profilesBuilt {
 		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
@@ -143,6 +145,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(stdout, "config ok")
 		return nil
 	}
+	ready := &readyFile{path: f.readyFile}
+	if err := ready.clear(); err != nil {
+		return err
+	}
+	defer ready.remove()
 	// SIGUSR1 (NTP synced, from the hotplug script) must not kill a guard
 	// still starting: caught from here on.
 	usr1 := make(chan os.Signal, 1)
@@ -195,8 +202,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	serveCtx, stopServe := context.WithCancel(ctx)
+	defer stopServe()
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
+	go func() { done <- srv.Serve(serveCtx) }()
 	// Replaced chains draining, until drainTimeout or the stop.
 	var drains sync.WaitGroup
 	drainCtx, stopDrains := context.WithCancel(context.WithoutCancel(ctx))
@@ -214,6 +223,18 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer api.Close(context.WithoutCancel(ctx))
 	}
 	log.Info("dnsguard serving", "version", version, "listen", srv.Addrs(), "upstreams", cfg.Upstreams)
+	// The ready file comes after every line logged while starting: whoever
+	// waits for it and reads the log finds them.
+	ready.listen = srv.Addrs()
+	if api != nil {
+		ready.api = api.Addr().String()
+	}
+	readyErr := ready.write()
+	if readyErr != nil {
+		// Whoever waits for the file would wait forever: stop.
+		log.Error("stopping", "err", readyErr)
+		stopServe()
+	}
 	for {
 		select {
 		case <-usr1:
@@ -222,6 +243,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			next, err := f.load()
 			if err != nil {
 				log.Error("reload failed; keeping the running config", "err", err)
+				ready.failed++
+				ready.rewrite(log)
 				continue
 			}
 			if fmt.Sprint(next.API) != fmt.Sprint(cfg.API) {
@@ -233,6 +256,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			ng, err := buildGuard(next, c, router, log, ups)
 			if err != nil {
 				log.Error("reload failed; keeping the running config", "err", err)
+				ready.failed++
+				ready.rewrite(log)
 				continue
 			}
 			c.SetPolicy(next.Cache)
@@ -252,6 +277,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}(g)
 			g, cfg = ng, next
 			log.Info("config reloaded", "upstreams", cfg.Upstreams)
+			ready.reloads++
+			ready.rewrite(log)
 		case err := <-done:
 			// Queries in progress get a short while to finish, on the
 			// running chain and on any still draining.
@@ -266,6 +293,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				"refused_clients", st.Denied.Load(), "dropped", st.Dropped.Load(), "tcp_refused", st.TCPRefused.Load())
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
+			}
+			if readyErr != nil {
+				return readyErr
 			}
 			log.Info("dnsguard stopped")
 			return nil

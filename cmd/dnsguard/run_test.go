@@ -182,13 +182,8 @@ func TestRunReloadAndStop(t *testing.T) {
 	g := startGuard(t, "--config", conf)
 	ask(t, g.addr, "kept.example.", dns.TypeA, false)
 	write(b.addr)
-	g.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(g.log(), "config reloaded") {
-		if time.Now().After(deadline) {
-			t.Fatal("no reload after SIGHUP")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !g.reload(t) {
+		t.Fatal("SIGHUP: the new config was not applied")
 	}
 	ask(t, g.addr, "kept.example.", dns.TypeA, false)
 	ask(t, g.addr, "new.example.", dns.TypeA, false)
@@ -197,18 +192,84 @@ func TestRunReloadAndStop(t *testing.T) {
 	}
 	// A broken config on reload is reported and the guard keeps serving.
 	os.WriteFile(conf, []byte("config cache\n\toption nonsense '1'\n"), 0o644)
-	g.cmd.Process.Signal(syscall.SIGHUP)
-	for !strings.Contains(g.log(), "reload failed") {
-		if time.Now().After(deadline) {
-			t.Fatal("no reload failure logged")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if g.reload(t) {
+		t.Fatal("a broken config was applied")
+	}
+	if !strings.Contains(g.log(), "reload failed") {
+		t.Errorf("the broken config not reported:\n%s", g.log())
 	}
 	if r := ask(t, g.addr, "kept.example.", dns.TypeA, false); len(r.Answer) != 1 {
 		t.Errorf("after a failed reload: %v", r)
 	}
 	if err := g.stop(t, syscall.SIGTERM); err != nil {
 		t.Errorf("SIGTERM: %v, want exit status 0", err)
+	}
+	if _, err := os.Stat(g.ready); !os.IsNotExist(err) {
+		t.Errorf("ready file after a clean stop: %v", err)
+	}
+}
+
+// TestRunReadyFile: --ready-file replaces a file left by an earlier guard,
+// appears once the guard serves (its pid, listen addresses and reload
+// counts), is rewritten after each SIGHUP and is gone after the stop; a
+// ready file that cannot be written stops the guard with an error.
+func TestRunReadyFile(t *testing.T) {
+	up := startRecorder(t, 300)
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	if err := os.WriteFile(ready, []byte("pid 1\nlisten 192.0.2.1:53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	listen := freePort(t)
+	cmd := exec.Command(binary, "run", "--dnssec=false", "--listen", listen, "--upstream", "udp://"+up.addr,
+		"--state", filepath.Join(dir, "state.db"), "--ready-file", ready)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var exitErr error
+	exited := make(chan struct{})
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	defer func() { cmd.Process.Kill(); <-exited }()
+	want := fmt.Sprintf("pid %d\nlisten %s\nreloads 0\nreload_failures 0\n", cmd.Process.Pid, listen)
+	read := func() string { b, _ := os.ReadFile(ready); return string(b) }
+	for deadline := time.Now().Add(20 * time.Second); read() != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ready file %q, want %q", read(), want)
+		}
+	}
+	// Ready means served.
+	if r := ask(t, listen, "ready.example.", dns.TypeA, false); len(r.Answer) != 1 {
+		t.Errorf("query once ready: %v", r)
+	}
+	cmd.Process.Signal(syscall.SIGHUP)
+	want = strings.Replace(want, "reloads 0", "reloads 1", 1)
+	for deadline := time.Now().Add(20 * time.Second); read() != want; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("ready file after SIGHUP %q, want %q", read(), want)
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	<-exited
+	if exitErr != nil {
+		t.Errorf("SIGTERM: %v\n%s", exitErr, stderr.String())
+	}
+	if _, err := os.Stat(ready); !os.IsNotExist(err) {
+		t.Errorf("ready file after the stop: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".ready") {
+			t.Errorf("temporary file left: %s", e.Name())
+		}
+	}
+
+	// Nowhere to write it: the guard does not serve on as if nobody waited.
+	out, err := exec.Command(binary, "run", "--dnssec=false", "--listen", freePort(t), "--upstream", "udp://"+up.addr,
+		"--ready-file", filepath.Join(dir, "missing", "ready")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "ready file") {
+		t.Errorf("unwritable ready file: %v\n%s", err, out)
 	}
 }
 
