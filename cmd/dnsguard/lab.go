@@ -351,3 +351,68 @@ func labDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		p.Name, s.Queries, s.Usable, s.Failed, s.Datagrams, s.RecordsPerAnswer())
 	return nil
 }
+
+func labTable(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("lab table", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	duration := fs.Duration("duration", 60*time.Second, "run length per experiment")
+	baseline := fs.Duration("baseline", 10*time.Second, "honest phase before each experiment")
+	ttl := fs.Uint("ttl", 5, "the lab's honest TTL (short, so the guard's cache refreshes during the run)")
+	profile := fs.String("profile", "random", "device profile: "+strings.Join(emulate.ProfileNames(), ", "))
+	interval := fs.Duration("interval", time.Second, "the re-query interval of a TTL-ignoring profile")
+	timeout := fs.Duration("timeout", 500*time.Millisecond, "the device's answer timeout")
+	names := fs.String("names", "www.lab.example.,cname-cdn.lab.example.", "names the device asks for")
+	fresh := fs.String("fresh", "fresh.lab.example.", "names a second device starts asking after the baseline (not cached by the guard); empty for none")
+	only := fs.String("experiments", "", "comma-separated experiments (default: all)")
+	parallel := fs.Int("parallel", 16, "experiments run at once")
+	binary := fs.String("binary", "", "dnsguard binary playing the guard (default: this one)")
+	signed := fs.Bool("dnssec", false, "the lab signs its zone and the guard validates it (its DS as the trust anchor)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	p, err := emulate.ProfileByName(*profile)
+	if err != nil {
+		return err
+	}
+	p.Timeout = *timeout
+	if p.Interval > 0 {
+		p.Interval = *interval
+	}
+	o := lab.TableOptions{Binary: *binary, Baseline: *baseline, Duration: *duration, TTL: uint32(*ttl), Profile: p,
+		Names: strings.Split(*names, ","), Fresh: splitList(*fresh), Parallel: *parallel, Experiments: lab.Experiments(), DNSSEC: *signed}
+	if o.Binary == "" {
+		if o.Binary, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	if *only != "" {
+		o.Experiments = nil
+		for _, n := range strings.Split(*only, ",") {
+			e, err := lab.ParseExperiment(n)
+			if err != nil {
+				return err
+			}
+			o.Experiments = append(o.Experiments, e)
+		}
+	}
+	rows := lab.RunTable(ctx, o)
+	if err := lab.WriteTable(stdout, o, rows); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.Err != nil {
+			return fmt.Errorf("lab table: %s: %w", r.Experiment, r.Err)
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

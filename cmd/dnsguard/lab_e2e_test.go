@@ -33,29 +33,29 @@ func TestLabExperiments(t *testing.T) {
 	names := []string{"www.lab.example.", "cname-cdn.lab.example."}
 	const run = 5 * time.Second
 
-	type check func(t *testing.T, r tableRow)
-	noForged := func(t *testing.T, r tableRow) {
-		if f := forgedAnswers(r.Guarded); f > 0 {
+	type check func(t *testing.T, r lab.TableRow)
+	noForged := func(t *testing.T, r lab.TableRow) {
+		if f := lab.ForgedAnswers(r.Guarded); f > 0 {
 			t.Errorf("through the guard the device got %d forged addresses", f)
 		}
-		if forgedAnswers(r.Direct) == 0 {
-			t.Errorf("the lab did not forge (direct: %s)", gets(r.Direct))
+		if lab.ForgedAnswers(r.Direct) == 0 {
+			t.Errorf("the lab did not forge (direct: %s)", lab.Describe(r.Direct))
 		}
 	}
 	refusedWith := func(ede uint16) check {
-		return func(t *testing.T, r tableRow) {
+		return func(t *testing.T, r lab.TableRow) {
 			noForged(t, r)
 			// Every answer is a refusal; on a loaded machine a few may
 			// say the upstream timed out instead of why it was refused.
 			if r.Guarded.Usable != 0 || r.Guarded.ServFail == 0 || r.Guarded.EDE[ede] == 0 {
-				t.Errorf("want SERVFAIL with EDE %d: %s, EDE %v", ede, gets(r.Guarded), r.Guarded.EDE)
+				t.Errorf("want SERVFAIL with EDE %d: %s, EDE %v", ede, lab.Describe(r.Guarded), r.Guarded.EDE)
 			}
 		}
 	}
 	// Failures are cached with backoff (1 s, doubling) and each costs at
 	// most upstream_max (3) attempts: in 5 s, per name, a few rounds.
 	boundedUpstream := func(max int) check {
-		return func(t *testing.T, r tableRow) {
+		return func(t *testing.T, r lab.TableRow) {
 			if r.Upstream > max {
 				t.Errorf("%d queries reached the upstream (device sent %d), want at most %d", r.Upstream, r.Guarded.Queries, max)
 			}
@@ -68,9 +68,9 @@ func TestLabExperiments(t *testing.T) {
 	// The shield refuses nothing an honest (or cleanable) answer holds:
 	// the device gets usable answers and no refusal for its content (a
 	// loaded machine may still make an upstream attempt time out).
-	allUsable := func(t *testing.T, r tableRow) {
+	allUsable := func(t *testing.T, r lab.TableRow) {
 		if r.Guarded.Usable == 0 {
-			t.Errorf("through the guard: %s", gets(r.Guarded))
+			t.Errorf("through the guard: %s", lab.Describe(r.Guarded))
 		}
 		for _, code := range []uint16{4, 15, 24} { // Forged Answer, Blocked, Invalid Data
 			if n := r.Guarded.EDE[code]; n > 0 {
@@ -78,7 +78,7 @@ func TestLabExperiments(t *testing.T) {
 			}
 		}
 	}
-	maxRecords := func(t *testing.T, r tableRow) {
+	maxRecords := func(t *testing.T, r lab.TableRow) {
 		for _, ex := range r.GuardedDevice.Exchanges() {
 			if ex.Reply != nil && len(ex.Reply.Answer) > 2 {
 				t.Fatalf("device got %d records for %s", len(ex.Reply.Answer), ex.Name)
@@ -88,7 +88,7 @@ func TestLabExperiments(t *testing.T) {
 			t.Errorf("the lab did not amplify: %.1f records per answer", r.Direct.RecordsPerAnswer())
 		}
 	}
-	oneDatagram := func(t *testing.T, r tableRow) {
+	oneDatagram := func(t *testing.T, r lab.TableRow) {
 		// One datagram per query (port and ID) through the guard.
 		type key struct{ port, id uint16 }
 		per := map[key]int{}
@@ -108,7 +108,7 @@ func TestLabExperiments(t *testing.T) {
 		{"baseline", []check{allUsable, boundedUpstream(cached)}},
 		{"ttl-zero", []check{allUsable, boundedUpstream(cached), printCounts}},
 		{"ttl-one", []check{allUsable, boundedUpstream(cached)}},
-		{"ttl-huge", []check{allUsable, boundedUpstream(cached), func(t *testing.T, r tableRow) {
+		{"ttl-huge", []check{allUsable, boundedUpstream(cached), func(t *testing.T, r lab.TableRow) {
 			for _, ex := range r.GuardedDevice.Exchanges() {
 				if ex.Reply == nil {
 					continue
@@ -123,7 +123,7 @@ func TestLabExperiments(t *testing.T) {
 		{"forged-a", []check{refusedWith(15), boundedUpstream(36)}},
 		{"forged-aaaa", []check{refusedWith(4), boundedUpstream(36)}},
 		{"forged-cname", []check{refusedWith(15), boundedUpstream(36)}},
-		{"empty", []check{func(t *testing.T, r tableRow) {
+		{"empty", []check{func(t *testing.T, r lab.TableRow) {
 			// NOERROR without records is a valid NODATA: the guard passes
 			// it on; it cannot know the name has addresses.
 			got := 0
@@ -143,7 +143,7 @@ func TestLabExperiments(t *testing.T) {
 				t.Error("no answer through the guard")
 			}
 		}, printCounts}},
-		{"inflate", []check{allUsable, boundedUpstream(cached), func(t *testing.T, r tableRow) {
+		{"inflate", []check{allUsable, boundedUpstream(cached), func(t *testing.T, r lab.TableRow) {
 			for _, d := range r.GuardedDevice.Received() {
 				if d.Size > 1232 {
 					t.Fatalf("device got %d octets", d.Size)
@@ -159,9 +159,9 @@ func TestLabExperiments(t *testing.T) {
 				t.Error("the lab did not inflate")
 			}
 		}}},
-		{"unavailable", []check{func(t *testing.T, r tableRow) {
+		{"unavailable", []check{func(t *testing.T, r lab.TableRow) {
 			if r.Guarded.Usable != 0 || r.Guarded.ServFail == 0 {
-				t.Errorf("through the guard: %s", gets(r.Guarded))
+				t.Errorf("through the guard: %s", lab.Describe(r.Guarded))
 			}
 
 		}, boundedUpstream(36), printCounts}},
@@ -174,7 +174,7 @@ func TestLabExperiments(t *testing.T) {
 	}
 	// All experiments at once (each with its own labs and guard), then the
 	// checks per experiment.
-	o := tableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names, Parallel: len(tests)}
+	o := lab.TableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names, Parallel: len(tests)}
 	for _, tt := range tests {
 		e, err := lab.ParseExperiment(tt.exp)
 		if err != nil {
@@ -182,7 +182,7 @@ func TestLabExperiments(t *testing.T) {
 		}
 		o.Experiments = append(o.Experiments, e)
 	}
-	rows := runTable(context.Background(), o)
+	rows := lab.RunTable(context.Background(), o)
 	for i, tt := range tests {
 		t.Run(tt.exp, func(t *testing.T) {
 			r := rows[i]
@@ -190,7 +190,7 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatal(r.Err)
 			}
 			t.Logf("%s: direct %s (%d queries); through guard %s (%d queries), %d reached the upstream",
-				tt.exp, gets(r.Direct), r.Direct.Queries, gets(r.Guarded), r.Guarded.Queries, r.Upstream)
+				tt.exp, lab.Describe(r.Direct), r.Direct.Queries, lab.Describe(r.Guarded), r.Guarded.Queries, r.Upstream)
 			for _, c := range tt.checks {
 				c(t, r)
 			}
@@ -203,7 +203,7 @@ func TestLabExperiments(t *testing.T) {
 
 // printCounts shows the device's query count next to the upstream's, the
 // figure the issue asks to see for the retry storm and TTL 0.
-func printCounts(t *testing.T, r tableRow) {
+func printCounts(t *testing.T, r lab.TableRow) {
 	t.Logf("%s: device sent %d queries through the guard; %d reached the upstream (%d sent straight to the lab)",
 		r.Experiment, r.Guarded.Queries, r.Upstream, r.Direct.Queries)
 	if r.Upstream >= r.Guarded.Queries {
@@ -340,7 +340,7 @@ func TestLabDNSSEC(t *testing.T) {
 		exp string
 		ede []uint16 // none: every answer usable
 	}{{"baseline", nil}, {"ttl-huge", nil}, {"forged-a", []uint16{6}}, {"forged-aaaa", []uint16{10}}, {"forged-cname", []uint16{10}}, {"empty", []uint16{9, 12}}}
-	o := tableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
+	o := lab.TableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
 		Names: []string{"www.lab.example.", "cname-cdn.lab.example."}, Parallel: len(tests), DNSSEC: true}
 	for _, tt := range tests {
 		e, err := lab.ParseExperiment(tt.exp)
@@ -349,14 +349,14 @@ func TestLabDNSSEC(t *testing.T) {
 		}
 		o.Experiments = append(o.Experiments, e)
 	}
-	rows := runTable(context.Background(), o)
+	rows := lab.RunTable(context.Background(), o)
 	for i, tt := range tests {
 		t.Run(tt.exp, func(t *testing.T) {
 			r := rows[i]
 			if r.Err != nil {
 				t.Fatal(r.Err)
 			}
-			if f := forgedAnswers(r.Guarded); f > 0 {
+			if f := lab.ForgedAnswers(r.Guarded); f > 0 {
 				t.Errorf("through the guard the device got %d forged addresses", f)
 			}
 			seen := 0
@@ -365,7 +365,7 @@ func TestLabDNSSEC(t *testing.T) {
 			}
 			if len(tt.ede) == 0 {
 				if r.Guarded.Usable == 0 || r.Guarded.ServFail != 0 {
-					t.Errorf("honest signed answers: %s, EDE %v", gets(r.Guarded), r.Guarded.EDE)
+					t.Errorf("honest signed answers: %s, EDE %v", lab.Describe(r.Guarded), r.Guarded.EDE)
 				}
 				// RFC 4035 §5.3.3: no longer than the signature's original
 				// TTL (the lab's 300 s), whatever TTL the upstream gives.
@@ -380,7 +380,7 @@ func TestLabDNSSEC(t *testing.T) {
 					}
 				}
 			} else if r.Guarded.Usable != 0 || seen == 0 {
-				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, gets(r.Guarded), r.Guarded.EDE)
+				t.Errorf("want SERVFAIL with EDE %v: %s, EDE %v", tt.ede, lab.Describe(r.Guarded), r.Guarded.EDE)
 			}
 			if t.Failed() {
 				t.Logf("guard log:\n%s", r.GuardLog)
