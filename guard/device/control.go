@@ -14,21 +14,6 @@ import (
 	"github.com/dnsguard/dnsguard/guard/minihttp"
 )
 
-// Views returns the device table of the running registry.
-func (r *Registry) Views() []View {
-	recs, unconfirmed := r.snapshot()
-	r.mu.Lock()
-	cls := r.cls
-	r.mu.Unlock()
-	out := make([]View, 0, len(recs))
-	for _, rec := range recs {
-		v := ViewOf(rec, cls)
-		v.Unconfirmed = unconfirmed[rec.ID]
-		out = append(out, v)
-	}
-	return out
-}
-
 // ControlPath is where the running guard serves its device table: a unix
 // socket beside the state file.
 func ControlPath(stateFile string) string { return stateFile + ".sock" }
@@ -41,17 +26,6 @@ type Control struct {
 	srv  *minihttp.Server
 	path string
 	done chan struct{}
-}
-
-// Stats are the registry's counters, as the control socket serves them.
-type Stats struct {
-	MACWaits         uint64 `json:"mac_waits"`           // queries that waited for their MAC
-	MACWaitsTimedOut uint64 `json:"mac_waits_timed_out"` // of those, waits that ended without one
-}
-
-// Stats returns the registry's counters.
-func (r *Registry) Stats() Stats {
-	return Stats{MACWaits: r.Waits.Taken.Load(), MACWaitsTimedOut: r.Waits.TimedOut.Load()}
 }
 
 // ServeControl starts serving reg's table on the unix socket at path,

@@ -107,3 +107,42 @@ func TestIdentifyWaitBounded(t *testing.T) {
 		t.Errorf("device %+v, timed out %d", req.Device, reg.Waits.TimedOut.Load())
 	}
 }
+
+func TestIdentifyStage(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	reg.ObserveQuery("02:00:00:00:00:05", netip.MustParseAddrPort("8.8.8.8:53"), udpQuery(netip.MustParseAddrPort("10.0.0.5:3000"), 77, "."))
+	errs := []error{
+		nil,
+		&stage.Error{Rcode: dns.RcodeRefused, EDE: dnswire.EDE{Code: dnswire.EDEProhibited, Text: "rate limited"}},
+		stage.Fail(dnswire.EDEForgedAnswer, "forged", nil),
+		stage.Fail(dnswire.EDENetworkError, "network", nil),
+	}
+	var i int
+	var seen *stage.Request
+	h := stage.Chain(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		seen = req
+		err := errs[i]
+		i++
+		return nil, err
+	}), Identify(reg, IdentifyOptions{Feed: true}))
+	for range errs {
+		m := new(dns.Msg)
+		m.SetQuestion("a.example.", dns.TypeA)
+		m.Id = 77
+		raw, _ := m.Pack()
+		q, _ := dnswire.ParseQuery(raw)
+		req := &stage.Request{Raw: raw, Q: q, Client: netip.MustParseAddrPort("10.0.0.5:3000")}
+		h.ServeDNS(context.Background(), req)
+	}
+	if seen.Device == nil || seen.Device.MAC != "02:00:00:00:00:05" {
+		t.Fatalf("device %+v", seen.Device)
+	}
+	if seen.OrigDst != netip.MustParseAddrPort("8.8.8.8:53") {
+		t.Errorf("OrigDst %v, want the hard-coded resolver", seen.OrigDst)
+	}
+	r := reg.Snapshot()[0]
+	if r.Queries != 4 || r.RateLimited != 1 || r.Refused != 1 {
+		t.Errorf("counts q=%d rl=%d refused=%d", r.Queries, r.RateLimited, r.Refused)
+	}
+}

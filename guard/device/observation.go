@@ -26,3 +26,97 @@ func (o *Observation) port() uint16 {
 	}
 	return o.Src.Port()
 }
+
+// Count records how the guard answered one query of device id; when q is
+// given (no packet observer runs) the query also feeds the graders, if
+// its address and the device's MAC agree with the neighbour table.
+func (r *Registry) Count(id string, o Outcome, q *Observation) {
+	now := r.opts.Now()
+	agree := false
+	if q != nil && q.Query != nil {
+		mac := id
+		if isIPID(id) {
+			mac = ""
+		}
+		agree = r.agrees(mac, q.Src.Addr().Unmap().WithZone(""))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.devices[id]
+	if !ok {
+		return
+	}
+	switch o {
+	case Answered:
+		e.rec.Queries++
+	case Refused:
+		e.rec.Queries++
+		e.rec.Refused++
+	case RateLimited:
+		e.rec.Queries++
+		e.rec.RateLimited++
+	}
+	if q != nil && agree {
+		r.observeLocked(e, q, now)
+	}
+	r.markLocked(e)
+}
+
+// ObserveQuery records a device's DNS query as logged before the redirect:
+// mac and q.Src are the device, dst where it sent the query. A query to an
+// address that is not the router's is a hard-coded resolver. q.Query may
+// be nil (a TCP segment that starts no query): the packet still says
+// where the device went.
+func (r *Registry) ObserveQuery(mac string, dst netip.AddrPort, q Observation) {
+	if mac == "" {
+		return
+	}
+	now := r.opts.Now()
+	local := r.isLocal(dst.Addr())
+	src := q.Src
+	ip := src.Addr().Unmap().WithZone("")
+	// Only traffic whose MAC and address agree with the neighbour table
+	// is the device's evidence: frames spoofing its MAC from another
+	// address cannot grade it.
+	agree := r.agrees(mac, ip)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.learnLocked(ip, mac)
+	e := r.entryLocked(mac, mac, now, agree)
+	e.rec.noteIP(ip.String())
+	if !local {
+		e.rec.noteBypass("do53", dst.String(), now)
+		r.onBypass(mac, "do53", dst)
+		if q.Query != nil {
+			r.orig.put(src, q.Query.ID, dst)
+		}
+	}
+	if q.Query != nil && agree {
+		r.observeLocked(e, &q, now)
+	}
+}
+
+// ObserveBypass records an attempt to reach an encrypted resolver around
+// the guard (kind dot, doq or doh).
+func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind string) {
+	if mac == "" {
+		return
+	}
+	now := r.opts.Now()
+	ip := src.Addr().Unmap().WithZone("")
+	agree := r.agrees(mac, ip)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.learnLocked(ip, mac)
+	e := r.entryLocked(mac, mac, now, agree)
+	e.rec.noteIP(ip.String())
+	e.rec.noteBypass(kind, dst.String(), now)
+	r.onBypass(mac, kind, dst)
+}
+
+// onBypass tells Options.OnBypass of an attempt (r.mu held).
+func (r *Registry) onBypass(mac, kind string, dst netip.AddrPort) {
+	if r.opts.OnBypass != nil {
+		r.opts.OnBypass(mac, kind, dst)
+	}
+}

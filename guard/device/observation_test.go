@@ -3,7 +3,6 @@ package device
 import (
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/miekg/dns"
@@ -41,23 +40,5 @@ func TestObservationPort(t *testing.T) {
 		if got := o.port(); got != tc.want {
 			t.Errorf("tcp=%v: port %d, want %d", tc.tcp, got, tc.want)
 		}
-	}
-}
-
-// TestRegistryRetransmissionIgnoresCase: a retry of one question in other
-// letter case (a stub doing 0x20) is the same question: not new evidence.
-func TestRegistryRetransmissionIgnoresCase(t *testing.T) {
-	clk := newClock()
-	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
-	src := netip.MustParseAddrPort("10.0.0.2:5000")
-	dst := netip.MustParseAddrPort("10.0.0.1:53")
-	for _, name := range []string{"case.example.", "CaSe.ExAmPlE.", "CASE.EXAMPLE."} {
-		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:0a", dst, udpQuery(src, 0x4242, name))
-	}
-	clk.add(time.Second)
-	reg.ObserveQuery("02:00:00:00:00:0a", dst, udpQuery(src, 0x4242, "other.example."))
-	if got := reg.Snapshot()[0].Observed; got != 2 {
-		t.Errorf("observed %d, want 2 (one question in three spellings, one other)", got)
 	}
 }

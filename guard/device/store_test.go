@@ -2,6 +2,7 @@ package device
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -340,5 +341,85 @@ func TestStoreMeta(t *testing.T) {
 	defer s.Close()
 	if v, err := s.GetMeta("dnssec-anchors"); err != nil || string(v) != `{"x":1}` {
 		t.Errorf("after reopen: %q %v", v, err)
+	}
+}
+
+func TestStoreBatchesAndReopens(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "live", "state.db")
+	persist := filepath.Join(dir, "flash", "state.db")
+	s, err := OpenStore(path, persist, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock()
+	reg, err := NewRegistry(Options{Store: s, Persist: persist, Log: quiet(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := "02:00:00:00:00:01"
+	dev := netip.MustParseAddrPort("192.168.1.20:4096")
+	for i := range 100 {
+		reg.ObserveQuery(mac, netip.MustParseAddrPort("8.8.8.8:53"), udpQuery(dev, uint16(i), "a.example."))
+	}
+	// Nothing is written before a flush.
+	if recs, _ := s.Load(); len(recs) != 0 {
+		t.Fatalf("records written before a flush: %d", len(recs))
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Reading it back, from the file and after a "reboot" (RAM file gone,
+	// restored from the persistent copy).
+	recs, err := ReadRecords(path, quiet())
+	if err != nil || len(recs) != 1 || recs[0].Observed != 100 {
+		t.Fatalf("ReadRecords = %+v, %v", recs, err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	s, err = OpenStore(path, persist, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	reg, err = NewRegistry(Options{Store: s, Log: quiet(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := reg.Snapshot()
+	if len(snap) != 1 || snap[0].Observed != 100 || snap[0].BypassTotal() != 100 {
+		t.Fatalf("after restore: %+v", snap)
+	}
+	v := ViewOf(snap[0], nil)
+	if v.Port.Verdict != "weak" || v.TXID.Verdict != "weak" {
+		t.Errorf("fixed port, counting ID graded port=%s id=%s", v.Port.Verdict, v.TXID.Verdict)
+	}
+	// The store is locked while open.
+	if _, err := ReadRecords(path, quiet()); !errors.Is(err, ErrLocked) {
+		t.Errorf("ReadRecords on a held file: %v, want ErrLocked", err)
+	}
+}
+
+func TestStoreDamagedFileMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("not a bbolt file "), 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenStore(path, "", quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if recs, err := s.Load(); err != nil || len(recs) != 0 {
+		t.Fatalf("fresh store: %v %v", recs, err)
+	}
+	aside, _ := filepath.Glob(path + ".damaged-*")
+	if len(aside) != 1 {
+		t.Fatalf("damaged file not moved aside: %v", aside)
 	}
 }

@@ -1,0 +1,126 @@
+package device
+
+import (
+	"fmt"
+	"hash/maphash"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/entropy"
+)
+
+// gradeEvery: estimators are graded after every observation for the first
+// gradeAlways values, then every gradeEvery-th.
+const (
+	gradeAlways = 64
+	gradeEvery  = 8
+)
+
+// strictReview: a device the guard graded weak is graded again on fresh
+// evidence once it has been strict this long; it leaves the strict class
+// when that evidence shows random values, so a weak grade (earned, or
+// forced by traffic that looked like the device's) does not last for
+// ever.
+const strictReview = 24 * time.Hour
+
+func (r *Registry) observeLocked(e *entry, o *Observation, now time.Time) {
+	q := o.Query
+	if q.EDNS.Present {
+		e.rec.EDNSQueries++
+	} else {
+		e.rec.NoEDNSQueries++
+	}
+	// Retransmissions (same question and ID, from the same port or a
+	// new one: some stubs retry on a fresh socket) are no evidence; the
+	// sequential grading would otherwise read three tries of one query
+	// as a constant ID.
+	var h maphash.Hash
+	h.SetSeed(r.seed)
+	var name [dnswire.MaxName + 1]byte
+	h.Write(q.LowerName(name[:0]))
+	var b [4]byte
+	b[0], b[1], b[2], b[3] = byte(q.ID>>8), byte(q.ID), byte(q.Type>>8), byte(q.Type)
+	h.Write(b[:])
+	sum := h.Sum64()
+	t := now.UnixNano()
+	for i := range e.recent {
+		if e.recent[i] == sum && t-e.recentAt[i] < int64(30*time.Second) {
+			e.recentAt[i] = t // a device retrying the same question for long is still retrying
+			return
+		}
+	}
+	slot := int(e.nRecent) % len(e.recent)
+	e.recent[slot], e.recentAt[slot] = sum, t
+	e.nRecent = uint8(slot + 1)
+
+	boot := e.rec.Boots
+	if e.ids == nil {
+		e.ids = entropy.NewWithBudget(r.bitmaps)
+	}
+	e.ids.Observe(q.ID, boot)
+	if port := o.port(); port != 0 {
+		if e.ports == nil {
+			e.ports = entropy.NewWithBudget(r.bitmaps)
+		}
+		e.ports.Observe(port, boot)
+	}
+	e.rec.Observed++
+	e.ungraded++
+	if e.ids.N() <= gradeAlways || e.ungraded >= gradeEvery { // the current evidence, not the lifetime count
+		e.ungraded = 0
+		r.gradeLocked(e, now)
+	}
+}
+
+func result(e *entropy.Estimator) entropy.Result {
+	if e == nil {
+		return entropy.Result{Verdict: entropy.Insufficient, Reason: "no values seen"}
+	}
+	return e.Result()
+}
+
+// gradeLocked moves a device whose IDs or ports are weak to strict
+// policy, and says so once; a device strict for strictReview is graded
+// again on fresh evidence and leaves the strict class when that evidence
+// is random.
+func (r *Registry) gradeLocked(e *entry, now time.Time) {
+	id, port := result(e.ids), result(e.ports)
+	var why string
+	switch {
+	case id.Verdict == entropy.Weak && port.Verdict == entropy.Weak:
+		why = fmt.Sprintf("transaction IDs weak (%s), source ports weak (%s)", id.Reason, port.Reason)
+	case id.Verdict == entropy.Weak:
+		why = fmt.Sprintf("transaction IDs weak (%s)", id.Reason)
+	case port.Verdict == entropy.Weak:
+		why = fmt.Sprintf("source ports weak (%s)", port.Reason)
+	}
+	rec := e.rec
+	switch {
+	case !rec.Strict:
+		if why == "" {
+			return
+		}
+		rec.Strict, rec.StrictReason, rec.StrictSince = true, why, now
+		e.decision = r.cls.Decide(rec)
+		r.log.Warn("device moved to the strict class", "device", rec.ID, "name", rec.Name(), "class", e.decision.Class, "why", why)
+	case !rec.GradedSince.After(rec.StrictSince):
+		// Strict on the evidence it was graded on: once that is old
+		// enough, start collecting fresh evidence (the device stays
+		// strict meanwhile).
+		if now.Sub(rec.StrictSince) < strictReview {
+			return
+		}
+		e.ids, e.ports = nil, nil
+		rec.GradedSince = now
+		r.log.Info("grading a strict device again on fresh evidence", "device", rec.ID, "strict_since", rec.StrictSince, "why", rec.StrictReason)
+	case why != "":
+		// Still weak: strict for another review period.
+		rec.StrictReason, rec.StrictSince = why, now
+		r.log.Debug("device still weak; stays strict", "device", rec.ID, "why", why)
+	case id.Verdict == entropy.Random && (port.Verdict == entropy.Random || port.N == 0):
+		rec.Strict, rec.StrictReason, rec.StrictSince = false, "", time.Time{}
+		e.decision = r.cls.Decide(rec)
+		r.log.Info("device graded random again; it leaves the strict class", "device", rec.ID, "name", rec.Name(), "class", e.decision.Class,
+			"txid", id.Detail, "port", port.Detail)
+	}
+}
