@@ -15,7 +15,7 @@ import (
 // guard/upstream/h2.go, the control socket on guard/minihttp),
 // vishvananda/netlink (guard/device/rtnl.go) and Go's stub resolver
 // (every dial is by address; DoH host names are looked up with
-// lookupHost). Each was 130-1400 kB of the mipsle binary.
+// upstream.LookupHost). Each was 130-1400 kB of the mipsle binary.
 func TestRouterBuildLeavesOut(t *testing.T) {
 	testenv.Short(t)
 	gobin := testenv.Require(t, "go")[0]

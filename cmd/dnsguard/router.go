@@ -16,6 +16,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/guard/localzone"
 	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/guard/upstream"
 	"github.com/dnsguard/dnsguard/policy"
 )
 
@@ -289,7 +290,19 @@ func (r *routerSide) Intercept(listenAddrs []string) {
 	}
 	r.goJoined(func() { r.table.Watch(r.ctx, tableCheckEvery) })
 	if ic.BlockDoH && len(ic.DoHHosts) > 0 {
-		r.goJoined(func() { refreshDoH(r.ctx, r.table, ic, listenAddrs, port, r.log.With("part", "doh")) })
+		server := dohResolver(listenAddrs, port)
+		if !server.IsValid() {
+			r.log.Warn("no listen address to resolve DoH host names through", "part", "doh")
+			return
+		}
+		r.goJoined(func() {
+			r.table.RefreshDoH(r.ctx, intercept.DoHRefresh{
+				Fixed: ic.DoHAddresses, Hosts: ic.DoHHosts, Every: dohRefreshEvery, Log: r.log.With("part", "doh"),
+				Lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+					return upstream.LookupHost(ctx, server, host)
+				},
+			})
+		})
 	}
 }
 
@@ -317,54 +330,18 @@ func observePacket(reg *device.Registry, p intercept.Packet) {
 	}
 }
 
-// refreshDoH resolves the DoH host names through the guard itself (its
-// own listener, so through its chain and upstreams) and keeps the table's
-// DoH set filled with them and the fixed addresses.
-func refreshDoH(ctx context.Context, table *intercept.Table, ic policy.Intercept, listen []string, port uint16, log *slog.Logger) {
+// dohResolver is where the guard sends its own lookups of DoH host
+// names: a listen address on the guard port, else any listen address (an
+// unspecified address becomes loopback), so they go through its chain
+// and upstreams.
+func dohResolver(listen []string, port uint16) netip.AddrPort {
 	server := resolverAddr(listen, port)
-	for _, l := range listen { // any listen address will do
+	for _, l := range listen {
 		if ap, err := netip.ParseAddrPort(l); err == nil && !server.IsValid() {
 			server = resolverAddr(listen, ap.Port())
 		}
 	}
-	if !server.IsValid() {
-		log.Warn("no listen address to resolve DoH host names through")
-		return
-	}
-	var wait time.Duration // the guard listens already
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		addrs := append([]netip.Addr(nil), ic.DoHAddresses...)
-		failed := 0
-		for _, h := range ic.DoHHosts {
-			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			ips, err := lookupHost(lctx, server, h)
-			cancel()
-			if err != nil {
-				failed++
-				log.Debug("resolving DoH host", "host", h, "err", err)
-				continue
-			}
-			addrs = append(addrs, ips...)
-		}
-		if err := table.SetDoH(addrs); err != nil {
-			log.Error("filling the DoH set", "err", err)
-		} else {
-			log.Info("DoH endpoints blocked", "addresses", len(addrs), "hosts", len(ic.DoHHosts), "unresolved", failed)
-		}
-		switch {
-		case failed == 0:
-			wait = dohRefreshEvery
-		case wait < time.Minute:
-			wait = max(2*wait, time.Second) // the listener or the upstreams are not there yet: try again soon (from 1 s: 0 doubled is 0)
-		default:
-			wait = time.Minute
-		}
-	}
+	return server
 }
 
 // listensOn reports whether one of the listen addresses has port.

@@ -45,8 +45,8 @@ func TestWriteTable(t *testing.T) {
 	unavail, _ := ParseExperiment("unavailable")
 	rows := []TableRow{
 		{Experiment: ttl0,
-			Direct:  emulate.Summary{Queries: 60, Usable: 60, Answers: 60, Records: 60, Datagrams: 60},
-			Guarded: emulate.Summary{Queries: 120, Usable: 118, Failed: 2, ServFail: 2, Answers: 120, Records: 118, Datagrams: 120, EDE: map[uint16]int{3: 7, 22: 2}},
+			Direct:   emulate.Summary{Queries: 60, Usable: 60, Answers: 60, Records: 60, Datagrams: 60},
+			Guarded:  emulate.Summary{Queries: 120, Usable: 118, Failed: 2, ServFail: 2, Answers: 120, Records: 118, Datagrams: 120, EDE: map[uint16]int{3: 7, 22: 2}},
 			Upstream: 25, UpstreamPhase: 50 * time.Second},
 		{Experiment: unavail, Err: errors.New("dnsguard exited before serving:\nthe log")},
 	}

@@ -1,4 +1,4 @@
-package main
+package upstream
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"github.com/miekg/dns"
 )
 
-// lookupHost against a real DNS server (miekg/dns on loopback, UDP and
+// LookupHost against a real DNS server (miekg/dns on loopback, UDP and
 // TCP): A and AAAA gathered, a truncated UDP answer retried over TCP, a
 // forged answer (wrong ID) on UDP ignored, NXDOMAIN an error.
 func TestLookupHost(t *testing.T) {
@@ -65,7 +65,7 @@ func TestLookupHost(t *testing.T) {
 	defer cancel()
 	want := []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")}
 	for _, host := range []string{"doh.test", "forged.test", "big.test"} {
-		got, err := lookupHost(ctx, addr, host)
+		got, err := LookupHost(ctx, addr, host)
 		if err != nil || !slices.Equal(got, want) {
 			t.Errorf("%s: %v %v, want %v", host, got, err, want)
 		}
@@ -73,7 +73,7 @@ func TestLookupHost(t *testing.T) {
 	if n := tcpQueries.Load(); n != 2 {
 		t.Errorf("%d queries over TCP, want 2 (big.test's A and AAAA, truncated over UDP)", n)
 	}
-	if got, err := lookupHost(ctx, addr, "nx.test"); err == nil || !strings.Contains(err.Error(), "NXDOMAIN") {
+	if got, err := LookupHost(ctx, addr, "nx.test"); err == nil || !strings.Contains(err.Error(), "NXDOMAIN") {
 		t.Errorf("nx.test: %v %v", got, err)
 	}
 }

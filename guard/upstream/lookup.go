@@ -1,4 +1,4 @@
-package main
+package upstream
 
 import (
 	"context"
@@ -8,20 +8,19 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/dnsguard/dnsguard/guard/upstream"
 	"github.com/miekg/dns"
 )
 
-// lookupHost asks the DNS server at server for host's A and AAAA records
+// LookupHost asks the DNS server at server for host's A and AAAA records
 // (UDP, TCP when the answer is truncated) and returns the addresses in the
 // answers. It stands in for net.Resolver, whose stub resolver would
 // otherwise be linked into the router binary (about 200 kB on mipsle) for
 // this one use: resolving DoH host names through the guard itself.
-func lookupHost(ctx context.Context, server netip.AddrPort, host string) ([]netip.Addr, error) {
-	// The upstream package's Do53 transport: a fresh ID and port per
+func LookupHost(ctx context.Context, server netip.AddrPort, host string) ([]netip.Addr, error) {
+	// The Do53 transport: a fresh ID and port per
 	// query, the answer matched to the question, TCP when truncated. No
 	// TLS here: an empty pool spares loading the system roots.
-	tr, err := upstream.NewTransport("udp://"+server.String(), upstream.Options{Roots: x509.NewCertPool()}, new(upstream.Counters))
+	tr, err := NewTransport("udp://"+server.String(), Options{Roots: x509.NewCertPool()}, new(Counters))
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +44,7 @@ func lookupHost(ctx context.Context, server netip.AddrPort, host string) ([]neti
 	return addrs, nil
 }
 
-func lookupType(ctx context.Context, tr upstream.Transport, host string, qt uint16) ([]netip.Addr, error) {
+func lookupType(ctx context.Context, tr Transport, host string, qt uint16) ([]netip.Addr, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(host), qt)
 	q.SetEdns0(1232, false)
