@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/dnsguard/dnsguard/guard/capture"
+	"github.com/dnsguard/dnsguard/guard/dnswire"
 )
 
 // Limits that keep memory bounded.
@@ -276,7 +277,7 @@ func (a *Auditor) device(f *capture.Frame) *device {
 
 func (a *Auditor) dns(f *capture.Frame, payload []byte, t int64, boot uint32, tcp bool, st *FileStat) {
 	m := &a.msg
-	if err := parseMessage(payload, m); err != nil {
+	if err := m.parse(payload); err != nil {
 		if f.DstPort == 53 || f.SrcPort == 53 {
 			st.Corrupt++
 		}
@@ -284,11 +285,11 @@ func (a *Auditor) dns(f *capture.Frame, payload []byte, t int64, boot uint32, tc
 	}
 	st.DNS++
 	switch {
-	case !m.response && f.DstPort == 53:
+	case !m.Response && f.DstPort == 53:
 		if d := a.device(f); d != nil {
 			d.query(m, f, t, boot, tcp, len(payload), &a.names)
 		}
-	case m.response && f.SrcPort == 53:
+	case m.Response && f.SrcPort == 53:
 		a.answered[f.Src.Unmap()]++
 		if d := a.clientOf(f); d != nil {
 			d.response(m, t, len(payload))
@@ -445,4 +446,20 @@ func isDoHHost(h string) bool {
 		return true
 	}
 	return false
+}
+
+// message is a DNS message as the audit counts it: what dnswire reads of
+// it, and its question's name in the form the report shows.
+type message struct {
+	dnswire.Message
+	name []byte // lower-case presentation form without the final dot ("" for the root)
+}
+
+func (m *message) parse(b []byte) error {
+	if err := dnswire.ParseMessage(b, &m.Message); err != nil {
+		return err
+	}
+	m.name = dnswire.AppendName(m.name[:0], m.Name)
+	m.name = m.name[:len(m.name)-1]
+	return nil
 }

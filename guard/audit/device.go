@@ -189,15 +189,15 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 	}
 	d.last = max(d.last, t)
 	d.resolverUse(f.Dst.Unmap())
-	d.qtypes[m.qtype]++
+	d.qtypes[m.Type]++
 	d.qsize.add(size)
 	d.nameLen.add(len(m.name))
-	if m.edns {
+	if m.EDNS.Present {
 		d.edns++
 		if len(d.ednsSizes) < maxSizes {
-			d.ednsSizes[m.ednsSize]++
+			d.ednsSizes[m.EDNS.UDPSize]++
 		}
-		if m.do {
+		if m.EDNS.DO {
 			d.do++
 		}
 	}
@@ -214,8 +214,8 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 	d.plotRate(tl)
 	d.burst(t)
 
-	q := d.lookup(qkey{name, m.qtype}, true)
-	retrans := q.last != 0 && q.boot == boot && q.id == m.id && q.port == f.SrcPort
+	q := d.lookup(qkey{name, m.Type}, true)
+	retrans := q.last != 0 && q.boot == boot && q.id == m.ID && q.port == f.SrcPort
 	if retrans {
 		d.retransmissions++
 	} else {
@@ -239,42 +239,42 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 			q.mean += delta / float64(q.n)
 			q.m2 += delta * (dt - q.mean)
 		}
-		d.txid.Observe(m.id, boot)
+		d.txid.Observe(m.ID, boot)
 		if !tcp {
 			d.port.Observe(f.SrcPort, boot)
 		}
-		d.plotPoint(tl, m.id, f.SrcPort)
+		d.plotPoint(tl, m.ID, f.SrcPort)
 	}
-	q.id, q.port, q.boot, q.last, q.answered = m.id, f.SrcPort, boot, t, false
+	q.id, q.port, q.boot, q.last, q.answered = m.ID, f.SrcPort, boot, t, false
 }
 
 func (d *device) response(m *message, t int64, size int) {
 	d.responses++
 	d.rsize.add(size)
 	if len(d.rcodes) < 16 {
-		d.rcodes[m.rcode]++
+		d.rcodes[m.Rcode]++
 	}
-	for _, typ := range m.ansTypes[:m.nTypes] {
+	for _, typ := range m.AnswerTypes() {
 		if len(d.rtypes) < 64 {
 			d.rtypes[typ]++
 		}
 	}
-	q := d.lookup(qkey{string(m.name), m.qtype}, false)
-	if q != nil && q.id == m.id {
+	q := d.lookup(qkey{string(m.name), m.Type}, false)
+	if q != nil && q.id == m.ID {
 		q.answered = true
 		q.expires = 0
-		if m.answers > 0 {
-			q.expires = t + int64(m.minTTL)*1e9
+		if m.Answers > 0 {
+			q.expires = t + int64(m.MinTTL)*1e9
 		}
 	}
-	if m.answers > 0 {
-		if d.ttls == 0 || m.minTTL < d.ttlMin {
-			d.ttlMin = m.minTTL
+	if m.Answers > 0 {
+		if d.ttls == 0 || m.MinTTL < d.ttlMin {
+			d.ttlMin = m.MinTTL
 		}
-		d.ttlMax = max(d.ttlMax, m.minTTL)
-		d.ttlSum += float64(m.minTTL)
+		d.ttlMax = max(d.ttlMax, m.MinTTL)
+		d.ttlSum += float64(m.MinTTL)
 		d.ttls++
-		if m.minTTL == 0 {
+		if m.MinTTL == 0 {
 			d.ttlZero++
 		}
 	}

@@ -6,12 +6,14 @@ import (
 	"io"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/capture"
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/miekg/dns"
 )
 
 // Report is the audit of every device. Its JSON form is the --json output.
@@ -258,10 +260,10 @@ func (d *device) report(network []netip.Addr) Device {
 	// Types.
 	out.Types = TypeStats{Asked: map[string]int{}, Received: map[string]int{}}
 	for t, c := range d.qtypes {
-		out.Types.Asked[typeName(t)] = c
+		out.Types.Asked[dns.Type(t).String()] = c
 	}
 	for t, c := range d.rtypes {
-		out.Types.Received[typeName(t)] = c
+		out.Types.Received[dns.Type(t).String()] = c
 	}
 	if d.queries > 0 {
 		out.Types.AShare = round(float64(d.qtypes[1])/float64(d.queries), 3)
@@ -293,7 +295,7 @@ func (d *device) report(network []netip.Addr) Device {
 	if len(d.ednsSizes) > 0 {
 		out.EDNS.Sizes = map[string]int{}
 		for s, c := range d.ednsSizes {
-			out.EDNS.Sizes[itoa(int(s))] = c
+			out.EDNS.Sizes[strconv.Itoa(int(s))] = c
 		}
 	}
 	out.Timing = Timing{MaxPerSecond: d.maxSec, Bursts: d.bursts}
@@ -389,7 +391,7 @@ func (d *device) periodic() []Periodic {
 				cv = sqrt(q.m2/float64(q.n-1)) / q.mean
 			}
 			if cv < 0.1 {
-				out = append(out, Periodic{Name: k.name + " " + typeName(k.qtype), EveryS: round(q.mean, 1), Repeats: q.n, Variance: round(cv, 3)})
+				out = append(out, Periodic{Name: k.name + " " + dns.Type(k.qtype).String(), EveryS: round(q.mean, 1), Repeats: q.n, Variance: round(cv, 3)})
 			}
 		}
 	}
@@ -403,21 +405,10 @@ func (d *device) periodic() []Periodic {
 }
 
 func rcodeName(rc uint8) string {
-	switch rc {
-	case 0:
-		return "NOERROR"
-	case 1:
-		return "FORMERR"
-	case 2:
-		return "SERVFAIL"
-	case 3:
-		return "NXDOMAIN"
-	case 4:
-		return "NOTIMP"
-	case 5:
-		return "REFUSED"
+	if n, ok := dns.RcodeToString[int(rc)]; ok {
+		return n
 	}
-	return "RCODE" + itoa(int(rc))
+	return "RCODE" + strconv.Itoa(int(rc))
 }
 
 func (r *Report) sort() {

@@ -67,38 +67,21 @@ type Query struct {
 // §6.1.2); a second OPT record is ErrManyOPT.
 func ParseQuery(b []byte) (Query, error) {
 	var q Query
-	if len(b) < HeaderLen {
-		return q, ErrShort
-	}
-	q.ID = binary.BigEndian.Uint16(b)
-	flags := binary.BigEndian.Uint16(b[2:])
-	q.Opcode = uint8(flags>>11) & 0xF
-	q.RD = flags&flagRD != 0
-	q.CD = flags&flagCD != 0
-	q.AD = flags&flagAD != 0
-	if flags&flagQR != 0 {
-		return q, ErrNotQuery
-	}
-	qd := binary.BigEndian.Uint16(b[4:])
-	an := binary.BigEndian.Uint16(b[6:])
-	ns := binary.BigEndian.Uint16(b[8:])
-	ar := binary.BigEndian.Uint16(b[10:])
-	if qd != 1 {
-		return q, ErrQuestions
-	}
-	end, err := nameEnd(b, HeaderLen, false)
+	h, err := q.readHeader(b)
 	if err != nil {
 		return q, err
 	}
-	if end+4 > len(b) {
-		return q, ErrName
+	if h.flags&flagQR != 0 {
+		return q, ErrNotQuery
 	}
-	q.Name = b[HeaderLen:end]
-	q.Type = binary.BigEndian.Uint16(b[end:])
-	q.Class = binary.BigEndian.Uint16(b[end+2:])
-	q.NameEnd = end + 4
+	if h.qd != 1 {
+		return q, ErrQuestions
+	}
+	if err := q.readQuestion(b); err != nil {
+		return q, err
+	}
 	off := q.NameEnd
-	for i := 0; i < int(an)+int(ns)+int(ar); i++ {
+	for i := 0; i < h.an+h.ns+h.ar; i++ {
 		rr, next, err := readRR(b, off)
 		if err != nil {
 			return q, ErrTrailing
@@ -107,26 +90,72 @@ func ParseQuery(b []byte) (Query, error) {
 		if rr.typ != TypeOPT {
 			continue
 		}
-		if i < int(an)+int(ns) || rr.nameLen != 1 {
+		if i < h.an+h.ns || rr.nameLen != 1 {
 			return q, ErrTrailing // OPT only in the additional section, with the root name
 		}
 		if q.EDNS.Present {
 			return q, ErrManyOPT
 		}
-		q.EDNS.Present = true
-		q.EDNS.UDPSize = rr.class
-		q.EDNS.Version = uint8(rr.ttl >> 16)
-		q.EDNS.DO = rr.ttl&(1<<15) != 0
-		for o := rr.rdata; o+4 <= rr.rdata+int(rr.rdlen); {
-			code := binary.BigEndian.Uint16(b[o:])
-			n := int(binary.BigEndian.Uint16(b[o+2:]))
-			if code == 12 {
-				q.EDNS.Padding = true
-			}
-			o += 4 + n
-		}
+		q.EDNS.read(b, rr)
 	}
 	return q, nil
+}
+
+// header is the rest of the fixed header: the flags and section counts.
+type header struct {
+	flags          uint16
+	qd, an, ns, ar int
+}
+
+// readHeader reads the header into q's ID, Opcode and flag fields and
+// returns the flags and counts.
+func (q *Query) readHeader(b []byte) (header, error) {
+	if len(b) < HeaderLen {
+		return header{}, ErrShort
+	}
+	h := header{
+		flags: binary.BigEndian.Uint16(b[2:]),
+		qd:    int(binary.BigEndian.Uint16(b[4:])),
+		an:    int(binary.BigEndian.Uint16(b[6:])),
+		ns:    int(binary.BigEndian.Uint16(b[8:])),
+		ar:    int(binary.BigEndian.Uint16(b[10:])),
+	}
+	q.ID = binary.BigEndian.Uint16(b)
+	q.Opcode = uint8(h.flags>>11) & 0xF
+	q.RD = h.flags&flagRD != 0
+	q.CD = h.flags&flagCD != 0
+	q.AD = h.flags&flagAD != 0
+	return h, nil
+}
+
+// readQuestion reads the question right after the header. Its name must
+// not be compressed: nothing precedes it to point to.
+func (q *Query) readQuestion(b []byte) error {
+	end, err := nameEnd(b, HeaderLen, false)
+	if err != nil {
+		return err
+	}
+	if end+4 > len(b) {
+		return ErrName
+	}
+	q.Name = b[HeaderLen:end]
+	q.Type = binary.BigEndian.Uint16(b[end:])
+	q.Class = binary.BigEndian.Uint16(b[end+2:])
+	q.NameEnd = end + 4
+	return nil
+}
+
+// read fills e from the OPT record rr of message b.
+func (e *EDNS) read(b []byte, rr rrInfo) {
+	*e = EDNS{Present: true, UDPSize: rr.class, Version: uint8(rr.ttl >> 16), DO: rr.ttl&(1<<15) != 0}
+	for o := rr.rdata; o+4 <= rr.rdata+int(rr.rdlen); {
+		code := binary.BigEndian.Uint16(b[o:])
+		n := int(binary.BigEndian.Uint16(b[o+2:]))
+		if code == 12 {
+			e.Padding = true
+		}
+		o += 4 + n
+	}
 }
 
 // LowerName appends the question name, lower-cased, in wire format.
@@ -235,10 +264,15 @@ func AppendLower(dst, name []byte) []byte {
 // same string as the same name unpacked from an upstream's answer, and
 // dns.PackDomainName(NameString(n)) gives n back (lower-cased).
 func NameString(name []byte) string {
+	var buf [4*MaxName + 1]byte // every octet escaped as \DDD
+	return string(AppendName(buf[:0], name))
+}
+
+// AppendName appends the presentation form NameString returns.
+func AppendName(dst, name []byte) []byte {
 	if len(name) <= 1 {
-		return "."
+		return append(dst, '.')
 	}
-	out := make([]byte, 0, len(name)+1)
 	for i := 0; i < len(name); {
 		l := int(name[i])
 		i++
@@ -250,18 +284,18 @@ func NameString(name []byte) string {
 			i++
 			switch {
 			case 'A' <= c && c <= 'Z':
-				out = append(out, c+'a'-'A')
+				dst = append(dst, c+'a'-'A')
 			case labelSpecial(c):
-				out = append(out, '\\', c)
+				dst = append(dst, '\\', c)
 			case c < ' ' || c > '~':
-				out = append(out, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+				dst = append(dst, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
 			default:
-				out = append(out, c)
+				dst = append(dst, c)
 			}
 		}
-		out = append(out, '.')
+		dst = append(dst, '.')
 	}
-	return string(out)
+	return dst
 }
 
 // labelSpecial reports whether c has a meaning of its own in a name's
