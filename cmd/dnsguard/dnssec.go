@@ -37,7 +37,7 @@ func (e bogusError) HoldFor() time.Duration { return bogusTTL }
 type rawPool struct{ pool *upstream.Pool }
 
 func (r rawPool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	return r.pool.ExchangeWith(ctx, q, nil)
+	return r.pool.Exchange(ctx, q, upstream.QueryOptions{})
 }
 
 // newDNSSEC returns the configuration's validator, or nil with

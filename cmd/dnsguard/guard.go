@@ -265,9 +265,9 @@ func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, er
 		return s.check(q, resp)
 	}
 	if !strictRequest(forward.RequestFrom(ctx)) {
-		return s.pool.ExchangeWith(ctx, q, check)
+		return s.pool.Exchange(ctx, q, upstream.QueryOptions{Check: check})
 	}
-	resp, err := s.pool.ExchangeWith(upstream.WithCaseRandomization(ctx, true), q, check)
+	resp, err := s.pool.Exchange(ctx, q, upstream.QueryOptions{Case0x20: upstream.Case0x20On, Check: check})
 	if err != nil {
 		return nil, err
 	}

@@ -167,7 +167,7 @@ func (l *Local) forward(ctx context.Context, req *stage.Request) (*dnswire.Reply
 	)
 	for range attempts {
 		actx, cancel := context.WithTimeout(ctx, l.timeout)
-		resp, err = l.tr.Exchange(actx, q)
+		resp, err = l.tr.Exchange(actx, q, upstream.QueryOptions{})
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			break

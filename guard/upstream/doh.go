@@ -91,7 +91,7 @@ func (d *doh) Close() error {
 // Exchange POSTs q and reads the answer. A query that fails because a
 // reused connection went away, or that the server refused, is sent once
 // more.
-func (d *doh) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
 	m := prepare(q, 0, true)
 	b, err := pack(m)
 	if err != nil {

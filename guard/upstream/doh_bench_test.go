@@ -20,13 +20,13 @@ func BenchmarkDoHExchange(b *testing.B) {
 	}
 	b.Cleanup(func() { tr.Close() })
 	q := query("bench.example", dns.TypeA)
-	if _, err := tr.Exchange(context.Background(), q); err != nil {
+	if _, err := tr.Exchange(context.Background(), q, QueryOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := tr.Exchange(context.Background(), q); err != nil {
+			if _, err := tr.Exchange(context.Background(), q, QueryOptions{}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -36,7 +36,7 @@ func BenchmarkDoHExchange(b *testing.B) {
 		b.SetParallelism(8)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				if _, err := tr.Exchange(context.Background(), q); err != nil {
+				if _, err := tr.Exchange(context.Background(), q, QueryOptions{}); err != nil {
 					b.Error(err)
 					return
 				}

@@ -16,7 +16,7 @@ func TestDoHRequest(t *testing.T) {
 	tr, _ := newTLSTransport(t, srv.URL, ca)
 	for _, n := range []string{"a.example", "a-much-longer-name.with.several.labels.example.com"} {
 		q := query(n, dns.TypeA)
-		resp, err := tr.Exchange(testCtx(t), q)
+		resp, err := tr.Exchange(testCtx(t), q, QueryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +64,7 @@ func TestDoHFailures(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			srv := upstreamtest.StartDoH(t, ca, c.opts)
 			tr, _ := newTLSTransport(t, srv.URL, ca)
-			resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+			resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 			if err == nil {
 				t.Fatalf("accepted %v", resp)
 			}
@@ -79,7 +79,7 @@ func TestDoHFailures(t *testing.T) {
 	t.Run("pin", func(t *testing.T) {
 		srv := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{})
 		tr, _ := newTLSTransport(t, srv.URL+"&pin="+upstreamtest.Pin(t, ca.Issue(t, "doh.test")), ca)
-		if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); !errors.Is(err, ErrPin) {
+		if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); !errors.Is(err, ErrPin) {
 			t.Errorf("err %v, want ErrPin", err)
 		}
 		if len(srv.Received()) != 0 {

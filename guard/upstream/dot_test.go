@@ -38,7 +38,7 @@ func TestDoTPaddedAndReused(t *testing.T) {
 			if qt == dns.TypeHTTPS {
 				q.SetEdns0(1232, true) // the caller's DO survives
 			}
-			resp, err := tr.Exchange(testCtx(t), q)
+			resp, err := tr.Exchange(testCtx(t), q, QueryOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -100,7 +100,7 @@ func TestDoTPipelinedOutOfOrder(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
 	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: handler})
 	tr, c := newTLSTransport(t, srv.URL("dot.test"), ca)
-	if _, err := tr.Exchange(testCtx(t), query("warmup.example", dns.TypeA)); err != nil {
+	if _, err := tr.Exchange(testCtx(t), query("warmup.example", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -109,7 +109,7 @@ func TestDoTPipelinedOutOfOrder(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := tr.Exchange(testCtx(t), query(name(i), dns.TypeA))
+			resp, err := tr.Exchange(testCtx(t), query(name(i), dns.TypeA), QueryOptions{})
 			if err != nil {
 				errs <- err
 				return
@@ -155,7 +155,7 @@ func TestDoTReconnectsAfterClose(t *testing.T) {
 	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{})
 	tr, _ := newTLSTransport(t, srv.URL("dot.test"), ca)
 	for i := range 3 {
-		if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+		if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatalf("query %d: %v", i, err)
 		}
 		srv.CloseConns()
@@ -187,7 +187,7 @@ func TestDoTVerification(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tr, _ := newTLSTransport(t, c.url, c.ca)
-			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 			if c.ok && err != nil {
 				t.Fatal(err)
 			}
@@ -211,14 +211,14 @@ func TestStreamIdleCloseAndClose(t *testing.T) {
 	tr, _ := newTLSTransport(t, srv.URL("dot.test"), ca)
 	s := tr.(*stream)
 	s.idle = 100 * time.Millisecond
-	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	s.mu.Lock()
 	c := s.conn
 	s.mu.Unlock()
 	eventually(t, "idle connection closed", c.isDead)
-	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if srv.Conns() != 2 {
@@ -232,7 +232,7 @@ func TestStreamIdleCloseAndClose(t *testing.T) {
 	tr2, _ := newTLSTransport(t, slow.URL("dot.test"), ca)
 	errc := make(chan error, 1)
 	go func() {
-		_, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		_, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 		errc <- err
 	}()
 	eventually(t, "query arrived", func() bool { return len(slow.Received()) == 1 })
@@ -240,7 +240,7 @@ func TestStreamIdleCloseAndClose(t *testing.T) {
 	if err := <-errc; err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("in-flight query: %v, want a closed-connection error", err)
 	}
-	if _, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA)); err == nil {
+	if _, err := tr2.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
 		t.Error("query after Close")
 	}
 }
@@ -278,7 +278,7 @@ func TestTCPPlain(t *testing.T) {
 	}()
 	tr, _ := newUDPTransport(t, "tcp://"+ln.Addr().String(), true)
 	for range 3 {
-		resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -320,7 +320,7 @@ func TestDoTPinVerifiedChainOnly(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tr, _ := newTLSTransport(t, srv.URL("dot.test", "pin="+c.pin), ca)
-			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+			_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 			if c.ok && err != nil {
 				t.Fatal(err)
 			}
@@ -333,7 +333,7 @@ func TestDoTPinVerifiedChainOnly(t *testing.T) {
 	doh := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Name: "dot.test", Cert: &sent})
 	for _, c := range cases {
 		tr, _ := newTLSTransport(t, doh.URL+"&pin="+c.pin, ca)
-		_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+		_, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 		if c.ok != (err == nil) || !c.ok && !errors.Is(err, ErrPin) {
 			t.Errorf("DoH %s: err %v", c.name, err)
 		}

@@ -43,7 +43,7 @@ func TestConnectFailuresAreHard(t *testing.T) {
 	} {
 		tr, _ := newTLSTransport(t, c.url, ca)
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		_, err := tr.Exchange(ctx, query("example.com", dns.TypeA))
+		_, err := tr.Exchange(ctx, query("example.com", dns.TypeA), QueryOptions{})
 		cancel()
 		if err == nil || hardFailure(err) != c.hard {
 			t.Errorf("%s: %v: hard %v, want %v", c.url, err, hardFailure(err), c.hard)

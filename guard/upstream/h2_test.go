@@ -113,7 +113,7 @@ func TestH2MultiplexedOnOneConnection(t *testing.T) {
 			errs := make(chan error, n)
 			for i := range n {
 				wg.Go(func() {
-					resp, err := tr.Exchange(testCtx(t), query(fmt.Sprintf("q%d.example", i), dns.TypeA))
+					resp, err := tr.Exchange(testCtx(t), query(fmt.Sprintf("q%d.example", i), dns.TypeA), QueryOptions{})
 					if err == nil && (len(resp.Answer) != 1 || resp.Question[0].Name != fmt.Sprintf("q%d.example.", i)) {
 						err = fmt.Errorf("answer %v", resp)
 					}
@@ -490,7 +490,7 @@ func (c *rawConn) headers(id uint32, end bool, kv ...string) {
 
 func exchangeA(t *testing.T, tr Transport, name string) error {
 	t.Helper()
-	resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA))
+	resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{})
 	if err != nil {
 		return err
 	}
@@ -754,7 +754,7 @@ func TestH2StreamErrorsKeepTheConnection(t *testing.T) {
 	})
 	tr, _ := newDoHTransport(t, srv.URL, ca)
 	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
-	_, err := tr.Exchange(ctx, query("slow.example", dns.TypeA))
+	_, err := tr.Exchange(ctx, query("slow.example", dns.TypeA), QueryOptions{})
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("unanswered: %v", err)
@@ -944,7 +944,7 @@ func TestH2AgainstUnbound(t *testing.T) {
 			case 2:
 				name, rcode = fmt.Sprintf("missing%d.test", i), dns.RcodeNameError
 			}
-			resp, err := tr.Exchange(testCtx(t), query(name, qt))
+			resp, err := tr.Exchange(testCtx(t), query(name, qt), QueryOptions{})
 			if err != nil {
 				t.Error(err)
 				return

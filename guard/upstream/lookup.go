@@ -48,7 +48,7 @@ func lookupType(ctx context.Context, tr Transport, host string, qt uint16) ([]ne
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(host), qt)
 	q.SetEdns0(1232, false)
-	resp, err := tr.Exchange(ctx, q)
+	resp, err := tr.Exchange(ctx, q, QueryOptions{})
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"crypto/x509"
 	"log/slog"
 	"time"
@@ -26,7 +25,7 @@ type Options struct {
 
 	Timeout       time.Duration // per attempt before failing over; DefaultTimeout if 0
 	MaxAttempts   int           // attempts per query across upstreams; DefaultMaxAttempts if 0
-	Randomize0x20 bool          // 0x20 case randomisation by default (see WithCaseRandomization)
+	Randomize0x20 bool          // 0x20 case randomisation by default (QueryOptions.Case0x20 overrides it per query)
 
 	// Probing of a failed upstream starts after ProbeMin and backs off,
 	// doubling, to ProbeMax.
@@ -42,13 +41,6 @@ type Options struct {
 	// after every upstream was down (the cache forgets the failures it
 	// recorded meanwhile). It must not block.
 	OnRecover func()
-
-	// Check, when set, is called on every upstream answer with the
-	// caller's query. It returns the answer to use, or an error, in which
-	// case the answer is counted as refused for that upstream and the next
-	// upstream is tried; when every attempt is refused the last Check
-	// error is returned as it is.
-	Check CheckFunc
 }
 
 func (o Options) withDefaults() Options {
@@ -87,20 +79,40 @@ func NewTransport(rawURL string, opts Options, counters *Counters) (Transport, e
 	return newTransport(ep, config{tls: tc, counters: counters, randomize: opts.Randomize0x20})
 }
 
-type caseKey struct{}
-
-// WithCaseRandomization overrides, for the queries made with ctx, whether
-// 0x20 case randomisation is used (on for strict devices, say). The
-// response must then echo the randomised name exactly.
-func WithCaseRandomization(ctx context.Context, on bool) context.Context {
-	return context.WithValue(ctx, caseKey{}, on)
+// QueryOptions are what one query asks of the upstream side besides its
+// question: the per-request policy (a strict device's 0x20, the chain's
+// shield), given explicitly to Exchange, never carried in the context.
+// The zero value asks for the defaults.
+type QueryOptions struct {
+	// Case0x20 says whether the query is sent with 0x20 case
+	// randomisation on the transports that use it (cleartext Do53 over
+	// UDP and TCP; DoT and DoH never do, the channel authenticates the
+	// answer). With 0x20 the answer must echo the randomised name exactly.
+	Case0x20 Case0x20
+	// Check, when set, is called by a Pool on every upstream answer with
+	// the caller's query. It returns the answer to use, or an error, in
+	// which case the answer is counted as refused for that upstream and
+	// the next upstream is tried; when every attempt is refused the last
+	// Check error is returned as it is. Transports ignore it.
+	Check CheckFunc
 }
 
-// caseRandomization reports whether ctx asks for 0x20, or def if it does
-// not say.
-func caseRandomization(ctx context.Context, def bool) bool {
-	if on, ok := ctx.Value(caseKey{}).(bool); ok {
-		return on
+// Case0x20 is a query's 0x20 setting.
+type Case0x20 uint8
+
+const (
+	Case0x20Default Case0x20 = iota // as Options.Randomize0x20 says
+	Case0x20On
+	Case0x20Off
+)
+
+// on reports whether c asks for 0x20, def being Options.Randomize0x20.
+func (c Case0x20) on(def bool) bool {
+	switch c {
+	case Case0x20On:
+		return true
+	case Case0x20Off:
+		return false
 	}
 	return def
 }

@@ -128,16 +128,12 @@ func poolOf(opts Options, ts []Transport, cs []*Counters) *Pool {
 type CheckFunc func(q, resp *dns.Msg) (*dns.Msg, error)
 
 // Exchange resolves q, a query with one question (the caller's message is
-// not changed), checking answers with Options.Check. Errors are
-// *stage.Error values, or the check's error.
-func (p *Pool) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	return p.ExchangeWith(ctx, q, p.opts.Check)
-}
-
-// ExchangeWith is Exchange with check (nil: none) in place of
-// Options.Check, so that one pool can serve chains that check answers
-// differently (a pool kept across a configuration reload).
-func (p *Pool) ExchangeWith(ctx context.Context, q *dns.Msg, check CheckFunc) (*dns.Msg, error) {
+// not changed), under o: its 0x20 setting and the Check its answers must
+// pass (nil: none). Errors are *stage.Error values, or the check's error.
+// One pool serves callers that ask differently (a strict device's 0x20,
+// the shields of chains sharing a pool across a reload).
+func (p *Pool) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	check := o.Check
 	if len(q.Question) != 1 {
 		return nil, fmt.Errorf("upstream query with %d questions", len(q.Question))
 	}
@@ -153,7 +149,7 @@ func (p *Pool) ExchangeWith(ctx context.Context, q *dns.Msg, check CheckFunc) (*
 	var lastErr, checkErr error
 	for i := 0; i < attempts && ctx.Err() == nil; i++ {
 		m := order[i%len(order)]
-		resp, err := p.attempt(ctx, m, q)
+		resp, err := p.attempt(ctx, m, q, o)
 		if err != nil {
 			lastErr = err
 			if p.noneUp() {
@@ -276,11 +272,11 @@ func (p *Pool) end(probe *member) {
 // attempt is one try on one upstream, within the per-attempt timeout. An
 // answer that differs from the query only in the case of the name (0x20)
 // is asked again without 0x20 and compared (caseFallback).
-func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg) (*dns.Msg, error) {
+func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
 	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := m.t.Exchange(actx, q)
+	resp, err := m.t.Exchange(actx, q, o)
 	var ce *CaseError
 	switch {
 	case errors.As(err, &ce):
@@ -312,10 +308,10 @@ var ErrCaseInconsistent = errors.New("answer in another case differs from the an
 // upstream has answered either way, so it is not marked down.
 func (p *Pool) caseFallback(ctx context.Context, m *member, q *dns.Msg, ce *CaseError) (*dns.Msg, error) {
 	m.counters.CaseFallbacks.Add(1)
-	actx, cancel := context.WithTimeout(WithCaseRandomization(ctx, false), p.opts.Timeout)
+	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	start := time.Now()
-	resp, err := m.t.Exchange(actx, q)
+	resp, err := m.t.Exchange(actx, q, QueryOptions{Case0x20: Case0x20Off})
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -396,7 +392,7 @@ func (p *Pool) check(m *member, cause error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.probeTimeout())
 	defer cancel()
 	start := time.Now()
-	_, err := m.t.Exchange(ctx, rootQuery())
+	_, err := m.t.Exchange(ctx, rootQuery(), QueryOptions{})
 	if err == nil {
 		p.answered(m, time.Since(start))
 	}
@@ -456,7 +452,7 @@ func (p *Pool) probe(m *member) {
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, p.probeTimeout())
 		start := time.Now()
-		_, err := m.t.Exchange(ctx, rootQuery())
+		_, err := m.t.Exchange(ctx, rootQuery(), QueryOptions{})
 		cancel()
 		if err == nil {
 			p.answered(m, time.Since(start))

@@ -36,7 +36,7 @@ func (s *scripted) set(f func(q *dns.Msg) (*dns.Msg, error)) {
 	s.script = f
 }
 
-func (s *scripted) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+func (s *scripted) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
 	s.mu.Lock()
 	s.asked = append(s.asked, q.Question[0].Name)
 	f, release := s.script, s.release
@@ -169,7 +169,7 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("n%d.never.test", i), dns.TypeA)); err == nil {
+					if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("n%d.never.test", i), dns.TypeA), QueryOptions{}); err == nil {
 						attackAnswered.Add(1)
 					}
 				}()
@@ -177,7 +177,7 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 			}
 			victimFailed := 0
 			for i := range 40 {
-				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", i), dns.TypeA)); err != nil {
+				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
 					victimFailed++
 					t.Logf("victim query %d: %v", i, err)
 				}
@@ -190,7 +190,7 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 			// Only never-answering names: nothing else answered since they
 			// were sent, so the pool checks the upstream, which answers.
 			for i := range 5 {
-				if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA)); IsAllDown(err) || err == nil {
+				if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA), QueryOptions{}); IsAllDown(err) || err == nil {
 					t.Fatalf("never-answering name %d: %v, want its own failure", i, err)
 				}
 			}
@@ -203,7 +203,7 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 			if strings.Contains(logs.String(), "upstream down") {
 				t.Errorf("logged:\n%s", logs.String())
 			}
-			if _, err := p.Exchange(clientCtx(t), query("after.example", dns.TypeA)); err != nil {
+			if _, err := p.Exchange(clientCtx(t), query("after.example", dns.TypeA), QueryOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -219,7 +219,7 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 func TestPoolSilentUpstreamDown(t *testing.T) {
 	s := &scripted{name: "silent", script: silent}
 	p := scriptedPool(t, Options{Timeout: 50 * time.Millisecond, ProbeMin: time.Hour}, s)
-	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
 		t.Fatal("answered")
 	}
 	eventually(t, "down", func() bool { return !p.Stats()[0].Up })
@@ -243,7 +243,7 @@ func TestPoolQueryProbe(t *testing.T) {
 	s := &scripted{name: "flaky", script: refusing}
 	var recovered atomic.Int32
 	p := scriptedPool(t, Options{Timeout: time.Second, ProbeMin: time.Hour, OnRecover: func() { recovered.Add(1) }}, s)
-	if _, err := p.Exchange(clientCtx(t), query("a.example", dns.TypeA)); !IsAllDown(err) {
+	if _, err := p.Exchange(clientCtx(t), query("a.example", dns.TypeA), QueryOptions{}); !IsAllDown(err) {
 		t.Fatalf("refused connection: err %v, want IsAllDown", err)
 	}
 	if p.Stats()[0].Up {
@@ -257,12 +257,12 @@ func TestPoolQueryProbe(t *testing.T) {
 	s.mu.Unlock()
 	probeDone := make(chan error, 1)
 	go func() {
-		_, err := p.Exchange(context.Background(), query("probe.example", dns.TypeA))
+		_, err := p.Exchange(context.Background(), query("probe.example", dns.TypeA), QueryOptions{})
 		probeDone <- err
 	}()
 	eventually(t, "the probe sent", func() bool { return s.count("probe.example.") == 1 })
 	for i := range 5 {
-		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("other%d.example", i), dns.TypeA)); !IsAllDown(err) {
+		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("other%d.example", i), dns.TypeA), QueryOptions{}); !IsAllDown(err) {
 			t.Fatalf("query during the probe: %v, want IsAllDown", err)
 		}
 	}
@@ -277,7 +277,7 @@ func TestPoolQueryProbe(t *testing.T) {
 	if !p.Stats()[0].Up || recovered.Load() != 1 {
 		t.Fatalf("after the probe answered: up %v, OnRecover called %d times", p.Stats()[0].Up, recovered.Load())
 	}
-	if _, err := p.Exchange(clientCtx(t), query("b.example", dns.TypeA)); err != nil {
+	if _, err := p.Exchange(clientCtx(t), query("b.example", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if recovered.Load() != 1 {
@@ -290,10 +290,10 @@ func TestPoolQueryProbe(t *testing.T) {
 func TestPoolRecoveryOnNextQuery(t *testing.T) {
 	s := &scripted{name: "silent-then-back", script: silent}
 	p := scriptedPool(t, Options{Timeout: 50 * time.Millisecond, ProbeMin: time.Hour}, s)
-	_, _ = p.Exchange(clientCtx(t), query("a.example", dns.TypeA))
+	_, _ = p.Exchange(clientCtx(t), query("a.example", dns.TypeA), QueryOptions{})
 	eventually(t, "down", func() bool { return !p.Stats()[0].Up })
 	s.set(answers)
-	if _, err := p.Exchange(clientCtx(t), query("b.example", dns.TypeA)); err != nil {
+	if _, err := p.Exchange(clientCtx(t), query("b.example", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatalf("first query after recovery: %v", err)
 	}
 }
@@ -305,9 +305,9 @@ func TestPoolStateLogBounded(t *testing.T) {
 	flap := func(p *Pool, s *scripted, n int) {
 		for range n {
 			s.set(refusing)
-			_, _ = p.Exchange(clientCtx(t), query("x.example", dns.TypeA))
+			_, _ = p.Exchange(clientCtx(t), query("x.example", dns.TypeA), QueryOptions{})
 			s.set(answers)
-			if _, err := p.Exchange(clientCtx(t), query("x.example", dns.TypeA)); err != nil {
+			if _, err := p.Exchange(clientCtx(t), query("x.example", dns.TypeA), QueryOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -353,7 +353,7 @@ func TestPoolCaseFallback(t *testing.T) {
 	p := newPool(t, []string{mangler.url()}, Options{Randomize0x20: true, Timeout: 300 * time.Millisecond})
 	name := "www.mixed-case-example.com"
 	for range 5 {
-		resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA))
+		resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA), QueryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -381,7 +381,7 @@ func TestPoolCaseFallback(t *testing.T) {
 	var n atomic.Int32
 	liar := startUDP(t, caseMangler(func() string { return fmt.Sprintf("192.0.2.%d", n.Add(1)) }))
 	lp := newPool(t, []string{liar.url()}, Options{Randomize0x20: true, Timeout: 300 * time.Millisecond, MaxAttempts: 1})
-	_, err := lp.Exchange(clientCtx(t), query(name, dns.TypeA))
+	_, err := lp.Exchange(clientCtx(t), query(name, dns.TypeA), QueryOptions{})
 	if !errors.Is(err, ErrCaseInconsistent) {
 		t.Fatalf("err %v, want ErrCaseInconsistent", err)
 	}
@@ -391,7 +391,7 @@ func TestPoolCaseFallback(t *testing.T) {
 
 	// Without 0x20 nothing of this happens.
 	plain := newPool(t, []string{mangler.url()}, Options{})
-	if _, err := plain.Exchange(clientCtx(t), query(name, dns.TypeA)); err != nil {
+	if _, err := plain.Exchange(clientCtx(t), query(name, dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if st := plain.Stats()[0]; st.CaseFallbacks != 0 {
@@ -409,7 +409,7 @@ func TestPoolShutdownDrains(t *testing.T) {
 	}})
 	run := func(stop func(p *Pool)) (failed int) {
 		p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: time.Second})
-		if _, err := p.Exchange(clientCtx(t), query("warm.example", dns.TypeA)); err != nil {
+		if _, err := p.Exchange(clientCtx(t), query("warm.example", dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -418,7 +418,7 @@ func TestPoolShutdownDrains(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("q%d.example", i), dns.TypeA)); err != nil {
+				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("q%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
 					bad.Add(1)
 				}
 			}()

@@ -59,7 +59,7 @@ func TestPoolFailover(t *testing.T) {
 
 	// a is tried first (configured first, nothing measured) and is dead:
 	// the answer comes from b within a device's 2 s.
-	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestPoolFailover(t *testing.T) {
 	}
 	// Having failed, a lost its place: queries go straight to b.
 	for range 5 {
-		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -102,16 +102,16 @@ func TestPoolRecovery(t *testing.T) {
 	var on atomic.Bool
 	a := startUDP(t, switchable("192.0.2.1", &on))
 	p := newPool(t, []string{a.url()}, Options{Timeout: 200 * time.Millisecond, ProbeMin: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond})
-	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
 		t.Fatal("answer from a dead upstream")
 	}
 	eventually(t, "a down", func() bool { return !p.Stats()[0].Up })
-	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); !IsAllDown(err) {
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); !IsAllDown(err) {
 		t.Fatalf("err %v with the only upstream down, want IsAllDown", err)
 	}
 	on.Store(true)
 	eventually(t, "a recovered", func() bool { return p.Stats()[0].Up })
-	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestPoolHardFailureMarksDownAtOnce(t *testing.T) {
 	srv := startUDP(t, nil)
 	// Nothing listens on TCP at the UDP server's port: connection refused.
 	p := newPool(t, []string{"tcp://" + srv.addr.String(), srv.url()}, Options{})
-	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestPoolPrefersFaster(t *testing.T) {
 	fast := startUDP(t, nil)
 	p := newPool(t, []string{slow.url(), fast.url()}, Options{})
 	for range 20 {
-		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+		if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -168,13 +168,13 @@ func TestPoolNoUpstream(t *testing.T) {
 	var logMu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))
 	p := newPool(t, []string{a.url(), b.url()}, Options{Timeout: 200 * time.Millisecond, ProbeMin: time.Hour, Logger: logger})
-	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
 		t.Fatal("answer from dead upstreams")
 	}
 	eventually(t, "both down", func() bool { st := p.Stats(); return !st[0].Up && !st[1].Up })
 	before := len(a.queries()) + len(b.queries())
 	for i := range 10 {
-		_, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+		_, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 		var se *stage.Error
 		if !errors.As(err, &se) || !IsAllDown(err) {
 			t.Fatalf("query %d: err %v, want a *stage.Error saying every upstream is down", i, err)
@@ -224,8 +224,8 @@ func TestPoolCheck(t *testing.T) {
 		}
 		return resp, nil
 	}
-	p := newPool(t, []string{bad.url(), good.url()}, Options{Check: check})
-	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA))
+	p := newPool(t, []string{bad.url(), good.url()}, Options{})
+	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{Check: check})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,8 +236,8 @@ func TestPoolCheck(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 
-	only := newPool(t, []string{bad.url()}, Options{Check: check, MaxAttempts: 2})
-	if _, err := only.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != errPrivate {
+	only := newPool(t, []string{bad.url()}, Options{MaxAttempts: 2})
+	if _, err := only.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{Check: check}); err != errPrivate {
 		t.Errorf("err %v, want the check's error", err)
 	}
 	// A refused answer is not asked for again from the same upstream:
@@ -254,7 +254,7 @@ func TestPoolMixedTransports(t *testing.T) {
 	doh := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Handler: upstreamtest.AnswerA("192.0.2.43")})
 	p := newPool(t, []string{dot.URL("dot.test"), doh.URL}, Options{CAPEM: ca.PEM})
 	for i := range 10 {
-		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("n%d.example", i), dns.TypeA)); err != nil {
+		if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("n%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -267,11 +267,11 @@ func TestPoolMixedTransports(t *testing.T) {
 		t.Fatal(err)
 	}
 	fp := newPool(t, []string{doh.URL}, Options{CAFile: caFile})
-	if _, err := fp.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err != nil {
+	if _, err := fp.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatalf("with CAFile: %v", err)
 	}
 	sys := newPool(t, []string{doh.URL}, Options{})
-	if _, err := sys.Exchange(clientCtx(t), query("example.com", dns.TypeA)); err == nil {
+	if _, err := sys.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
 		t.Fatal("test CA trusted without being configured")
 	}
 	if _, err := NewPool([]string{doh.URL}, Options{CAFile: caFile + ".missing"}); err == nil {
@@ -296,7 +296,7 @@ func TestPoolSlowHandshakeServesNextAttempt(t *testing.T) {
 	p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: 300 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := p.Exchange(ctx, query("example.com", dns.TypeA)); err != nil {
+	if _, err := p.Exchange(ctx, query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if srv.Conns() != 1 {

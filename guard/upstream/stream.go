@@ -60,9 +60,9 @@ func (s *stream) String() string { return s.ep.String() }
 // Exchange sends q on the shared connection, dialling one if needed. A
 // query that fails because a reused connection had been closed by the
 // upstream is sent once more on a fresh one.
-func (s *stream) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+func (s *stream) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
 	// 0x20 is for cleartext, where it adds entropy against spoofing.
-	exact := !s.pad && caseRandomization(ctx, s.cfg.randomize)
+	exact := !s.pad && o.Case0x20.on(s.cfg.randomize)
 	name := q.Question[0].Name
 	for try := 0; ; try++ {
 		c, fresh, err := s.get(ctx)

@@ -18,9 +18,10 @@ import (
 
 // Transport exchanges one query with one upstream. Exchange copies q and
 // sets the ID, OPT and padding its transport calls for; the answer it
-// returns matches the query and carries no padding.
+// returns matches the query and carries no padding. Of o it uses
+// Case0x20 (cleartext transports only).
 type Transport interface {
-	Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
+	Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error)
 	String() string
 	Close() error
 }
@@ -66,7 +67,7 @@ func (c *Counters) snapshot() Stats {
 type config struct {
 	tls       *tlsConfig
 	counters  *Counters
-	randomize bool // 0x20 unless the context says otherwise
+	randomize bool // 0x20 unless the query's options say otherwise
 }
 
 // newTransport returns the transport for one endpoint.

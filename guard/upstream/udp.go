@@ -63,21 +63,21 @@ func (u *udp) Close() error { return u.tcp.Close() }
 func (u *udp) Reset() { u.tcp.Reset() }
 
 // Exchange sends q from a fresh random port and waits for the answer.
-func (u *udp) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	exact := caseRandomization(ctx, u.cfg.randomize)
+func (u *udp) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	exact := o.Case0x20.on(u.cfg.randomize)
 	m := prepare(q, randomID(), false)
 	if exact {
 		m.Question[0].Name = randomizeCase(m.Question[0].Name)
 	}
 	resp, err := u.exchange(ctx, m, exact)
 	if errors.Is(err, errOversize) {
-		return u.tcp.Exchange(ctx, q) // more than it was asked for (EDNS 1232): as if TC
+		return u.tcp.Exchange(ctx, q, o) // more than it was asked for (EDNS 1232): as if TC
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", u.ep, err)
 	}
 	if resp.Truncated {
-		return u.tcp.Exchange(ctx, q)
+		return u.tcp.Exchange(ctx, q, o)
 	}
 	restoreName(resp, q.Question[0].Name)
 	stripPadding(resp)

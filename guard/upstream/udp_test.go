@@ -100,7 +100,7 @@ func TestUDPFreshIDsAndPorts(t *testing.T) {
 	const n = 200
 	for i := range n {
 		q := query("example.com", dns.TypeA)
-		resp, err := tr.Exchange(testCtx(t), q)
+		resp, err := tr.Exchange(testCtx(t), q, QueryOptions{})
 		if err != nil {
 			t.Fatalf("query %d: %v", i, err)
 		}
@@ -156,7 +156,7 @@ func TestUDPCaseRandomization(t *testing.T) {
 	tr, _ := newUDPTransport(t, srv.url(), true)
 	const name = "www.some-long-name.example.com."
 	for range 20 {
-		resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA))
+		resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,13 +171,33 @@ func TestUDPCaseRandomization(t *testing.T) {
 	if len(mixed) < 15 {
 		t.Errorf("only %d distinct casings in 20 queries: %v", len(mixed), mixed)
 	}
-	// The per-request override turns it off.
+	// The per-query option turns it off.
 	tr2, _ := newUDPTransport(t, srv.url(), true)
-	if _, err := tr2.Exchange(WithCaseRandomization(testCtx(t), false), query(name, dns.TypeA)); err != nil {
+	if _, err := tr2.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{Case0x20: Case0x20Off}); err != nil {
 		t.Fatal(err)
 	}
 	if got := srv.queries(); got[len(got)-1].msg.Question[0].Name != name {
 		t.Errorf("override off still randomised: %s", got[len(got)-1].msg.Question[0].Name)
+	}
+	// And on, over a transport whose default is off (a strict device's
+	// query): the name goes out in mixed case, and comes back as asked.
+	tr3, _ := newUDPTransport(t, srv.url(), false)
+	before := len(srv.queries())
+	for range 20 {
+		resp, err := tr3.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{Case0x20: Case0x20On})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Question[0].Name != name {
+			t.Fatalf("answer not given back in the asked case: %v", resp)
+		}
+	}
+	mixed = map[string]bool{}
+	for _, g := range srv.queries()[before:] {
+		mixed[g.msg.Question[0].Name] = true
+	}
+	if len(mixed) < 15 {
+		t.Errorf("override on: only %d distinct casings in 20 queries", len(mixed))
 	}
 }
 
@@ -207,7 +227,7 @@ func TestUDPDropsMismatches(t *testing.T) {
 		s.send(from, forge(q, "192.0.2.1"))
 	})
 	tr, c := newUDPTransport(t, srv.url(), true)
-	resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+	resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +252,7 @@ func TestUDPDropsMismatches(t *testing.T) {
 		s.send(from, forge(q, "192.0.2.1"))
 	})
 	ctr, _ := newUDPTransport(t, caseSrv.url(), true)
-	_, err = ctr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+	_, err = ctr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	var ce *CaseError
 	if !errors.As(err, &ce) || answerA(t, ce.Msg) != "203.0.113.3" || !errors.Is(err, ErrMismatch) {
 		t.Fatalf("wrong-case answer: err %v, want a CaseError carrying it", err)
@@ -247,7 +267,7 @@ func TestUDPFloodCounted(t *testing.T) {
 		}
 	})
 	tr, c := newUDPTransport(t, srv.url(), false)
-	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA)); err != nil {
+	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "3 flood copies counted", func() bool { return c.Flood.Load() == 3 })
@@ -290,7 +310,7 @@ func TestUDPTruncatedRetriedOverTCP(t *testing.T) {
 		_, _ = upstreamtest.ReadMsg(conn) // until the client hangs up
 	}()
 	tr, _ := newUDPTransport(t, srv.url(), false)
-	resp, err := tr.Exchange(testCtx(t), query("big.example.com", dns.TypeA))
+	resp, err := tr.Exchange(testCtx(t), query("big.example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +331,7 @@ func TestUDPTimeout(t *testing.T) {
 	tr, _ := newUDPTransport(t, srv.url(), false)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := tr.Exchange(ctx, query("example.com", dns.TypeA))
+	_, err := tr.Exchange(ctx, query("example.com", dns.TypeA), QueryOptions{})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v, want deadline exceeded", err)
 	}
@@ -339,7 +359,7 @@ func TestUDPIPv6(t *testing.T) {
 		}
 	}()
 	tr, _ := newUDPTransport(t, "udp://"+conn.LocalAddr().String(), true)
-	resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA))
+	resp, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,14 +26,14 @@ func TestUnbound(t *testing.T) {
 	}
 
 	p := newPool(t, []string{ub.URL()}, Options{CAPEM: ub.CAPEM})
-	resp, err := p.Exchange(clientCtx(t), query("a.test", dns.TypeA))
+	resp, err := p.Exchange(clientCtx(t), query("a.test", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if answerA(t, resp) != "192.0.2.10" || paddingOf(resp) >= 0 {
 		t.Fatalf("DoT answer %v", resp)
 	}
-	resp, err = p.Exchange(clientCtx(t), query("missing.test", dns.TypeA))
+	resp, err = p.Exchange(clientCtx(t), query("missing.test", dns.TypeA), QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestUnbound(t *testing.T) {
 
 	// Wrong name: the strict profile refuses it.
 	bad := newPool(t, []string{"tls://" + ub.Addr.String() + "?sni=wrong.test"}, Options{CAPEM: ub.CAPEM})
-	if _, err := bad.Exchange(clientCtx(t), query("a.test", dns.TypeA)); err == nil {
+	if _, err := bad.Exchange(clientCtx(t), query("a.test", dns.TypeA), QueryOptions{}); err == nil {
 		t.Fatal("DoT with a wrong name accepted")
 	}
 
@@ -51,7 +51,7 @@ func TestUnbound(t *testing.T) {
 	for _, u := range []string{"udp://" + ub.Do53.String(), "tcp://" + ub.Do53.String()} {
 		cp := newPool(t, []string{u}, Options{Randomize0x20: true})
 		for range 5 {
-			resp, err := cp.Exchange(clientCtx(t), query("a.test", dns.TypeAAAA))
+			resp, err := cp.Exchange(clientCtx(t), query("a.test", dns.TypeAAAA), QueryOptions{})
 			if err != nil {
 				t.Fatalf("%s: %v", u, err)
 			}

@@ -54,7 +54,7 @@ func TestUnboundOddNames(t *testing.T) {
 			p := newPool(t, []string{u}, Options{CAPEM: ub.CAPEM, Randomize0x20: x20})
 			for i, l := range oddLabels {
 				name := wireName(l, "test")
-				resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA))
+				resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA), QueryOptions{})
 				if err != nil {
 					t.Fatalf("%s 0x20=%v %q: %v", u, x20, name, err)
 				}
@@ -116,7 +116,7 @@ func TestOddNamesGoServer(t *testing.T) {
 		p := newPool(t, []string{srv.url()}, Options{Randomize0x20: x20, Timeout: 300 * time.Millisecond})
 		for _, l := range oddLabels {
 			name := wireName(l, "example")
-			resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA))
+			resp, err := p.Exchange(clientCtx(t), query(name, dns.TypeA), QueryOptions{})
 			if err != nil {
 				t.Fatalf("0x20=%v %q: %v", x20, name, err)
 			}
