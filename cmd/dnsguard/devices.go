@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/policy"
 )
@@ -84,7 +85,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
-		d, err := device.PutOverride(cctx, device.ControlPath(cfg.State.File), *override, o)
+		d, err := control.PutOverride(cctx, control.SocketPath(cfg.State.File), *override, o)
 		if err != nil {
 			return fmt.Errorf("devices: %w (overrides need the running guard)", err)
 		}
@@ -107,7 +108,7 @@ func cmdDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func loadViews(ctx context.Context, cfg *policy.Config) ([]device.View, error) {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	views, err := device.FetchViews(cctx, device.ControlPath(cfg.State.File))
+	views, err := control.FetchViews(cctx, control.SocketPath(cfg.State.File))
 	if err == nil {
 		return views, nil
 	}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/testenv"
@@ -391,8 +392,8 @@ func TestHomeNetwork(t *testing.T) {
 	}
 
 	// 100 cached queries from the router itself take no MAC wait.
-	ctl := device.ControlPath(h.state)
-	before, err := device.FetchStats(context.Background(), ctl)
+	ctl := control.SocketPath(h.state)
+	before, err := control.FetchDeviceStats(context.Background(), ctl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,7 +416,7 @@ func TestHomeNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, err := device.FetchStats(context.Background(), ctl)
+	after, err := control.FetchDeviceStats(context.Background(), ctl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +461,7 @@ func TestHomeNetwork(t *testing.T) {
 
 func (h *home) devices(t *testing.T) []device.View {
 	t.Helper()
-	views, err := device.FetchViews(context.Background(), device.ControlPath(h.state))
+	views, err := control.FetchViews(context.Background(), control.SocketPath(h.state))
 	if err != nil {
 		t.Fatal(err)
 	}

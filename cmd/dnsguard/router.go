@@ -205,7 +205,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	})
 
 	if store != nil {
-		ctl, err := device.ServeControl(device.ControlPath(cfg.State.File), reg, log.With("part", "control"))
+		ctl, err := control.ServeSocket(control.SocketPath(cfg.State.File), reg, log.With("part", "control"))
 		if err != nil {
 			return fail(err)
 		}

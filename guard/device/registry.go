@@ -304,7 +304,7 @@ func (r *Registry) Views() []View {
 	return out
 }
 
-// Stats are the registry's counters, as the control socket serves them.
+// Stats are the registry's counters, as the control socket (guard/control) serves them.
 type Stats struct {
 	MACWaits         uint64 `json:"mac_waits"`           // queries that waited for their MAC
 	MACWaitsTimedOut uint64 `json:"mac_waits_timed_out"` // of those, waits that ended without one

@@ -1,31 +1,35 @@
-package device
+package control
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dnsguard/dnsguard/guard/device"
 )
 
 // The control socket end to end: the table, an override set and cleared,
 // an unknown device, a stale socket file replaced, the socket removed on
 // Close.
 func TestControlSocket(t *testing.T) {
-	reg, err := NewRegistry(Options{Log: quiet(), Now: newClock().now})
+	log := slog.New(slog.DiscardHandler)
+	reg, err := device.NewRegistry(device.Options{Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mac := "02:00:00:00:00:07"
-	reg.ObserveQuery(mac, netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(netip.MustParseAddrPort("10.0.0.7:1000"), 1, "."))
-	path := ControlPath(filepath.Join(t.TempDir(), "state.db"))
+	reg.ObserveBypass(mac, netip.MustParseAddrPort("10.0.0.7:1000"), netip.MustParseAddrPort("1.1.1.1:853"), "dot")
+	path := SocketPath(filepath.Join(t.TempDir(), "state.db"))
 	if err := os.WriteFile(path, nil, 0o600); err != nil { // left by a killed guard
 		t.Fatal(err)
 	}
-	ctl, err := ServeControl(path, reg, quiet())
+	ctl, err := ServeSocket(path, reg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,17 +44,17 @@ func TestControlSocket(t *testing.T) {
 		t.Fatalf("views %+v", views)
 	}
 	yes := true
-	d, err := PutOverride(ctx, path, strings.ToUpper(mac), Override{Strict: &yes})
+	d, err := PutOverride(ctx, path, strings.ToUpper(mac), device.Override{Strict: &yes})
 	if err != nil || !d.Strict {
 		t.Fatalf("override: %+v %v", d, err)
 	}
 	if views, _ := FetchViews(ctx, path); len(views) != 1 || views[0].Override == nil || !*views[0].Override.Strict {
 		t.Errorf("override not in the table: %+v", views)
 	}
-	if d, err := PutOverride(ctx, path, mac, Override{}); err != nil || d.Strict {
+	if d, err := PutOverride(ctx, path, mac, device.Override{}); err != nil || d.Strict {
 		t.Errorf("clear: %+v %v", d, err)
 	}
-	if _, err := PutOverride(ctx, path, "02:00:00:00:00:99", Override{Strict: &yes}); err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no such device") {
+	if _, err := PutOverride(ctx, path, "02:00:00:00:00:99", device.Override{Strict: &yes}); err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("unknown device: %v", err)
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {

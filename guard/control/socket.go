@@ -1,4 +1,4 @@
-package device
+package control
 
 import (
 	"bytes"
@@ -11,38 +11,39 @@ import (
 	"net/url"
 	"os"
 
+	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/minihttp"
 )
 
-// ControlPath is where the running guard serves its device table: a unix
+// SocketPath is where the running guard serves its device table: a unix
 // socket beside the state file.
-func ControlPath(stateFile string) string { return stateFile + ".sock" }
+func SocketPath(stateFile string) string { return stateFile + ".sock" }
 
-// Control serves the device table as JSON on a unix socket (GET /devices,
+// Socket serves the device table as JSON on a unix socket (GET /devices,
 // GET /stats, PUT /devices/{id}/override), for `dnsguard devices` while the guard
 // holds the state file. It is HTTP/1.1 (curl --unix-socket works) served
 // by minihttp, which keeps net/http out of the router binary.
-type Control struct {
+type Socket struct {
 	srv  *minihttp.Server
 	path string
 	done chan struct{}
 }
 
-// ServeControl starts serving reg's table on the unix socket at path,
+// ServeSocket starts serving reg's table on the unix socket at path,
 // replacing a stale socket left by a guard that was killed.
-func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error) {
+func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("device: control socket: %w", err)
+		return nil, fmt.Errorf("control: socket: %w", err)
 	}
 	// By address, not a string to resolve: no resolver in the binary
 	// (see guard/upstream/dial.go).
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("device: control socket: %w", err)
+		return nil, fmt.Errorf("control: socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("device: control socket: %w", err)
+		return nil, fmt.Errorf("control: socket: %w", err)
 	}
 	mux := new(minihttp.Mux)
 	mux.HandleFunc("GET /devices", func(w *minihttp.ResponseWriter, _ *minihttp.Request) {
@@ -56,8 +57,8 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 		_ = json.NewEncoder(w).Encode(reg.Stats())
 	})
 	mux.HandleFunc("PUT /devices/{id}/override", func(w *minihttp.ResponseWriter, req *minihttp.Request) {
-		var o Override
-		if req.ContentLength > maxOverride {
+		var o device.Override
+		if req.ContentLength > maxSocketBody {
 			minihttp.Error(w, "override larger than 4096 octets", 413)
 			return
 		}
@@ -66,7 +67,7 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 			return
 		}
 		d, err := reg.SetOverride(req.PathValue("id"), &o)
-		if errors.Is(err, ErrUnknownDevice) {
+		if errors.Is(err, device.ErrUnknownDevice) {
 			minihttp.Error(w, err.Error(), 404)
 			return
 		}
@@ -77,8 +78,8 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d)
 	})
-	c := &Control{
-		srv:  &minihttp.Server{Handler: mux, MaxBody: maxOverride, Log: log},
+	c := &Socket{
+		srv:  &minihttp.Server{Handler: mux, MaxBody: maxSocketBody, Log: log},
 		path: path,
 		done: make(chan struct{}),
 	}
@@ -91,20 +92,20 @@ func ServeControl(path string, reg *Registry, log *slog.Logger) (*Control, error
 	return c, nil
 }
 
-// maxOverride bounds an override's JSON.
-const maxOverride = 4096
+// maxSocketBody bounds an override's JSON.
+const maxSocketBody = 4096
 
 // Close stops serving (requests being answered finish until ctx ends) and
 // removes the socket.
-func (c *Control) Close(ctx context.Context) error {
+func (c *Socket) Close(ctx context.Context) error {
 	err := c.srv.Shutdown(ctx)
 	<-c.done
 	os.Remove(c.path)
 	return err
 }
 
-// control sends one request to the guard's socket at path.
-func control(ctx context.Context, path, method, target string, body []byte) (*minihttp.Response, error) {
+// socketDo sends one request to the guard's socket at path.
+func socketDo(ctx context.Context, path, method, target string, body []byte) (*minihttp.Response, error) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialUnix(ctx, "unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
@@ -115,61 +116,61 @@ func control(ctx context.Context, path, method, target string, body []byte) (*mi
 	}
 	resp, err := minihttp.Do(ctx, dial, method, "dnsguard", target, h, body)
 	if err != nil {
-		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
+		return nil, fmt.Errorf("control: socket %s: %w", path, err)
 	}
 	return resp, nil
 }
 
 // PutOverride sets a device's policy override in a running guard (an
 // empty override clears it) and returns the decision it now gets.
-func PutOverride(ctx context.Context, path, id string, o Override) (Decision, error) {
+func PutOverride(ctx context.Context, path, id string, o device.Override) (device.Decision, error) {
 	body, err := json.Marshal(o)
 	if err != nil {
-		return Decision{}, err
+		return device.Decision{}, err
 	}
-	resp, err := control(ctx, path, "PUT", "/devices/"+url.PathEscape(id)+"/override", body)
+	resp, err := socketDo(ctx, path, "PUT", "/devices/"+url.PathEscape(id)+"/override", body)
 	if err != nil {
-		return Decision{}, err
+		return device.Decision{}, err
 	}
 	if resp.StatusCode != 200 {
 		msg := resp.Body[:min(len(resp.Body), 512)]
-		return Decision{}, fmt.Errorf("device: override %s: %s: %s", id, resp.Status, bytes.TrimSpace(msg))
+		return device.Decision{}, fmt.Errorf("control: override %s: %s: %s", id, resp.Status, bytes.TrimSpace(msg))
 	}
-	var d Decision
+	var d device.Decision
 	if err := json.Unmarshal(resp.Body, &d); err != nil {
-		return Decision{}, fmt.Errorf("device: override %s: %w", id, err)
+		return device.Decision{}, fmt.Errorf("control: override %s: %w", id, err)
 	}
 	return d, nil
 }
 
 // FetchViews asks a running guard for its device table.
-func FetchViews(ctx context.Context, path string) ([]View, error) {
-	resp, err := control(ctx, path, "GET", "/devices", nil)
+func FetchViews(ctx context.Context, path string) ([]device.View, error) {
+	resp, err := socketDo(ctx, path, "GET", "/devices", nil)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
+		return nil, fmt.Errorf("control: socket %s: %s", path, resp.Status)
 	}
-	var views []View
+	var views []device.View
 	if err := json.Unmarshal(resp.Body, &views); err != nil {
-		return nil, fmt.Errorf("device: control socket %s: %w", path, err)
+		return nil, fmt.Errorf("control: socket %s: %w", path, err)
 	}
 	return views, nil
 }
 
-// FetchStats asks a running guard for its registry's counters.
-func FetchStats(ctx context.Context, path string) (Stats, error) {
-	var st Stats
-	resp, err := control(ctx, path, "GET", "/stats", nil)
+// FetchDeviceStats asks a running guard for its registry's counters.
+func FetchDeviceStats(ctx context.Context, path string) (device.Stats, error) {
+	var st device.Stats
+	resp, err := socketDo(ctx, path, "GET", "/stats", nil)
 	if err != nil {
 		return st, err
 	}
 	if resp.StatusCode != 200 {
-		return st, fmt.Errorf("device: control socket %s: %s", path, resp.Status)
+		return st, fmt.Errorf("control: socket %s: %s", path, resp.Status)
 	}
 	if err := json.Unmarshal(resp.Body, &st); err != nil {
-		return st, fmt.Errorf("device: control socket %s: %w", path, err)
+		return st, fmt.Errorf("control: socket %s: %w", path, err)
 	}
 	return st, nil
 }
