@@ -40,19 +40,10 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/signal"
@@ -65,6 +56,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsguard/dnsguard/guard/certs"
 )
 
 func main() {
@@ -242,68 +235,40 @@ func serve(args []string) error {
 // in the chain; it writes the CA and both pins into dir.
 func tlsSetup(dir string) (*tls.Config, error) {
 	const name = "upstream.attack.test"
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := certs.NewCA("attack.sh CA", 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "attack.sh CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	leaf, _, _, err := ca.Issue(24*time.Hour, name)
 	if err != nil {
 		return nil, err
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	extra, _, err := certs.SelfSigned("pinned.attack.test", 24*time.Hour, "pinned.attack.test")
 	if err != nil {
 		return nil, err
 	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca, &leafKey.PublicKey, caKey)
+	pinLeaf, err := certs.Pin(leaf.Certificate[0])
 	if err != nil {
 		return nil, err
 	}
-	extraKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pinExtra, err := certs.Pin(extra.Certificate[0])
 	if err != nil {
 		return nil, err
-	}
-	extraTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "pinned.attack.test"}, DNSNames: []string{"pinned.attack.test"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	extraDER, err := x509.CreateCertificate(rand.Reader, extraTmpl, extraTmpl, &extraKey.PublicKey, extraKey)
-	if err != nil {
-		return nil, err
-	}
-	pin := func(der []byte) string {
-		c, _ := x509.ParseCertificate(der)
-		sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-		return "sha256/" + base64.StdEncoding.EncodeToString(sum[:])
 	}
 	files := map[string][]byte{
-		"ca.pem":    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		"ca.pem":    ca.PEM,
 		"name":      []byte(name + "\n"),
-		"pin-leaf":  []byte(pin(leafDER) + "\n"),
-		"pin-extra": []byte(pin(extraDER) + "\n"),
+		"pin-leaf":  []byte(pinLeaf + "\n"),
+		"pin-extra": []byte(pinExtra + "\n"),
 	}
 	for f, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
 			return nil, err
 		}
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		Certificates: []tls.Certificate{{
-			Certificate: [][]byte{leafDER, extraDER},
-			PrivateKey:  leafKey,
-		}},
-	}, nil
+	// The unrelated certificate is sent after the leaf, in its chain.
+	leaf.Certificate = append(leaf.Certificate, extra.Certificate[0])
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{leaf}}, nil
 }
 
 func query(args []string) error {
