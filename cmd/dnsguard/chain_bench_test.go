@@ -55,11 +55,14 @@ config limits
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	discard := slog.New(slog.DiscardHandler)
-	router, err := startRouterSide(ctx, cfg, discard)
+	router, err := newRouterSide(ctx, cfg, discard)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer router.Close(context.Background())
+	routerCtx, stopRouter := context.WithCancel(context.Background())
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(routerCtx) }()
+	defer func() { stopRouter(); <-routerDone }()
 	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), router, discard, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -22,9 +22,13 @@ import (
 
 // routerSide is the router half of the guard, beside the query chain:
 // interception (nftables, NFLOG), device identity (netlink neighbours,
-// DHCP leases), per-device state (bbolt) and who may be answered. It owns
-// every goroutine it starts and joins them all in Close, before the
-// nftables table is removed (so nothing can put it back afterwards).
+// DHCP leases), per-device state (bbolt) and who may be answered.
+//
+// newRouterSide opens and builds its parts; Run runs it: every goroutine
+// of the router side is started by Run (or by a part Run closes: the
+// NFLOG observer, the neighbour watcher) and joined before Run returns,
+// then the nftables table is removed (so nothing can put it back
+// afterwards) and the state flushed and closed.
 type routerSide struct {
 	// Stages go into the chain after the listener and before limits and
 	// cache, outermost first (identify, local answers, ...).
@@ -32,9 +36,6 @@ type routerSide struct {
 	// Access is who the listener answers, kept current as the router's
 	// addresses and LAN prefixes change.
 	Access *listen.Access
-	// Reload applies what a config reload may change without a restart:
-	// the device classes. (Interception settings change on restart.)
-	Reload func(*policy.Config)
 	// Counters count the chain's answers and the bypass attempts for the
 	// API and /metrics (the first of Stages counts); Registry is the
 	// device table they serve.
@@ -47,18 +48,25 @@ type routerSide struct {
 	// chain gets one of its own); set by cmdRun.
 	Clock *bootClock
 
-	cfg      *policy.Config
-	log      *slog.Logger
-	ctx      context.Context
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	closers  []func(context.Context) error
-	table    *intercept.Table
-	observer bool        // the NFLOG observer runs
-	observed atomic.Bool // the observer runs and the installed table logs to it
+	cfg          *policy.Config
+	log          *slog.Logger
+	intercepting bool               // LAN interfaces are given
+	ctx          context.Context    // the parts work until it ends
+	cancel       context.CancelFunc // ends ctx (at the latest when Run ends)
+	obs          *intercept.Observer
+	neigh        *device.Neighbours
+	ctl          *control.Socket
+	table        *intercept.Table
+	observer     bool        // the NFLOG observer runs
+	observed     atomic.Bool // the observer runs and the installed table logs to it
 
 	allowClient atomic.Pointer[[]netip.Prefix] // allow_client, replaced on reload
 	reallow     chan struct{}                  // allow_client changed
+	intercepted chan []string                  // Intercept to Run: the table is in, for these listen addresses
+
+	mu      sync.Mutex
+	stopped bool // Run is tearing down: no more interception
+	ownsTab bool // Intercept ran: the table is removed at the end
 }
 
 // Router-side timings.
@@ -68,53 +76,34 @@ const (
 	macWait         = 50 * time.Millisecond
 )
 
-// goJoined runs f on a goroutine Close waits for.
-func (r *routerSide) goJoined(f func()) {
-	r.wg.Add(1)
-	go func() { defer r.wg.Done(); f() }()
-}
-
-// Close stops everything the router side started, joins its goroutines,
-// then removes the nftables table and flushes state.
-func (r *routerSide) Close(ctx context.Context) error {
-	r.cancel()
-	r.wg.Wait()
-	var errs []error
-	for i := len(r.closers) - 1; i >= 0; i-- {
-		errs = append(errs, r.closers[i](ctx))
-	}
-	return errors.Join(errs...)
-}
-
-// startRouterSide starts what cfg asks for: the device store at
+// newRouterSide builds what cfg asks for: the device store at
 // cfg.State.File, the neighbour table, the device registry, the NFLOG
-// observer when cfg.Intercept.LAN is non-empty. The nftables table comes
-// later, from Intercept, once the guard listens.
-func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
-	r := &routerSide{cfg: cfg, log: log, reallow: make(chan struct{}, 1), Counters: control.NewCounters(0)}
+// observer and the nftables table (not installed) when cfg.Intercept.LAN
+// is non-empty. The parts work until ctx ends; Run must be called to run
+// them and, at its end, to release them. The table goes in later, from
+// Intercept, once the guard listens.
+func newRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*routerSide, error) {
+	r := &routerSide{cfg: cfg, log: log, reallow: make(chan struct{}, 1), intercepted: make(chan []string, 1),
+		Counters: control.NewCounters(0), intercepting: len(cfg.Intercept.LAN) > 0}
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.allowClient.Store(&cfg.AllowClient)
 	fail := func(err error) (*routerSide, error) {
-		r.Close(context.Background())
+		r.cancel()
+		r.release()
 		return nil, err
 	}
 	ic := cfg.Intercept
-	intercepting := len(ic.LAN) > 0
 
-	var store *device.Store
 	if cfg.State.File != "" {
-		var err error
-		store, err = device.OpenStore(cfg.State.File, cfg.State.Persist, log.With("part", "state"))
+		store, err := device.OpenStore(cfg.State.File, cfg.State.Persist, log.With("part", "state"))
 		switch {
 		case errors.Is(err, device.ErrLocked):
 			// Another guard runs on this file: keep records in memory
 			// and leave its file and control socket alone.
 			log.Error("state file held by another process; device records kept in memory only", "file", cfg.State.File)
-			store = nil
 		case err != nil:
 			return fail(err)
 		default:
-			r.closers = append(r.closers, func(context.Context) error { return store.Close() })
 			r.State = store
 		}
 	}
@@ -123,7 +112,7 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	// exists: they read it through an atomic.
 	var regp atomic.Pointer[device.Registry]
 	nflogGroup := uint16(0)
-	if intercepting && ic.NFLogGroup != 0 {
+	if r.intercepting && ic.NFLogGroup != 0 {
 		obs, err := intercept.Observe(r.ctx, ic.NFLogGroup, 0, func(p intercept.Packet) {
 			if reg := regp.Load(); reg != nil {
 				observePacket(reg, p)
@@ -136,12 +125,11 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 			log.Warn("NFLOG unavailable: serving without observing devices before the redirect (no hard-coded resolver or bypass records)",
 				"group", ic.NFLogGroup, "err", err)
 		} else {
-			r.observer, nflogGroup = true, ic.NFLogGroup
-			r.closers = append(r.closers, func(context.Context) error { return obs.Close() })
+			r.obs, r.observer, nflogGroup = obs, true, ic.NFLogGroup
 		}
 	}
 
-	if intercepting {
+	if r.intercepting {
 		var err error
 		r.table, err = intercept.NewTable(intercept.Config{
 			LAN: ic.LAN, GuardPort: guardPort(ic), RedirectDNS: ic.RedirectDNS,
@@ -161,25 +149,21 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 		}
 	}, log.With("part", "neighbours"))
 	if err != nil {
-		if intercepting {
+		if r.intercepting {
 			return fail(err)
 		}
 		log.Warn("no neighbour table: devices known by address only", "err", err)
-		neigh = nil
 	} else {
-		r.closers = append(r.closers, func(context.Context) error { neigh.Wait(); return nil })
+		r.neigh = neigh
 	}
 
-	r.Access = listen.NewAccess(r.allowed(neigh))
-	if intercepting {
-		r.goJoined(func() { r.followAddresses(neigh) })
-	}
+	r.Access = listen.NewAccess(r.allowed())
 	log.Info("answering clients", "allow", r.Access.Prefixes(), "lan", ic.LAN)
 
 	opts := device.Options{
-		Store: store, Persist: cfg.State.Persist, PersistInterval: cfg.State.PersistInterval,
+		Store: r.State, Persist: cfg.State.Persist, PersistInterval: cfg.State.PersistInterval,
 		FlushInterval: cfg.State.FlushInterval, Leases: cfg.State.Leases, Classes: cfg.Classes,
-		Neighbours: neigh, Log: log.With("part", "devices"), OnBypass: r.Counters.Bypass,
+		Neighbours: r.neigh, Log: log.With("part", "devices"), OnBypass: r.Counters.Bypass,
 	}
 	if r.table != nil {
 		table := r.table
@@ -195,53 +179,111 @@ func startRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) 
 	}
 	regp.Store(reg)
 	r.Registry = reg
-	regDone := make(chan struct{})
-	go func() { reg.Run(r.ctx); close(regDone) }()
-	r.closers = append(r.closers, func(context.Context) error {
-		<-regDone
-		st := reg.Stats()
-		log.Info("device identification totals", "mac_waits", st.MACWaits, "mac_waits_timed_out", st.MACWaitsTimedOut)
-		return reg.Close()
-	})
 
-	if store != nil {
+	if r.State != nil {
 		ctl, err := control.ServeSocket(control.SocketPath(cfg.State.File), reg, log.With("part", "control"))
 		if err != nil {
 			return fail(err)
 		}
-		r.closers = append(r.closers, ctl.Close)
+		r.ctl = ctl
 	}
 
 	idopts := device.IdentifyOptions{Feed: true, Observed: &r.observed}
-	if intercepting {
+	if r.intercepting {
 		// A LAN client's first query may come before the neighbour
 		// table (or the observer) has its MAC: wait for it, briefly.
 		idopts.WaitForMAC = macWait
 	}
 	r.Stages = []stage.Middleware{r.Counters.Stage(), device.Identify(reg, idopts), localzone.Stage()}
-	r.Reload = func(next *policy.Config) {
-		reg.SetClasses(next.Classes)
-		r.allowClient.Store(&next.AllowClient)
-		if intercepting {
-			select {
-			case r.reallow <- struct{}{}:
-			default:
+	return r, nil
+}
+
+// Run runs the router side until ctx ends: the registry's flushing and
+// persisting, the following of the router's addresses, and once Intercept
+// has put the table in, its watchdog and the DoH set's refresher. Then it
+// ends the parts' work, joins every goroutine, removes the table and
+// closes the control socket, the registry (a last flush) and the store.
+func (r *routerSide) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Registry.Run(r.ctx) })
+	if r.intercepting && r.neigh != nil {
+		wg.Go(r.followAddresses)
+	}
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case listenAddrs := <-r.intercepted:
+			wg.Go(func() { r.table.Watch(r.ctx, tableCheckEvery) })
+			if refresh, ok := r.dohRefresh(listenAddrs); ok {
+				wg.Go(func() { r.table.RefreshDoH(r.ctx, refresh) })
 			}
-		} else {
-			r.Access.Set(r.allowed(nil), nil, nil)
 		}
 	}
-	return r, nil
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.cancel()
+	wg.Wait()
+	st := r.Registry.Stats()
+	r.log.Info("device identification totals", "mac_waits", st.MACWaits, "mac_waits_timed_out", st.MACWaitsTimedOut)
+	return r.release()
+}
+
+// release removes the table (when Intercept put it in) and closes what
+// newRouterSide opened, the last opened first, once nothing runs on
+// them: the parts' context has ended (the observer and the neighbour
+// watcher are joined here) and Run's goroutines are joined.
+func (r *routerSide) release() error {
+	var errs []error
+	if r.ownsTab {
+		errs = append(errs, r.table.Remove())
+	}
+	if r.ctl != nil {
+		errs = append(errs, r.ctl.Close(context.Background()))
+	}
+	if r.Registry != nil {
+		errs = append(errs, r.Registry.Close())
+	}
+	if r.neigh != nil {
+		r.neigh.Wait()
+	}
+	if r.obs != nil {
+		errs = append(errs, r.obs.Close())
+	}
+	if r.State != nil {
+		errs = append(errs, r.State.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Reload applies what a config reload may change without a restart: the
+// device classes and allow_client. (Interception settings change on
+// restart.)
+func (r *routerSide) Reload(next *policy.Config) {
+	if r.Registry == nil { // run --check: nothing runs
+		return
+	}
+	r.Registry.SetClasses(next.Classes)
+	r.allowClient.Store(&next.AllowClient)
+	if r.intercepting && r.neigh != nil {
+		select {
+		case r.reallow <- struct{}{}:
+		default:
+		}
+	} else {
+		r.Access.Set(r.allowed(), nil, nil)
+	}
 }
 
 // allowed is who may be answered: loopback and allow_client; with LAN
 // interfaces also the router's own addresses and the LAN prefixes.
-func (r *routerSide) allowed(neigh *device.Neighbours) []netip.Prefix {
+func (r *routerSide) allowed() []netip.Prefix {
 	out := append(listen.Loopback(), *r.allowClient.Load()...)
-	if neigh == nil || len(r.cfg.Intercept.LAN) == 0 {
+	if r.neigh == nil || !r.intercepting {
 		return out
 	}
-	local, lanNets, _ := neigh.Addresses()
+	local, lanNets, _ := r.neigh.Addresses()
 	for _, a := range local {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
@@ -251,11 +293,11 @@ func (r *routerSide) allowed(neigh *device.Neighbours) []netip.Prefix {
 // followAddresses keeps Access current as the router's addresses and the
 // LAN prefixes come and go (a new IPv6 prefix, a DHCP WAN lease), and as
 // allow_client is reloaded.
-func (r *routerSide) followAddresses(neigh *device.Neighbours) {
+func (r *routerSide) followAddresses() {
 	for {
-		changed := neigh.AddressesChanged()
-		_, _, lanIdx := neigh.Addresses()
-		r.Access.Set(r.allowed(neigh), lanIdx, r.cfg.Intercept.LAN)
+		changed := r.neigh.AddressesChanged()
+		_, _, lanIdx := r.neigh.Addresses()
+		r.Access.Set(r.allowed(), lanIdx, r.cfg.Intercept.LAN)
 		select {
 		case <-r.ctx.Done():
 			return
@@ -266,12 +308,17 @@ func (r *routerSide) followAddresses(neigh *device.Neighbours) {
 }
 
 // Intercept installs the nftables table, once the guard listens on
-// listenAddrs, and keeps it there. A table the kernel refuses is logged
-// and the guard goes on serving its listen addresses without
+// listenAddrs, and has Run keep it there. A table the kernel refuses is
+// logged and the guard goes on serving its listen addresses without
 // interception (the watchdog keeps trying); a table without NFLOG
 // logging leaves the guard serving without observation.
 func (r *routerSide) Intercept(listenAddrs []string) {
 	if r.table == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped || r.ownsTab {
 		return
 	}
 	ic := r.cfg.Intercept
@@ -282,28 +329,33 @@ func (r *routerSide) Intercept(listenAddrs []string) {
 	if err := r.table.SetDoH(ic.DoHAddresses); err != nil {
 		r.log.Error("filling the DoH set", "err", err)
 	}
-	r.closers = append(r.closers, func(context.Context) error { return r.table.Remove() })
+	r.ownsTab = true
 	if err := r.table.Install(); err != nil {
 		r.log.Error("nftables table not installed: serving the listen addresses without interception", "err", err, "listen", listenAddrs)
 	} else {
 		r.log.Info("intercepting LAN DNS", "lan", ic.LAN, "table", "inet "+intercept.TableName, "guard_port", port, "missing", r.table.Missing())
 	}
-	r.goJoined(func() { r.table.Watch(r.ctx, tableCheckEvery) })
-	if ic.BlockDoH && len(ic.DoHHosts) > 0 {
-		server := dohResolver(listenAddrs, port)
-		if !server.IsValid() {
-			r.log.Warn("no listen address to resolve DoH host names through", "part", "doh")
-			return
-		}
-		r.goJoined(func() {
-			r.table.RefreshDoH(r.ctx, intercept.DoHRefresh{
-				Fixed: ic.DoHAddresses, Hosts: ic.DoHHosts, Every: dohRefreshEvery, Log: r.log.With("part", "doh"),
-				Lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
-					return upstream.LookupHost(ctx, server, host)
-				},
-			})
-		})
+	r.intercepted <- listenAddrs
+}
+
+// dohRefresh is how Run keeps the DoH set filled, when DoH is blocked and
+// host names are given (ok false: nothing to refresh).
+func (r *routerSide) dohRefresh(listenAddrs []string) (intercept.DoHRefresh, bool) {
+	ic := r.cfg.Intercept
+	if !ic.BlockDoH || len(ic.DoHHosts) == 0 {
+		return intercept.DoHRefresh{}, false
 	}
+	server := dohResolver(listenAddrs, guardPort(ic))
+	if !server.IsValid() {
+		r.log.Warn("no listen address to resolve DoH host names through", "part", "doh")
+		return intercept.DoHRefresh{}, false
+	}
+	return intercept.DoHRefresh{
+		Fixed: ic.DoHAddresses, Hosts: ic.DoHHosts, Every: dohRefreshEvery, Log: r.log.With("part", "doh"),
+		Lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return upstream.LookupHost(ctx, server, host)
+		},
+	}, true
 }
 
 func guardPort(ic policy.Intercept) uint16 {

@@ -170,12 +170,19 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer stopProfiles()
 	}
 	c := cache.New(cfg.Cache, log.With("stage", "cache"), nil)
-	router, err := startRouterSide(ctx, cfg, log)
+	// The router side's parts stop working with ctx (a signal); it is
+	// released, its goroutines joined and its table removed, only when
+	// cmdRun returns, after the queries in progress are done.
+	router, err := newRouterSide(ctx, cfg, log)
 	if err != nil {
 		return fmt.Errorf("router side: %w", err)
 	}
+	routerCtx, stopRouter := context.WithCancel(context.WithoutCancel(ctx))
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- router.Run(routerCtx) }()
 	defer func() {
-		if err := router.Close(context.WithoutCancel(ctx)); err != nil {
+		stopRouter()
+		if err := <-routerDone; err != nil {
 			log.Error("stopping router side", "err", err)
 		}
 	}()
@@ -261,9 +268,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				continue
 			}
 			c.SetPolicy(next.Cache)
-			if router.Reload != nil {
-				router.Reload(next)
-			}
+			router.Reload(next)
 			logLevel.Set(parseLevel(next.LogLevel))
 			srv.SetHandler(ng.handler)
 			// The old chain drains: its queries in progress finish on it
