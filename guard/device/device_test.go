@@ -1,12 +1,14 @@
 package device
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -71,4 +73,22 @@ func findView(views []View, id string) *View {
 		}
 	}
 	return nil
+}
+
+// waitUntil returns once ok holds, looking again each time s counts an
+// event (never polling); it fails the test when ok still does not hold
+// after 10 s, a bound for a broken build, not a timing assertion.
+func waitUntil(t *testing.T, s *Signal, what string, ok func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		seen := s.Load()
+		if ok() {
+			return
+		}
+		if err := s.Wait(ctx, seen); err != nil {
+			t.Fatalf("%s: not seen (%v)", what, err)
+		}
+	}
 }

@@ -31,7 +31,7 @@ type IdentifyOptions struct {
 
 // WaitStats counts the identify stage's waits for a MAC.
 type WaitStats struct {
-	Taken    atomic.Uint64 // queries that waited
+	Taken    Signal        // queries that waited (a test waits on it for a wait to begin)
 	TimedOut atomic.Uint64 // of those, waits that ended without a MAC
 }
 
@@ -80,7 +80,7 @@ func (r *Registry) waitForMAC(ctx context.Context, client netip.Addr, max time.D
 	if _, ok := r.MAC(client); ok {
 		return
 	}
-	r.Waits.Taken.Add(1)
+	r.Waits.Taken.add()
 	timer := time.NewTimer(max)
 	defer timer.Stop()
 	for {

@@ -76,9 +76,7 @@ func TestIdentifyWaitWokenByNeighbour(t *testing.T) {
 			h := identifyChain(reg, time.Hour) // only a wake-up ends the wait
 			got := make(chan *stage.Request, 1)
 			go func() { got <- identifyQuery(t, h, "10.9.0.50:4000") }()
-			for reg.Waits.Taken.Load() == 0 {
-				time.Sleep(time.Millisecond)
-			}
+			waitUntil(t, &reg.Waits.Taken, "the query waiting", func() bool { return reg.Waits.Taken.Load() == 1 })
 			mac, _ := net.ParseMAC("02:00:00:00:09:50")
 			if via == "neighbour" {
 				n.applyNeigh(neighUpdate{linkIndex: 7, ip: netip.MustParseAddr("10.9.0.50"), mac: mac, state: unix.NUD_REACHABLE})

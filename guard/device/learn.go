@@ -154,6 +154,7 @@ func (r *Registry) reloadLeases(lf *leaseFile) {
 	if !changed {
 		return
 	}
+	defer r.LeasesApplied.add() // once the lock is released
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	clear(r.leaseName)

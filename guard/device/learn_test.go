@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,25 +54,44 @@ func TestRegistryBootsAndLeases(t *testing.T) {
 	leases := filepath.Join(dir, "dhcp.leases")
 	os.WriteFile(leases, []byte("0 02:00:00:00:00:04 10.0.0.4 kettle *\n"), 0o600)
 	clk := newClock()
-	var exempt [][]net.HardwareAddr
+	var mu sync.Mutex
+	var exempt []string // the last exempt set given
 	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now, Leases: leases, FlushInterval: 10 * time.Millisecond,
-		Classes:  []policy.Class{{Name: "trusted", Names: []string{"kett*"}, Exempt: true}},
-		OnExempt: func(m []net.HardwareAddr) { exempt = append(exempt, m) }})
+		Classes: []policy.Class{{Name: "trusted", Names: []string{"kett*"}, Exempt: true}},
+		OnExempt: func(m []net.HardwareAddr) {
+			mu.Lock()
+			defer mu.Unlock()
+			exempt = exempt[:0]
+			for _, hw := range m {
+				exempt = append(exempt, hw.String())
+			}
+		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { reg.Run(ctx); close(done) }()
-	time.Sleep(50 * time.Millisecond)
+	defer func() { cancel(); <-done }()
+	waitUntil(t, &reg.LeasesApplied, "the leases file applied", func() bool { return reg.LeasesApplied.Load() == 1 })
 	// The lease ties 10.0.0.4 to the MAC and names it.
 	id, mac, d, name := reg.Identify(netip.MustParseAddr("10.0.0.4"))
 	if id != "02:00:00:00:00:04" || mac != id || name != "kettle" || d.Class != "trusted" || !d.Exempt {
 		t.Errorf("Identify = %q %q %+v %q", id, mac, d, name)
 	}
-	time.Sleep(50 * time.Millisecond)
+	// The next pass of upkeep puts the device in the exempt set.
+	waitUntil(t, &reg.Passes, "the device in the exempt set", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Equal(exempt, []string{mac})
+	})
+	// A changed leases file is read again: the device's new name.
+	if err := os.WriteFile(leases, []byte("0 02:00:00:00:00:04 10.0.0.4 kettle-2 *\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, &reg.LeasesApplied, "the changed leases file applied", func() bool { return reg.LeasesApplied.Load() == 2 })
+	if _, _, d, name := reg.Identify(netip.MustParseAddr("10.0.0.4")); name != "kettle-2" || d.Class != "trusted" {
+		t.Errorf("after the lease changed: %+v %q", d, name)
+	}
 	cancel()
 	<-done
-	if len(exempt) == 0 || len(exempt[len(exempt)-1]) != 1 || exempt[len(exempt)-1][0].String() != mac {
-		t.Errorf("exempt updates %v", exempt)
-	}
 	reg.Gone(mac)
 	reg.Identify(netip.MustParseAddr("10.0.0.4"))
 	clk.add(time.Hour)

@@ -33,6 +33,10 @@ type Neighbours struct {
 
 	learned broadcast // a neighbour's MAC became known
 	addrs   broadcast // the router's addresses or the LAN prefixes changed
+
+	// Applied counts the neighbour, address and link updates taken in
+	// (those listed at the start included).
+	Applied Signal
 }
 
 // WatchNeighbours starts following the neighbour table and interface
@@ -189,6 +193,7 @@ func (n *Neighbours) follow(ctx context.Context, sub *subscription) {
 }
 
 func (n *Neighbours) applyNeigh(u neighUpdate) {
+	defer n.Applied.add()
 	ip := u.ip
 	gone := u.del || u.state&(unix.NUD_FAILED|unix.NUD_INCOMPLETE) != 0
 	n.mu.Lock()
@@ -215,6 +220,7 @@ func (n *Neighbours) applyNeigh(u neighUpdate) {
 }
 
 func (n *Neighbours) applyAddr(u addrUpdate) {
+	defer n.Applied.add() // after the lock is released
 	ip := u.ip
 	pfx := netip.PrefixFrom(ip, u.bits).Masked()
 	n.mu.Lock()

@@ -72,16 +72,10 @@ func TestNeighbours(t *testing.T) {
 	}
 	// Updates: a new entry appears, a deleted one is reported gone.
 	sh(t, "ip", "-n", ns, "neigh", "add", "10.9.0.8", "lladdr", "02:00:00:00:00:08", "dev", "lan0", "nud", "reachable")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if mac, ok := n.MAC(netip.MustParseAddr("10.9.0.8")); ok && mac == "02:00:00:00:00:08" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("new neighbour not seen within 5 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitUntil(t, &n.Applied, "the new neighbour", func() bool {
+		mac, ok := n.MAC(netip.MustParseAddr("10.9.0.8"))
+		return ok && mac == "02:00:00:00:00:08"
+	})
 	sh(t, "ip", "-n", ns, "neigh", "del", "10.9.0.7", "dev", "lan0")
 	select {
 	case mac := <-gone:
@@ -138,13 +132,10 @@ func TestNeighboursQuietStop(t *testing.T) {
 		ocancel()
 		other.Wait()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for n.OnLAN(netip.MustParseAddr("10.9.0.1")) && time.Now().Before(deadline) {
-		if _, ok := n.MAC(netip.MustParseAddr("10.9.0.14")); !ok {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitUntil(t, &n.Applied, "the last neighbour deleted", func() bool {
+		_, ok := n.MAC(netip.MustParseAddr("10.9.0.14"))
+		return !ok
+	})
 	mon.Process.Kill()
 	mon.Wait()
 	cancel()
@@ -201,13 +192,7 @@ func TestNeighboursLateLAN(t *testing.T) {
 	}
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not seen within 5 s", what)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitUntil(t, &n.Applied, what, ok)
 	}
 	sh(t, "ip", "-n", ns, "link", "add", "br-late", "type", "bridge")
 	sh(t, "ip", "-n", ns, "addr", "add", "10.8.0.1/24", "dev", "br-late")

@@ -93,6 +93,11 @@ type Registry struct {
 	// Flushes counts the batches written to the store, FlushErrors
 	// those that failed (and are tried again at the next flush).
 	Flushes, FlushErrors atomic.Uint64
+	// LeasesApplied counts the lease files read and applied (the first,
+	// then each change); Passes counts Run's rounds of upkeep (the first
+	// at its start, then one each FlushInterval: flush, confirmation,
+	// leases, exempt set).
+	LeasesApplied, Passes Signal
 }
 
 type entry struct {
@@ -259,6 +264,7 @@ func (r *Registry) Run(ctx context.Context) {
 	leases := &leaseFile{path: r.opts.Leases}
 	r.reloadLeases(leases)
 	r.updateExempt()
+	r.Passes.add()
 	for {
 		select {
 		case <-ctx.Done():
@@ -271,6 +277,7 @@ func (r *Registry) Run(ctx context.Context) {
 			r.summarise(false)
 			r.reloadLeases(leases)
 			r.updateExempt()
+			r.Passes.add()
 		case <-persist:
 			if err := r.Persist(); err != nil {
 				r.log.Error("copying device state to persistent storage", "err", err)
