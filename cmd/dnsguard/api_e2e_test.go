@@ -22,6 +22,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"golang.org/x/net/websocket"
 )
@@ -131,7 +132,7 @@ config class 'cameras'
 			return false
 		}
 		v := findDevice(views, homeDevMAC)
-		return v != nil && v.RateLimited > 0 && v.TableI.DoSResilience == "x" && v.TableI.HardCodedResol == "x" && bypassKinds(v)["dot"] > 0
+		return v != nil && v.RateLimited > 0 && v.TableI.DoS == tablei.Vulnerable && v.TableI.HardCodedResolver == tablei.Vulnerable && bypassKinds(v)["dot"] > 0
 	})
 	v := findDevice(views, homeDevMAC)
 	if v.Name != "" || v.Queries < 5 {

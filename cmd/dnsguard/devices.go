@@ -24,11 +24,11 @@ const devicesUsage = `usage: dnsguard devices [--json] [--state FILE] [--config 
 Prints the device table: name, MAC, addresses, queries, bypass attempts,
 the transaction-ID and source-port verdicts (with the study's sigma), and
 the columns of the study's Table I as the guard grades them live
-(x vulnerable, ok not, - not gradable from live traffic). It asks the
-running guard (the socket beside the state file) and reads the state file
-itself when no guard runs. --override sets a device's policy in the
-running guard (kept in its record): a class by name, strict or not,
-exempt from interception or not; --clear removes it.
+(x vulnerable, ok not, ? not enough seen yet, - not gradable from live
+traffic). It asks the running guard (the socket beside the state file)
+and reads the state file itself when no guard runs. --override sets a
+device's policy in the running guard (kept in its record): a class by
+name, strict or not, exempt from interception or not; --clear removes it.
 
 flags:
 `
@@ -162,7 +162,7 @@ func printDevices(w io.Writer, all []device.View) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			name, mac, ip, class, v.Queries, v.Refused, v.RateLimited, v.BypassTotal,
 			gradeText(v.TXID), gradeText(v.Port), v.EDNS,
-			t.SecureDNS, t.RandomPort, t.RandomID, t.QueryConsist, t.ModifiedRR, t.ForgedTTL, t.DoSResilience, t.HardCodedResol)
+			t.SecureDNS, t.RandomPort, t.RandomID, t.QueryConsistency, t.ModifiedRR, t.ForgedTTL, t.DoS, t.HardCodedResolver)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/emulate"
 	"github.com/dnsguard/dnsguard/guard/lab"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
@@ -250,7 +251,7 @@ func TestLabCommand(t *testing.T) {
 		}
 	}
 	g := lab.Grades(s)[0]
-	if !g.RandomPort.Vulnerable || !g.QueryConsistency.Vulnerable {
+	if g.RandomPort.Mark != tablei.Vulnerable || g.QueryConsistency.Mark != tablei.Vulnerable {
 		t.Errorf("air fryer graded port %s, consistency %s", g.RandomPort, g.QueryConsistency)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
@@ -356,7 +357,7 @@ func TestRouterInterception(t *testing.T) {
 		}
 		return true
 	})
-	if v.Queries < 5 || v.TableI.HardCodedResol != "x" || v.TableI.SecureDNS != "x" {
+	if v.Queries < 5 || v.TableI.HardCodedResolver != tablei.Vulnerable || v.TableI.SecureDNS != tablei.Vulnerable {
 		t.Errorf("record %+v", v)
 	}
 	// The human table names the attempts too.
@@ -441,7 +442,7 @@ func TestRouterWeakDeviceAndIPChange(t *testing.T) {
 	v := tb.waitDevice(t, mac, 10*time.Second, "graded weak and strict", func(v *device.View) bool {
 		return v.Strict && v.TXID.Verdict == "weak" && v.Port.Verdict == "weak"
 	})
-	if v.Class != device.StrictClass || v.TableI.RandomID != "x" || v.TableI.RandomPort != "x" || v.EDNS != "no" {
+	if v.Class != device.StrictClass || v.TableI.RandomID != tablei.Vulnerable || v.TableI.RandomPort != tablei.Vulnerable || v.EDNS != "no" {
 		t.Errorf("weak device row: %+v", v)
 	}
 	if n := strings.Count(g.log(), "moved to the strict class"); n != 1 {

@@ -7,9 +7,11 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/capture"
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 )
 
 // Per-device bounds.
@@ -33,7 +35,8 @@ type question struct {
 	boot     uint32
 	last     int64 // time of the last query
 	answered bool
-	expires  int64 // when the last answer's smallest TTL runs out (0: none)
+	answerAt int64  // when the last answer with records came (0: none)
+	ttl      uint32 // that answer's smallest TTL
 	// intervals between queries (not retransmissions), for periodicity
 	n        int
 	mean, m2 float64
@@ -229,7 +232,7 @@ func (d *device) query(m *message, f *capture.Frame, t int64, boot uint32, tcp b
 				d.retries++
 			case q.answered:
 				d.requeries++
-				if t < q.expires {
+				if q.answerAt != 0 && tablei.Early(time.Duration(t-q.answerAt), q.ttl) {
 					d.early++
 				}
 			}
@@ -262,9 +265,9 @@ func (d *device) response(m *message, t int64, size int) {
 	q := d.lookup(qkey{string(m.name), m.Type}, false)
 	if q != nil && q.id == m.ID {
 		q.answered = true
-		q.expires = 0
+		q.answerAt, q.ttl = 0, 0
 		if m.Answers > 0 {
-			q.expires = t + int64(m.MinTTL)*1e9
+			q.answerAt, q.ttl = t, m.MinTTL
 		}
 	}
 	if m.Answers > 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/capture"
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 	"github.com/miekg/dns"
 )
 
@@ -55,7 +56,7 @@ type Device struct {
 	TXID Field `json:"txid"`
 	Port Field `json:"port"`
 
-	TableI TableI `json:"table_i"`
+	TableI tablei.Row `json:"table_i"`
 
 	Plot *Plot `json:"plot,omitempty"`
 }
@@ -155,18 +156,6 @@ type Retries struct {
 	Retries         int `json:"retries"`         // same question, new ID, unanswered, within 5 s
 }
 
-// TableI are the study's Table I columns: "x" vulnerable, "ok", "?" not
-// enough data, "-" needs an active experiment.
-type TableI struct {
-	SecureDNS        string `json:"secure_dns"`
-	RandomPort       string `json:"random_port"`
-	RandomID         string `json:"random_id"`
-	QueryConsistency string `json:"query_consistency"`
-	ModifiedRR       string `json:"modified_rr_resilience"`
-	ForgedTTL        string `json:"forged_ttl_resilience"`
-	DoS              string `json:"dos_resilience"`
-}
-
 // Plot is what the HTML report draws.
 type Plot struct {
 	Scatter    []point `json:"scatter"`
@@ -175,8 +164,6 @@ type Plot struct {
 }
 
 func field(r entropy.Result) Field { return r.Grade() }
-
-func grade(v entropy.Verdict) string { return v.Mark("?") }
 
 func silentDevice(key string, ip netip.Addr) Device {
 	d := Device{Note: "no DNS queries seen from this device"}
@@ -190,7 +177,7 @@ func silentDevice(key string, ip netip.Addr) Device {
 	}
 	none := Field{Verdict: entropy.Insufficient, Reason: "no DNS seen", Detail: "the device sent no DNS queries"}
 	d.TXID, d.Port = none, none
-	d.TableI = TableI{"?", "?", "?", "?", "-", "-", "-"}
+	d.TableI = tablei.Passive()
 	d.Types = TypeStats{Asked: map[string]int{}, Received: map[string]int{}}
 	d.Resolvers = []Resolver{}
 	d.Names.Top = []NameCount{}
@@ -332,25 +319,11 @@ func (d *device) report(network []netip.Addr) Device {
 	return out
 }
 
-func (d *device) tableI(out Device) TableI {
-	t := TableI{RandomPort: grade(out.Port.Verdict), RandomID: grade(out.TXID.Verdict), ModifiedRR: "-", ForgedTTL: "-", DoS: "-"}
-	switch {
-	case d.queries > 0:
-		t.SecureDNS = "x" // it sent cleartext DNS
-	case d.dot+d.doh+d.doq > 0:
-		t.SecureDNS = "ok"
-	default:
-		t.SecureDNS = "?"
-	}
-	// Query consistency: re-asking names whose answers are still valid.
-	switch {
-	case d.requeries < 3:
-		t.QueryConsistency = "?"
-	case float64(d.early) > 0.2*float64(d.requeries):
-		t.QueryConsistency = "x"
-	default:
-		t.QueryConsistency = "ok"
-	}
+func (d *device) tableI(out Device) tablei.Row {
+	t := tablei.Passive()
+	t.SecureDNS = tablei.SecureDNS(d.queries > 0, d.dot+d.doh+d.doq > 0)
+	t.RandomPort, t.RandomID = tablei.Randomness(out.Port.Verdict), tablei.Randomness(out.TXID.Verdict)
+	t.QueryConsistency = tablei.QueryConsistency(d.early, d.requeries)
 	return t
 }
 
@@ -450,13 +423,13 @@ func (r *Report) WriteText(w io.Writer) error {
 			name = d.IP
 		}
 		if d.Queries == 0 {
-			fmt.Fprintf(tw, "%s\t0\t-\t-\t-\tnone seen\t-\tnone seen\t-\t-\t%s\t%s\n", name, encSummary(d.Encrypted), tableRow(d.TableI))
+			fmt.Fprintf(tw, "%s\t0\t-\t-\t-\tnone seen\t-\tnone seen\t-\t-\t%s\t%s\n", name, encSummary(d.Encrypted), d.TableI.String())
 			continue
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f%%/%.0f%%\t%.0f%%\t%s\t%.1f\t%s\t%.1f\t%s\t%s\t%s\n",
 			name, d.Queries, d.Names.Distinct, 100*d.Types.AShare, 100*d.Types.AAAA, 100*d.EDNS.Share,
 			verdictText(d.TXID), d.TXID.Bits, verdictText(d.Port), d.Port.Bits,
-			resolverSummary(d.Resolvers), encSummary(d.Encrypted), tableRow(d.TableI))
+			resolverSummary(d.Resolvers), encSummary(d.Encrypted), d.TableI.String())
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("audit: writing table: %w", err)
@@ -541,8 +514,4 @@ func encSummary(e Encrypted) string {
 		return "none"
 	}
 	return fmt.Sprintf("DoT:%d DoH:%d DoQ:%d", e.DoT, e.DoH, e.DoQ)
-}
-
-func tableRow(t TableI) string {
-	return strings.Join([]string{t.SecureDNS, t.RandomPort, t.RandomID, t.QueryConsistency, t.ModifiedRR, t.ForgedTTL, t.DoS}, " ")
 }

@@ -4,32 +4,33 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 )
 
 // View is one row of the device table, as `dnsguard devices` prints it
 // and its --json form carries it.
 type View struct {
-	ID           string    `json:"id"`
-	MAC          string    `json:"mac,omitempty"`
-	Name         string    `json:"name,omitempty"`
-	IPs          []string  `json:"ips,omitempty"`
-	Class        string    `json:"class,omitempty"`
-	Strict       bool      `json:"strict"`
-	StrictReason string    `json:"strict_reason,omitempty"`
-	Exempt       bool      `json:"exempt"`
-	FirstSeen    time.Time `json:"first_seen"`
-	LastSeen     time.Time `json:"last_seen"`
-	Boots        uint32    `json:"boots"`
-	Queries      uint64    `json:"queries"`
-	Refused      uint64    `json:"refused"`
-	RateLimited  uint64    `json:"rate_limited"`
-	BypassTotal  uint64    `json:"bypass_attempts"`
-	Bypass       []Attempt `json:"bypass,omitempty"`
-	EDNS         string    `json:"edns"`
-	TXID         Grade     `json:"txid"`
-	Port         Grade     `json:"port"`
-	TableI       TableI    `json:"table1"`
-	Override     *Override `json:"override,omitempty"`
+	ID           string     `json:"id"`
+	MAC          string     `json:"mac,omitempty"`
+	Name         string     `json:"name,omitempty"`
+	IPs          []string   `json:"ips,omitempty"`
+	Class        string     `json:"class,omitempty"`
+	Strict       bool       `json:"strict"`
+	StrictReason string     `json:"strict_reason,omitempty"`
+	Exempt       bool       `json:"exempt"`
+	FirstSeen    time.Time  `json:"first_seen"`
+	LastSeen     time.Time  `json:"last_seen"`
+	Boots        uint32     `json:"boots"`
+	Queries      uint64     `json:"queries"`
+	Refused      uint64     `json:"refused"`
+	RateLimited  uint64     `json:"rate_limited"`
+	BypassTotal  uint64     `json:"bypass_attempts"`
+	Bypass       []Attempt  `json:"bypass,omitempty"`
+	EDNS         string     `json:"edns"`
+	TXID         Grade      `json:"txid"`
+	Port         Grade      `json:"port"`
+	TableI       tablei.Row `json:"table1"`
+	Override     *Override  `json:"override,omitempty"`
 	// Unconfirmed: neither the neighbour table nor a DHCP lease has
 	// confirmed the device's MAC (a spoofed source MAC, or a device just
 	// arrived); it is kept in a small pool apart and not stored.
@@ -39,21 +40,6 @@ type View struct {
 // Grade is an estimator's verdict with the study's sigma figure beside
 // it, the same form `dnsguard audit` reports.
 type Grade = entropy.Grade
-
-// TableI holds the columns of the study's Table I as the guard can grade
-// them live: "x" vulnerable, "ok" not, "-" not gradable from live traffic
-// (or not enough of it yet). The other columns need the adversarial
-// resolver of `dnsguard lab`.
-type TableI struct {
-	SecureDNS      string `json:"secure_dns"`
-	RandomPort     string `json:"random_port"`
-	RandomID       string `json:"random_id"`
-	QueryConsist   string `json:"query_consistency"`
-	ModifiedRR     string `json:"modified_rr_resilience"`
-	ForgedTTL      string `json:"forged_ttl_resilience"`
-	DoSResilience  string `json:"dos_resilience"`
-	HardCodedResol string `json:"hard_coded_resolver"` // not in Table I: the study's §IV finding, graded beside it
-}
 
 // ViewOf builds the table row of a record under classifier c (nil: no
 // class information).
@@ -84,28 +70,30 @@ func grade(state []byte) Grade {
 	return e.Result().Grade()
 }
 
-func tableI(r *Record, v View) TableI {
-	t := TableI{QueryConsist: "-", ModifiedRR: "-", ForgedTTL: "-", DoSResilience: "-", HardCodedResol: "-"}
-	// Secure DNS: any cleartext query on port 53 is "x".
-	switch {
-	case r.Queries > 0 || r.Observed > 0:
-		t.SecureDNS = "x"
-	default:
-		t.SecureDNS = "-"
-	}
-	t.RandomPort = v.Port.Verdict.Mark("-")
-	t.RandomID = v.TXID.Verdict.Mark("-")
+// tableI grades the Table I columns live traffic shows (tablei.Passive:
+// the rest need the adversarial resolver of `dnsguard lab`), and beside
+// them whether the device uses a hard-coded resolver.
+func tableI(r *Record, v View) tablei.Row {
+	t := tablei.Passive()
+	// Every query the guard serves or observes went over port 53.
+	t.SecureDNS = tablei.SecureDNS(r.Queries > 0 || r.Observed > 0, false)
+	t.RandomPort = tablei.Randomness(v.Port.Verdict)
+	t.RandomID = tablei.Randomness(v.TXID.Verdict)
+	// Query consistency needs the answers' TTLs beside the repeats: the
+	// live guard does not keep them per device.
+	t.QueryConsistency = tablei.NotGraded
 	// DoS resilience: a device the limits had to cut is storming.
 	if r.RateLimited > 0 {
-		t.DoSResilience = "x"
+		t.DoS = tablei.Vulnerable
+	}
+	t.HardCodedResolver = tablei.Unknown
+	if r.Observed > 0 {
+		t.HardCodedResolver = tablei.Resilient
 	}
 	for _, a := range r.Bypass {
 		if a.Kind == "do53" {
-			t.HardCodedResol = "x"
+			t.HardCodedResolver = tablei.Vulnerable
 		}
-	}
-	if t.HardCodedResol == "-" && r.Observed > 0 {
-		t.HardCodedResol = "ok"
 	}
 	return t
 }

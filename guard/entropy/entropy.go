@@ -554,18 +554,6 @@ func (r Result) Grade() Grade {
 	return Grade{Verdict: r.Verdict, Reason: r.Reason, N: r.N, Sigma: round(r.Sigma), Bits: round(r.Bits), Detail: r.Detail}
 }
 
-// Mark is the verdict's cell in the study's Table I: "x" (weak,
-// vulnerable), "ok" (random), or unknown when there is not enough data.
-func (v Verdict) Mark(unknown string) string {
-	switch v {
-	case Weak:
-		return "x"
-	case Random:
-		return "ok"
-	}
-	return unknown
-}
-
 // countingChance is the share of counting steps random values spread over
 // a window of span values would show: a counter is only told apart from
 // values confined to a window much wider than the counting step.

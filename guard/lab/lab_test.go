@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/emulate"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 	"github.com/miekg/dns"
 )
 
@@ -249,7 +250,7 @@ func TestRecordAndReport(t *testing.T) {
 	gw, gg := grades["10.0.0.2"], grades["10.0.0.1"]
 	for _, tt := range []struct {
 		col        string
-		m          Mark
+		m          Cell
 		vulnerable bool
 	}{
 		{"weak consistency", gw.QueryConsistency, true},
@@ -265,7 +266,7 @@ func TestRecordAndReport(t *testing.T) {
 		{"good random ID", gg.RandomID, false},
 		{"good random port", gg.RandomPort, false},
 	} {
-		if !tt.m.Known || tt.m.Vulnerable != tt.vulnerable {
+		if want := map[bool]tablei.Mark{true: tablei.Vulnerable, false: tablei.Resilient}[tt.vulnerable]; tt.m.Mark != want {
 			t.Errorf("%s: %s (%s), want vulnerable=%v", tt.col, tt.m, tt.m.Figures, tt.vulnerable)
 		}
 	}
@@ -396,7 +397,7 @@ func TestForgedAddressUse(t *testing.T) {
 		t.Fatalf("probe saw %d uses, want 3", used)
 	}
 	g := Grades(l.Snapshot())[0]
-	if !g.ModifiedRR.Known || !g.ModifiedRR.Vulnerable || !strings.Contains(g.ModifiedRR.Figures, "used the forged address 3 times") {
+	if g.ModifiedRR.Mark != tablei.Vulnerable || !strings.Contains(g.ModifiedRR.Figures, "used the forged address 3 times") {
 		t.Errorf("modified RR %s: %s", g.ModifiedRR, g.ModifiedRR.Figures)
 	}
 }
@@ -421,10 +422,10 @@ func TestNoBackoffAndSlack(t *testing.T) {
 	}
 	s := r.Snapshot(start.Add(2 * time.Minute))
 	g := Grades(s)[0]
-	if !g.QueryConsistency.Known || g.QueryConsistency.Vulnerable {
+	if g.QueryConsistency.Mark != tablei.Resilient {
 		t.Errorf("consistency %s: %s", g.QueryConsistency, g.QueryConsistency.Figures)
 	}
-	if !g.DoS.Vulnerable || !strings.Contains(g.DoS.Figures, "no backoff") {
+	if g.DoS.Mark != tablei.Vulnerable || !strings.Contains(g.DoS.Figures, "no backoff") {
 		t.Errorf("DoS %s: %s", g.DoS, g.DoS.Figures)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dnsguard/dnsguard/guard/tablei"
 )
 
 // Bounds on what the recorder keeps, so a flood of clients or names
@@ -188,7 +190,7 @@ func (r *Recorder) Record(ev Event) {
 		e.Names++
 	} else {
 		e.Repeats++
-		if st.hasTTL && ev.At.Before(st.answerAt.Add(time.Duration(st.ttl)*time.Second-ttlSlack)) {
+		if st.hasTTL && tablei.Early(ev.At.Sub(st.answerAt), st.ttl) {
 			e.EarlyRepeats++
 		}
 		if st.failed {

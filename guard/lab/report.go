@@ -6,9 +6,9 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/guard/tablei"
 )
 
 // Thresholds behind the marks. They are this lab's reading of the study,
@@ -29,46 +29,52 @@ const (
 	stormJump         = 3.0
 	noBackoffRetries  = 5
 	noBackoffInterval = 1.0 // seconds
-	// A repeat is early when it comes more than this before the TTL the
-	// lab gave expired: TTLs count whole seconds, and a client times its
-	// TTL from when it sent the query, a round trip before the lab's
-	// clock started.
-	ttlSlack = time.Second
-	// Share of baseline repeats asked before the TTL expired above which
-	// TTLs are not honoured (query consistency).
-	earlyShare = 0.10
+	// Query consistency (early repeats, their share) is graded as the
+	// audit and the live guard grade it: guard/tablei.
 )
 
-// Mark is one Table I cell: vulnerable (x), resilient (ok) or not seen
-// (?), with the figures it rests on.
-type Mark struct {
-	Known      bool
-	Vulnerable bool
-	Figures    string
+// Cell is one Table I cell with the figures its mark rests on.
+type Cell struct {
+	Mark    tablei.Mark
+	Figures string
 }
 
-func (m Mark) String() string {
+func (c Cell) String() string { return string(c.Mark) }
+
+// cell is the cell for what a grader found: Unknown when it saw nothing
+// to go on, else Vulnerable or Resilient.
+func cell(known, vulnerable bool, figures string) Cell {
 	switch {
-	case !m.Known:
-		return "?"
-	case m.Vulnerable:
-		return "x"
+	case !known:
+		return Cell{tablei.Unknown, figures}
+	case vulnerable:
+		return Cell{tablei.Vulnerable, figures}
 	}
-	return "ok"
+	return Cell{tablei.Resilient, figures}
 }
 
-// Grade is one client's row of the study's Table I, for the columns a
-// resolver can see.
+// Grade is one client's row of the study's Table I, every column graded
+// by the lab, with the figures behind each mark.
 type Grade struct {
 	Addr             string
 	Queries          int
-	SecureDNS        Mark
-	RandomPort       Mark
-	RandomID         Mark
-	QueryConsistency Mark
-	ModifiedRR       Mark
-	ForgedTTL        Mark
-	DoS              Mark
+	SecureDNS        Cell
+	RandomPort       Cell
+	RandomID         Cell
+	QueryConsistency Cell
+	ModifiedRR       Cell
+	ForgedTTL        Cell
+	DoS              Cell
+}
+
+// Row is the grade's Table I row.
+func (g Grade) Row() tablei.Row {
+	return tablei.Row{SecureDNS: g.SecureDNS.Mark, RandomPort: g.RandomPort.Mark, RandomID: g.RandomID.Mark,
+		QueryConsistency: g.QueryConsistency.Mark, ModifiedRR: g.ModifiedRR.Mark, ForgedTTL: g.ForgedTTL.Mark, DoS: g.DoS.Mark}
+}
+
+func (g Grade) cells() []Cell {
+	return []Cell{g.SecureDNS, g.RandomPort, g.RandomID, g.QueryConsistency, g.ModifiedRR, g.ForgedTTL, g.DoS}
 }
 
 // Grades grades every client of a record.
@@ -88,7 +94,7 @@ func Grades(s *Snapshot) []Grade {
 		g.ForgedTTL = forgedTTL(s, c, base)
 		g.DoS = reaction(s, c, base, stormJump, false, Unavailable, Flood)
 		if e := c.Experiments[string(Unavailable)]; e != nil && e.AfterFailures >= noBackoffRetries && e.MinInterval < noBackoffInterval {
-			g.DoS.Known, g.DoS.Vulnerable = true, true
+			g.DoS.Mark = tablei.Vulnerable
 			g.DoS.Figures += fmt.Sprintf("; no backoff: %d retries of failing names, some %.2fs apart", e.AfterFailures, e.MinInterval)
 		}
 		out = append(out, g)
@@ -96,22 +102,22 @@ func Grades(s *Snapshot) []Grade {
 	return out
 }
 
-func secureDNS(c *ClientRecord) Mark {
-	enc := c.Transports["dot"] + c.Transports["doh"]
-	return Mark{Known: true, Vulnerable: enc == 0,
+func secureDNS(c *ClientRecord) Cell {
+	clear, enc := c.Transports["udp"]+c.Transports["tcp"], c.Transports["dot"]+c.Transports["doh"]
+	return Cell{Mark: tablei.SecureDNS(clear > 0, enc > 0),
 		Figures: fmt.Sprintf("udp %d, tcp %d, dot %d, doh %d; EDNS in %d (max %d)", c.Transports["udp"], c.Transports["tcp"], c.Transports["dot"], c.Transports["doh"], c.EDNS, c.MaxUDPSize)}
 }
 
 // randomness grades a client's IDs or source ports with the guard's own
 // estimator (guard/entropy: constant, counter, narrow range, small set),
 // which also gives the study's sigma and bits.
-func randomness(v []uint16, what string) Mark {
+func randomness(v []uint16, what string) Cell {
 	e := entropy.New()
 	for _, x := range v {
 		e.Observe(x, 0)
 	}
 	r := e.Result()
-	m := Mark{Known: r.Verdict != entropy.Insufficient, Vulnerable: r.Verdict == entropy.Weak}
+	m := Cell{Mark: tablei.Randomness(r.Verdict)}
 	switch r.Verdict {
 	case entropy.Insufficient:
 		m.Figures = fmt.Sprintf("%s: %s", what, r.Reason)
@@ -123,13 +129,17 @@ func randomness(v []uint16, what string) Mark {
 	return m
 }
 
-func consistency(c *ClientRecord) Mark {
+func consistency(c *ClientRecord) Cell {
 	e := c.Experiments[string(Baseline)]
-	if e == nil || e.Repeats < 3 {
-		return Mark{Figures: "too few baseline repeats"}
+	if e == nil {
+		return Cell{tablei.Unknown, "no baseline played"}
+	}
+	m := tablei.QueryConsistency(e.EarlyRepeats, e.Repeats)
+	if m == tablei.Unknown {
+		return Cell{m, fmt.Sprintf("too few baseline repeats (%d)", e.Repeats)}
 	}
 	share := float64(e.EarlyRepeats) / float64(e.Repeats)
-	return Mark{Known: true, Vulnerable: share > earlyShare,
+	return Cell{Mark: m,
 		Figures: fmt.Sprintf("baseline: %d of %d repeats before the TTL expired (%.0f%%), mean interval %.2fs", e.EarlyRepeats, e.Repeats, 100*share, meanInterval(e))}
 }
 
@@ -153,9 +163,9 @@ func rate(s *Snapshot, c *ClientRecord, exp string) float64 {
 // reaction marks a client vulnerable when its query rate under any of the
 // experiments of the given kinds reaches jump times its baseline rate
 // (or, with useCounts, when it used a forged address).
-func reaction(s *Snapshot, c *ClientRecord, base, jump float64, useCounts bool, kinds ...Kind) Mark {
+func reaction(s *Snapshot, c *ClientRecord, base, jump float64, useCounts bool, kinds ...Kind) Cell {
 	var figs []string
-	m := Mark{}
+	var known, vulnerable bool
 	names := make([]string, 0, len(c.Experiments))
 	for name := range c.Experiments {
 		names = append(names, name)
@@ -168,17 +178,17 @@ func reaction(s *Snapshot, c *ClientRecord, base, jump float64, useCounts bool, 
 		e := c.Experiments[name]
 		r := rate(s, c, name)
 		if useCounts && e.Used > 0 {
-			m.Known, m.Vulnerable = true, true
+			known, vulnerable = true, true
 			figs = append(figs, fmt.Sprintf("%s: used the forged address %d times", name, e.Used))
 		}
 		if base <= 0 {
 			figs = append(figs, fmt.Sprintf("%s %.2f q/s (no baseline)", name, r))
 			continue
 		}
-		m.Known = true
+		known = true
 		ratio := r / base
 		if ratio >= jump {
-			m.Vulnerable = true
+			vulnerable = true
 		}
 		f := fmt.Sprintf("%s x%.1f", name, ratio)
 		if e.AfterFailures > 0 {
@@ -186,12 +196,11 @@ func reaction(s *Snapshot, c *ClientRecord, base, jump float64, useCounts bool, 
 		}
 		figs = append(figs, f)
 	}
-	if len(figs) == 0 {
-		m.Figures = "not played"
-	} else {
-		m.Figures = fmt.Sprintf("rate vs baseline %.2f q/s: %s", base, strings.Join(figs, ", "))
+	figures := "not played"
+	if len(figs) > 0 {
+		figures = fmt.Sprintf("rate vs baseline %.2f q/s: %s", base, strings.Join(figs, ", "))
 	}
-	return m
+	return cell(known, vulnerable, figures)
 }
 
 func ofKind(name string, kinds []Kind) bool {
@@ -207,15 +216,17 @@ func ofKind(name string, kinds []Kind) bool {
 	return false
 }
 
-func forgedTTL(s *Snapshot, c *ClientRecord, base float64) Mark {
+func forgedTTL(s *Snapshot, c *ClientRecord, base float64) Cell {
 	m := reaction(s, c, base, ttlJump, false, TTLZero, TTLOne)
 	// TTL 10^9: a client that came back for its names in the baseline but
 	// never again once told 10^9 will not see a change for 31 years.
 	if e, b := c.Experiments[string(TTLHuge)], c.Experiments[string(Baseline)]; e != nil && b != nil && b.Repeats > 0 {
-		m.Known = true
+		if m.Mark == tablei.Unknown {
+			m.Mark = tablei.Resilient
+		}
 		long := s.Duration(string(TTLHuge)).Seconds() > 2*meanInterval(b)
 		if e.Repeats == 0 && long {
-			m.Vulnerable = true
+			m.Mark = tablei.Vulnerable
 			m.Figures += fmt.Sprintf(", ttl-huge: stopped asking (%d names, no repeats in %.0fs)", e.Names, s.Duration(string(TTLHuge)).Seconds())
 		} else {
 			m.Figures += fmt.Sprintf(", ttl-huge: %d repeats of %d names", e.Repeats, e.Names)
@@ -234,21 +245,17 @@ func WriteReport(w io.Writer, s *Snapshot) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "client\tqueries\tsecure DNS\trandom port\trandom ID\tquery consistency\tmodified RR\tforged TTL\tDoS")
+	fmt.Fprintln(tw, "client\tqueries\t"+strings.Join(tablei.Columns(), "\t"))
 	for _, g := range grades {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.Addr, g.Queries, g.SecureDNS, g.RandomPort, g.RandomID, g.QueryConsistency, g.ModifiedRR, g.ForgedTTL, g.DoS)
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", g.Addr, g.Queries, strings.ReplaceAll(g.Row().String(), " ", "\t"))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	for _, g := range grades {
 		fmt.Fprintf(w, "\n%s\n", g.Addr)
-		for _, col := range []struct {
-			name string
-			m    Mark
-		}{{"secure DNS", g.SecureDNS}, {"random port", g.RandomPort}, {"random ID", g.RandomID}, {"query consistency", g.QueryConsistency},
-			{"modified RR", g.ModifiedRR}, {"forged TTL", g.ForgedTTL}, {"DoS", g.DoS}} {
-			fmt.Fprintf(w, "  %-18s %-3s %s\n", col.name, col.m, col.m.Figures)
+		for i, c := range g.cells() {
+			fmt.Fprintf(w, "  %-18s %-3s %s\n", tablei.Columns()[i], c, c.Figures)
 		}
 	}
 	_, err := fmt.Fprintln(w, "\nx vulnerable, ok resilient, ? not enough seen (study's Table I columns a resolver can observe)")
