@@ -37,7 +37,7 @@ func TestBindListenersPortTaken(t *testing.T) {
 	if !cfg.ListenDerived() {
 		t.Fatalf("listen addresses not derived: %v", cfg.ListenAddrs())
 	}
-	srv := listen.New(forward.Handler(nil), listen.Options{}, nil)
+	srv := listen.New(forward.New(nil), listen.Options{}, nil)
 	err = bindListeners(srv, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

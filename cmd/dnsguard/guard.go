@@ -36,14 +36,16 @@ type guardChain struct {
 // (an upstream query ends within upstream_timeout times upstream_max).
 const drainTimeout = 10 * time.Second
 
-// inflight counts the queries in progress on a chain.
+// inflight is the stage that counts the queries in progress on a chain.
 type inflight struct {
 	mu   sync.Mutex
 	n    int
 	idle chan struct{} // closed when n drops to 0, if set
 }
 
-func (f *inflight) wrap(h stage.Handler) stage.Handler {
+func (f *inflight) Name() string { return "inflight" }
+
+func (f *inflight) Wrap(h stage.Handler) stage.Handler {
 	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 		f.mu.Lock()
 		f.n++
@@ -166,9 +168,9 @@ func (u *upstreams) release(ctx context.Context, sp *sharedPool) {
 }
 
 // buildGuard wires the chain for cfg around the long-lived cache and
-// router side:
+// router side; its order is the list in the body:
 //
-//	router stages (identify, local answers) -> protocol -> limit -> cache -> local names -> upstreams (checked)
+//	inflight -> count -> identify -> static -> protocol -> limit -> cache -> local -> forward (upstreams, checked)
 //
 // Local names (config local) sit inside the cache, so their answers are
 // cached (briefly: their TTLs are capped) like any other.
@@ -213,12 +215,22 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 		ups.release(context.Background(), sp)
 		return nil, err
 	}
-	lim := limit.New(cfg.Limits, limit.Options{})
-	stages := append([]stage.Middleware{}, router.Stages...)
-	stages = append(stages, protocol.Stage(), lim.Middleware(), c.Wrap, local.Wrap)
 	var running inflight
+	// The chain, outermost first: the one place its order is written.
+	order := []stage.Stage{
+		&running,                               // queries in progress, which a reload waits for
+		router.Counters,                        // counts what the stages further in answered
+		router.Identify,                        // the device, its class and terms (nil: none)
+		localzone.NewStatic(),                  // localhost, .local, .onion, the canaries: answered here
+		protocol.New(),                         // NOTIMP, BADVERS, REFUSED for non-IN, minimal ANY
+		limit.New(cfg.Limits, limit.Options{}), // per-device token bucket
+		c,                                      // answers kept across reloads, coalescing
+		local,                                  // LAN names to the local server
+		forward.New(strictExchanger{sp.pool, v, check, sec, newBogusLog(log.With("stage", "dnssec"))}), // the upstreams
+	}
+	log.Debug("query chain", "stages", stage.Names(order))
 	return &guardChain{
-		handler: running.wrap(stage.Chain(forward.Handler(strictExchanger{sp.pool, v, check, sec, newBogusLog(log.With("stage", "dnssec"))}), stages...)),
+		handler: stage.Chain(order...),
 		close: func(ctx context.Context) {
 			running.wait(ctx)
 			if cfg.Local.Server != "" || local.Stats.Answered.Load() > 0 {

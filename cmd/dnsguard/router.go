@@ -14,7 +14,6 @@ import (
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
-	"github.com/dnsguard/dnsguard/guard/localzone"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/guard/upstream"
 	"github.com/dnsguard/dnsguard/policy"
@@ -30,14 +29,14 @@ import (
 // then the nftables table is removed (so nothing can put it back
 // afterwards) and the state flushed and closed.
 type routerSide struct {
-	// Stages go into the chain after the listener and before limits and
-	// cache, outermost first (identify, local answers, ...).
-	Stages []stage.Middleware
+	// Identify is the identify stage over Registry (buildGuard puts it
+	// in the chain, after Counters); nil: none.
+	Identify stage.Stage
 	// Access is who the listener answers, kept current as the router's
 	// addresses and LAN prefixes change.
 	Access *listen.Access
 	// Counters count the chain's answers and the bypass attempts for the
-	// API and /metrics (the first of Stages counts); Registry is the
+	// API and /metrics (the outermost stage counts); Registry is the
 	// device table they serve.
 	Counters *control.Counters
 	Registry *device.Registry
@@ -194,7 +193,7 @@ func newRouterSide(ctx context.Context, cfg *policy.Config, log *slog.Logger) (*
 		// table (or the observer) has its MAC: wait for it, briefly.
 		idopts.WaitForMAC = macWait
 	}
-	r.Stages = []stage.Middleware{r.Counters.Stage(), device.Identify(reg, idopts), localzone.Stage()}
+	r.Identify = device.NewIdentify(reg, idopts)
 	return r, nil
 }
 

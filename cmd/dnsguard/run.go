@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
+	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/policy"
@@ -374,7 +375,7 @@ func checkConfig(cfg *policy.Config, path string) error {
 		}
 	}
 	discard := slog.New(slog.DiscardHandler)
-	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{}, discard, nil)
+	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{Counters: control.NewCounters(0)}, discard, nil)
 	if err != nil {
 		return err
 	}

@@ -204,6 +204,9 @@ func (c *Cache) shardOf(key string) *shard {
 	return &c.shards[maphash.String(c.seed, key)%shardCount]
 }
 
+// Name is "cache".
+func (c *Cache) Name() string { return "cache" }
+
 // Wrap returns the cache stage in front of next (the upstream side).
 func (c *Cache) Wrap(next stage.Handler) stage.Handler {
 	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {

@@ -87,7 +87,7 @@ func newTestGuard(t *testing.T, allow func(netip.Addr) bool) *testGuard {
 		rr, _ := dns.NewRR(dnswire.NameString(req.Q.Name) + " 300 IN A 192.0.2.1")
 		return stage.Synth(req, dns.RcodeSuccess, []dns.RR{rr}, nil)
 	})
-	g.chain = stage.Chain(inner, g.cnt.Stage(), device.Identify(reg, device.IdentifyOptions{Feed: true}), g.cache.Wrap)
+	g.chain = stage.Chain(g.cnt, device.NewIdentify(reg, device.IdentifyOptions{Feed: true}), g.cache, stage.Answer("upstream", inner))
 	pool, err := upstream.NewPool([]string{"udp://127.0.0.1:9"}, upstream.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)

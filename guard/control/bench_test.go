@@ -36,8 +36,8 @@ func BenchmarkHitPath(b *testing.B) {
 		}
 		return &stage.Request{Raw: raw, Q: q, Client: netip.MustParseAddrPort("192.0.2.10:40000"), Received: time.Now()}
 	}
-	plain := stage.Chain(inner, c.Wrap)
-	counted := stage.Chain(inner, NewCounters(0).Stage(), c.Wrap)
+	plain := stage.Chain(c, stage.Answer("upstream", inner))
+	counted := stage.Chain(NewCounters(0), c, stage.Answer("upstream", inner))
 	// On a shared machine other work swamps a few nanoseconds: the two
 	// chains take turns in short chunks and the fastest chunk of each is
 	// reported (ns per query), with the difference.

@@ -47,22 +47,23 @@ func NewCounters(n int) *Counters {
 	return &Counters{Events: NewEvents(n)}
 }
 
-// Stage returns the counting stage. It goes outermost in the chain and
-// counts after the inner stages answer, so the device the identify stage
-// found is known when a refusal is recorded.
-func (c *Counters) Stage() stage.Middleware {
-	return func(next stage.Handler) stage.Handler {
-		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-			r, err := next.ServeDNS(ctx, req)
-			switch {
-			case err != nil:
-				c.countError(req, err)
-			case r != nil:
-				c.count(req.TCP, r.Rcode(), r.ExtRcode)
-			}
-			return r, err
-		})
-	}
+// Name is "count".
+func (c *Counters) Name() string { return "count" }
+
+// Wrap returns the counting stage in front of next. It goes outermost in
+// the chain and counts after the inner stages answer, so the device the
+// identify stage found is known when a refusal is recorded.
+func (c *Counters) Wrap(next stage.Handler) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		r, err := next.ServeDNS(ctx, req)
+		switch {
+		case err != nil:
+			c.countError(req, err)
+		case r != nil:
+			c.count(req.TCP, r.Rcode(), r.ExtRcode)
+		}
+		return r, err
+	})
 }
 
 func (c *Counters) count(tcp bool, rcode int, ext uint8) {

@@ -35,36 +35,49 @@ type WaitStats struct {
 	TimedOut atomic.Uint64 // of those, waits that ended without a MAC
 }
 
-// Identify returns the identify stage: it fills req.Device from the
-// registry (MAC, name, class, strict policy), asks for 0x20 upstream for
-// strict devices, fills req.OrigDst when the observer saw where the query
-// was first sent, and counts how the query was answered.
-func Identify(reg *Registry, opts IdentifyOptions) stage.Middleware {
-	return func(next stage.Handler) stage.Handler {
-		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-			client := req.Client.Addr()
-			if opts.WaitForMAC > 0 {
-				reg.waitForMAC(ctx, client, opts.WaitForMAC)
+// Identify is the identify stage: it fills req.Device from the registry
+// (MAC, name, class, strict policy), asks for 0x20 upstream for strict
+// devices, fills req.OrigDst when the observer saw where the query was
+// first sent, and counts how the query was answered.
+type Identify struct {
+	reg  *Registry
+	opts IdentifyOptions
+}
+
+// NewIdentify returns the identify stage over reg.
+func NewIdentify(reg *Registry, opts IdentifyOptions) *Identify {
+	return &Identify{reg: reg, opts: opts}
+}
+
+// Name is "identify".
+func (*Identify) Name() string { return "identify" }
+
+// Wrap returns the stage in front of next.
+func (s *Identify) Wrap(next stage.Handler) stage.Handler {
+	reg, opts := s.reg, s.opts
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		client := req.Client.Addr()
+		if opts.WaitForMAC > 0 {
+			reg.waitForMAC(ctx, client, opts.WaitForMAC)
+		}
+		id, mac, d, name := reg.Identify(client)
+		req.Device = &stage.Device{ID: id, MAC: mac, Name: name, Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
+		if d.Strict {
+			req.Randomize = true
+		}
+		if !req.OrigDst.IsValid() {
+			if od, ok := reg.OrigDst(req.Client, req.Q.ID); ok {
+				req.OrigDst = od
 			}
-			id, mac, d, name := reg.Identify(client)
-			req.Device = &stage.Device{ID: id, MAC: mac, Name: name, Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
-			if d.Strict {
-				req.Randomize = true
-			}
-			if !req.OrigDst.IsValid() {
-				if od, ok := reg.OrigDst(req.Client, req.Q.ID); ok {
-					req.OrigDst = od
-				}
-			}
-			reply, err := next.ServeDNS(ctx, req)
-			var q *Observation
-			if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
-				q = &Observation{Query: &req.Q, Src: req.Client, TCP: req.TCP}
-			}
-			reg.Count(id, OutcomeOf(err), q)
-			return reply, err
-		})
-	}
+		}
+		reply, err := next.ServeDNS(ctx, req)
+		var q *Observation
+		if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
+			q = &Observation{Query: &req.Q, Src: req.Client, TCP: req.TCP}
+		}
+		reg.Count(id, OutcomeOf(err), q)
+		return reply, err
+	})
 }
 
 // waitForMAC waits, at most max, until the MAC of a LAN client is known.

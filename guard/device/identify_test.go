@@ -39,9 +39,9 @@ func identifyQuery(t *testing.T, h stage.Handler, client string) *stage.Request 
 }
 
 func identifyChain(reg *Registry, wait time.Duration) stage.Handler {
-	return stage.Chain(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	return stage.Chain(NewIdentify(reg, IdentifyOptions{WaitForMAC: wait}), stage.Answer("inner", stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 		return nil, nil
-	}), Identify(reg, IdentifyOptions{WaitForMAC: wait}))
+	})))
 }
 
 // TestIdentifyNoWaitForRouterOrOutsiders: loopback, the router's own
@@ -118,12 +118,12 @@ func TestIdentifyStage(t *testing.T) {
 	}
 	var i int
 	var seen *stage.Request
-	h := stage.Chain(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	h := stage.Chain(NewIdentify(reg, IdentifyOptions{Feed: true}), stage.Answer("inner", stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 		seen = req
 		err := errs[i]
 		i++
 		return nil, err
-	}), Identify(reg, IdentifyOptions{Feed: true}))
+	})))
 	for range errs {
 		m := new(dns.Msg)
 		m.SetQuestion("a.example.", dns.TypeA)

@@ -20,16 +20,28 @@ type Exchanger interface {
 	Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
 }
 
-// Handler returns the forwarding stage over ex.
-func Handler(ex Exchanger) stage.Handler {
-	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-		q := Query(req)
-		resp, err := ex.Exchange(WithRequest(ctx, req), q)
-		if err != nil {
-			return nil, err
-		}
-		return Stored(req, resp)
-	})
+// Forward is the forwarding stage: the innermost, it answers every query
+// it gets from the upstreams and passes none on.
+type Forward struct{ ex Exchanger }
+
+// New returns the forwarding stage over ex.
+func New(ex Exchanger) *Forward { return &Forward{ex: ex} }
+
+// Name is "forward".
+func (*Forward) Name() string { return "forward" }
+
+// Wrap returns the stage; there is nothing further in, so next is not used.
+func (f *Forward) Wrap(stage.Handler) stage.Handler { return f }
+
+// ServeDNS asks the upstreams req's question and returns the stored form
+// of their answer.
+func (f *Forward) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	q := Query(req)
+	resp, err := f.ex.Exchange(WithRequest(ctx, req), q)
+	if err != nil {
+		return nil, err
+	}
+	return Stored(req, resp)
 }
 
 // Query builds the upstream question for a device's request.

@@ -70,19 +70,20 @@ func New(l policy.Limits, o Options) *Limiter {
 	return &Limiter{rate: l.DeviceRate, burst: l.DeviceBurst, max: o.MaxDevices, now: o.Now, index: map[string]*list.Element{}, lru: list.New()}
 }
 
-// Middleware returns the stage.
-func (l *Limiter) Middleware() stage.Middleware {
-	return func(next stage.Handler) stage.Handler {
-		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-			if !l.Allow(req) {
-				return nil, &stage.Error{
-					Rcode: dns.RcodeRefused,
-					EDE:   dnswire.EDE{Code: dnswire.EDEProhibited, Text: "rate limited: too many queries from this device"},
-				}
+// Name is "limit".
+func (l *Limiter) Name() string { return "limit" }
+
+// Wrap returns the stage in front of next.
+func (l *Limiter) Wrap(next stage.Handler) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		if !l.Allow(req) {
+			return nil, &stage.Error{
+				Rcode: dns.RcodeRefused,
+				EDE:   dnswire.EDE{Code: dnswire.EDEProhibited, Text: "rate limited: too many queries from this device"},
 			}
-			return next.ServeDNS(ctx, req)
-		})
-	}
+		}
+		return next.ServeDNS(ctx, req)
+	})
 }
 
 // Key is the identity a request is limited under: the device ID, or the

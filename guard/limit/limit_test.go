@@ -112,14 +112,14 @@ func TestTableBounded(t *testing.T) {
 	}
 }
 
-func TestMiddlewareAnswersRefusedWithEDE(t *testing.T) {
+func TestStageAnswersRefusedWithEDE(t *testing.T) {
 	c := &clock{time.Unix(0, 0)}
 	l := New(policy.Limits{DeviceRate: 1, DeviceBurst: 1}, Options{Now: c.now})
 	inner := 0
-	h := stage.Chain(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	h := stage.Chain(l, stage.Answer("inner", stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 		inner++
 		return stage.Synth(req, dns.RcodeSuccess, nil, nil)
-	}), l.Middleware())
+	})))
 	raw, _ := (&dns.Msg{Question: []dns.Question{{Name: "a.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}}).Pack()
 	q, err := dnswire.ParseQuery(raw)
 	if err != nil {

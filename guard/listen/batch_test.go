@@ -41,7 +41,7 @@ func packQuery(t testing.TB, name string, id uint16) []byte {
 func TestBatchNotHeldByAMiss(t *testing.T) {
 	z := &zone{gate: make(chan struct{})}
 	c := benchCache()
-	h := stage.Chain(forward.Handler(z), protocol.Stage(), c.Wrap)
+	h := stage.Chain(protocol.New(), c, forward.New(z))
 	s := listen.New(h, listen.Options{UDPReaders: 1}, nil)
 	if err := s.Listen([]string{"127.0.0.1:0"}); err != nil {
 		t.Fatal(err)
@@ -99,7 +99,7 @@ func TestBatchNotHeldByAMiss(t *testing.T) {
 // loopback, through protocol and cache, an answer out (recvmmsg,
 // sendmmsg). Allocations are the whole process's, client included: 0.
 func BenchmarkUDPHit(b *testing.B) {
-	h := stage.Chain(forward.Handler(&zone{}), protocol.Stage(), benchCache().Wrap)
+	h := stage.Chain(protocol.New(), benchCache(), forward.New(&zone{}))
 	s := listen.New(h, listen.Options{}, nil)
 	if err := s.Listen([]string{"127.0.0.1:0"}); err != nil {
 		b.Fatal(err)

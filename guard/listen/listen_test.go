@@ -77,7 +77,7 @@ func start(t *testing.T, opts listen.Options) (string, *zone, *listen.Server) {
 	t.Cleanup(func() { close(z.gate) })
 	c := cache.New(policy.Cache{MaxEntries: 1000, MaxBytes: 1 << 20, MinTTL: 30 * time.Second, MaxTTL: time.Hour,
 		NegMaxTTL: time.Hour, FailMin: time.Second, FailMax: time.Minute}, nil, nil)
-	h := stage.Chain(forward.Handler(z), protocol.Stage(), c.Wrap)
+	h := stage.Chain(protocol.New(), c, forward.New(z))
 	s := listen.New(h, opts, nil)
 	if err := s.Listen([]string{"127.0.0.1:0"}); err != nil {
 		t.Fatal(err)

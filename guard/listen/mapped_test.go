@@ -75,7 +75,7 @@ func TestMappedSourceNotLoopback(t *testing.T) {
 	testenv.RequireRoot(t)
 	z := &zone{}
 	acc := listen.NewAccess([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")})
-	s := listen.New(stage.Chain(forward.Handler(z), protocol.Stage()), listen.Options{Access: acc}, nil)
+	s := listen.New(stage.Chain(protocol.New(), forward.New(z)), listen.Options{Access: acc}, nil)
 	if err := s.ListenOne("[::]:0"); err != nil {
 		t.Skipf("no IPv6 here: %v", err)
 	}

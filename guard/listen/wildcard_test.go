@@ -18,7 +18,7 @@ import (
 
 func startOn(t *testing.T, addrs []string, opts listen.Options) *listen.Server {
 	t.Helper()
-	s := listen.New(stage.Chain(forward.Handler(&zone{}), protocol.Stage()), opts, nil)
+	s := listen.New(stage.Chain(protocol.New(), forward.New(&zone{})), opts, nil)
 	if err := s.Listen(addrs); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestWildcardAnswersFromTheAddressAsked(t *testing.T) {
 // TestWildcardIPv6 binds [::] beside 0.0.0.0 on the same port (one
 // socket per family) and answers ::1 from ::1.
 func TestWildcardIPv6(t *testing.T) {
-	s := listen.New(stage.Chain(forward.Handler(&zone{}), protocol.Stage()), listen.Options{}, nil)
+	s := listen.New(stage.Chain(protocol.New(), forward.New(&zone{})), listen.Options{}, nil)
 	if err := s.Listen([]string{"0.0.0.0:0"}); err != nil {
 		t.Fatal(err)
 	}

@@ -123,6 +123,9 @@ func (l *Local) Close() error {
 	return l.tr.Close()
 }
 
+// Name is "local".
+func (l *Local) Name() string { return "local" }
+
 // Wrap returns the stage in front of next (the upstreams).
 func (l *Local) Wrap(next stage.Handler) stage.Handler {
 	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {

@@ -203,7 +203,7 @@ func TestLocalEveryZone(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				before := len(srv.received())
-				got, forwarded := serve(t, with.Wrap, request(t, name, qtype))
+				got, forwarded := serve(t, with, request(t, name, qtype))
 				if forwarded {
 					t.Fatal("with a local server: sent upstream")
 				}
@@ -218,7 +218,7 @@ func TestLocalEveryZone(t *testing.T) {
 					t.Errorf("TTL %d, want the local server's 300 capped at 60", ttl)
 				}
 
-				got, forwarded = serve(t, without.Wrap, request(t, name, qtype))
+				got, forwarded = serve(t, without, request(t, name, qtype))
 				if forwarded {
 					t.Fatal("without a local server: sent upstream")
 				}
@@ -251,7 +251,7 @@ func TestLocalNotLocal(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			// TXT: A and AAAA for one-label names are local (TestLocalPlainNames).
-			if _, forwarded := serve(t, l.Wrap, request(t, name, dns.TypeTXT)); !forwarded {
+			if _, forwarded := serve(t, l, request(t, name, dns.TypeTXT)); !forwarded {
 				t.Error("kept local")
 			}
 		})
@@ -285,11 +285,11 @@ func TestLocalPlainNames(t *testing.T) {
 	} {
 		t.Run(tc.name+dns.TypeToString[tc.qtype], func(t *testing.T) {
 			before := len(srv.received())
-			got, forwarded := serve(t, with.Wrap, request(t, tc.name, tc.qtype))
+			got, forwarded := serve(t, with, request(t, tc.name, tc.qtype))
 			if forwarded == tc.local || (len(srv.received()) == before+1) != tc.local {
 				t.Fatalf("with a local server: forwarded upstream %v, to the local server %v", forwarded, len(srv.received()) > before)
 			}
-			got, forwarded = serve(t, without.Wrap, request(t, tc.name, tc.qtype))
+			got, forwarded = serve(t, without, request(t, tc.name, tc.qtype))
 			if forwarded == tc.local {
 				t.Fatalf("without a local server: forwarded upstream %v", forwarded)
 			}
@@ -304,7 +304,7 @@ func TestLocalPlainNames(t *testing.T) {
 func TestLocalTruncated(t *testing.T) {
 	srv := startLocalServer(t)
 	l := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr})
-	got, forwarded := serve(t, l.Wrap, request(t, "big.lan.", dns.TypeA))
+	got, forwarded := serve(t, l, request(t, "big.lan.", dns.TypeA))
 	if forwarded || got.Rcode != dns.RcodeSuccess || len(got.Answer) != 53 {
 		t.Fatalf("forwarded %v answer %v", forwarded, got)
 	}
@@ -322,7 +322,7 @@ func TestLocalFreshIDs(t *testing.T) {
 	for i := range 200 {
 		req := request(t, fmt.Sprintf("h%d.lan.", i), dns.TypeA)
 		req.Q.ID = 7 // the device's ID is never what goes out
-		serve(t, l.Wrap, req)
+		serve(t, l, req)
 	}
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
@@ -338,7 +338,7 @@ func TestLocalFreshIDs(t *testing.T) {
 func TestLocalNegative(t *testing.T) {
 	srv := startLocalServer(t)
 	l := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr, MaxTTL: 20 * time.Second})
-	got, _ := serve(t, l.Wrap, request(t, "nxhost.lan.", dns.TypeA))
+	got, _ := serve(t, l, request(t, "nxhost.lan.", dns.TypeA))
 	if got.Rcode != dns.RcodeNameError || len(got.Ns) != 1 || got.Ns[0].Header().Ttl != 20 {
 		t.Fatalf("answer %v", got)
 	}
@@ -390,7 +390,7 @@ func TestLocalCheck(t *testing.T) {
 			}
 			return resp, nil
 		}})
-	if got, _ := serve(t, l.Wrap, request(t, "good.lan.", dns.TypeA)); len(got.Answer) != 1 {
+	if got, _ := serve(t, l, request(t, "good.lan.", dns.TypeA)); len(got.Answer) != 1 {
 		t.Errorf("answer %v", got)
 	}
 	h := l.Wrap(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
@@ -463,7 +463,7 @@ func TestLocalPlainServiceBinding(t *testing.T) {
 	for _, qt := range []uint16{dns.TypeHTTPS, dns.TypeSVCB} {
 		for _, l := range []*Local{with, without} {
 			before := len(srv.received())
-			got, forwarded := serve(t, l.Wrap, request(t, "mylaptop.", qt))
+			got, forwarded := serve(t, l, request(t, "mylaptop.", qt))
 			if forwarded || len(srv.received()) != before {
 				t.Errorf("%s mylaptop.: forwarded upstream %v, to the local server %v", dns.TypeToString[qt], forwarded, len(srv.received()) != before)
 			}
@@ -472,7 +472,7 @@ func TestLocalPlainServiceBinding(t *testing.T) {
 			}
 		}
 		// A two-label name is not a plain name: upstream as before.
-		if _, forwarded := serve(t, with.Wrap, request(t, "www.example.", qt)); !forwarded {
+		if _, forwarded := serve(t, with, request(t, "www.example.", qt)); !forwarded {
 			t.Errorf("%s www.example.: not forwarded upstream", dns.TypeToString[qt])
 		}
 	}

@@ -68,31 +68,39 @@ var static = func() *zoneSet {
 	return s
 }()
 
-// Stage returns the middleware answering the names above.
-func Stage() stage.Middleware {
-	return func(next stage.Handler) stage.Handler {
-		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-			if req.Q.Opcode != dns.OpcodeQuery {
-				return next.ServeDNS(ctx, req)
-			}
-			// On the wire, without building the name: this runs for every query.
-			i, apex, ok := static.match(req.Q.Name)
-			if !ok {
-				return next.ServeDNS(ctx, req)
-			}
-			zone := static.names[i]
-			switch staticZones[i].kind {
-			case canary:
-				return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(zone, negativeTTL)})
-			case nodata:
-				return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone, negativeTTL)})
-			case localhost:
-				return answerLocalhost(req, zone, apex)
-			default:
-				return emptyZone(req, zone, apex, negativeTTL)
-			}
-		})
-	}
+// Static is the stage answering the names above, from the static table
+// (staticZones). It has no state.
+type Static struct{}
+
+// NewStatic returns the stage answering the names above.
+func NewStatic() Static { return Static{} }
+
+// Name is "static".
+func (Static) Name() string { return "static" }
+
+// Wrap returns the stage in front of next.
+func (Static) Wrap(next stage.Handler) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		if req.Q.Opcode != dns.OpcodeQuery {
+			return next.ServeDNS(ctx, req)
+		}
+		// On the wire, without building the name: this runs for every query.
+		i, apex, ok := static.match(req.Q.Name)
+		if !ok {
+			return next.ServeDNS(ctx, req)
+		}
+		zone := static.names[i]
+		switch staticZones[i].kind {
+		case canary:
+			return stage.Synth(req, dns.RcodeNameError, nil, []dns.RR{soa(zone, negativeTTL)})
+		case nodata:
+			return stage.Synth(req, dns.RcodeSuccess, nil, []dns.RR{soa(zone, negativeTTL)})
+		case localhost:
+			return answerLocalhost(req, zone, apex)
+		default:
+			return emptyZone(req, zone, apex, negativeTTL)
+		}
+	})
 }
 
 // answerLocalhost answers address queries for localhost and the names

@@ -27,10 +27,10 @@ func request(t *testing.T, name string, qtype uint16) *stage.Request {
 }
 
 // serve runs req through h and reports whether next was reached.
-func serve(t *testing.T, mw stage.Middleware, req *stage.Request) (*dns.Msg, bool) {
+func serve(t *testing.T, s stage.Stage, req *stage.Request) (*dns.Msg, bool) {
 	t.Helper()
 	forwarded := false
-	h := mw(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+	h := s.Wrap(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 		forwarded = true
 		return stage.Synth(req, dns.RcodeSuccess, nil, nil)
 	}))
@@ -98,7 +98,7 @@ func TestStage(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name+"/"+dns.TypeToString[tc.qtype], func(t *testing.T) {
-			got, forwarded := serve(t, Stage(), request(t, tc.name, tc.qtype))
+			got, forwarded := serve(t, NewStatic(), request(t, tc.name, tc.qtype))
 			if forwarded != tc.forwarded {
 				t.Fatalf("forwarded = %v", forwarded)
 			}
@@ -135,7 +135,7 @@ func checkAnswer(t *testing.T, got *dns.Msg, rcode int, answer []string, soa str
 func TestStageOtherOpcodes(t *testing.T) {
 	req := request(t, "x.local.", dns.TypeA)
 	req.Q.Opcode = dns.OpcodeNotify
-	if _, forwarded := serve(t, Stage(), req); !forwarded {
+	if _, forwarded := serve(t, NewStatic(), req); !forwarded {
 		t.Error("a NOTIFY for x.local. was answered as a query")
 	}
 }
@@ -149,7 +149,7 @@ func BenchmarkStageMiss(b *testing.B) {
 	q, _ := dnswire.ParseQuery(raw)
 	req := &stage.Request{Raw: raw, Q: q}
 	next := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) { return nil, nil })
-	h := Stage()(next)
+	h := NewStatic().Wrap(next)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

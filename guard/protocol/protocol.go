@@ -16,30 +16,37 @@ import (
 // (§4.1) that devices do not come back for it often.
 const ANYTTL = 3600
 
-// Stage returns the protocol stage.
-func Stage() stage.Middleware {
-	return func(next stage.Handler) stage.Handler {
-		return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-			q := &req.Q
-			switch {
-			case q.Opcode != dns.OpcodeQuery:
-				return stage.Synth(req, dns.RcodeNotImplemented, nil, nil)
-			case q.EDNS.Present && q.EDNS.Version > 0:
-				return stage.Synth(req, dns.RcodeBadVers, nil, nil)
-			case q.Type == dns.TypeOPT:
-				return stage.Synth(req, dns.RcodeFormatError, nil, nil)
-			case q.Type == dns.TypeAXFR || q.Type == dns.TypeIXFR || q.Type == dns.TypeMAILA || q.Type == dns.TypeMAILB:
-				return stage.Synth(req, dns.RcodeNotImplemented, nil, nil)
-			case q.Class != dns.ClassINET:
-				return stage.Synth(req, dns.RcodeRefused, nil, nil)
-			case q.Type == dns.TypeANY:
-				hinfo := &dns.HINFO{
-					Hdr: dns.RR_Header{Name: dnswire.NameString(q.Name), Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: ANYTTL},
-					Cpu: "RFC8482", Os: "",
-				}
-				return stage.Synth(req, dns.RcodeSuccess, []dns.RR{hinfo}, nil)
+// Stage is the protocol stage. It has no state.
+type Stage struct{}
+
+// New returns the protocol stage.
+func New() Stage { return Stage{} }
+
+// Name is "protocol".
+func (Stage) Name() string { return "protocol" }
+
+// Wrap returns the stage in front of next.
+func (Stage) Wrap(next stage.Handler) stage.Handler {
+	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		q := &req.Q
+		switch {
+		case q.Opcode != dns.OpcodeQuery:
+			return stage.Synth(req, dns.RcodeNotImplemented, nil, nil)
+		case q.EDNS.Present && q.EDNS.Version > 0:
+			return stage.Synth(req, dns.RcodeBadVers, nil, nil)
+		case q.Type == dns.TypeOPT:
+			return stage.Synth(req, dns.RcodeFormatError, nil, nil)
+		case q.Type == dns.TypeAXFR || q.Type == dns.TypeIXFR || q.Type == dns.TypeMAILA || q.Type == dns.TypeMAILB:
+			return stage.Synth(req, dns.RcodeNotImplemented, nil, nil)
+		case q.Class != dns.ClassINET:
+			return stage.Synth(req, dns.RcodeRefused, nil, nil)
+		case q.Type == dns.TypeANY:
+			hinfo := &dns.HINFO{
+				Hdr: dns.RR_Header{Name: dnswire.NameString(q.Name), Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: ANYTTL},
+				Cpu: "RFC8482", Os: "",
 			}
-			return next.ServeDNS(ctx, req)
-		})
-	}
+			return stage.Synth(req, dns.RcodeSuccess, []dns.RR{hinfo}, nil)
+		}
+		return next.ServeDNS(ctx, req)
+	})
 }

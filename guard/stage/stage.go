@@ -87,15 +87,78 @@ func (f HandlerFunc) ServeDNS(ctx context.Context, req *Request) (*dnswire.Reply
 	return f(ctx, req)
 }
 
-// Middleware wraps a handler with a stage.
-type Middleware func(next Handler) Handler
+// Stage is one step of the chain. Wrap puts it in front of next, the
+// stages further in, and returns the handler that answers a query or
+// passes it on to next; Wrap is called once, when the chain is built, so
+// whatever a query needs is made there and not per query. Name is the
+// stage's short name in logs and counters ("cache", "limit"), as a
+// CoreDNS plugin's Name is.
+//
+// Every stage is a value its package makes with New (NewX in a package
+// with more than one), configured there, and put in the chain by
+// Chain; the order of a running guard's stages is written in one list,
+// in cmd/dnsguard (buildGuard).
+type Stage interface {
+	Name() string
+	Wrap(next Handler) Handler
+}
 
-// Chain builds h wrapped by stages, the first outermost.
-func Chain(h Handler, stages ...Middleware) Handler {
+// Chain builds the stages into one handler, the first outermost, the way
+// net/http middleware wraps a handler: a query reaches stages[i+1] only
+// if stages[i] passes it on. The innermost stage answers every query it
+// gets (forward); should it pass one on, the query fails (SERVFAIL, EDE
+// Other, naming the stage). Nil entries are skipped: a stage the
+// configuration goes without.
+func Chain(stages ...Stage) Handler {
+	last := "an empty chain"
+	for _, s := range stages {
+		if s != nil {
+			last = s.Name()
+		}
+	}
+	var h Handler = unanswered(last)
 	for i := len(stages) - 1; i >= 0; i-- {
-		h = stages[i](h)
+		if stages[i] != nil {
+			h = stages[i].Wrap(h)
+		}
 	}
 	return h
+}
+
+// Names returns the names of the stages Chain builds, in order: the
+// chain as a log line shows it.
+func Names(stages []Stage) []string {
+	out := make([]string, 0, len(stages))
+	for _, s := range stages {
+		if s != nil {
+			out = append(out, s.Name())
+		}
+	}
+	return out
+}
+
+// unanswered is what lies past the innermost stage.
+func unanswered(after string) Handler {
+	err := Fail(dnswire.EDEOther, "no stage answered", fmt.Errorf("query passed on by %s, the innermost stage", after))
+	return HandlerFunc(func(context.Context, *Request) (*dnswire.Reply, error) { return nil, err })
+}
+
+// Func makes a stage of a name and a wrap function, for a stage with no
+// state of its own beyond what wrap closes over.
+func Func(name string, wrap func(next Handler) Handler) Stage { return funcStage{name, wrap} }
+
+type funcStage struct {
+	name string
+	wrap func(next Handler) Handler
+}
+
+func (f funcStage) Name() string              { return f.name }
+func (f funcStage) Wrap(next Handler) Handler { return f.wrap(next) }
+
+// Answer makes an innermost stage of h: it answers every query and passes
+// none on (a test's stand-in for the upstream side).
+func Answer(name string, h Handler) Stage {
+	return funcStage{name, func(Handler) Handler { return h }}
 }
 
 // Error is a failure with the rcode and Extended DNS Error the device

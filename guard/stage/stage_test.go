@@ -1,6 +1,8 @@
 package stage
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -44,5 +46,61 @@ func TestErrorReplyEDEText(t *testing.T) {
 	}
 	if !strings.HasPrefix(got.ExtraText, "cached error: upstream answered SERVFAIL: ?[2J??yyy") {
 		t.Errorf("EDE text %q", got.ExtraText)
+	}
+}
+
+// TestChain: stages wrap in list order, the first outermost; nil entries
+// are skipped; a query the innermost stage passes on fails with SERVFAIL
+// naming that stage.
+func TestChain(t *testing.T) {
+	var trace []string
+	mark := func(name string, answer bool) Stage {
+		return Func(name, func(next Handler) Handler {
+			return HandlerFunc(func(ctx context.Context, req *Request) (*dnswire.Reply, error) {
+				trace = append(trace, name)
+				if answer {
+					return Synth(req, dns.RcodeSuccess, nil, nil)
+				}
+				return next.ServeDNS(ctx, req)
+			})
+		})
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("a.example.", dns.TypeA)
+	raw, _ := m.Pack()
+	q, err := dnswire.ParseQuery(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &Request{Raw: raw, Q: q}
+
+	stages := []Stage{mark("outer", false), nil, mark("middle", false), mark("inner", true), mark("never", true)}
+	if got := strings.Join(Names(stages), " "); got != "outer middle inner never" {
+		t.Errorf("Names %q", got)
+	}
+	if _, err := Chain(stages...).ServeDNS(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(trace, " "); got != "outer middle inner" {
+		t.Errorf("order %q, want outer middle inner", got)
+	}
+
+	trace = nil
+	_, err = Chain(mark("a", false), mark("last", false)).ServeDNS(context.Background(), req)
+	var se *Error
+	if !errors.As(err, &se) || se.Rcode != dns.RcodeServerFailure || !strings.Contains(err.Error(), "last") {
+		t.Errorf("passed on by the innermost: %v", err)
+	}
+	if got := strings.Join(trace, " "); got != "a last" {
+		t.Errorf("order %q", got)
+	}
+
+	// Answer is innermost: it never calls what lies past it.
+	h := Chain(mark("x", false), Answer("stub", HandlerFunc(func(ctx context.Context, req *Request) (*dnswire.Reply, error) {
+		return Synth(req, dns.RcodeNameError, nil, nil)
+	})))
+	r, err := h.ServeDNS(context.Background(), req)
+	if err != nil || r.Rcode() != dns.RcodeNameError {
+		t.Errorf("Answer: %v %v", r, err)
 	}
 }
