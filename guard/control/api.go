@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -463,24 +462,9 @@ func (s *Server) override(w *minihttp.ResponseWriter, r *minihttp.Request) {
 		fail(w, 503, "no device registry")
 		return
 	}
-	var o device.Override
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&o); err != nil {
-		fail(w, 400, "want {\"class\": NAME, \"strict\": true|false, \"exempt\": true|false}: "+err.Error())
-		return
-	}
-	if o.Class != "" && !slices.Contains(reg.ClassNames(), o.Class) {
-		fail(w, 400, fmt.Sprintf("no class %q in the config (GET /api/v1/classes)", o.Class))
-		return
-	}
 	id := r.PathValue("id")
-	if _, err := reg.SetOverride(id, &o); err != nil {
-		if errors.Is(err, device.ErrUnknownDevice) {
-			fail(w, 404, "no such device")
-			return
-		}
-		fail(w, 500, err.Error())
+	if _, code, err := setOverride(reg, id, r.Body); err != nil {
+		fail(w, code, err.Error())
 		return
 	}
 	s.opts.Log.Info("api: device override", "device", id, "client", clientOf(r))

@@ -57,29 +57,20 @@ func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, 
 		_ = json.NewEncoder(w).Encode(reg.Stats())
 	})
 	mux.HandleFunc("PUT /devices/{id}/override", func(w *minihttp.ResponseWriter, req *minihttp.Request) {
-		var o device.Override
-		if req.ContentLength > maxSocketBody {
+		if req.ContentLength > maxBody {
 			minihttp.Error(w, "override larger than 4096 octets", 413)
 			return
 		}
-		if err := json.NewDecoder(req.Body).Decode(&o); err != nil {
-			minihttp.Error(w, err.Error(), 400)
-			return
-		}
-		d, err := reg.SetOverride(req.PathValue("id"), &o)
-		if errors.Is(err, device.ErrUnknownDevice) {
-			minihttp.Error(w, err.Error(), 404)
-			return
-		}
+		d, code, err := setOverride(reg, req.PathValue("id"), req.Body)
 		if err != nil {
-			minihttp.Error(w, err.Error(), 500)
+			minihttp.Error(w, err.Error(), code)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d)
 	})
 	c := &Socket{
-		srv:  &minihttp.Server{Handler: mux, MaxBody: maxSocketBody, Log: log},
+		srv:  &minihttp.Server{Handler: mux, MaxBody: maxBody, Log: log},
 		path: path,
 		done: make(chan struct{}),
 	}
@@ -91,9 +82,6 @@ func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, 
 	}()
 	return c, nil
 }
-
-// maxSocketBody bounds an override's JSON.
-const maxSocketBody = 4096
 
 // Close stops serving (requests being answered finish until ctx ends) and
 // removes the socket.
@@ -145,32 +133,26 @@ func PutOverride(ctx context.Context, path, id string, o device.Override) (devic
 
 // FetchViews asks a running guard for its device table.
 func FetchViews(ctx context.Context, path string) ([]device.View, error) {
-	resp, err := socketDo(ctx, path, "GET", "/devices", nil)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != 200 {
-		return nil, fmt.Errorf("control: socket %s: %s", path, resp.Status)
-	}
-	var views []device.View
-	if err := json.Unmarshal(resp.Body, &views); err != nil {
-		return nil, fmt.Errorf("control: socket %s: %w", path, err)
-	}
-	return views, nil
+	return socketGet[[]device.View](ctx, path, "/devices")
 }
 
 // FetchDeviceStats asks a running guard for its registry's counters.
 func FetchDeviceStats(ctx context.Context, path string) (device.Stats, error) {
-	var st device.Stats
-	resp, err := socketDo(ctx, path, "GET", "/stats", nil)
+	return socketGet[device.Stats](ctx, path, "/stats")
+}
+
+// socketGet asks the guard's socket at path for target's JSON.
+func socketGet[T any](ctx context.Context, path, target string) (T, error) {
+	var v T
+	resp, err := socketDo(ctx, path, "GET", target, nil)
 	if err != nil {
-		return st, err
+		return v, err
 	}
 	if resp.StatusCode != 200 {
-		return st, fmt.Errorf("control: socket %s: %s", path, resp.Status)
+		return v, fmt.Errorf("control: socket %s: %s", path, resp.Status)
 	}
-	if err := json.Unmarshal(resp.Body, &st); err != nil {
-		return st, fmt.Errorf("control: socket %s: %w", path, err)
+	if err := json.Unmarshal(resp.Body, &v); err != nil {
+		return v, fmt.Errorf("control: socket %s: %w", path, err)
 	}
-	return st, nil
+	return v, nil
 }

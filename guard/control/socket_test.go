@@ -12,14 +12,16 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/policy"
 )
 
 // The control socket end to end: the table, an override set and cleared,
-// an unknown device, a stale socket file replaced, the socket removed on
-// Close.
+// an unknown device, an unknown class and a body that is no override
+// refused as the API refuses them, a stale socket file replaced, the
+// socket removed on Close.
 func TestControlSocket(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	reg, err := device.NewRegistry(device.Options{Log: log})
+	reg, err := device.NewRegistry(device.Options{Log: log, Classes: []policy.Class{{Name: "cams"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +53,17 @@ func TestControlSocket(t *testing.T) {
 	if views, _ := FetchViews(ctx, path); len(views) != 1 || views[0].Override == nil || !*views[0].Override.Strict {
 		t.Errorf("override not in the table: %+v", views)
 	}
-	if d, err := PutOverride(ctx, path, mac, device.Override{}); err != nil || d.Strict {
+	if d, err := PutOverride(ctx, path, mac, device.Override{Class: "cams"}); err != nil || d.Class != "cams" {
+		t.Errorf("class: %+v %v", d, err)
+	}
+	if d, err := PutOverride(ctx, path, mac, device.Override{}); err != nil || d.Strict || d.Class != "" {
 		t.Errorf("clear: %+v %v", d, err)
+	}
+	if _, err := PutOverride(ctx, path, mac, device.Override{Class: "no-such-class"}); err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), `no class "no-such-class"`) {
+		t.Errorf("unknown class: %v", err)
+	}
+	if resp, err := socketDo(ctx, path, "PUT", "/devices/"+mac+"/override", []byte(`{"colour":"red"}`)); err != nil || resp.StatusCode != 400 {
+		t.Errorf("unknown field: %+v %v", resp, err)
 	}
 	if _, err := PutOverride(ctx, path, "02:00:00:00:00:99", device.Override{Strict: &yes}); err == nil || !strings.Contains(err.Error(), "404") || !strings.Contains(err.Error(), "no such device") {
 		t.Errorf("unknown device: %v", err)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -41,6 +42,18 @@ func lanNamespace(t *testing.T, prefix string) string {
 	return ns
 }
 
+// watchIn starts WatchNeighbours in the namespace ns: its netlink sockets
+// are opened there, on a locked thread.
+func watchIn(ns string, ctx context.Context, lan []string, onGone func(mac string), log *slog.Logger) (*Neighbours, error) {
+	var n *Neighbours
+	err := testenv.InNetns(ns, func() error {
+		var err error
+		n, err = WatchNeighbours(ctx, lan, onGone, log)
+		return err
+	})
+	return n, err
+}
+
 // TestNeighbours follows a namespace's neighbour table: an entry added is
 // found by IP, its deletion reports the MAC gone, the router's own
 // addresses are local and the LAN prefix is known.
@@ -51,13 +64,7 @@ func TestNeighbours(t *testing.T) {
 	gone := make(chan string, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var n *Neighbours
-	// The netlink sockets are opened in the namespace, on a locked thread.
-	err := testenv.InNetns(ns, func() error {
-		var err error
-		n, err = WatchNeighbours(ctx, []string{"lan0"}, func(mac string) { gone <- mac }, quiet())
-		return err
-	})
+	n, err := watchIn(ns, ctx, []string{"lan0"}, func(mac string) { gone <- mac }, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,12 +109,8 @@ func TestNeighboursQuietStop(t *testing.T) {
 	var logs logBuf
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var n *Neighbours
-	if err := testenv.InNetns(ns, func() error {
-		var err error
-		n, err = WatchNeighbours(ctx, []string{"lan0"}, nil, logs.logger())
-		return err
-	}); err != nil {
+	n, err := watchIn(ns, ctx, []string{"lan0"}, nil, logs.logger())
+	if err != nil {
 		t.Fatal(err)
 	}
 	mon := exec.Command("ip", "-n", ns, "monitor", "neigh", "address")
@@ -117,12 +120,8 @@ func TestNeighboursQuietStop(t *testing.T) {
 	for i := range 5 {
 		// Another subscriber in this process, listing what exists.
 		octx, ocancel := context.WithCancel(context.Background())
-		var other *Neighbours
-		if err := testenv.InNetns(ns, func() error {
-			var err error
-			other, err = WatchNeighbours(octx, []string{"lan0"}, nil, quiet())
-			return err
-		}); err != nil {
+		other, err := watchIn(ns, octx, []string{"lan0"}, nil, quiet())
+		if err != nil {
 			t.Fatal(err)
 		}
 		ip := netip.AddrFrom4([4]byte{10, 9, 0, byte(10 + i)}).String()
@@ -178,12 +177,8 @@ func TestNeighboursLateLAN(t *testing.T) {
 	ns := lanNamespace(t, "dgll")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var n *Neighbours
-	if err := testenv.InNetns(ns, func() error {
-		var err error
-		n, err = WatchNeighbours(ctx, []string{"br-late"}, nil, quiet())
-		return err
-	}); err != nil {
+	n, err := watchIn(ns, ctx, []string{"br-late"}, nil, quiet())
+	if err != nil {
 		t.Fatalf("a missing LAN interface stopped the watch: %v", err)
 	}
 	defer func() { cancel(); n.Wait() }()

@@ -2,6 +2,7 @@ package device
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 )
@@ -81,9 +82,7 @@ func (r *Registry) ObserveQuery(mac string, dst netip.AddrPort, q Observation) {
 	agree := r.agrees(mac, ip)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.learnLocked(ip, mac)
-	e := r.entryLocked(mac, mac, now, agree)
-	e.rec.noteIP(ip.String())
+	e := r.packetLocked(mac, ip, now, agree)
 	if !local {
 		e.rec.noteBypass("do53", dst.String(), now)
 		r.onBypass(mac, "do53", dst)
@@ -107,11 +106,19 @@ func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind strin
 	agree := r.agrees(mac, ip)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	e := r.packetLocked(mac, ip, now, agree)
+	e.rec.noteBypass(kind, dst.String(), now)
+	r.onBypass(mac, kind, dst)
+}
+
+// packetLocked takes in a logged packet from mac at ip: the address's
+// MAC is learned, and the device's entry (made if new, confirmed if agree)
+// notes the address. r.mu held.
+func (r *Registry) packetLocked(mac string, ip netip.Addr, now time.Time, agree bool) *entry {
 	r.learnLocked(ip, mac)
 	e := r.entryLocked(mac, mac, now, agree)
 	e.rec.noteIP(ip.String())
-	e.rec.noteBypass(kind, dst.String(), now)
-	r.onBypass(mac, kind, dst)
+	return e
 }
 
 // onBypass tells Options.OnBypass of an attempt (r.mu held).

@@ -2,12 +2,9 @@ package device
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"net"
 	"net/netip"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -107,17 +104,7 @@ func FuzzParseRtnl(f *testing.F) {
 // The subscription against a real kernel in a namespace: what exists is
 // listed, then IPv6 and IPv4 changes arrive, additions and removals.
 func TestRtnlSubscribe(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.Require(t, "ip")
-	b := make([]byte, 4)
-	rand.Read(b)
-	ns := "dgrt-" + hex.EncodeToString(b)
-	sh(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	sh(t, "ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", "lan0p")
-	sh(t, "ip", "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "lan0")
-	sh(t, "ip", "-n", ns, "link", "set", "lan0", "up")
-	sh(t, "ip", "-n", ns, "link", "set", "lan0p", "up")
+	ns := lanNamespace(t, "dgrt")
 	sh(t, "ip", "-n", ns, "neigh", "add", "10.9.0.7", "lladdr", "02:00:00:00:00:07", "dev", "lan0", "nud", "permanent")
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -129,32 +116,8 @@ func TestRtnlSubscribe(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitNeigh := func(what string, f func(neighUpdate) bool) {
-		t.Helper()
-		for {
-			select {
-			case u := <-neigh:
-				if f(u) {
-					return
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("no %s", what)
-			}
-		}
-	}
-	waitAddr := func(what string, f func(addrUpdate) bool) {
-		t.Helper()
-		for {
-			select {
-			case u := <-addr:
-				if f(u) {
-					return
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatalf("no %s", what)
-			}
-		}
-	}
+	waitNeigh := func(what string, f func(neighUpdate) bool) { t.Helper(); receiveUntil(t, neigh, what, f) }
+	waitAddr := func(what string, f func(addrUpdate) bool) { t.Helper(); receiveUntil(t, addr, what, f) }
 	waitNeigh("listed neighbour", func(u neighUpdate) bool {
 		return u.ip == netip.MustParseAddr("10.9.0.7") && u.mac.String() == "02:00:00:00:00:07" && !u.del
 	})
@@ -183,5 +146,22 @@ func TestRtnlSubscribe(t *testing.T) {
 	case err := <-errs:
 		t.Errorf("a clean stop reported %v", err)
 	default:
+	}
+}
+
+// receiveUntil takes updates from ch until one satisfies f; it fails the
+// test if none has within 10 s.
+func receiveUntil[T any](t *testing.T, ch <-chan T, what string, f func(T) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case u := <-ch:
+			if f(u) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s", what)
+		}
 	}
 }
