@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	be "encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -73,12 +71,7 @@ func (l *nameLog) all() []string {
 
 func newHome(t *testing.T) *home {
 	t.Helper()
-	testenv.Short(t)
-	testenv.RequireRoot(t)
-	testenv.Require(t, "ip", "nft", "dig", "dnsmasq")
-	b := make([]byte, 3)
-	rand.Read(b)
-	id := hex.EncodeToString(b)
+	id, b := testbedID(t, "ip", "nft", "dig", "dnsmasq")
 	n := 20 + int(b[0])%200
 	h := &home{dev: "dhd-" + id, rtr: "dhr-" + id, wan: "dhw-" + id, dir: t.TempDir(),
 		net4: fmt.Sprintf("10.%d.0", n)}
@@ -86,13 +79,7 @@ func newHome(t *testing.T) *home {
 	h.lan6, h.dev6 = fmt.Sprintf("fd%02x::1", n), fmt.Sprintf("fd%02x::50", n)
 	h.ll = "fe80::1"
 	h.state = filepath.Join(h.dir, "state.db")
-	for _, ns := range []string{h.dev, h.rtr, h.wan} {
-		sh(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		// No duplicate address detection: addresses usable at once.
-		sh(t, "ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
+	newNamespaces(t, h.dev, h.rtr, h.wan)
 	// LAN: br-lan in rtr, one port to the device.
 	sh(t, "ip", "-n", h.rtr, "link", "add", "br-lan", "type", "bridge")
 	sh(t, "ip", "link", "add", "dhl"+id, "type", "veth", "peer", "name", "dhm"+id)
@@ -104,24 +91,8 @@ func newHome(t *testing.T) *home {
 	sh(t, "ip", "-n", h.rtr, "addr", "add", h.ll+"/64", "dev", "br-lan", "nodad")
 	sh(t, "ip", "-n", h.rtr, "link", "set", "lanp0", "up")
 	sh(t, "ip", "-n", h.rtr, "link", "set", "br-lan", "up")
-	// WAN.
-	sh(t, "ip", "link", "add", "dhw"+id, "type", "veth", "peer", "name", "dhx"+id)
-	sh(t, "ip", "link", "set", "dhw"+id, "netns", h.rtr, "name", "wan0")
-	sh(t, "ip", "link", "set", "dhx"+id, "netns", h.wan, "name", "wan0")
-	sh(t, "ip", "-n", h.rtr, "addr", "add", "10.78.0.1/24", "dev", "wan0")
-	sh(t, "ip", "-n", h.rtr, "addr", "add", "fd78::1/64", "dev", "wan0", "nodad")
-	sh(t, "ip", "-n", h.rtr, "link", "set", "wan0", "up")
-	sh(t, "ip", "-n", h.rtr, "route", "add", "default", "via", "10.78.0.2")
-	sh(t, "ip", "-n", h.rtr, "-6", "route", "add", "default", "via", "fd78::2")
-	sh(t, "ip", "netns", "exec", h.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-	sh(t, "ip", "-n", h.wan, "addr", "add", "10.78.0.2/24", "dev", "wan0")
-	sh(t, "ip", "-n", h.wan, "addr", "add", "fd78::2/64", "dev", "wan0", "nodad")
-	sh(t, "ip", "-n", h.wan, "link", "set", "wan0", "up")
-	sh(t, "ip", "-n", h.wan, "addr", "add", "8.8.8.8/32", "dev", "lo")
-	sh(t, "ip", "-n", h.wan, "addr", "add", homeFarClient+"/32", "dev", "lo") // a client beyond the WAN link
-	sh(t, "ip", "-n", h.wan, "addr", "add", "2001:4860:4860::8888/128", "dev", "lo", "nodad")
-	sh(t, "ip", "-n", h.wan, "route", "add", h.net4+".0/24", "via", "10.78.0.1")
-	sh(t, "ip", "-n", h.wan, "-6", "route", "add", strings.TrimSuffix(h.lan6, "1")+"/64", "via", "fd78::1")
+	// WAN, with a client beyond the WAN link on its loopback.
+	linkWAN(t, h.rtr, h.wan, "dhw"+id, "dhx"+id, h.net4+".0/24", strings.TrimSuffix(h.lan6, "1")+"/64", homeFarClient+"/32")
 	// The device: dual stack, its link-local address from its MAC.
 	sh(t, "ip", "-n", h.dev, "link", "set", "eth0", "address", homeDevMAC)
 	sh(t, "ip", "-n", h.dev, "addr", "add", h.dev4+"/24", "dev", "eth0")
@@ -130,66 +101,8 @@ func newHome(t *testing.T) *home {
 	sh(t, "ip", "-n", h.dev, "route", "add", "default", "via", h.lan4)
 	sh(t, "ip", "-n", h.dev, "-6", "route", "add", "default", "via", h.lan6)
 
-	h.up = h.startWAN(t)
+	h.up = startWANDNS(t, h.wan, homeUpstreamAnswer, homeStandinAnswer, nil)
 	return h
-}
-
-// startWAN serves, in the wan namespace, the guard's upstream on
-// 10.78.0.2:53 (A 93.184.216.34 for every name, each name recorded) and
-// the public resolvers' stand-ins (A 6.6.6.6: a device that gets this
-// was not intercepted).
-func (h *home) startWAN(t *testing.T) *nameLog {
-	t.Helper()
-	up := &nameLog{}
-	answer := func(a string, log *nameLog) dns.HandlerFunc {
-		return func(w dns.ResponseWriter, r *dns.Msg) {
-			m := new(dns.Msg)
-			m.SetReply(r)
-			if len(r.Question) == 1 {
-				q := r.Question[0]
-				if log != nil {
-					log.add(q.Name)
-				}
-				if q.Qtype == dns.TypeA {
-					rr, _ := dns.NewRR(fmt.Sprintf("%s 300 IN A %s", q.Name, a))
-					m.Answer = append(m.Answer, rr)
-				}
-			}
-			w.WriteMsg(m)
-		}
-	}
-	var servers []*dns.Server
-	err := testenv.InNetns(h.wan, func() error {
-		for _, s := range []struct {
-			addr, a string
-			log     *nameLog
-		}{
-			{"10.78.0.2:53", homeUpstreamAnswer, up},
-			{"8.8.8.8:53", homeStandinAnswer, nil},
-			{"[2001:4860:4860::8888]:53", homeStandinAnswer, nil},
-		} {
-			pc, err := net.ListenPacket("udp", s.addr)
-			if err != nil {
-				return err
-			}
-			ln, err := net.Listen("tcp", s.addr)
-			if err != nil {
-				return err
-			}
-			servers = append(servers,
-				&dns.Server{PacketConn: pc, Handler: answer(s.a, s.log)},
-				&dns.Server{Listener: ln, Handler: answer(s.a, s.log)})
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range servers {
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
-	}
-	return up
 }
 
 // startDnsmasq runs Debian's dnsmasq in rtr the way the package leaves

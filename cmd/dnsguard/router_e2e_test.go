@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,45 +49,17 @@ type testbed struct {
 
 func newTestbed(t *testing.T) *testbed {
 	t.Helper()
-	testenv.Short(t)
-	testenv.RequireRoot(t)
-	testenv.Require(t, "ip", "nft", "dig", "kdig")
-	b := make([]byte, 3)
-	rand.Read(b)
-	id := hex.EncodeToString(b)
+	id, _ := testbedID(t, "ip", "nft", "dig", "kdig")
 	tb := &testbed{dev: "dgd-" + id, rtr: "dgr-" + id, wan: "dgw-" + id, dir: t.TempDir()}
 	tb.state = filepath.Join(tb.dir, "state.db")
-	for _, ns := range []string{tb.dev, tb.rtr, tb.wan} {
-		sh(t, "ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
+	newNamespaces(t, tb.dev, tb.rtr, tb.wan)
 	sh(t, "ip", "link", "add", "dgl"+id, "type", "veth", "peer", "name", "dgm"+id)
 	sh(t, "ip", "link", "set", "dgl"+id, "netns", tb.rtr, "name", "lan0")
 	sh(t, "ip", "link", "set", "dgm"+id, "netns", tb.dev, "name", "eth0")
-	sh(t, "ip", "link", "add", "dgw"+id, "type", "veth", "peer", "name", "dgx"+id)
-	sh(t, "ip", "link", "set", "dgw"+id, "netns", tb.rtr, "name", "wan0")
-	sh(t, "ip", "link", "set", "dgx"+id, "netns", tb.wan, "name", "wan0")
-
 	sh(t, "ip", "-n", tb.rtr, "addr", "add", rtrLAN4+"/24", "dev", "lan0")
 	sh(t, "ip", "-n", tb.rtr, "addr", "add", rtrLAN6+"/64", "dev", "lan0", "nodad")
-	sh(t, "ip", "-n", tb.rtr, "addr", "add", "10.78.0.1/24", "dev", "wan0")
-	sh(t, "ip", "-n", tb.rtr, "addr", "add", "fd78::1/64", "dev", "wan0", "nodad")
 	sh(t, "ip", "-n", tb.rtr, "link", "set", "lan0", "up")
-	sh(t, "ip", "-n", tb.rtr, "link", "set", "wan0", "up")
-	sh(t, "ip", "-n", tb.rtr, "route", "add", "default", "via", "10.78.0.2")
-	sh(t, "ip", "-n", tb.rtr, "-6", "route", "add", "default", "via", "fd78::2")
-	sh(t, "ip", "netns", "exec", tb.rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-
-	sh(t, "ip", "-n", tb.wan, "addr", "add", "10.78.0.2/24", "dev", "wan0")
-	sh(t, "ip", "-n", tb.wan, "addr", "add", "fd78::2/64", "dev", "wan0", "nodad")
-	sh(t, "ip", "-n", tb.wan, "link", "set", "wan0", "up")
-	for _, a := range []string{"8.8.8.8/32", "1.1.1.1/32", dohResolved + "/32", dohFixed + "/32"} {
-		sh(t, "ip", "-n", tb.wan, "addr", "add", a, "dev", "lo")
-	}
-	sh(t, "ip", "-n", tb.wan, "addr", "add", "2001:4860:4860::8888/128", "dev", "lo", "nodad")
-	sh(t, "ip", "-n", tb.wan, "route", "add", "10.10.10.0/24", "via", "10.78.0.1")
-	sh(t, "ip", "-n", tb.wan, "-6", "route", "add", "fd10::/64", "via", "fd78::1")
+	linkWAN(t, tb.rtr, tb.wan, "dgw"+id, "dgx"+id, "10.10.10.0/24", "fd10::/64", "1.1.1.1/32", dohResolved+"/32", dohFixed+"/32")
 
 	tb.setDevice(t, "02:d9:00:00:00:01", "10.10.10.2", "fd10::2")
 	tb.startWAN(t)
@@ -137,76 +107,13 @@ func sh(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// startWAN starts the upstream and the stand-ins inside the wan namespace.
+// startWAN starts the upstream and the stand-ins inside the wan
+// namespace: doh.test resolves to dohResolved; DoT on 1.1.1.1:853 and
+// DoH on the two DoH addresses accept connections.
 func (tb *testbed) startWAN(t *testing.T) {
 	t.Helper()
-	answer := func(a4 string) dns.HandlerFunc {
-		return func(w dns.ResponseWriter, r *dns.Msg) {
-			m := new(dns.Msg)
-			m.SetReply(r)
-			if len(r.Question) == 1 {
-				q := r.Question[0]
-				ip := a4
-				if strings.EqualFold(q.Name, "doh.test.") {
-					ip = dohResolved
-				}
-				if q.Qtype == dns.TypeA {
-					rr, _ := dns.NewRR(fmt.Sprintf("%s 300 IN A %s", q.Name, ip))
-					m.Answer = append(m.Answer, rr)
-				}
-			}
-			w.WriteMsg(m)
-		}
-	}
-	var servers []*dns.Server
-	var listeners []net.Listener
-	err := testenv.InNetns(tb.wan, func() error {
-		for _, s := range []struct{ addr, a string }{
-			{"10.78.0.2:53", guardAnswer},
-			{"8.8.8.8:53", standinAnswer},
-			{"[2001:4860:4860::8888]:53", standinAnswer},
-		} {
-			pc, err := net.ListenPacket("udp", s.addr)
-			if err != nil {
-				return err
-			}
-			ln, err := net.Listen("tcp", s.addr)
-			if err != nil {
-				return err
-			}
-			servers = append(servers,
-				&dns.Server{PacketConn: pc, Handler: answer(s.a)},
-				&dns.Server{Listener: ln, Handler: answer(s.a)})
-		}
-		for _, a := range []string{"1.1.1.1:853", dohResolved + ":443", dohFixed + ":443"} {
-			ln, err := net.Listen("tcp", a)
-			if err != nil {
-				return err
-			}
-			listeners = append(listeners, ln)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range servers {
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
-	}
-	for _, ln := range listeners {
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte("stand-in reached\n"))
-				c.Close()
-			}
-		}()
-		t.Cleanup(func() { ln.Close() })
-	}
+	startWANDNS(t, tb.wan, guardAnswer, standinAnswer, map[string]string{"doh.test.": dohResolved})
+	startTCPStandIns(t, tb.wan, "1.1.1.1:853", dohResolved+":443", dohFixed+":443")
 }
 
 // startGuard runs dnsguard inside the rtr namespace, intercepting lan0.
