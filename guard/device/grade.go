@@ -2,10 +2,8 @@ package device
 
 import (
 	"fmt"
-	"hash/maphash"
 	"time"
 
-	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/entropy"
 )
 
@@ -30,28 +28,9 @@ func (r *Registry) observeLocked(e *entry, o *Observation, now time.Time) {
 	} else {
 		e.rec.NoEDNSQueries++
 	}
-	// Retransmissions (same question and ID, from the same port or a
-	// new one: some stubs retry on a fresh socket) are no evidence; the
-	// sequential grading would otherwise read three tries of one query
-	// as a constant ID.
-	var h maphash.Hash
-	h.SetSeed(r.seed)
-	var name [dnswire.MaxName + 1]byte
-	h.Write(q.LowerName(name[:0]))
-	var b [4]byte
-	b[0], b[1], b[2], b[3] = byte(q.ID>>8), byte(q.ID), byte(q.Type>>8), byte(q.Type)
-	h.Write(b[:])
-	sum := h.Sum64()
-	t := now.UnixNano()
-	for i := range e.recent {
-		if e.recent[i] == sum && t-e.recentAt[i] < int64(30*time.Second) {
-			e.recentAt[i] = t // a device retrying the same question for long is still retrying
-			return
-		}
+	if e.recent.retry(retransKey(r.seed, q), now.UnixNano()) {
+		return // a retransmission is no evidence (retrans.go)
 	}
-	slot := int(e.nRecent) % len(e.recent)
-	e.recent[slot], e.recentAt[slot] = sum, t
-	e.nRecent = uint8(slot + 1)
 
 	boot := e.rec.Boots
 	if e.ids == nil {

@@ -44,28 +44,6 @@ func TestRegistryGradesWeakDeviceStrictOnce(t *testing.T) {
 	}
 }
 
-func TestRegistryRetransmissionsAreNoEvidence(t *testing.T) {
-	clk := newClock()
-	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
-	src := netip.MustParseAddrPort("10.0.0.2:5000")
-	for range 50 {
-		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:09", netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(src, 0x1234, "same.example."))
-	}
-	if got := reg.Snapshot()[0].Observed; got != 1 {
-		t.Errorf("observed %d, want 1 (the rest are retransmissions)", got)
-	}
-	// Retries of one query from fresh ports are retransmissions too: three
-	// of them are not a constant ID.
-	for i := range 3 {
-		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:09", netip.MustParseAddrPort("10.0.0.1:53"), udpQuery(netip.AddrPortFrom(src.Addr(), uint16(6000+i)), 0x5678, "retry.example."))
-	}
-	if r := reg.Snapshot()[0]; r.Observed != 2 || r.Strict {
-		t.Errorf("retries on new ports: observed %d strict %v, want 2 and not strict", r.Observed, r.Strict)
-	}
-}
-
 func TestRegistrySameQueryEveryBootCounts(t *testing.T) {
 	clk := newClock()
 	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
@@ -230,23 +208,5 @@ func TestRegistryBitmapBudget(t *testing.T) {
 		if v.TXID.Verdict != "random" || v.Port.Verdict != "random" || v.Strict {
 			t.Errorf("%s graded %s/%s strict=%v: %s", v.ID, v.TXID.Verdict, v.Port.Verdict, v.Strict, v.TXID.Detail)
 		}
-	}
-}
-
-// TestRegistryRetransmissionIgnoresCase: a retry of one question in other
-// letter case (a stub doing 0x20) is the same question: not new evidence.
-func TestRegistryRetransmissionIgnoresCase(t *testing.T) {
-	clk := newClock()
-	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
-	src := netip.MustParseAddrPort("10.0.0.2:5000")
-	dst := netip.MustParseAddrPort("10.0.0.1:53")
-	for _, name := range []string{"case.example.", "CaSe.ExAmPlE.", "CASE.EXAMPLE."} {
-		clk.add(time.Second)
-		reg.ObserveQuery("02:00:00:00:00:0a", dst, udpQuery(src, 0x4242, name))
-	}
-	clk.add(time.Second)
-	reg.ObserveQuery("02:00:00:00:00:0a", dst, udpQuery(src, 0x4242, "other.example."))
-	if got := reg.Snapshot()[0].Observed; got != 2 {
-		t.Errorf("observed %d, want 2 (one question in three spellings, one other)", got)
 	}
 }

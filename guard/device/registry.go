@@ -56,8 +56,9 @@ const LocalID = "local"
 //   - learn.go: who a client is (Identify), MACs learned from the
 //     neighbour table, logged packets and DHCP leases;
 //   - table.go: the bounded table of confirmed and unconfirmed records;
-//   - observation.go, grade.go: what a query tells about its device,
-//     retransmissions dropped, IDs and ports graded, the strict class;
+//   - observation.go: what a query or a logged packet tells about its
+//     device; retrans.go: retransmissions told from new queries;
+//     grade.go: IDs and ports graded, the strict class;
 //   - override.go: classes and the operator's overrides;
 //   - flush.go: batches written to the store, the persistent copy;
 //   - exempt.go: the MACs the nftables table must not intercept;
@@ -103,10 +104,8 @@ type Registry struct {
 type entry struct {
 	rec        *Record
 	ids, ports *entropy.Estimator // nil until the device's own traffic is graded
-	recent     [8]uint64          // hashes of the last queries, to drop retransmissions
-	recentAt   [8]int64           // and when (unix ns)
-	nRecent    uint8
-	away       bool // neighbour gone: the next sighting is a new boot
+	recent     recentQueries      // the last queries, to drop retransmissions
+	away       bool               // neighbour gone: the next sighting is a new boot
 	confirmed  bool
 	ungraded   uint8
 	decision   Decision

@@ -49,8 +49,7 @@ func (r *Registry) entryLocked(id, mac string, now time.Time, confirmed bool) *e
 	if e.away {
 		e.away = false
 		e.rec.Boots++
-		e.nRecent = 0 // a query repeated after a reboot is not a retransmission
-		clear(e.recent[:])
+		e.recent.reset() // a query repeated after a reboot is not a retransmission
 	}
 	e.rec.LastSeen = now
 	r.markLocked(e)
