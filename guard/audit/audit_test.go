@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -472,58 +471,6 @@ func TestDeviceFilterAndJSON(t *testing.T) {
 	}
 	if _, err := New(Options{Devices: []string{"not-a-mac"}}); err == nil {
 		t.Error("bad --device accepted")
-	}
-}
-
-// TestHTMLInChromium renders the HTML report of real captures in headless
-// Chromium and checks the script drew every plot.
-func TestHTMLInChromium(t *testing.T) {
-	chromium := testenv.Require(t, "chromium")[0]
-	files, _ := filepath.Glob(filepath.Join(sentinel, "HueBridge", "*.pcap"))
-	more, _ := filepath.Glob(filepath.Join(sentinel, "Aria", "*.pcap"))
-	files = append(files, more...)
-	if len(files) == 0 {
-		testenv.Data(t, "iot-sentinel")
-		t.Fatal("no such captures in ../shared/data/iot-sentinel")
-	}
-	rep := auditFiles(t, Options{}, files...)
-	dir := t.TempDir()
-	page := filepath.Join(dir, "report.html")
-	f, err := os.Create(page)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rep.WriteHTML(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	withQueries := 0
-	for _, d := range rep.Devices {
-		if d.Queries > 0 {
-			withQueries++
-		}
-	}
-	cmd := exec.Command(chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir="+filepath.Join(dir, "profile"), "--dump-dom", "file://"+page)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	dom, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium: %v\n%s", err, stderr.String())
-	}
-	want := 4 * withQueries
-	if !bytes.Contains(dom, []byte(`data-rendered="`+strconv.Itoa(want)+`"`)) || !bytes.Contains(dom, []byte("rendered "+strconv.Itoa(want)+" plots")) {
-		t.Fatalf("plots not rendered (want %d):\n%.2000s\n%s", want, dom, stderr.String())
-	}
-	if n := bytes.Count(dom, []byte("<svg")); n != want {
-		t.Errorf("%d <svg> elements, want %d", n, want)
-	}
-	if n := bytes.Count(dom, []byte("<circle")); n < 1166 {
-		t.Errorf("%d points drawn, want the HueBridge's 1166 IDs and ports", n)
-	}
-	if !bytes.Contains(dom, []byte(`<span class="weak"`)) || !bytes.Contains(dom, []byte("weak (constant)")) {
-		t.Error("verdicts missing from the rendered page")
 	}
 }
 

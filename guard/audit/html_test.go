@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -87,12 +88,11 @@ func TestHTMLEscapesHostileStrings(t *testing.T) {
 	}
 }
 
-// TestHTMLHostileInChromium: Chromium renders the hostile report with
-// every plot drawn, the hostile names shown as text, and no element made
-// of them.
-func TestHTMLHostileInChromium(t *testing.T) {
+// renderedDOM writes rep's HTML report and returns the page as headless
+// Chromium renders it, after its script ran.
+func renderedDOM(t *testing.T, rep *Report) []byte {
+	t.Helper()
 	chromium := testenv.Require(t, "chromium")[0]
-	rep := hostileReport(t)
 	dir := t.TempDir()
 	page := filepath.Join(dir, "report.html")
 	var out bytes.Buffer
@@ -111,8 +111,49 @@ func TestHTMLHostileInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chromium: %v\n%s", err, stderr.String())
 	}
+	return dom
+}
+
+// TestHTMLInChromium renders the HTML report of real captures in headless
+// Chromium and checks the script drew every plot.
+func TestHTMLInChromium(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(sentinel, "HueBridge", "*.pcap"))
+	more, _ := filepath.Glob(filepath.Join(sentinel, "Aria", "*.pcap"))
+	files = append(files, more...)
+	if len(files) == 0 {
+		testenv.Data(t, "iot-sentinel")
+		t.Fatal("no such captures in ../shared/data/iot-sentinel")
+	}
+	rep := auditFiles(t, Options{}, files...)
+	dom := renderedDOM(t, rep)
+	withQueries := 0
+	for _, d := range rep.Devices {
+		if d.Queries > 0 {
+			withQueries++
+		}
+	}
+	want := 4 * withQueries
+	if !bytes.Contains(dom, []byte(`data-rendered="`+strconv.Itoa(want)+`"`)) || !bytes.Contains(dom, []byte("rendered "+strconv.Itoa(want)+" plots")) {
+		t.Fatalf("plots not rendered (want %d):\n%.2000s", want, dom)
+	}
+	if n := bytes.Count(dom, []byte("<svg")); n != want {
+		t.Errorf("%d <svg> elements, want %d", n, want)
+	}
+	if n := bytes.Count(dom, []byte("<circle")); n < 1166 {
+		t.Errorf("%d points drawn, want the HueBridge's 1166 IDs and ports", n)
+	}
+	if !bytes.Contains(dom, []byte(`<span class="weak"`)) || !bytes.Contains(dom, []byte("weak (constant)")) {
+		t.Error("verdicts missing from the rendered page")
+	}
+}
+
+// TestHTMLHostileInChromium: Chromium renders the hostile report with
+// every plot drawn, the hostile names shown as text, and no element made
+// of them.
+func TestHTMLHostileInChromium(t *testing.T) {
+	dom := renderedDOM(t, hostileReport(t))
 	if !bytes.Contains(dom, []byte(`data-rendered="4"`)) {
-		t.Fatalf("plots not rendered: the script broke?\n%.3000s\n%s", dom, stderr.String())
+		t.Fatalf("plots not rendered: the script broke?\n%.3000s", dom)
 	}
 	for _, bad := range []string{"<img", "<svg/", "<!--<"} {
 		if bytes.Contains(dom, []byte(bad)) {
