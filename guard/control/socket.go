@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/device"
 	"github.com/dnsguard/dnsguard/guard/minihttp"
@@ -21,13 +23,19 @@ func SocketPath(stateFile string) string { return stateFile + ".sock" }
 
 // Socket serves the device table as JSON on a unix socket (GET /devices,
 // GET /stats, PUT /devices/{id}/override), for `dnsguard devices` while the guard
-// holds the state file. It is HTTP/1.1 (curl --unix-socket works) served
-// by minihttp, which keeps net/http out of the router binary.
+// holds the state file, and lets a test wait for the registry's next
+// round of upkeep (GET /wait?passes=N). It is HTTP/1.1 (curl
+// --unix-socket works) served by minihttp, which keeps net/http out of
+// the router binary.
 type Socket struct {
 	srv  *minihttp.Server
 	path string
 	done chan struct{}
+	stop context.CancelFunc // ends the waits being served
 }
+
+// maxWait bounds one GET /wait; WaitPasses asks again.
+const maxWait = 10 * time.Second
 
 // ServeSocket starts serving reg's table on the unix socket at path,
 // replacing a stale socket left by a guard that was killed.
@@ -56,6 +64,26 @@ func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, 
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(reg.Stats())
 	})
+	// GET /wait?passes=N answers the registry's counters once more than
+	// N rounds of upkeep are done, or after maxWait, or at Close.
+	waits, stop := context.WithCancel(context.Background())
+	mux.HandleFunc("GET /wait", func(w *minihttp.ResponseWriter, req *minihttp.Request) {
+		q, err := url.ParseQuery(req.RawQuery)
+		if err != nil {
+			minihttp.Error(w, err.Error(), 400)
+			return
+		}
+		after, err := strconv.ParseUint(q.Get("passes"), 10, 64)
+		if err != nil {
+			minihttp.Error(w, "want ?passes=N", 400)
+			return
+		}
+		ctx, cancel := context.WithTimeout(waits, maxWait)
+		defer cancel()
+		_ = reg.Passes.Wait(ctx, after) // the answer says how many there are
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(reg.Stats())
+	})
 	mux.HandleFunc("PUT /devices/{id}/override", func(w *minihttp.ResponseWriter, req *minihttp.Request) {
 		if req.ContentLength > maxBody {
 			minihttp.Error(w, "override larger than 4096 octets", 413)
@@ -73,6 +101,7 @@ func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, 
 		srv:  &minihttp.Server{Handler: mux, MaxBody: maxBody, Log: log},
 		path: path,
 		done: make(chan struct{}),
+		stop: stop,
 	}
 	go func() {
 		defer close(c.done)
@@ -86,6 +115,7 @@ func ServeSocket(path string, reg *device.Registry, log *slog.Logger) (*Socket, 
 // Close stops serving (requests being answered finish until ctx ends) and
 // removes the socket.
 func (c *Socket) Close(ctx context.Context) error {
+	c.stop()
 	err := c.srv.Shutdown(ctx)
 	<-c.done
 	os.Remove(c.path)
@@ -139,6 +169,23 @@ func FetchViews(ctx context.Context, path string) ([]device.View, error) {
 // FetchDeviceStats asks a running guard for its registry's counters.
 func FetchDeviceStats(ctx context.Context, path string) (device.Stats, error) {
 	return socketGet[device.Stats](ctx, path, "/stats")
+}
+
+// WaitPasses waits until the running guard's registry has done more than
+// after rounds of upkeep (each flushes, confirms, reads the leases and
+// sets the exempt set), and returns its counters then. To know that a
+// whole round ran after some point, read Passes then and wait past one
+// more than it (the round under way at that point counts once done).
+func WaitPasses(ctx context.Context, path string, after uint64) (device.Stats, error) {
+	for {
+		st, err := socketGet[device.Stats](ctx, path, "/wait?passes="+strconv.FormatUint(after, 10))
+		if err != nil || st.Passes > after {
+			return st, err
+		}
+		if err := ctx.Err(); err != nil {
+			return st, fmt.Errorf("control: socket %s: waiting for pass %d: %w", path, after+1, err)
+		}
+	}
 }
 
 // socketGet asks the guard's socket at path for target's JSON.

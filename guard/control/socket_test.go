@@ -81,3 +81,53 @@ func TestControlSocket(t *testing.T) {
 		t.Error("answered after Close")
 	}
 }
+
+// TestSocketWaitPasses: a test in another process waits for the
+// registry's rounds of upkeep through the socket; a wait being served
+// does not hold up Close.
+func TestSocketWaitPasses(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	reg, err := device.NewRegistry(device.Options{Log: log, FlushInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := SocketPath(filepath.Join(t.TempDir(), "state.db"))
+	ctl, err := ServeSocket(path, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { reg.Run(runCtx); close(ran) }()
+
+	st0, err := FetchDeviceStats(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := WaitPasses(ctx, path, st0.Passes+1)
+	if err != nil || st.Passes <= st0.Passes+1 {
+		t.Fatalf("after pass %d: %+v %v", st0.Passes+1, st, err)
+	}
+	if resp, err := socketDo(ctx, path, "GET", "/wait?passes=x", nil); err != nil || resp.StatusCode != 400 {
+		t.Errorf("bad count: %+v %v", resp, err)
+	}
+	stopRun()
+	<-ran
+
+	// No more rounds come: the wait lasts until Close ends it.
+	waited := make(chan error, 1)
+	go func() {
+		_, err := WaitPasses(ctx, path, reg.Passes.Load())
+		waited <- err
+	}()
+	closeCtx, cancelClose := context.WithTimeout(ctx, maxWait/2)
+	defer cancelClose()
+	if err := ctl.Close(closeCtx); err != nil {
+		t.Errorf("Close with a wait being served: %v", err)
+	}
+	if err := <-waited; err == nil {
+		t.Error("WaitPasses returned without the pass, and no error")
+	}
+}

@@ -314,9 +314,15 @@ func (r *Registry) Views() []View {
 type Stats struct {
 	MACWaits         uint64 `json:"mac_waits"`           // queries that waited for their MAC
 	MACWaitsTimedOut uint64 `json:"mac_waits_timed_out"` // of those, waits that ended without one
+	Flushes          uint64 `json:"state_flushes"`       // batches written to the store
+	LeasesApplied    uint64 `json:"leases_applied"`      // lease files read and applied
+	Passes           uint64 `json:"passes"`              // rounds of upkeep done (see Registry.Passes)
 }
 
 // Stats returns the registry's counters.
 func (r *Registry) Stats() Stats {
-	return Stats{MACWaits: r.Waits.Taken.Load(), MACWaitsTimedOut: r.Waits.TimedOut.Load()}
+	return Stats{
+		MACWaits: r.Waits.Taken.Load(), MACWaitsTimedOut: r.Waits.TimedOut.Load(),
+		Flushes: r.Flushes.Load(), LeasesApplied: r.LeasesApplied.Load(), Passes: r.Passes.Load(),
+	}
 }
