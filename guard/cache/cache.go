@@ -47,6 +47,11 @@ type Cache struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 	flight singleflight.Group
+
+	// realClock: now is time.Now, so a request's Received time serves
+	// instead (tests that inject a clock keep it for every read).
+	realClock bool
+
 	// gen counts recoveries of the upstream path (Recovered): failures
 	// cached while it was down hold only within their generation.
 	gen   atomic.Uint64
@@ -128,15 +133,18 @@ func (e *entry) size() int64 {
 	return n
 }
 
-// New returns an empty cache under policy p. now may be nil (time.Now).
+// New returns an empty cache under policy p. now may be nil (time.Now):
+// the cache then takes a query's time from its request (Received, read
+// once per batch by the listener) instead of reading the clock again.
 func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
+	realClock := now == nil
 	if now == nil {
 		now = time.Now
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Cache{now: now, log: log, seed: maphash.MakeSeed()}
+	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed()}
 	c.SetPolicy(p)
 	for i := range c.shards {
 		c.shards[i].m = make(map[string]*entry)
@@ -217,7 +225,10 @@ func (c *Cache) Wrap(next stage.Handler) stage.Handler {
 func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handler) (*dnswire.Reply, error) {
 	var kb [dnswire.MaxName + 8]byte
 	key := appendKey(kb[:0], &req.Q)
-	now := c.now()
+	now := req.Received
+	if !c.realClock || now.IsZero() {
+		now = c.now()
+	}
 	p := c.pol.Load()
 	sh := c.shard(key)
 

@@ -498,3 +498,34 @@ func TestHeldFailures(t *testing.T) {
 		t.Errorf("CD=1 query got the CD=0 failure: %v", err)
 	}
 }
+
+// TestReceivedTime: on the real clock a lookup takes the time the query
+// was received (read once per batch by the listener), not a clock read
+// of its own: an answer stored with a 300 s TTL is a hit for a query
+// received 100 s later and a miss for one received 10 minutes later.
+func TestReceivedTime(t *testing.T) {
+	p := policy.Cache{MaxEntries: 1000, MaxBytes: 1 << 20, MinTTL: time.Second, MaxTTL: time.Hour, NegMaxTTL: time.Hour,
+		FailMin: time.Second, FailMax: time.Minute}
+	c := New(p, nil, nil)
+	u := &upstream{}
+	u.ttl.Store(300)
+	h := c.Wrap(u)
+	now := time.Now()
+	ask := func(at time.Time) {
+		t.Helper()
+		req := request(t, "later.example.", true, false)
+		req.Received = at
+		if _, err := h.ServeDNS(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ask(now)
+	ask(now.Add(100 * time.Second))
+	if h, m := c.Stats.Hits.Load(), c.Stats.Misses.Load(); h != 1 || m != 1 {
+		t.Fatalf("%d hits, %d misses after a query 100 s later, want 1 and 1", h, m)
+	}
+	ask(now.Add(10 * time.Minute))
+	if m := c.Stats.Misses.Load(); m != 2 {
+		t.Errorf("%d misses after a query 10 min later, want 2 (expired at the time it was received)", m)
+	}
+}

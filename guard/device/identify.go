@@ -60,9 +60,9 @@ func (s *Identify) Wrap(next stage.Handler) stage.Handler {
 		if opts.WaitForMAC > 0 {
 			reg.waitForMAC(ctx, client, opts.WaitForMAC)
 		}
-		id, mac, d, name := reg.Identify(client)
-		req.Device = &stage.Device{ID: id, MAC: mac, Name: name, Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
-		if d.Strict {
+		dev := reg.DeviceAt(client, req.Received)
+		req.Device = dev // shared and never modified: no allocation
+		if dev.Strict {
 			req.Randomize = true
 		}
 		if !req.OrigDst.IsValid() {
@@ -75,7 +75,7 @@ func (s *Identify) Wrap(next stage.Handler) stage.Handler {
 		if opts.Feed && (opts.Observed == nil || !opts.Observed.Load()) {
 			q = &Observation{Query: &req.Q, Src: req.Client, TCP: req.TCP}
 		}
-		reg.Count(id, OutcomeOf(err), q)
+		reg.CountAt(dev.ID, OutcomeOf(err), q, req.Received)
 		return reply, err
 	})
 }

@@ -3,6 +3,9 @@ package device
 import (
 	"net/netip"
 	"slices"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/stage"
 )
 
 // agrees reports whether mac and ip agree with the neighbour table or a
@@ -105,24 +108,83 @@ func mergeRecords(dst, src *Record) {
 // client, creating the record on first sight. A client whose MAC is not
 // known is kept under its address until the MAC is learned.
 func (r *Registry) Identify(client netip.Addr) (id, mac string, d Decision, name string) {
+	return r.IdentifyAt(client, time.Time{})
+}
+
+// IdentifyAt is Identify for a query received at now (zero: read the
+// clock).
+func (r *Registry) IdentifyAt(client netip.Addr, now time.Time) (id, mac string, d Decision, name string) {
+	dev, d := r.identify(client, now)
+	return dev.ID, dev.MAC, d, dev.Name
+}
+
+// DeviceAt is IdentifyAt as the identify stage wants it: the device's
+// identity and policy as a *stage.Device shared by its queries while
+// nothing in it changes (never modified: a change makes a new one), so
+// that a query allocates nothing for it.
+func (r *Registry) DeviceAt(client netip.Addr, now time.Time) *stage.Device {
+	dev, _ := r.identify(client, now)
+	return dev
+}
+
+func (r *Registry) identify(client netip.Addr, now time.Time) (*stage.Device, Decision) {
 	client = client.Unmap().WithZone("")
 	if client.IsLoopback() || r.isLocal(client) {
-		return LocalID, "", Decision{}, "router"
+		return r.local, Decision{}
 	}
-	mac, _ = r.MAC(client)
+	mac, _ := r.MAC(client)
 	confirmed := r.agrees(mac, client)
-	now := r.opts.Now()
+	now = r.at(now)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id = mac
+	id := mac
 	if mac == "" {
-		id = ipID(client.String())
+		id = r.ipIDLocked(client)
 	} else {
 		r.learnLocked(client, mac)
 	}
 	e := r.entryLocked(id, mac, now, confirmed)
-	e.rec.noteIP(client.String())
-	return id, mac, e.decision, e.rec.Name()
+	if ips := e.rec.IPs; len(ips) == 0 || !sameIP(ips[0], client) {
+		e.rec.noteIP(client.String())
+	}
+	d := e.decision
+	want := stage.Device{ID: id, MAC: mac, Name: e.rec.Name(), Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
+	if e.dev == nil || *e.dev != want {
+		dev := want // only a change allocates
+		e.dev = &dev
+	}
+	return e.dev, d
+}
+
+// at returns now, the time a query was received, or the clock's time
+// when now is zero or the registry runs on an injected clock.
+func (r *Registry) at(now time.Time) time.Time {
+	if !r.realClock || now.IsZero() {
+		return r.opts.Now()
+	}
+	return now
+}
+
+// sameIP reports whether s is the text form of a, without allocating.
+func sameIP(s string, a netip.Addr) bool {
+	b, err := netip.ParseAddr(s)
+	return err == nil && b == a
+}
+
+// ipIDLocked returns ipID(a.String()), remembered for the last addresses
+// asked (a pure function of a, so nothing is ever stale): a device known
+// only by its address costs no allocation per query.
+func (r *Registry) ipIDLocked(a netip.Addr) string {
+	b := a.As16()
+	h := 0
+	for _, x := range b[12:] {
+		h = h*31 + int(x)
+	}
+	slot := &r.ipIDs[h%len(r.ipIDs)]
+	if slot.id == "" || slot.addr != a {
+		slot.addr, slot.id = a, ipID(a.String())
+	}
+	return slot.id
 }
 
 func (r *Registry) isLocal(a netip.Addr) bool {

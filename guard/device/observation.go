@@ -32,7 +32,12 @@ func (o *Observation) port() uint16 {
 // given (no packet observer runs) the query also feeds the graders, if
 // its address and the device's MAC agree with the neighbour table.
 func (r *Registry) Count(id string, o Outcome, q *Observation) {
-	now := r.opts.Now()
+	r.CountAt(id, o, q, time.Time{})
+}
+
+// CountAt is Count for a query received at now (zero: read the clock).
+func (r *Registry) CountAt(id string, o Outcome, q *Observation, now time.Time) {
+	now = r.at(now)
 	agree := false
 	if q != nil && q.Query != nil {
 		mac := id

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/entropy"
+	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/policy"
 )
 
@@ -65,9 +66,13 @@ const LocalID = "local"
 //   - origdst.go: where redirected queries were first sent.
 type Registry struct {
 	opts Options
-	log  *slog.Logger
-	cls  *Classifier
-	seed maphash.Seed
+	// realClock: opts.Now is time.Now, so the time a query was received
+	// (read once per batch by the listener) serves instead of a clock read.
+	realClock bool
+	local     *stage.Device // the router's own queries
+	log       *slog.Logger
+	cls       *Classifier
+	seed      maphash.Seed
 
 	mu sync.Mutex
 	// Every record, by ID. Confirmed devices (their MAC and address
@@ -87,6 +92,10 @@ type Registry struct {
 	exempt      string // last exempt list given to OnExempt, joined
 	churn       churn
 	bitmaps     *entropy.Budget // estimators past their sparse form
+	ipIDs       [64]struct {    // ipIDLocked's memory
+		addr netip.Addr
+		id   string
+	}
 
 	learnedMAC broadcast // an address's MAC was learned from a packet or lease
 	// Waits counts the identify stage's waits for a MAC.
@@ -109,13 +118,15 @@ type entry struct {
 	confirmed  bool
 	ungraded   uint8
 	decision   Decision
-	prev, next *entry // on list (nil: pinned by an override, or the list's root)
+	dev        *stage.Device // what identify last handed out (never modified)
+	prev, next *entry        // on list (nil: pinned by an override, or the list's root)
 	list       *lru
 }
 
 // NewRegistry loads the store's records and returns a registry; call Run
 // to start its flushing and Close to write the last batch.
 func NewRegistry(opts Options) (*Registry, error) {
+	realClock := opts.Now == nil
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -126,6 +137,8 @@ func NewRegistry(opts Options) (*Registry, error) {
 		opts.Log = slog.Default()
 	}
 	r := &Registry{
+		realClock: realClock,
+		local:     &stage.Device{ID: LocalID, Name: "router"},
 		opts:      opts,
 		log:       opts.Log,
 		cls:       NewClassifier(opts.Classes),

@@ -40,6 +40,9 @@ type Limiter struct {
 	burst int
 	max   int
 	now   func() time.Time
+	// realClock: now is time.Now, so a request's Received time (read
+	// once per batch by the listener) serves instead.
+	realClock bool
 
 	mu      sync.Mutex
 	index   map[string]*list.Element
@@ -64,10 +67,11 @@ func New(l policy.Limits, o Options) *Limiter {
 	if o.MaxDevices <= 0 {
 		o.MaxDevices = DefaultMaxDevices
 	}
+	realClock := o.Now == nil
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Limiter{rate: l.DeviceRate, burst: l.DeviceBurst, max: o.MaxDevices, now: o.Now, index: map[string]*list.Element{}, lru: list.New()}
+	return &Limiter{rate: l.DeviceRate, burst: l.DeviceBurst, max: o.MaxDevices, now: o.Now, realClock: realClock, index: map[string]*list.Element{}, lru: list.New()}
 }
 
 // Name is "limit".
@@ -115,7 +119,10 @@ func (l *Limiter) Allow(req *stage.Request) bool {
 	}
 	burst = max(burst, 1)
 	interval := time.Duration(float64(time.Second) / rate)
-	now := l.now()
+	now := req.Received // read once per batch by the listener
+	if !l.realClock || now.IsZero() {
+		now = l.now()
+	}
 	id := Key(req)
 
 	l.mu.Lock()

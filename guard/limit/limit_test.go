@@ -142,3 +142,22 @@ func TestStageAnswersRefusedWithEDE(t *testing.T) {
 		t.Errorf("device reply rcode %d ede %v", r.Rcode(), r.EDE)
 	}
 }
+
+// TestReceivedTime: on the real clock the limiter takes the time each
+// query was received (read once per batch by the listener), not a clock
+// read of its own: the bucket refills between the times the requests
+// carry, however fast the test runs.
+func TestReceivedTime(t *testing.T) {
+	l := New(policy.Limits{DeviceRate: 1, DeviceBurst: 1}, Options{})
+	dev := &stage.Device{ID: "aa:bb:cc:00:00:09"}
+	at := time.Now()
+	ask := func(at time.Time) bool {
+		return l.Allow(&stage.Request{Client: client("192.168.1.30"), Device: dev, Received: at})
+	}
+	if !ask(at) || ask(at) {
+		t.Fatal("burst 1: the first query passes, the second at the same time does not")
+	}
+	if !ask(at.Add(time.Second)) {
+		t.Error("a query received a second later (rate 1/s) was refused: the limiter did not take its time")
+	}
+}
