@@ -175,6 +175,50 @@ func (tb *testbed) waitDevice(t *testing.T, mac string, within time.Duration, wh
 	}
 }
 
+// waitOnDisk reads the state file until ok holds for the device's record
+// there, while the guard runs: the guard holds the file's lock, so a copy
+// of it is read (a copy taken mid-write may not read; the next one will).
+func (tb *testbed) waitOnDisk(t *testing.T, mac string, within time.Duration, ok func(*device.Record) bool) {
+	t.Helper()
+	cp := filepath.Join(t.TempDir(), "state-copy.db")
+	var last error
+	for deadline := time.Now().Add(within); ; time.Sleep(100 * time.Millisecond) {
+		if b, err := os.ReadFile(tb.state); err != nil {
+			last = err
+		} else if err := os.WriteFile(cp, b, 0o600); err != nil {
+			t.Fatal(err)
+		} else if recs, err := device.ReadRecords(cp, nil); err != nil {
+			last = err
+		} else {
+			for _, r := range recs {
+				if r.ID == mac && ok(r) {
+					return
+				}
+			}
+			last = fmt.Errorf("%d records, %s not as wanted", len(recs), mac)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("device %s on disk not as wanted within %v: %v", mac, within, last)
+		}
+	}
+}
+
+// waitNeighbour waits until the rtr namespace's neighbour table has ip on
+// lan0 with mac.
+func (tb *testbed) waitNeighbour(t *testing.T, ip, mac string) {
+	t.Helper()
+	var out []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, _ = exec.Command("ip", "-n", tb.rtr, "neigh", "show", ip, "dev", "lan0").CombinedOutput()
+		if strings.Contains(strings.ToLower(string(out)), "lladdr "+strings.ToLower(mac)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (%s) not in the router's neighbour table: %s", ip, mac, out)
+		}
+	}
+}
+
 // dialFromDev tries a TCP connection from the dev namespace.
 func (tb *testbed) dialFromDev(addr string) error {
 	return testenv.InNetns(tb.dev, func() error {
@@ -429,10 +473,10 @@ func TestRouterKill9KeepsState(t *testing.T) {
 		}()
 	}
 	defer func() { close(stop); wg.Wait() }()
-	time.Sleep(2 * time.Second)
-	seen := tb.waitDevice(t, mac, 5*time.Second, "queries", func(v *device.View) bool { return v.Queries > 100 })
-	// Two flush intervals later every query counted above is on disk.
-	time.Sleep(2500 * time.Millisecond)
+	seen := tb.waitDevice(t, mac, 10*time.Second, "queries", func(v *device.View) bool { return v.Queries > 100 && v.BypassTotal > 0 })
+	// Once a flush has put every query counted above on disk, the guard
+	// dies mid-load.
+	tb.waitOnDisk(t, mac, 10*time.Second, func(r *device.Record) bool { return r.Queries >= seen.Queries })
 	g.stop(t, syscall.SIGKILL)
 
 	recs, err := device.ReadRecords(tb.state, nil)

@@ -158,19 +158,20 @@ func TestRouterReplayIoTSentinel(t *testing.T) {
 						return err
 					}
 					sent++
-					time.Sleep(time.Millisecond)
+					time.Sleep(time.Millisecond) // the capture's pace, roughly
 				}
-				time.Sleep(150 * time.Millisecond) // answers come back, the router learns the MAC
 				return nil
 			})
 			if err != nil {
 				t.Fatalf("%s: %v", l.device, err)
 			}
+			// The answers have come back: the router knows the MAC.
+			tb.waitNeighbour(t, ip.String(), mac.String())
 			// The device powers off: its link goes down and the router
 			// forgets it.
 			sh(t, "ip", "-n", tb.dev, "link", "set", "eth0", "down")
 			exec.Command("ip", "-n", tb.rtr, "neigh", "flush", "dev", "lan0").Run()
-			time.Sleep(150 * time.Millisecond)
+			time.Sleep(150 * time.Millisecond) // the device stays off a while (the guard hears of the flush)
 			sh(t, "ip", "-n", tb.dev, "link", "set", "eth0", "up")
 		}
 		t.Logf("%s: replayed %d queries in %d boots", l.device, sent, len(boots))
