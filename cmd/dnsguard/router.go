@@ -12,6 +12,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/device"
+	"github.com/dnsguard/dnsguard/guard/dnssec"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
 	"github.com/dnsguard/dnsguard/guard/stage"
@@ -45,7 +46,7 @@ type routerSide struct {
 	State *device.Store
 	// Clock is the DNSSEC clock check, kept across reloads (nil: each
 	// chain gets one of its own); set by cmdRun.
-	Clock *bootClock
+	Clock *dnssec.BootClock
 
 	cfg          *policy.Config
 	log          *slog.Logger
