@@ -175,15 +175,11 @@ func TestLabExperiments(t *testing.T) {
 	}
 	// All experiments at once (each with its own labs and guard), then the
 	// checks per experiment.
-	o := lab.TableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names, Parallel: len(tests)}
+	var exps []string
 	for _, tt := range tests {
-		e, err := lab.ParseExperiment(tt.exp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.Experiments = append(o.Experiments, e)
+		exps = append(exps, tt.exp)
 	}
-	rows := lab.RunTable(context.Background(), o)
+	rows := playTable(t, lab.TableOptions{Binary: binary, Duration: run, TTL: 300, Profile: p, Names: names}, exps...)
 	for i, tt := range tests {
 		t.Run(tt.exp, func(t *testing.T) {
 			r := rows[i]
@@ -200,6 +196,21 @@ func TestLabExperiments(t *testing.T) {
 			}
 		})
 	}
+}
+
+// playTable plays the named experiments with o, all at once (each with
+// its own labs and guard), and returns their rows in that order.
+func playTable(t *testing.T, o lab.TableOptions, exps ...string) []lab.TableRow {
+	t.Helper()
+	for _, name := range exps {
+		e, err := lab.ParseExperiment(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Experiments = append(o.Experiments, e)
+	}
+	o.Parallel = len(exps)
+	return lab.RunTable(context.Background(), o)
 }
 
 // printCounts shows the device's query count next to the upstream's, the
@@ -341,16 +352,12 @@ func TestLabDNSSEC(t *testing.T) {
 		exp string
 		ede []uint16 // none: every answer usable
 	}{{"baseline", nil}, {"ttl-huge", nil}, {"forged-a", []uint16{6}}, {"forged-aaaa", []uint16{10}}, {"forged-cname", []uint16{10}}, {"empty", []uint16{9, 12}}}
-	o := lab.TableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
-		Names: []string{"www.lab.example.", "cname-cdn.lab.example."}, Parallel: len(tests), DNSSEC: true}
+	var exps []string
 	for _, tt := range tests {
-		e, err := lab.ParseExperiment(tt.exp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.Experiments = append(o.Experiments, e)
+		exps = append(exps, tt.exp)
 	}
-	rows := lab.RunTable(context.Background(), o)
+	rows := playTable(t, lab.TableOptions{Binary: binary, Duration: 4 * time.Second, TTL: 300, Profile: p,
+		Names: []string{"www.lab.example.", "cname-cdn.lab.example."}, DNSSEC: true}, exps...)
 	for i, tt := range tests {
 		t.Run(tt.exp, func(t *testing.T) {
 			r := rows[i]
