@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
-	"github.com/dnsguard/dnsguard/guard/dnssec"
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/forward"
 	"github.com/dnsguard/dnsguard/guard/limit"
@@ -207,14 +206,18 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	local, err := localzone.New(localzone.Config{
 		Domains: cfg.Local.Domains, Server: cfg.Local.Server, MaxTTL: cfg.Local.MaxTTL,
 		Logger: log.With("stage", "local"),
-		Check: func(req *stage.Request, q, resp *dns.Msg) (*dns.Msg, error) {
-			return trusted.Check(q.Question[0], resp, strictRequest(req))
+		Check: func(t policy.Terms, q, resp *dns.Msg) (*dns.Msg, error) {
+			return trusted.Check(q.Question[0], resp, t.MinimalShield())
 		},
 	})
 	if err != nil {
 		ups.release(context.Background(), sp)
 		return nil, err
 	}
+	// Strict queries keep their answers apart where strict terms change
+	// them under this configuration (policy.Terms.OwnAnswers).
+	c.SetStrictness(cfg.Strictness())
+	upstreams := &forward.Upstreams{Pool: sp.pool, Shield: v, Check: check, DNSSEC: sec, Bogus: forward.NewBogusLog(log.With("stage", "dnssec"))}
 	var running inflight
 	// The chain, outermost first: the one place its order is written.
 	order := []stage.Stage{
@@ -226,7 +229,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 		limit.New(cfg.Limits, limit.Options{}), // per-device token bucket
 		c,                                      // answers kept across reloads, coalescing
 		local,                                  // LAN names to the local server
-		forward.New(strictExchanger{sp.pool, v, check, sec, newBogusLog(log.With("stage", "dnssec"))}), // the upstreams
+		forward.New(upstreams),                 // the upstreams (pool, DNSSEC, shield) under the query's terms
 	}
 	log.Debug("query chain", "stages", stage.Names(order))
 	return &guardChain{
@@ -243,45 +246,4 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 			ups.release(ctx, sp)
 		},
 	}, nil
-}
-
-// strictRequest reports whether req's device is held to the strictest
-// checks (graded weak, or in a strict class).
-func strictRequest(req *stage.Request) bool {
-	return req != nil && (req.Randomize || req.Device != nil && req.Device.Strict)
-}
-
-// strictExchanger holds devices graded weak to stricter terms upstream:
-// 0x20 case randomisation on cleartext upstreams and the validator's
-// strict checks.
-type strictExchanger struct {
-	pool  *upstream.Pool
-	v     *validate.Validator
-	check upstream.CheckFunc // this configuration's shield
-	sec   *dnssec.Validator  // nil: DNSSEC validation off
-	bogus *bogusLog          // logs refusals, at a bounded rate
-}
-
-func (s strictExchanger) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	if s.sec != nil && !q.CheckingDisabled {
-		q = withDO(q)
-	}
-	// DNSSEC first, on the answer as it came (the shield may trim the
-	// authority section a wildcard's proof sits in), then the shield.
-	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
-		resp, err := dnssecVerdict(ctx, s.sec, q, resp)
-		if err != nil {
-			s.bogus.note(q, err)
-			return nil, err
-		}
-		return s.check(q, resp)
-	}
-	if !strictRequest(forward.RequestFrom(ctx)) {
-		return s.pool.Exchange(ctx, q, upstream.QueryOptions{Check: check})
-	}
-	resp, err := s.pool.Exchange(ctx, q, upstream.QueryOptions{Case0x20: upstream.Case0x20On, Check: check})
-	if err != nil {
-		return nil, err
-	}
-	return s.v.Check(q.Question[0], resp, true)
 }

@@ -54,8 +54,12 @@ type Cache struct {
 
 	// gen counts recoveries of the upstream path (Recovered): failures
 	// cached while it was down hold only within their generation.
-	gen   atomic.Uint64
-	Stats Stats
+	gen atomic.Uint64
+	// strictness is what strict terms change under the running
+	// configuration (SetStrictness): where strict queries keep their
+	// answers apart from lenient ones.
+	strictness atomic.Pointer[policy.Strictness]
+	Stats      Stats
 }
 
 type shard struct {
@@ -146,6 +150,8 @@ func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
 	}
 	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed()}
 	c.SetPolicy(p)
+	// Until told otherwise, strict queries share nothing with lenient ones.
+	c.SetStrictness(policy.Strictness{Case0x20Differs: true})
 	for i := range c.shards {
 		c.shards[i].m = make(map[string]*entry)
 	}
@@ -159,6 +165,12 @@ func (c *Cache) SetPolicy(p policy.Cache) {
 	}
 	c.pol.Store(&p)
 }
+
+// SetStrictness says what strict terms change under the running
+// configuration (policy.Config.Strictness): a strict query shares
+// answers and flights with lenient ones only where they cannot differ
+// (policy.Terms.OwnAnswers).
+func (c *Cache) SetStrictness(s policy.Strictness) { c.strictness.Store(&s) }
 
 // Len returns the number of entries.
 func (c *Cache) Len() int {
@@ -177,12 +189,14 @@ const (
 	keyEDNS = 1 << iota
 	keyDO
 	keyCD
-	keyAD // AD asked without DO: AD may be set on the answer (RFC 6840 §5.7)
+	keyAD     // AD asked without DO: AD may be set on the answer (RFC 6840 §5.7)
+	keyStrict // strict terms, where they change the answer (policy.Terms.OwnAnswers)
 )
 
 // appendKey appends the cache key of q: lower-cased name, type, class and
-// the EDNS presence, DO and CD bits (and AD without DO).
-func appendKey(dst []byte, q *dnswire.Query) []byte {
+// the EDNS presence, DO and CD bits (and AD without DO), and whether the
+// query keeps its answers apart under strict terms (own).
+func appendKey(dst []byte, q *dnswire.Query, own bool) []byte {
 	dst = q.LowerName(dst)
 	dst = binary.BigEndian.AppendUint16(dst, q.Type)
 	dst = binary.BigEndian.AppendUint16(dst, q.Class)
@@ -198,6 +212,9 @@ func appendKey(dst []byte, q *dnswire.Query) []byte {
 	}
 	if q.AD && !q.EDNS.DO {
 		f |= keyAD
+	}
+	if own {
+		f |= keyStrict
 	}
 	return append(dst, f)
 }
@@ -224,7 +241,7 @@ func (c *Cache) Wrap(next stage.Handler) stage.Handler {
 
 func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handler) (*dnswire.Reply, error) {
 	var kb [dnswire.MaxName + 8]byte
-	key := appendKey(kb[:0], &req.Q)
+	key := appendKey(kb[:0], &req.Q, req.Terms.OwnAnswers(req.Q.EDNS.DO, *c.strictness.Load()))
 	now := req.Received
 	if !c.realClock || now.IsZero() {
 		now = c.now()

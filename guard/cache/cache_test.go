@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -527,5 +528,119 @@ func TestReceivedTime(t *testing.T) {
 	ask(now.Add(10 * time.Minute))
 	if m := c.Stats.Misses.Load(); m != 2 {
 		t.Errorf("%d misses after a query 10 min later, want 2 (expired at the time it was received)", m)
+	}
+}
+
+// TestStrictKeying: a strict device does not get an answer stored (or in
+// flight) for a lenient one where strict terms change the answer (a DO
+// query, whose proof the minimal shield drops; any query when cleartext
+// upstreams are asked with 0x20 for strict devices only), and shares it
+// where they cannot. The inner stage answers by terms, as the upstream
+// side does: what a lenient query takes (here 192.0.2.66, an answer 0x20
+// would have refused) is not what a strict one gets.
+func TestStrictKeying(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		strictness policy.Strictness
+		do         bool
+		first      policy.Terms
+		second     policy.Terms
+		own        bool // the second gets its own answer, not the first's
+	}{
+		{"lenient then lenient", policy.Strictness{Case0x20Differs: true}, false, policy.Lenient, policy.Lenient, false},
+		{"strict then strict", policy.Strictness{Case0x20Differs: true}, true, policy.Strict, policy.Strict, false},
+		{"0x20 differs: strict apart", policy.Strictness{Case0x20Differs: true}, false, policy.Lenient, policy.Strict, true},
+		{"0x20 differs: lenient apart", policy.Strictness{Case0x20Differs: true}, false, policy.Strict, policy.Lenient, true},
+		{"DO: strict apart", policy.Strictness{}, true, policy.Lenient, policy.Strict, true},
+		{"DO and 0x20: strict apart", policy.Strictness{Case0x20Differs: true}, true, policy.Lenient, policy.Strict, true},
+		{"encrypted upstreams, no DO: shared", policy.Strictness{}, false, policy.Lenient, policy.Strict, false},
+		{"encrypted upstreams, no DO: shared the other way", policy.Strictness{}, false, policy.Strict, policy.Lenient, false},
+	} {
+		for _, concurrent := range []bool{false, true} {
+			mode := "cached"
+			if concurrent {
+				mode = "in flight"
+			}
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				clk := &clock{t: time.Unix(1_700_000_000, 0)}
+				c := New(policy.Cache{MaxEntries: 1000, MinTTL: 30 * time.Second, MaxTTL: time.Hour, NegMaxTTL: time.Hour,
+					FailMin: time.Second, FailMax: 5 * time.Minute}, nil, clk.now)
+				c.SetStrictness(tc.strictness)
+				var calls atomic.Int64
+				gate := make(chan struct{})
+				started := make(chan struct{}, 2)
+				inner := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+					calls.Add(1)
+					started <- struct{}{}
+					if concurrent {
+						<-gate
+					}
+					addr := "192.0.2.66"
+					if req.Terms == policy.Strict {
+						addr = "192.0.2.7"
+					}
+					rr, _ := dns.NewRR(dnswire.NameString(req.Q.Name) + " 300 IN A " + addr)
+					return stage.Synth(req, dns.RcodeSuccess, []dns.RR{rr}, nil)
+				})
+				h := c.Wrap(inner)
+				ask := func(terms policy.Terms) string {
+					req := request(t, "www.example.", true, tc.do)
+					req.Terms = terms
+					r, err := h.ServeDNS(context.Background(), req)
+					if err != nil {
+						t.Error(err)
+						return ""
+					}
+					_, m := ttlOf(t, req, r)
+					if len(m.Answer) != 1 {
+						t.Errorf("answer %v", m)
+						return ""
+					}
+					return m.Answer[0].(*dns.A).A.String()
+				}
+				want := func(terms policy.Terms) string {
+					if terms == policy.Strict {
+						return "192.0.2.7"
+					}
+					return "192.0.2.66"
+				}
+				var got1, got2 string
+				if concurrent {
+					// The first asks and waits upstream; the second comes
+					// while that flight is out.
+					done := make(chan struct{})
+					go func() { got1 = ask(tc.first); close(done) }()
+					<-started
+					second := make(chan struct{})
+					go func() { got2 = ask(tc.second); close(second) }()
+					if tc.own {
+						<-started // its own flight goes upstream
+					} else {
+						// It joins the flight: wait until the cache counts it.
+						for c.Stats.Misses.Load() < 2 {
+							runtime.Gosched()
+						}
+					}
+					close(gate)
+					<-done
+					<-second
+				} else {
+					got1, got2 = ask(tc.first), ask(tc.second)
+				}
+				if got1 != want(tc.first) {
+					t.Errorf("first (%v) got %s, want %s", tc.first, got1, want(tc.first))
+				}
+				wantCalls, want2 := int64(1), want(tc.first)
+				if tc.own {
+					wantCalls, want2 = 2, want(tc.second)
+				}
+				if got2 != want2 {
+					t.Errorf("second (%v) got %s, want %s", tc.second, got2, want2)
+				}
+				if n := calls.Load(); n != wantCalls {
+					t.Errorf("%d upstream queries, want %d", n, wantCalls)
+				}
+			})
+		}
 	}
 }

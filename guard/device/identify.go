@@ -9,6 +9,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
@@ -36,9 +37,9 @@ type WaitStats struct {
 }
 
 // Identify is the identify stage: it fills req.Device from the registry
-// (MAC, name, class, strict policy), asks for 0x20 upstream for strict
-// devices, fills req.OrigDst when the observer saw where the query was
-// first sent, and counts how the query was answered.
+// (MAC, name, class, rate) and req.Terms (strict or lenient, see
+// policy.Terms), fills req.OrigDst when the observer saw where the query
+// was first sent, and counts how the query was answered.
 type Identify struct {
 	reg  *Registry
 	opts IdentifyOptions
@@ -62,9 +63,7 @@ func (s *Identify) Wrap(next stage.Handler) stage.Handler {
 		}
 		dev := reg.DeviceAt(client, req.Received)
 		req.Device = dev // shared and never modified: no allocation
-		if dev.Strict {
-			req.Randomize = true
-		}
+		req.Terms = policy.TermsOf(dev.Strict)
 		if !req.OrigDst.IsValid() {
 			if od, ok := reg.OrigDst(req.Client, req.Q.ID); ok {
 				req.OrigDst = od

@@ -10,14 +10,16 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
-// Exchanger resolves one question upstream (the upstream pool). The
+// Exchanger resolves one question upstream (Upstreams: the pool, DNSSEC
+// and the shield) under the asking device's terms, given explicitly. The
 // query it gets has a lower-case name, RD set and no OPT; it returns a
 // checked answer or an error carrying an Extended DNS Error.
 type Exchanger interface {
-	Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error)
+	Exchange(ctx context.Context, q *dns.Msg, t policy.Terms) (*dns.Msg, error)
 }
 
 // Forward is the forwarding stage: the innermost, it answers every query
@@ -37,7 +39,7 @@ func (f *Forward) Wrap(stage.Handler) stage.Handler { return f }
 // of their answer.
 func (f *Forward) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
 	q := Query(req)
-	resp, err := f.ex.Exchange(WithRequest(ctx, req), q)
+	resp, err := f.ex.Exchange(ctx, q, req.Terms)
 	if err != nil {
 		return nil, err
 	}
@@ -134,18 +136,4 @@ func withoutDNSSEC(rrs []dns.RR, qtype uint16) []dns.RR {
 		out = append(out, rr)
 	}
 	return out
-}
-
-type reqKey struct{}
-
-// WithRequest lets the upstream side see which device's query it serves
-// (strict devices get 0x20 and the strictest checks).
-func WithRequest(ctx context.Context, req *stage.Request) context.Context {
-	return context.WithValue(ctx, reqKey{}, req)
-}
-
-// RequestFrom returns the request WithRequest stored, or nil.
-func RequestFrom(ctx context.Context) *stage.Request {
-	r, _ := ctx.Value(reqKey{}).(*stage.Request)
-	return r
 }

@@ -30,7 +30,7 @@ type zone struct {
 	gate  chan struct{} // names under gate.test. wait for it to close
 }
 
-func (z *zone) Exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+func (z *zone) Exchange(ctx context.Context, q *dns.Msg, _ policy.Terms) (*dns.Msg, error) {
 	z.calls.Add(1)
 	m := new(dns.Msg)
 	m.SetReply(q)

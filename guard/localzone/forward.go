@@ -13,6 +13,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/forward"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/guard/upstream"
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
@@ -37,11 +38,11 @@ type Config struct {
 	Server  string
 	MaxTTL  time.Duration // DefaultMaxTTL if 0
 	Timeout time.Duration // per attempt; DefaultTimeout if 0
-	// Check validates the local server's answer resp to q, asked for req:
-	// the answer shield without rebinding protection (validate's
-	// Trusted). It returns the answer to use or why it is refused. Nil
-	// accepts every answer.
-	Check  func(req *stage.Request, q, resp *dns.Msg) (*dns.Msg, error)
+	// Check validates the local server's answer resp to q, asked under
+	// the device's terms t: the answer shield without rebinding
+	// protection (validate's Trusted). It returns the answer to use or
+	// why it is refused. Nil accepts every answer.
+	Check  func(t policy.Terms, q, resp *dns.Msg) (*dns.Msg, error)
 	Logger *slog.Logger // slog.Default() if nil
 }
 
@@ -71,7 +72,7 @@ type Local struct {
 	counters upstream.Counters
 	maxTTL   uint32
 	timeout  time.Duration
-	check    func(req *stage.Request, q, resp *dns.Msg) (*dns.Msg, error)
+	check    func(t policy.Terms, q, resp *dns.Msg) (*dns.Msg, error)
 	log      *slog.Logger
 	down     atomic.Bool // the last exchange failed (logged once per change)
 	Stats    Stats
@@ -187,7 +188,7 @@ func (l *Local) forward(ctx context.Context, req *stage.Request) (*dnswire.Reply
 		l.log.Info("local server answering again", "server", l.server)
 	}
 	if l.check != nil {
-		checked, cerr := l.check(req, q, resp)
+		checked, cerr := l.check(req.Terms, q, resp)
 		if cerr != nil {
 			l.Stats.Failed.Add(1)
 			l.Stats.Refused.Add(1)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
@@ -383,7 +384,7 @@ func TestLocalCheck(t *testing.T) {
 	srv := startLocalServer(t)
 	var seen []string
 	l := newLocal(t, Config{Domains: []string{"lan"}, Server: srv.addr,
-		Check: func(req *stage.Request, q, resp *dns.Msg) (*dns.Msg, error) {
+		Check: func(_ policy.Terms, q, resp *dns.Msg) (*dns.Msg, error) {
 			seen = append(seen, q.Question[0].Name)
 			if strings.HasPrefix(q.Question[0].Name, "bad") {
 				return nil, stage.Fail(dnswire.EDEForgedAnswer, "forged", nil)

@@ -12,20 +12,23 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
 // Request is one device query and what is known about it.
 type Request struct {
-	Raw       []byte // the device's message; valid only during ServeDNS
-	Q         dnswire.Query
-	Client    netip.AddrPort // the device's address and source port
-	Local     netip.AddrPort // the listener that took it
-	OrigDst   netip.AddrPort // where the device meant to send it, when intercepted (zero if unknown)
-	TCP       bool
-	Received  time.Time
-	Device    *Device // filled by the identify stage; nil before it
-	Randomize bool    // ask upstreams for 0x20 case randomisation (strict devices)
+	Raw      []byte // the device's message; valid only during ServeDNS
+	Q        dnswire.Query
+	Client   netip.AddrPort // the device's address and source port
+	Local    netip.AddrPort // the listener that took it
+	OrigDst  netip.AddrPort // where the device meant to send it, when intercepted (zero if unknown)
+	TCP      bool
+	Received time.Time
+	Device   *Device // filled by the identify stage; nil before it
+	// Terms are the device's terms (policy.Terms: what "strict" means),
+	// set by the identify stage; Lenient before it or without one.
+	Terms policy.Terms
 	// Reply is room a stage may answer in (the cache's hits) instead of
 	// allocating a reply; valid until the answer is written, like Raw.
 	Reply dnswire.Reply
@@ -67,7 +70,7 @@ type Device struct {
 	MAC    string
 	Name   string
 	Class  string
-	Strict bool
+	Strict bool    // held to strict terms: the identify stage sets Request.Terms from it
 	Rate   float64 // queries per second allowed; 0 = the global default
 	Burst  int
 }
