@@ -162,7 +162,12 @@ func (u *upstreams) release(ctx context.Context, sp *sharedPool) {
 	for _, st := range sp.pool.Stats() {
 		u.log.Info("upstream totals", "upstream", st.URL, "up", st.Up, "rtt", st.RTT,
 			"queries", st.Queries, "failures", st.Failures, "mismatches", st.Mismatches,
-			"flood", st.Flood, "refused", st.Refused, "case_fallbacks", st.CaseFallbacks)
+			"flood", st.Flood, "refused", st.Refused, "case_fallbacks", st.CaseFallbacks,
+			"reader_late", st.ReaderLate, "reader_errors", st.ReaderErrors)
+		if st.ReaderLate+st.ReaderErrors > 0 { // should never happen: say so where it shows
+			u.log.Warn("upstream reader woke late or failed", "upstream", st.URL,
+				"reader_late", st.ReaderLate, "reader_errors", st.ReaderErrors)
+		}
 	}
 }
 

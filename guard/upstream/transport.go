@@ -36,6 +36,10 @@ type Counters struct {
 	// CaseFallbacks counts answers that came back in another case than
 	// the 0x20 query had, and were asked again without 0x20.
 	CaseFallbacks atomic.Uint64
+	// Do53's reader (udpMux): ReaderLate counts answers found by its
+	// bounded recheck rather than a wake-up; ReaderErrors the errors it
+	// did not expect while waiting. Both stay 0 when all is well.
+	ReaderLate, ReaderErrors atomic.Uint64
 	// Latency is the time to each answer (questions and health checks).
 	Latency metrics.Histogram
 }
@@ -52,13 +56,16 @@ type Stats struct {
 	Refused    uint64
 	// CaseFallbacks: 0x20 answers in the wrong case, asked again.
 	CaseFallbacks uint64
-	Latency       metrics.HistogramSnapshot
+	// ReaderLate, ReaderErrors: see Counters.
+	ReaderLate, ReaderErrors uint64
+	Latency                  metrics.HistogramSnapshot
 }
 
 func (c *Counters) snapshot() Stats {
 	return Stats{
 		Queries: c.Queries.Load(), Failures: c.Failures.Load(), Mismatches: c.Mismatches.Load(),
 		Flood: c.Flood.Load(), Refused: c.Refused.Load(), CaseFallbacks: c.CaseFallbacks.Load(),
+		ReaderLate: c.ReaderLate.Load(), ReaderErrors: c.ReaderErrors.Load(),
 		Latency: c.Latency.Snapshot(),
 	}
 }

@@ -2,14 +2,10 @@ package upstream
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -41,23 +37,36 @@ const udpBuffer = 4096
 var errOversize = errors.New("answer larger than the UDP buffer")
 
 type udp struct {
-	ep     *Endpoint
-	cfg    config
-	tcp    *stream
-	drains chan struct{}
-	bufs   sync.Pool // *[]byte of udpBuffer octets
+	ep   *Endpoint
+	cfg  config
+	tcp  *stream
+	bufs sync.Pool // *[]byte of udpBuffer octets
+
+	muxMu  sync.Mutex
+	mux    *udpMux // nil until the first query
+	closed bool
 }
 
 func newUDP(ep *Endpoint, cfg config) *udp {
-	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false), drains: make(chan struct{}, drainers)}
+	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false)}
 	u.bufs.New = func() any { b := make([]byte, udpBuffer); return &b }
 	return u
 }
 
 func (u *udp) String() string { return u.ep.String() }
 
-// Close closes the TCP connection kept for truncated answers.
-func (u *udp) Close() error { return u.tcp.Close() }
+// Close fails the queries waiting, closes every socket and the TCP
+// connection kept for truncated answers.
+func (u *udp) Close() error {
+	u.muxMu.Lock()
+	m := u.mux
+	u.closed = true
+	u.muxMu.Unlock()
+	if m != nil {
+		m.Close()
+	}
+	return u.tcp.Close()
+}
 
 // Reset drops the TCP connection kept for truncated answers.
 func (u *udp) Reset() { u.tcp.Reset() }
@@ -89,122 +98,30 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 	if err != nil {
 		return nil, err
 	}
-	conn, err := listenRandomPort(u.ep.Addr.Addr())
+	mux, err := u.muxer()
 	if err != nil {
 		return nil, err
 	}
-	keep := false
-	defer func() {
-		if !keep {
-			_ = conn.Close()
-		}
-	}()
-	// Reads end when ctx does (its deadline included), so that ctx.Err()
-	// is set by the time a read fails.
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
-	defer stop()
-	u.cfg.counters.Queries.Add(1)
-	if _, err := conn.WriteToUDPAddrPort(b, u.ep.Addr); err != nil {
-		return nil, fmt.Errorf("send: %w", err)
-	}
-	bp := u.bufs.Get().(*[]byte)
-	defer u.bufs.Put(bp)
-	buf := *bp
-	for {
-		n, from, err := conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("receive: %w", err)
-		}
-		if !sameAddr(from, u.ep.Addr) {
-			u.cfg.counters.Mismatches.Add(1)
-			continue
-		}
-		if n == len(buf) {
-			return nil, errOversize
-		}
-		resp, err := match(m, buf[:n], exact)
-		var ce *CaseError
-		if errors.As(err, &ce) {
-			// Right ID, port and question but the case: the pool asks
-			// again without 0x20 and compares (unbound's fallback).
-			return nil, err
-		}
-		if err != nil {
-			u.cfg.counters.Mismatches.Add(1)
-			continue
-		}
-		keep = u.drain(conn, m, exact)
-		return resp, nil
-	}
+	return mux.exchange(ctx.Done(), ctx.Err, m, b, exact)
 }
 
-// drain keeps conn open for a short while in the background and counts
-// what still arrives: copies of the answer from the upstream as flood,
-// anything else as mismatches. It reports false (and does nothing) when
-// too many sockets are draining already.
-func (u *udp) drain(conn *net.UDPConn, sent *dns.Msg, exact bool) bool {
-	select {
-	case u.drains <- struct{}{}:
-	default:
-		return false
+// muxer returns the socket multiplexer, started on first use.
+func (u *udp) muxer() (*udpMux, error) {
+	u.muxMu.Lock()
+	defer u.muxMu.Unlock()
+	if u.closed {
+		return nil, errMuxClosed
 	}
-	go func() {
-		defer func() { <-u.drains }()
-		defer conn.Close()
-		_ = conn.SetReadDeadline(time.Now().Add(drainWindow))
-		bp := u.bufs.Get().(*[]byte)
-		defer u.bufs.Put(bp)
-		buf := *bp
-		for range drainMax {
-			n, from, err := conn.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			if _, err := match(sent, buf[:n], exact); err == nil && sameAddr(from, u.ep.Addr) {
-				u.cfg.counters.Flood.Add(1)
-			} else {
-				u.cfg.counters.Mismatches.Add(1)
-			}
+	if u.mux == nil {
+		m, err := newUDPMux(u)
+		if err != nil {
+			return nil, err
 		}
-	}()
-	return true
+		u.mux = m
+	}
+	return u.mux, nil
 }
 
 func sameAddr(a, b netip.AddrPort) bool {
 	return a.Addr().Unmap() == b.Addr().Unmap() && a.Port() == b.Port()
-}
-
-// listenRandomPort opens an unconnected UDP socket of server's family on
-// a port from 1024-65535 drawn with the CSPRNG (RFC 5452 §9.2), retrying
-// on ports in use; after portTries it lets the kernel pick an ephemeral
-// port, which Linux also randomises.
-func listenRandomPort(server netip.Addr) (*net.UDPConn, error) {
-	network, unspec := "udp4", netip.IPv4Unspecified()
-	if server.Unmap().Is6() {
-		network, unspec = "udp6", netip.IPv6Unspecified()
-	}
-	var lastErr error
-	for range portTries {
-		p, err := rand.Int(rand.Reader, big.NewInt(65536-1024))
-		if err != nil {
-			return nil, err
-		}
-		port := uint16(1024 + p.Int64())
-		c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(unspec, port)))
-		if err == nil {
-			return c, nil
-		}
-		if !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("open socket: %w", err)
-		}
-		lastErr = err
-	}
-	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(unspec, 0)))
-	if err != nil {
-		return nil, fmt.Errorf("open socket: %w (random ports: %v)", err, lastErr)
-	}
-	return c, nil
 }

@@ -1,0 +1,232 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
+	"github.com/miekg/dns"
+)
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+// TestUDPMuxManyAtOnce: concurrent queries each get their own answer
+// (the server answers some twice: counted as flood, never crossed over
+// to another query), every query from its own port; after Close no
+// socket is left open.
+func TestUDPMuxManyAtOnce(t *testing.T) {
+	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		r := upstreamtest.AnswerA("192.0.2.1")(q)
+		s.send(from, r)
+		if q.Id%2 == 0 {
+			s.send(from, r)
+		}
+	})
+	before := openFDs(t)
+	c := new(Counters)
+	tr, err := NewTransport(srv.url(), Options{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			name := fmt.Sprintf("q%d.example.", i)
+			resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{})
+			if err != nil {
+				errs <- err
+				return
+			}
+			if resp.Question[0].Name != name {
+				errs <- fmt.Errorf("asked %s, answer for %s", name, resp.Question[0].Name)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	ports := map[uint16]bool{}
+	for _, q := range srv.queries() {
+		ports[q.from.Port()] = true
+	}
+	if len(srv.queries()) != n || len(ports) != n {
+		t.Errorf("%d queries from %d ports, want %d from %d", len(srv.queries()), len(ports), n, n)
+	}
+	if m := c.Mismatches.Load(); m != 0 {
+		t.Errorf("%d mismatches", m)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := openFDs(t); after > before {
+		t.Errorf("%d descriptors open after Close, %d before", after, before)
+	}
+}
+
+// TestUDPMuxCloseWhileWaiting: Close fails a query waiting on a silent
+// upstream, and a query after Close fails at once.
+func TestUDPMuxCloseWhileWaiting(t *testing.T) {
+	srv := startUDP(t, func(*udpServer, netip.AddrPort, *dns.Msg) {})
+	tr, err := NewTransport(srv.url(), Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := tr.Exchange(context.Background(), query("example.com", dns.TypeA), QueryOptions{})
+		errc <- err
+	}()
+	eventually(t, "the query sent", func() bool { return len(srv.queries()) == 1 })
+	tr.Close()
+	if err := <-errc; !errors.Is(err, errMuxClosed) {
+		t.Errorf("waiting query: %v, want closed", err)
+	}
+	if _, err := tr.Exchange(context.Background(), query("example.com", dns.TypeA), QueryOptions{}); !errors.Is(err, errMuxClosed) {
+		t.Errorf("query after Close: %v, want closed", err)
+	}
+}
+
+// TestUDPMuxAfterOverload: an upstream that drops most of a flood (every
+// query in flight times out, sockets pile up to be closed, answers come
+// late or twice) is then answered normally: every later query must get
+// its answer. A reader that lost a wake-up, stopped, or fell behind its
+// sockets fails here with deadline errors.
+func TestUDPMuxAfterOverload(t *testing.T) {
+	var mu sync.Mutex
+	overloaded := true
+	var late []func()
+	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		r := upstreamtest.AnswerA("192.0.2.1")(q)
+		mu.Lock()
+		defer mu.Unlock()
+		if overloaded {
+			switch q.Id % 4 {
+			case 0: // answered at once, and again later (flood)
+				s.send(from, r)
+				late = append(late, func() { s.send(from, r) })
+			case 1: // answered after the query gave up
+				late = append(late, func() { s.send(from, r) })
+			}
+			return // the rest: dropped
+		}
+		s.send(from, r)
+	})
+	if err := srv.conn.SetReadBuffer(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	c := new(Counters)
+	tr, err := NewTransport(srv.url(), Options{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	const flood = 300
+	var wg sync.WaitGroup
+	for i := range flood {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(testCtx(t), 50*time.Millisecond)
+			defer cancel()
+			_, _ = tr.Exchange(ctx, query(fmt.Sprintf("f%d.example.", i), dns.TypeA), QueryOptions{})
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	overloaded = false
+	for _, f := range late {
+		f()
+	}
+	mu.Unlock()
+	const wave = 300
+	for round := range 6 {
+		errs := make(chan error, wave)
+		for i := range wave {
+			wg.Go(func() {
+				name := fmt.Sprintf("r%d-%d.example.", round, i)
+				resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{})
+				switch {
+				case err != nil:
+					errs <- err
+				case resp.Question[0].Name != name:
+					errs <- fmt.Errorf("asked %s, answer for %s", name, resp.Question[0].Name)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("round %d: %v", round, err)
+		}
+	}
+}
+
+// TestUDPMuxLostWakeups: the reader waits on a file that never becomes
+// readable instead of the epoll set, as if every wake-up of the set were
+// lost on its way to the netpoller (the bench once saw the upstream
+// marked down, "no answer to anything", with answers arriving). Every
+// query must still get its answer (the reader's bounded recheck finds
+// them, and counts them as late), and Close must still stop the reader.
+func TestUDPMuxLostWakeups(t *testing.T) {
+	srv := startUDP(t, nil)
+	c := new(Counters)
+	tr, err := NewTransport(srv.url(), Options{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	u := tr.(*udp)
+	m, err := newUDPMuxWaiting(u, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.muxMu.Lock()
+	u.mux = m
+	u.muxMu.Unlock()
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			name := fmt.Sprintf("l%d.example.", i)
+			resp, err := tr.Exchange(testCtx(t), query(name, dns.TypeA), QueryOptions{})
+			switch {
+			case err != nil:
+				errs <- err
+			case resp.Question[0].Name != name:
+				errs <- fmt.Errorf("asked %s, answer for %s", name, resp.Question[0].Name)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if c.ReaderLate.Load() == 0 {
+		t.Error("answers found without a wake-up were not counted as late")
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
