@@ -108,10 +108,16 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 		return nil, rep, err
 	}
 	if v.maxSize > 0 {
+		// The length without compression bounds the compressed one and
+		// costs no compression map: the exact length only when it could
+		// be over.
 		c := *m
-		c.Compress = true
-		if n := c.Len(); n > v.maxSize {
-			return nil, rep, invalid(fmt.Sprintf("answer of %d octets over %d", n, v.maxSize), ErrSize)
+		c.Compress = false
+		if c.Len() > v.maxSize {
+			c.Compress = true
+			if n := c.Len(); n > v.maxSize {
+				return nil, rep, invalid(fmt.Sprintf("answer of %d octets over %d", n, v.maxSize), ErrSize)
+			}
 		}
 	}
 	opts := 0

@@ -132,6 +132,9 @@ func TestCheck(t *testing.T) {
 		}(), wantEDE: dnswire.EDEInvalidData, wantErr: ErrSize},
 		{name: "message over the size cap (inflate)", q: q("a.example.", dns.TypeTXT), m: msg("a.example.", dns.TypeTXT, `a.example. 300 TXT "`+strings.Repeat("x", 250)+`"`),
 			policyFn: func(a *policy.Answers) { a.MaxSize = 200 }, wantEDE: dnswire.EDEInvalidData, wantErr: ErrSize},
+		{name: "under the size cap once compressed", q: q("a-rather-long-owner-name.example.", dns.TypeA),
+			m:        msg("a-rather-long-owner-name.example.", dns.TypeA, many(8, func(i int) string { return "a-rather-long-owner-name.example. 300 A 93.184.216." + itoa(i) })...),
+			policyFn: func(a *policy.Answers) { a.MaxSize = 200 }, wantEDE: -1}, // 434 octets uncompressed, 178 compressed
 		{name: "two OPT", q: q("a.example.", dns.TypeA), m: msg("a.example.", dns.TypeA), mutateQ: func(m *dns.Msg) {
 			m.SetEdns0(1232, false)
 			m.Extra = append(m.Extra, dns.Copy(m.Extra[0]))
