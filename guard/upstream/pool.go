@@ -273,10 +273,18 @@ func (p *Pool) end(probe *member) {
 // answer that differs from the query only in the case of the name (0x20)
 // is asked again without 0x20 and compared (caseFallback).
 func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
-	actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
-	defer cancel()
 	start := time.Now()
-	resp, err := m.t.Exchange(actx, q, o)
+	var resp *dns.Msg
+	var err error
+	if d, ok := m.t.(deadlineExchanger); ok {
+		// The transport keeps the attempt's deadline itself: no context
+		// (timer, cancel, channel) per attempt.
+		resp, err = d.exchangeBy(ctx, start.Add(p.opts.Timeout), q, o)
+	} else {
+		actx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
+		resp, err = m.t.Exchange(actx, q, o)
+		cancel()
+	}
 	var ce *CaseError
 	switch {
 	case errors.As(err, &ce):
@@ -292,6 +300,12 @@ func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg, o QueryOption
 	}
 	p.answered(m, time.Since(start))
 	return resp, nil
+}
+
+// deadlineExchanger is a transport that keeps a deadline of its own for
+// an exchange (Do53 over UDP: its reader does).
+type deadlineExchanger interface {
+	exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, o QueryOptions) (*dns.Msg, error)
 }
 
 // ErrCaseInconsistent is the failure of an attempt whose answer came back

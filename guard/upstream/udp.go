@@ -73,27 +73,43 @@ func (u *udp) Reset() { u.tcp.Reset() }
 
 // Exchange sends q from a fresh random port and waits for the answer.
 func (u *udp) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	return u.exchangeBy(ctx, time.Time{}, q, o)
+}
+
+// exchangeBy is Exchange that also gives up at deadline (zero: ctx only),
+// kept by the reader: the pool's attempts need no context of their own.
+func (u *udp) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
 	exact := o.Case0x20.on(u.cfg.randomize)
 	m := prepare(q, randomID(), false)
 	if exact {
 		m.Question[0].Name = randomizeCase(m.Question[0].Name)
 	}
-	resp, err := u.exchange(ctx, m, exact)
+	resp, err := u.exchange(ctx, deadline, m, exact)
 	if errors.Is(err, errOversize) {
-		return u.tcp.Exchange(ctx, q, o) // more than it was asked for (EDNS 1232): as if TC
+		return u.overTCP(ctx, deadline, q, o) // more than it was asked for (EDNS 1232): as if TC
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", u.ep, err)
 	}
 	if resp.Truncated {
-		return u.tcp.Exchange(ctx, q, o)
+		return u.overTCP(ctx, deadline, q, o)
 	}
 	restoreName(resp, q.Question[0].Name)
 	stripPadding(resp)
 	return resp, nil
 }
 
-func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, error) {
+// overTCP asks q again over TCP, within deadline if it is set.
+func (u *udp) overTCP(ctx context.Context, deadline time.Time, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	return u.tcp.Exchange(ctx, q, o)
+}
+
+func (u *udp) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, exact bool) (*dns.Msg, error) {
 	b, err := pack(m)
 	if err != nil {
 		return nil, err
@@ -102,7 +118,7 @@ func (u *udp) exchange(ctx context.Context, m *dns.Msg, exact bool) (*dns.Msg, e
 	if err != nil {
 		return nil, err
 	}
-	return mux.exchange(ctx.Done(), ctx.Err, m, b, exact)
+	return mux.exchange(ctx.Done(), ctx.Err, deadline, m, b, exact)
 }
 
 // muxer returns the socket multiplexer, started on first use.

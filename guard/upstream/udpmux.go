@@ -1,12 +1,14 @@
 package upstream
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,11 +45,15 @@ type udpMux struct {
 	epc    syscall.RawConn // waitOn's
 	wake   int             // eventfd in the epoll set: wakes the reader for sockets done
 
-	mu      sync.Mutex
-	socks   map[int32]*muxSock
-	done    []*muxSock // to close at the next sweep
-	drain   []*muxSock // draining, oldest first
-	waiting int        // sockets whose query waits for its answer
+	mu    sync.Mutex
+	socks map[int32]*muxSock
+	done  []*muxSock // to close at the next sweep
+	drain []*muxSock // draining, oldest first
+	timed []*muxSock // waiting with a deadline, in the order sent (the pool's deadlines: soonest first)
+	// rechecking: the reader's deadline is muxRecheck's (not a drain's
+	// or a query's), set with mu held; read by the reader when it fires.
+	rechecking atomic.Bool
+	waiting    int // sockets whose query waits for its answer
 
 	spare    chan int      // sockets opened ahead
 	refill   chan struct{} // the refill goroutine should top up spare
@@ -64,6 +70,7 @@ type muxSock struct {
 	exact    bool
 	res      chan muxResult // the first match, an oversize answer or a case error
 	answered bool           // res has been sent; what comes now is drained
+	deadline time.Time      // when the reader gives up on the answer (zero: the caller's context only)
 	closeAt  time.Time      // when draining ends
 	seen     int            // packets read while draining
 }
@@ -82,6 +89,10 @@ const (
 )
 
 var errMuxClosed = errors.New("upstream closed")
+
+// errMuxTimeout is a query past its deadline (exchange's, not its
+// context's); it is a deadline exceeded, as the context's would be.
+var errMuxTimeout = fmt.Errorf("no answer in time: %w", context.DeadlineExceeded)
 
 func newUDPMux(u *udp) (*udpMux, error) { return newUDPMuxWaiting(u, nil) }
 
@@ -179,7 +190,7 @@ func (m *udpMux) Close() {
 		unix.Close(int(fd))
 	}
 	clear(m.socks)
-	m.done, m.drain, m.waiting = nil, nil, 0
+	m.done, m.drain, m.timed, m.waiting = nil, nil, nil, 0
 	m.mu.Unlock()
 	unix.Close(m.wake)
 	m.ep.Close()
@@ -216,7 +227,10 @@ func (m *udpMux) fill() {
 
 // exchange sends b (the packed m) from a fresh socket and waits for the
 // answer, ctx or Close.
-func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, sent *dns.Msg, b []byte, exact bool) (*dns.Msg, error) {
+//
+// A non-zero deadline is kept by the reader (no timer per query): at the
+// deadline the query fails with errMuxTimeout.
+func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline time.Time, sent *dns.Msg, b []byte, exact bool) (*dns.Msg, error) {
 	if m.closed.Load() {
 		return nil, errMuxClosed
 	}
@@ -233,7 +247,7 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, sent *dns.M
 	case m.refill <- struct{}{}:
 	default:
 	}
-	s := &muxSock{fd: int32(fd), sent: sent, exact: exact, res: make(chan muxResult, 1)}
+	s := &muxSock{fd: int32(fd), sent: sent, exact: exact, deadline: deadline, res: make(chan muxResult, 1)}
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
@@ -243,8 +257,12 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, sent *dns.M
 	m.inflight.Add(1)
 	defer m.inflight.Done()
 	m.socks[s.fd] = s
+	if !deadline.IsZero() {
+		m.timed = append(m.timed, s)
+	}
 	if m.waiting++; m.waiting == 1 {
 		// The reader may be waiting without a deadline: arm the recheck.
+		m.rechecking.Store(true)
 		_ = m.waitOn.SetReadDeadline(time.Now().Add(muxRecheck))
 	}
 	m.mu.Unlock()
@@ -334,8 +352,8 @@ func (m *udpMux) read() {
 				block = 10 // ms: never spin on an error that repeats
 			}
 			n, werr = unix.EpollWait(m.epfd, events, block)
-			if n > 0 && block == 0 {
-				c.ReaderLate.Add(1) // found by a deadline, not a wake-up
+			if n > 0 && block == 0 && m.rechecking.Load() {
+				c.ReaderLate.Add(1) // found by the recheck, not a wake-up
 			}
 		}
 		if werr != nil {
@@ -450,15 +468,46 @@ func (m *udpMux) sweep(now time.Time) {
 		clear(m.drain[k:])
 		m.drain = m.drain[:k]
 	}
+	// Queries past their deadline fail (exchange then hands the socket
+	// back through finish); those answered meanwhile leave the list.
+	i = 0
+	for ; i < len(m.timed); i++ {
+		s := m.timed[i]
+		if s.answered {
+			continue
+		}
+		if s.deadline.After(now) {
+			break
+		}
+		m.answeredLocked(s)
+		s.res <- muxResult{err: errMuxTimeout}
+	}
+	if i > 0 {
+		k := copy(m.timed, m.timed[i:])
+		clear(m.timed[k:])
+		m.timed = m.timed[:k]
+	}
+	if len(m.timed) > 2*m.waiting+32 {
+		// Answered queries behind an unanswered one: let go of them now,
+		// not when the one in front times out.
+		m.timed = slices.DeleteFunc(m.timed, func(s *muxSock) bool { return s.answered })
+	}
 	var next time.Time // zero: none
 	if len(m.drain) > 0 {
 		next = m.drain[0].closeAt
 	}
-	if m.waiting > 0 {
-		if r := now.Add(muxRecheck); next.IsZero() || r.Before(next) {
-			next = r
+	if len(m.timed) > 0 {
+		if d := m.timed[0].deadline; next.IsZero() || d.Before(next) {
+			next = d
 		}
 	}
+	recheck := false
+	if m.waiting > 0 {
+		if r := now.Add(muxRecheck); next.IsZero() || r.Before(next) {
+			next, recheck = r, true
+		}
+	}
+	m.rechecking.Store(recheck)
 	_ = m.waitOn.SetReadDeadline(next)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -229,4 +230,47 @@ func TestUDPMuxLostWakeups(t *testing.T) {
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestUDPMuxDeadline: a deadline given to the transport (the pool's
+// per-attempt timeout) is kept by the reader: a query to a silent
+// upstream on a context that never ends fails at it as a deadline
+// exceeded, and its socket is closed; queries answered meanwhile are not
+// held by it.
+func TestUDPMuxDeadline(t *testing.T) {
+	var mu sync.Mutex
+	silent := map[string]bool{"silent.example.": true}
+	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		mu.Lock()
+		drop := silent[strings.ToLower(q.Question[0].Name)]
+		mu.Unlock()
+		if !drop {
+			s.send(from, upstreamtest.AnswerA("192.0.2.1")(q))
+		}
+	})
+	tr, err := NewTransport(srv.url(), Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	u := tr.(*udp)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := u.exchangeBy(context.Background(), time.Now().Add(100*time.Millisecond), query("silent.example.", dns.TypeA), QueryOptions{})
+		errc <- err
+	}()
+	for i := range 20 { // answered while the silent one waits
+		if _, err := u.exchangeBy(context.Background(), time.Now().Add(time.Minute), query(fmt.Sprintf("a%d.example.", i), dns.TypeA), QueryOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("silent upstream: %v, want a deadline exceeded", err)
+	}
+	eventually(t, "every socket closed", func() bool {
+		m := u.mux
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.socks) == len(m.drain) && m.waiting == 0
+	})
 }
