@@ -150,7 +150,7 @@ func TestDNSSECValidation(t *testing.T) {
 	}
 	confFile := filepath.Join(dir, "dnsguard.conf")
 	os.WriteFile(confFile, []byte(conf), 0o644)
-	g := startGuard(t, "--dnssec", "--config", confFile, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
+	g := startGuard(t, "--dnssec", "--config", confFile, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
 
 	query := func(addr, name string, qtype uint16, do, ad, cd bool) *dns.Msg {
 		t.Helper()
@@ -259,7 +259,7 @@ func TestDNSSECValidation(t *testing.T) {
 	conf2 := conf + "\tlist insecure_domain 'signed.test'\n"
 	confFile2 := filepath.Join(dir, "dnsguard-nta.conf")
 	os.WriteFile(confFile2, []byte(conf2), 0o644)
-	g2 := startGuard(t, "--dnssec", "--config", confFile2, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
+	g2 := startGuard(t, "--dnssec", "--config", confFile2, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
 	if r := query(g2.addr, "forged.signed.test.", dns.TypeA, true, false, false); r.Rcode != dns.RcodeSuccess || r.AuthenticatedData {
 		t.Errorf("negative trust anchor:\n%v", r)
 	}
@@ -268,7 +268,7 @@ func TestDNSSECValidation(t *testing.T) {
 	}
 
 	// With validation off the guard never sets AD, whatever the upstream says.
-	g3 := startGuard(t, "--dnssec=false", "--listen", freePort(t), "--upstream", "udp://"+ref.Do53.String())
+	g3 := startGuard(t, "--dnssec=false", "--listen", anyPort, "--upstream", "udp://"+ref.Do53.String())
 	if r := query(g3.addr, "www.signed.test.", dns.TypeA, true, false, false); r.AuthenticatedData || r.Rcode != dns.RcodeSuccess {
 		t.Errorf("validation off, validating upstream:\n%v", r)
 	}
@@ -328,8 +328,8 @@ func TestDNSSECMissCost(t *testing.T) {
 	os.WriteFile(conf, []byte("config dnsguard 'main'\n\toption dnssec '1'\n\tlist trust_anchor '"+ds+"'\n"+limits), 0o644)
 	confOff := filepath.Join(dir, "off.conf")
 	os.WriteFile(confOff, []byte("config dnsguard 'main'\n\toption dnssec '0'\n"+limits), 0o644)
-	on := startGuard(t, "--dnssec", "--config", conf, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
-	off := startGuard(t, "--config", confOff, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
+	on := startGuard(t, "--dnssec", "--config", conf, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
+	off := startGuard(t, "--config", confOff, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
 
 	c := &dns.Client{Timeout: 4 * time.Second}
 	run := func(name, addr string, pid int, wantAD bool) {

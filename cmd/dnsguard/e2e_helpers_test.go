@@ -238,6 +238,13 @@ func (g *guardProc) stop(t *testing.T, sig syscall.Signal) error {
 	return nil
 }
 
+// anyPort is a listen address for a guard started with runGuard: the
+// kernel picks the port and the guard's ready file names it (g.addr), so
+// no port picked free beforehand can be taken by another process
+// meanwhile. (freePort is for addresses a test must know before it
+// starts something.)
+const anyPort = "127.0.0.1:0"
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	for i := 0; i < 50; i++ {

@@ -308,7 +308,7 @@ func TestLabEncryptedUpstreams(t *testing.T) {
 	}
 	_, dohPort, _ := net.SplitHostPort(doh)
 	for _, up := range []string{"tls://" + dot + "?sni=localhost", "https://localhost:" + dohPort + "/dns-query?ip=127.0.0.1"} {
-		g := startGuard(t, "--config", conf, "--listen", freePort(t), "--upstream", up, "--upstream-ca", cert, "--state", dir+"/state.db")
+		g := startGuard(t, "--config", conf, "--listen", anyPort, "--upstream", up, "--upstream-ca", cert, "--state", dir+"/state.db")
 		r := ask(t, g.addr, "www.lab.example.", dns.TypeA, false)
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
 			t.Errorf("%s: %v", up, r)

@@ -54,10 +54,10 @@ func TestDNSSECWaitNTP(t *testing.T) {
 	}
 
 	// Without the flag the clock (past the build time) is trusted.
-	plain := startGuard(t, "--dnssec", "--config", conf, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
+	plain := startGuard(t, "--dnssec", "--config", conf, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
 	wantBogus(query(plain.addr, "www.expired.test."), "without the flag")
 
-	g := startGuard(t, "--dnssec", "--dnssec-wait-ntp", "--config", conf, "--listen", freePort(t), "--upstream", "udp://"+auth.Do53.String())
+	g := startGuard(t, "--dnssec", "--dnssec-wait-ntp", "--config", conf, "--listen", anyPort, "--upstream", "udp://"+auth.Do53.String())
 	for _, name := range []string{"www.expired.test.", "mail.expired.test."} {
 		r := query(g.addr, name)
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 || !r.AuthenticatedData {

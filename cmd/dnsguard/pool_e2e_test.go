@@ -75,7 +75,7 @@ func lookups(addr string, qps, n int, suffix string) (ok int) {
 // answer.
 func TestRunSlowNameAttack(t *testing.T) {
 	up := startScriptedUpstream(t)
-	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+	g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+up.addr)
 	var attackerOK int
 	done := make(chan struct{})
 	go func() {
@@ -105,7 +105,7 @@ func TestRunRecoveryAfterOutage(t *testing.T) {
 	up := startScriptedUpstream(t)
 	conf := filepath.Join(t.TempDir(), "dnsguard.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf("config dnsguard 'main'\n\tlist upstream 'udp://%s'\n\toption upstream_timeout '300ms'\n\nconfig cache\n\toption fail_min '2s'\n\toption fail_max '5m'\n\toption serve_stale '0'\n", up.addr)), 0o644)
-	g := startGuard(t, "--config", conf, "--listen", freePort(t))
+	g := startGuard(t, "--config", conf, "--listen", anyPort)
 	up.off.Store(true)
 	retry := func() int {
 		m := new(dns.Msg)
@@ -157,7 +157,7 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 		os.WriteFile(conf, []byte(fmt.Sprintf("config dnsguard 'main'\n\tlist upstream '%s'\n\toption upstream_ca '%s'\n", d.URL("dot.test"), caFile)), 0o644)
 	}
 	write(a)
-	g := startGuard(t, "--config", conf, "--listen", freePort(t))
+	g := startGuard(t, "--config", conf, "--listen", anyPort)
 
 	var sent, answered, failed atomic.Int64
 	stop := make(chan struct{})

@@ -53,7 +53,7 @@ func TestRunTTLZeroAndOne(t *testing.T) {
 	for _, ttl := range []uint32{0, 1} {
 		t.Run(fmt.Sprintf("ttl%d", ttl), func(t *testing.T) {
 			up := startRecorder(t, ttl)
-			g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+			g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+up.addr)
 			for i := 0; i < 20; i++ {
 				r := ask(t, g.addr, "Zero.Example.", dns.TypeA, false)
 				if len(r.Answer) != 1 || r.Answer[0].Header().Ttl == 0 || r.Answer[0].Header().Ttl > 30 {
@@ -73,7 +73,7 @@ func TestRunTTLZeroAndOne(t *testing.T) {
 // every upstream query sent with a fresh random ID and port.
 func TestRunFreshIDsAndPorts(t *testing.T) {
 	up := startRecorder(t, 300)
-	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+	g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+up.addr)
 	c, err := net.Dial("udp", g.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +118,7 @@ func TestRunFreshIDsAndPorts(t *testing.T) {
 
 func TestRunCoalescing(t *testing.T) {
 	up := startRecorder(t, 300)
-	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+up.addr)
+	g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+up.addr)
 	var wg sync.WaitGroup
 	for i := 0; i < 30; i++ {
 		wg.Add(1)
@@ -140,7 +140,7 @@ func TestRunCoalescing(t *testing.T) {
 // and says why once, not per query.
 func TestRunNoUpstream(t *testing.T) {
 	dead := freePort(t) // nothing listens there
-	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+dead, "--upstream", "tls://192.0.2.1:853?sni=dns.example")
+	g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+dead, "--upstream", "tls://192.0.2.1:853?sni=dns.example")
 	// ask fails on no answer within its client timeout; how soon the
 	// SERVFAIL comes is not asserted (shared, noisy machines).
 	for i := 0; i < 10; i++ {
@@ -266,7 +266,7 @@ func TestRunReadyFile(t *testing.T) {
 	}
 
 	// Nowhere to write it: the guard does not serve on as if nobody waited.
-	out, err := exec.Command(binary, "run", "--dnssec=false", "--listen", freePort(t), "--upstream", "udp://"+up.addr,
+	out, err := exec.Command(binary, "run", "--dnssec=false", "--listen", anyPort, "--upstream", "udp://"+up.addr,
 		"--ready-file", filepath.Join(dir, "missing", "ready")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "ready file") {
 		t.Errorf("unwritable ready file: %v\n%s", err, out)

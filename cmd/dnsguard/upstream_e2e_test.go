@@ -40,7 +40,7 @@ func TestRunDoTUnbound(t *testing.T) {
 	}})
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
 	os.WriteFile(caFile, u.CAPEM, 0o644)
-	g := startGuard(t, "--listen", freePort(t), "--upstream", u.URL(), "--upstream-ca", caFile)
+	g := startGuard(t, "--listen", anyPort, "--upstream", u.URL(), "--upstream-ca", caFile)
 
 	if out := dig(t, g.addr, "www.dnsguard.test", "A"); !strings.Contains(out, publicAddr) || !strings.Contains(out, "status: NOERROR") {
 		t.Errorf("A over UDP:\n%s", out)
@@ -55,7 +55,7 @@ func TestRunDoTUnbound(t *testing.T) {
 		t.Errorf("NXDOMAIN:\n%s", out)
 	}
 	// Without the CA the guard refuses unbound's certificate (strict profile).
-	g2 := startGuard(t, "--listen", freePort(t), "--upstream", u.URL())
+	g2 := startGuard(t, "--listen", anyPort, "--upstream", u.URL())
 	if out := dig(t, g2.addr, "www.dnsguard.test", "A"); !strings.Contains(out, "status: SERVFAIL") {
 		t.Errorf("untrusted DoT upstream was used:\n%s", out)
 	}
@@ -87,7 +87,7 @@ func TestRunPaddedEncryptedUpstreams(t *testing.T) {
 		}
 	}{{"dot", dot.URL(dot.Name), dot}, {"doh", doh.URL, doh}} {
 		t.Run(tc.name, func(t *testing.T) {
-			g := startGuard(t, "--listen", freePort(t), "--upstream", tc.url, "--upstream-ca", caFile)
+			g := startGuard(t, "--listen", anyPort, "--upstream", tc.url, "--upstream-ca", caFile)
 			for i, name := range []string{"a.example.", "a-much-longer-name-to-cross-a-block.subdomain.example.", strings.Repeat("x", 60) + "." + strings.Repeat("y", 60) + ".example."} {
 				r := ask(t, g.addr, name, dns.TypeA, i%2 == 0)
 				if len(r.Answer) != 1 {
@@ -125,7 +125,7 @@ func TestRunPaddedEncryptedUpstreams(t *testing.T) {
 func TestRunFailover(t *testing.T) {
 	up := startRecorder(t, 300)
 	dead := freePort(t)
-	g := startGuard(t, "--listen", freePort(t), "--upstream", "udp://"+dead, "--upstream", "udp://"+up.addr)
+	g := startGuard(t, "--listen", anyPort, "--upstream", "udp://"+dead, "--upstream", "udp://"+up.addr)
 	for i := 0; i < 5; i++ {
 		r := ask(t, g.addr, fmt.Sprintf("f%d.example.", i), dns.TypeA, false)
 		if len(r.Answer) != 1 {

@@ -2,12 +2,11 @@ package lab
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -45,19 +44,17 @@ config answers
 }
 
 // startGuardRun starts binary as a guard in front of upstream and waits
-// until it serves: until its --ready-file is there.
+// until it serves: until its --ready-file is there. The guard listens on
+// a port of the kernel's choosing (no port picked free beforehand that
+// another process may take meanwhile); the ready file names it.
 func startGuardRun(ctx context.Context, binary, upstream, extraConfig, dir string) (*guardRun, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
 	conf := filepath.Join(dir, "dnsguard.conf")
-	if err := os.WriteFile(conf, []byte(guardConfig(addr, upstream, dir, extraConfig)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(guardConfig("127.0.0.1:0", upstream, dir, extraConfig)), 0o644); err != nil {
 		return nil, err
 	}
 	ready := filepath.Join(dir, "ready")
 	g := &guardRun{cmd: exec.CommandContext(ctx, binary, "run", "--config", conf, "--ready-file", ready),
-		addr: addr, logFile: filepath.Join(dir, "stderr"), done: make(chan struct{})}
+		logFile: filepath.Join(dir, "stderr"), done: make(chan struct{})}
 	stderr, err := os.Create(g.logFile)
 	if err != nil {
 		return nil, err
@@ -72,8 +69,15 @@ func startGuardRun(ctx context.Context, binary, upstream, extraConfig, dir strin
 	defer tick.Stop()
 	deadline := time.After(20 * time.Second)
 	for {
-		if _, err := os.Stat(ready); err == nil {
-			return g, nil
+		if b, err := os.ReadFile(ready); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if a, ok := strings.CutPrefix(l, "listen "); ok {
+					g.addr = a
+					return g, nil
+				}
+			}
+			g.stop()
+			return nil, fmt.Errorf("dnsguard's ready file names no listen address: %q", b)
 		}
 		select {
 		case <-g.done:
@@ -94,21 +98,4 @@ func (g *guardRun) stop() {
 		g.cmd.Process.Kill()
 		<-g.done
 	}
-}
-
-func freeAddr() (string, error) {
-	for i := 0; i < 50; i++ {
-		u, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		a := u.LocalAddr().String()
-		l, err := net.Listen("tcp", a)
-		u.Close()
-		if err == nil {
-			l.Close()
-			return a, nil
-		}
-	}
-	return "", errors.New("no free port")
 }
