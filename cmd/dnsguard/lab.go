@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/emulate"
@@ -158,99 +156,11 @@ func labServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	serve := func(f func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(); err != nil {
-				errs <- err
-				cancel()
-			}
-		}()
+	ls, err := l.Listen(lab.Endpoints{Do53: listens, DoT: dots, DoH: dohs, Probe: probes}, tlsCfg)
+	if err != nil {
+		return err
 	}
-	var addrs []string
-	closeAll := func(closers []io.Closer) {
-		for _, c := range closers {
-			c.Close()
-		}
-	}
-	var opened []io.Closer
-	for _, a := range listens {
-		pc, err := net.ListenPacket("udp", a)
-		if err != nil {
-			closeAll(opened)
-			return fmt.Errorf("lab: %w", err)
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			closeAll(opened)
-			return fmt.Errorf("lab: %w", err)
-		}
-		opened = append(opened, pc, ln)
-		addrs = append(addrs, "udp+tcp://"+pc.LocalAddr().String())
-		serve(func() error { return l.ServeUDP(ctx, pc) })
-		serve(func() error { return l.ServeStream(ctx, ln, "tcp") })
-	}
-	for _, a := range dots {
-		ln, err := net.Listen("tcp", a)
-		if err != nil {
-			closeAll(opened)
-			return fmt.Errorf("lab: %w", err)
-		}
-		opened = append(opened, ln)
-		addrs = append(addrs, "tls://"+ln.Addr().String())
-		serve(func() error { return l.ServeStream(ctx, tls.NewListener(ln, tlsCfg), "dot") })
-	}
-	for _, a := range dohs {
-		ln, err := net.Listen("tcp", a)
-		if err != nil {
-			closeAll(opened)
-			return fmt.Errorf("lab: %w", err)
-		}
-		opened = append(opened, ln)
-		addrs = append(addrs, "https://"+ln.Addr().String()+"/dns-query")
-		serve(func() error { return l.ServeDoH(ctx, tls.NewListener(ln, tlsCfg)) })
-	}
-	for _, a := range probes {
-		ln, err := net.Listen("tcp", a)
-		if err != nil {
-			closeAll(opened)
-			return fmt.Errorf("lab: %w", err)
-		}
-		opened = append(opened, ln)
-		addrs = append(addrs, "probe://"+ln.Addr().String())
-		serve(func() error { return l.ServeProbe(ctx, ln) })
-	}
-	log.Info("lab serving", "listen", strings.Join(addrs, " "), "schedule", sched.String(), "zone", zone.String(), "record", *record)
-
-	tick := time.NewTicker(*recordEvery)
-	defer tick.Stop()
-	var runErr error
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			break loop
-		case err := <-errs:
-			runErr = err
-			break loop
-		case <-tick.C:
-			if err := l.Snapshot().WriteFile(*record); err != nil {
-				log.Error("writing the record", "err", err)
-			}
-		}
-	}
-	cancel()
-	wg.Wait()
-	if err := l.Snapshot().WriteFile(*record); err != nil {
-		return errors.Join(runErr, err)
-	}
-	return runErr
+	return l.Run(ctx, ls, *record, *recordEvery)
 }
 
 // labTLS loads or generates the DoT/DoH certificate.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -301,29 +302,32 @@ func TestTransports(t *testing.T) {
 	defer cancel()
 	s, _ := ParseSchedule("flood-3")
 	l := New(Config{Schedule: s})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcp, _ := net.Listen("tcp", "127.0.0.1:0")
 	cert, pemBytes, err := SelfSigned([]string{"127.0.0.1", "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	tcfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
-	dotLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	dohLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	go l.ServeUDP(ctx, pc)
-	go l.ServeStream(ctx, tcp, "tcp")
-	go l.ServeStream(ctx, tls.NewListener(dotLn, tcfg), "dot")
-	go l.ServeDoH(ctx, tls.NewListener(dohLn, tcfg))
+	local := []string{"127.0.0.1:0"}
+	ls, err := l.Listen(Endpoints{Do53: local, DoT: local, DoH: local}, tcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := ls.Addrs() // udp+tcp://, tls://, https://…/dns-query
+	if len(addrs) != 3 {
+		t.Fatalf("endpoints %v", addrs)
+	}
+	do53 := strings.TrimPrefix(addrs[0], "udp+tcp://")
+	dot := strings.TrimPrefix(addrs[1], "tls://")
+	record := filepath.Join(t.TempDir(), "record.json")
+	ran := make(chan error, 1)
+	go func() { ran <- l.Run(ctx, ls, record, time.Hour) }()
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pemBytes)
 	q := query("www.lab.example.", dns.TypeA)
 	for _, tt := range []struct {
 		net, addr string
-	}{{"udp", pc.LocalAddr().String()}, {"tcp", tcp.Addr().String()}, {"tcp-tls", dotLn.Addr().String()}} {
+	}{{"udp", do53}, {"tcp", do53}, {"tcp-tls", dot}} {
 		cl := &dns.Client{Net: tt.net, Timeout: 5 * time.Second, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}
 		r, _, err := cl.Exchange(q, tt.addr)
 		if err != nil || len(r.Answer) != 1 {
@@ -332,7 +336,7 @@ func TestTransports(t *testing.T) {
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 5 * time.Second}
 	b, _ := q.Pack()
-	resp, err := hc.Post("https://"+dohLn.Addr().String()+"/dns-query", "application/dns-message", bytes.NewReader(b))
+	resp, err := hc.Post(addrs[2], "application/dns-message", bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,9 +346,14 @@ func TestTransports(t *testing.T) {
 	if err := r.Unpack(body); err != nil || len(r.Answer) != 1 {
 		t.Errorf("doh: %v %v", err, r)
 	}
-	snap := l.Snapshot()
-	if len(snap.Clients) != 1 {
-		t.Fatalf("clients %+v", snap.Clients)
+	// Run ends with its context and writes the record a last time.
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	snap, err := ReadSnapshot(record)
+	if err != nil || len(snap.Clients) != 1 {
+		t.Fatalf("record: %v, clients %+v", err, snap)
 	}
 	tr := snap.Clients[0].Transports
 	if tr["udp"] != 1 || tr["tcp"] != 1 || tr["dot"] != 1 || tr["doh"] != 1 {
