@@ -3,6 +3,8 @@ package validate
 import (
 	"bytes"
 	"log/slog"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -49,5 +51,40 @@ func TestTTLWatch(t *testing.T) {
 	m.Answer[0].Header().Ttl = 500
 	if !w2.Observe(m) {
 		t.Error("Observe missed a jump")
+	}
+}
+
+// TestTTLWatchRecency: the watch forgets exactly the least recently seen
+// pair, as a plain list kept in recency order does, over a long run of
+// names seen again and new (the slots are reused in place).
+func TestTTLWatchRecency(t *testing.T) {
+	const limit = 7
+	w := NewTTLWatch(1000, limit, nil)
+	var model []string // most recent first
+	rng := uint32(1)
+	for step := range 5000 {
+		rng = rng*1103515245 + 12345
+		name := "n" + strconv.Itoa(int(rng>>16)%12) + ".example."
+		// Every pair's last TTL is 1: a TTL far above it is a jump
+		// exactly when the pair is remembered.
+		remembered := slices.Contains(model, name)
+		if got := w.ObserveTTL(name, dns.TypeA, 1_000_000); got != remembered {
+			t.Fatalf("step %d: %s jump %v, want %v (remembered: %v)", step, name, got, remembered, model)
+		}
+		w.ObserveTTL(name, dns.TypeA, 1) // a drop: back to 1
+		model = slices.DeleteFunc(model, func(s string) bool { return s == name })
+		model = append([]string{name}, model...)
+		if len(model) > limit {
+			model = model[:limit]
+		}
+		if w.Len() != len(model) {
+			t.Fatalf("step %d: %d remembered, model %d", step, w.Len(), len(model))
+		}
+	}
+	// Exactly the model's names are remembered: each gives a jump from 1.
+	for _, name := range model {
+		if !w.ObserveTTL(name, dns.TypeA, 1_000_000) {
+			t.Errorf("%s (recently seen) was forgotten", name)
+		}
 	}
 }
