@@ -1,4 +1,4 @@
-package main
+package device_test
 
 import (
 	"strings"
@@ -7,14 +7,14 @@ import (
 	"github.com/dnsguard/dnsguard/guard/device"
 )
 
-func TestPrintDevicesCountsUnconfirmed(t *testing.T) {
+func TestWriteTableCountsUnconfirmed(t *testing.T) {
 	views := []device.View{
 		{ID: "02:00:00:00:00:01", MAC: "02:00:00:00:00:01", Name: "kettle"},
 		{ID: "06:11:22:33:44:55", MAC: "06:11:22:33:44:55", Unconfirmed: true},
 		{ID: "0a:11:22:33:44:55", MAC: "0a:11:22:33:44:55", Unconfirmed: true},
 	}
 	var b strings.Builder
-	if err := printDevices(&b, views); err != nil {
+	if err := device.WriteTable(&b, views); err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
