@@ -613,13 +613,10 @@ func TestStrictKeying(t *testing.T) {
 					<-started
 					second := make(chan struct{})
 					go func() { got2 = ask(tc.second); close(second) }()
-					if tc.own {
-						<-started // its own flight goes upstream
-					} else {
-						// It joins the flight: wait until the cache counts it.
-						for c.Stats.Misses.Load() < 2 {
-							runtime.Gosched()
-						}
+					// Both have missed: the second has a flight of its own
+					// (own) or is about to join the first's.
+					for c.Stats.Misses.Load() < 2 {
+						runtime.Gosched()
 					}
 					close(gate)
 					<-done
