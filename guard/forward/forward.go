@@ -1,7 +1,9 @@
 // Package forward is the innermost stage: it asks the upstreams the
 // device's question and turns their answer into the stored form the cache
 // keeps and the devices get: minimal (answer section, and the SOA of a
-// negative answer), no OPT, no padding.
+// negative answer), no OPT, no padding. Upstreams is the way there: the
+// upstream pool, DNSSEC validation and the answer shield, applied under
+// each query's terms (policy.Terms), which travel as an explicit argument.
 package forward
 
 import (

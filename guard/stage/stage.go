@@ -1,7 +1,8 @@
 // Package stage defines how the guard's stages plug together. A query
-// flows inward through a chain of Handlers (listen -> identify -> policy ->
-// limit -> cache -> upstream), each of which either answers or calls the
-// next, the way net/http middleware wraps a handler.
+// flows inward through a chain of Stages (count -> identify -> static ->
+// protocol -> limit -> cache -> local -> forward, built by Chain from one
+// list in cmd/dnsguard), each of which either answers or calls the next,
+// the way net/http middleware wraps a handler.
 package stage
 
 import (

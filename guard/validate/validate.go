@@ -92,10 +92,11 @@ var (
 	ErrMalformed = errors.New("validate: malformed answer")
 )
 
-// Check validates m, the upstream's answer to q. strict (a device held to
-// the strictest policy) also removes everything but the answer a stub
-// needs: the additional section, and the authority section of a positive
-// answer. It never modifies m.
+// Check validates m, the upstream's answer to q. strict (the minimal
+// shield of a device held to strict terms, policy.Terms.MinimalShield)
+// also removes everything but the answer a stub needs: the additional
+// section, and the authority section of a positive answer. It never
+// modifies m.
 func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, error) {
 	out, _, err := v.CheckReport(q, m, strict)
 	return out, err
