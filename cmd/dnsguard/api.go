@@ -16,7 +16,7 @@ import (
 // config's api section has a listen address (nil, nil when it has none).
 // Who may connect: loopback and api.allow_client when that is given,
 // else whoever the DNS listener answers.
-func startAPI(cfg *policy.Config, router *routerSide, srv *listen.Server, c *cache.Cache, ups *upstreams, log *slog.Logger) (*control.Server, error) {
+func startAPI(cfg *policy.Config, router *routerSide, srv *listen.Server, c *cache.Cache, ups *upstream.Pools, log *slog.Logger) (*control.Server, error) {
 	api := cfg.API
 	if api.Listen == "" {
 		return nil, nil
@@ -29,7 +29,7 @@ func startAPI(cfg *policy.Config, router *routerSide, srv *listen.Server, c *cac
 		}
 	}
 	src := &control.Sources{
-		Listen: &srv.Stats, Cache: c, Upstreams: ups.stats,
+		Listen: &srv.Stats, Cache: c, Upstreams: ups.Stats,
 		Registry: router.Registry, Counters: router.Counters,
 	}
 	if t := router.table; t != nil {
@@ -47,20 +47,4 @@ func startAPI(cfg *policy.Config, router *routerSide, srv *listen.Server, c *cac
 	}
 	log.Info("api serving", "addr", s.Addr().String(), "allow_client", api.AllowClient)
 	return s, nil
-}
-
-// stats returns the counters and state of every upstream of the running
-// pools (a reload's old pool until it is released).
-func (u *upstreams) stats() []upstream.Stats {
-	u.mu.Lock()
-	pools := make([]*upstream.Pool, 0, len(u.pools))
-	for _, sp := range u.pools {
-		pools = append(pools, sp.pool)
-	}
-	u.mu.Unlock()
-	var out []upstream.Stats
-	for _, p := range pools {
-		out = append(out, p.Stats()...)
-	}
-	return out
 }

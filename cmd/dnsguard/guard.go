@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
-	"os"
-	"sync"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
-	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/forward"
 	"github.com/dnsguard/dnsguard/guard/limit"
 	"github.com/dnsguard/dnsguard/guard/localzone"
@@ -35,142 +31,6 @@ type guardChain struct {
 // (an upstream query ends within upstream_timeout times upstream_max).
 const drainTimeout = 10 * time.Second
 
-// inflight is the stage that counts the queries in progress on a chain.
-type inflight struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0, if set
-}
-
-func (f *inflight) Name() string { return "inflight" }
-
-func (f *inflight) Wrap(h stage.Handler) stage.Handler {
-	return stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-		f.mu.Lock()
-		f.n++
-		f.mu.Unlock()
-		defer func() {
-			f.mu.Lock()
-			f.n--
-			if f.n == 0 && f.idle != nil {
-				close(f.idle)
-				f.idle = nil
-			}
-			f.mu.Unlock()
-		}()
-		return h.ServeDNS(ctx, req)
-	})
-}
-
-// wait returns when no query is in progress or ctx ends.
-func (f *inflight) wait(ctx context.Context) {
-	f.mu.Lock()
-	if f.n == 0 {
-		f.mu.Unlock()
-		return
-	}
-	if f.idle == nil {
-		f.idle = make(chan struct{})
-	}
-	idle := f.idle
-	f.mu.Unlock()
-	select {
-	case <-idle:
-	case <-ctx.Done():
-	}
-}
-
-// upstreams keeps the upstream pools across reloads. A configuration
-// whose upstream settings (URLs, CA, timeout, attempts, 0x20) are those
-// of a running pool shares that pool: its connections, its health and its
-// measurements survive a reload (LuCI's Save & Apply reloads for any
-// change). A pool no chain uses any more is shut down once the queries
-// in progress on it are done.
-type upstreams struct {
-	log       *slog.Logger
-	onRecover func()
-
-	mu    sync.Mutex
-	pools map[string]*sharedPool
-}
-
-type sharedPool struct {
-	key  string
-	pool *upstream.Pool
-	refs int
-}
-
-// newUpstreams returns an empty set; onRecover (may be nil) is called
-// when every upstream of a pool was down and one answers again.
-func newUpstreams(log *slog.Logger, onRecover func()) *upstreams {
-	return &upstreams{log: log, onRecover: onRecover, pools: map[string]*sharedPool{}}
-}
-
-// poolKey is what makes two configurations' pools the same.
-func poolKey(cfg *policy.Config) string {
-	ca := ""
-	if cfg.UpstreamCA != "" {
-		// The file's contents, not just its name: a renewed CA is a new pool.
-		b, err := os.ReadFile(cfg.UpstreamCA)
-		sum := sha256.Sum256(b)
-		ca = fmt.Sprintf("%s %x %v", cfg.UpstreamCA, sum, err)
-	}
-	return fmt.Sprintf("%q|%s|%v|%d|%v", cfg.Upstreams, ca, cfg.UpstreamTimeout, cfg.Cache.UpstreamMax, cfg.Randomize0x20)
-}
-
-// acquire returns the pool for cfg, shared or new.
-func (u *upstreams) acquire(cfg *policy.Config) (*sharedPool, error) {
-	key := poolKey(cfg)
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if sp := u.pools[key]; sp != nil {
-		sp.refs++
-		return sp, nil
-	}
-	pool, err := upstream.NewPool(cfg.Upstreams, upstream.Options{
-		CAFile:        cfg.UpstreamCA,
-		Timeout:       cfg.UpstreamTimeout,
-		MaxAttempts:   cfg.Cache.UpstreamMax,
-		Randomize0x20: cfg.Randomize0x20,
-		Logger:        u.log.With("stage", "upstream"),
-		OnRecover:     u.onRecover,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("upstreams: %w", err)
-	}
-	sp := &sharedPool{key: key, pool: pool, refs: 1}
-	u.pools[key] = sp
-	return sp, nil
-}
-
-// release drops a chain's use of sp; the last one shuts the pool down,
-// letting its queries in progress finish until ctx ends.
-func (u *upstreams) release(ctx context.Context, sp *sharedPool) {
-	u.mu.Lock()
-	sp.refs--
-	last := sp.refs == 0
-	if last {
-		delete(u.pools, sp.key)
-	}
-	u.mu.Unlock()
-	if !last {
-		return
-	}
-	_ = sp.pool.Shutdown(ctx)
-	// What each upstream did while this pool ran: the answers the shield
-	// refused and the flood copies dropped are counted per upstream.
-	for _, st := range sp.pool.Stats() {
-		u.log.Info("upstream totals", "upstream", st.URL, "up", st.Up, "rtt", st.RTT,
-			"queries", st.Queries, "failures", st.Failures, "mismatches", st.Mismatches,
-			"flood", st.Flood, "refused", st.Refused, "case_fallbacks", st.CaseFallbacks,
-			"reader_late", st.ReaderLate, "reader_errors", st.ReaderErrors)
-		if st.ReaderLate+st.ReaderErrors > 0 { // should never happen: say so where it shows
-			u.log.Warn("upstream reader woke late or failed", "upstream", st.URL,
-				"reader_late", st.ReaderLate, "reader_errors", st.ReaderErrors)
-		}
-	}
-}
-
 // buildGuard wires the chain for cfg around the long-lived cache and
 // router side; its order is the list in the body:
 //
@@ -182,20 +42,27 @@ func (u *upstreams) release(ctx context.Context, sp *sharedPool) {
 // The upstream pool comes from ups (shared with the chain this one
 // replaces when the upstream settings are the same); nil ups gives the
 // chain a pool of its own.
-func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slog.Logger, ups *upstreams) (*guardChain, error) {
+func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slog.Logger, ups *upstream.Pools) (*guardChain, error) {
 	v := validate.New(cfg.Answers)
 	// TTL anomalies per name (the study's ttl-huge): logged, bounded memory.
 	ttls := validate.NewTTLWatch(cfg.Answers.TTLJumpFactor, cfg.Cache.MaxEntries, log.With("stage", "validate"))
 	if ups == nil {
-		ups = newUpstreams(log, c.Recovered)
+		ups = upstream.NewPools(log)
 	}
-	sp, err := ups.acquire(cfg)
+	pool, release, err := ups.Acquire(cfg.Upstreams, upstream.Options{
+		CAFile:        cfg.UpstreamCA,
+		Timeout:       cfg.UpstreamTimeout,
+		MaxAttempts:   cfg.Cache.UpstreamMax,
+		Randomize0x20: cfg.Randomize0x20,
+		Logger:        log.With("stage", "upstream"),
+		OnRecover:     c.Recovered,
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("upstreams: %w", err)
 	}
-	sec, err := newDNSSEC(cfg, sp.pool, log.With("stage", "dnssec"), router.State, router.Clock)
+	sec, err := newDNSSEC(cfg, pool, log.With("stage", "dnssec"), router.State, router.Clock)
 	if err != nil {
-		ups.release(context.Background(), sp)
+		release(context.Background())
 		return nil, fmt.Errorf("dnssec: %w", err)
 	}
 	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
@@ -216,14 +83,14 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 		},
 	})
 	if err != nil {
-		ups.release(context.Background(), sp)
+		release(context.Background())
 		return nil, err
 	}
 	// Strict queries keep their answers apart where strict terms change
 	// them under this configuration (policy.Terms.OwnAnswers).
 	c.SetStrictness(cfg.Strictness())
-	upstreams := &forward.Upstreams{Pool: sp.pool, Shield: v, Check: check, DNSSEC: sec, Bogus: forward.NewBogusLog(log.With("stage", "dnssec"))}
-	var running inflight
+	upstreams := &forward.Upstreams{Pool: pool, Shield: v, Check: check, DNSSEC: sec, Bogus: forward.NewBogusLog(log.With("stage", "dnssec"))}
+	var running stage.Inflight
 	// The chain, outermost first: the one place its order is written.
 	order := []stage.Stage{
 		&running,                               // queries in progress, which a reload waits for
@@ -240,7 +107,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 	return &guardChain{
 		handler: stage.Chain(order...),
 		close: func(ctx context.Context) {
-			running.wait(ctx)
+			running.Wait(ctx)
 			if cfg.Local.Server != "" || local.Stats.Answered.Load() > 0 {
 				log.Info("local names totals", "server", cfg.Local.Server,
 					"forwarded", local.Stats.Forwarded.Load(), "failed", local.Stats.Failed.Load(),
@@ -248,7 +115,7 @@ func buildGuard(cfg *policy.Config, c *cache.Cache, router *routerSide, log *slo
 			}
 			local.Close()
 			logDNSSEC(log, sec)
-			ups.release(ctx, sp)
+			release(ctx)
 		},
 	}, nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
-	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
 
@@ -231,60 +229,5 @@ func TestRunReloadDrainsDoT(t *testing.T) {
 	}
 	if strings.Contains(g.log(), "no upstream reachable") {
 		t.Errorf("a reload logged 'no upstream reachable':\n%s", g.log())
-	}
-}
-
-// TestUpstreamsShared: a reloaded configuration with the same upstream
-// settings gets the running pool; any change (URL, timeout, attempts,
-// 0x20, the CA file's contents) gets a new one; the pool is closed when
-// its last chain lets go.
-func TestUpstreamsShared(t *testing.T) {
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
-	os.WriteFile(caFile, upstreamtest.NewCA(t).PEM, 0o644)
-	base := func() *policy.Config {
-		return &policy.Config{Upstreams: []string{"udp://127.0.0.1:1"}, UpstreamCA: caFile, UpstreamTimeout: time.Second,
-			Cache: policy.Cache{UpstreamMax: 3}}
-	}
-	ups := newUpstreams(slog.New(slog.DiscardHandler), nil)
-	first, err := ups.acquire(base())
-	if err != nil {
-		t.Fatal(err)
-	}
-	same, err := ups.acquire(base())
-	if err != nil || same != first {
-		t.Fatalf("same settings: %v, shared %v", err, same == first)
-	}
-	changes := map[string]func(c *policy.Config){
-		"url":      func(c *policy.Config) { c.Upstreams = []string{"udp://127.0.0.1:2"} },
-		"timeout":  func(c *policy.Config) { c.UpstreamTimeout = 2 * time.Second },
-		"attempts": func(c *policy.Config) { c.Cache.UpstreamMax = 2 },
-		"0x20":     func(c *policy.Config) { c.Randomize0x20 = true },
-	}
-	for name, change := range changes {
-		c := base()
-		change(c)
-		sp, err := ups.acquire(c)
-		if err != nil || sp == first {
-			t.Errorf("%s changed: %v, shared %v", name, err, sp == first)
-		}
-		if err == nil {
-			ups.release(context.Background(), sp)
-		}
-	}
-	os.WriteFile(caFile, upstreamtest.NewCA(t).PEM, 0o644)
-	renewed, err := ups.acquire(base())
-	if err != nil || renewed == first {
-		t.Errorf("CA file renewed: %v, shared %v", err, renewed == first)
-	}
-	ups.release(context.Background(), renewed)
-
-	ups.release(context.Background(), first)
-	if ups.pools[first.key] != first || first.refs != 1 {
-		t.Fatal("pool dropped with a chain still using it")
-	}
-	ups.release(context.Background(), same)
-	if len(ups.pools) != 0 {
-		t.Errorf("%d pools left", len(ups.pools))
 	}
 }

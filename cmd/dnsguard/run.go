@@ -20,6 +20,7 @@ import (
 	"github.com/dnsguard/dnsguard/guard/control"
 	"github.com/dnsguard/dnsguard/guard/intercept"
 	"github.com/dnsguard/dnsguard/guard/listen"
+	"github.com/dnsguard/dnsguard/guard/upstream"
 	"github.com/dnsguard/dnsguard/policy"
 )
 
@@ -190,7 +191,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// Upstream pools live across reloads (kept when their settings are
 	// unchanged); the cache forgets the failures it recorded while every
 	// upstream was down as soon as one answers again.
-	ups := newUpstreams(log, c.Recovered)
+	ups := upstream.NewPools(log)
 	router.Clock = bootClockFor(router.State, log.With("stage", "dnssec"), f.waitNTP)
 	g, err := buildGuard(cfg, c, router, log, ups)
 	if err != nil {
