@@ -3,8 +3,6 @@ package dnswire
 import (
 	"bytes"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -250,14 +248,8 @@ func TestAppendError(t *testing.T) {
 
 // corpus adds the shared DNS message collection to a fuzz target.
 func corpus(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
-	for i, p := range files {
-		if i%8 != 0 { // a spread of the 9,774 is plenty for seeding
-			continue
-		}
-		if b, err := os.ReadFile(p); err == nil {
-			f.Add(b)
-		}
+	for _, b := range testenv.Messages(8) { // a spread of the 9,774 is plenty for seeding
+		f.Add(b)
 	}
 }
 

@@ -2,8 +2,6 @@ package lab
 
 import (
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,13 +12,8 @@ import (
 // FuzzRespond: whatever a client sends, under every experiment, the lab
 // does not panic, and what it sends back parses and answers the query's ID.
 func FuzzRespond(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
-	for i, p := range files {
-		if i%32 == 0 {
-			if b, err := os.ReadFile(p); err == nil {
-				f.Add(b, uint8(i))
-			}
-		}
+	for i, b := range testenv.Messages(32) {
+		f.Add(b, uint8(i*32))
 	}
 	q, _ := query("cname-x.lab.example.", dns.TypeA).Pack()
 	f.Add(q, uint8(0))

@@ -92,6 +92,25 @@ func SharedData(name string) string {
 	}
 }
 
+// Messages returns every step-th raw DNS message of the shared corpus
+// (shared/data/dns-fuzzing/packet, 9,774 messages, many malformed), in
+// file name order, to seed fuzz targets; none when the corpus is not
+// beside the checkout.
+func Messages(step int) [][]byte {
+	dir := SharedData("dns-fuzzing")
+	if dir == "" {
+		return nil
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "packet", "*"))
+	var out [][]byte
+	for i := 0; i < len(files); i += max(step, 1) {
+		if b, err := os.ReadFile(files[i]); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // InNetns runs f on a locked OS thread switched into the named network
 // namespace (ip netns), then switches back; sockets f opens stay in ns.
 func InNetns(ns string, f func() error) error {

@@ -2,8 +2,6 @@ package upstream
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -130,14 +128,8 @@ func TestRestoreName(t *testing.T) {
 
 // corpus adds the shared DNS message collection to a fuzz target.
 func corpus(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
-	for i, p := range files {
-		if i%8 != 0 { // a spread of the 9,774 is plenty for seeding
-			continue
-		}
-		if b, err := os.ReadFile(p); err == nil {
-			f.Add(b, i%16 == 0)
-		}
+	for i, b := range testenv.Messages(8) { // a spread of the 9,774 is plenty for seeding
+		f.Add(b, i%2 == 0)
 	}
 }
 

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -203,14 +201,8 @@ func verify(a policy.Answers, q dns.Question, out *dns.Msg) string {
 
 // seeds adds a spread of the shared corpus of raw DNS messages.
 func seeds(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join(testenv.SharedData("dns-fuzzing"), "packet", "*"))
-	for i, p := range files {
-		if i%16 != 0 {
-			continue
-		}
-		if b, err := os.ReadFile(p); err == nil {
-			f.Add(b, false)
-		}
+	for _, b := range testenv.Messages(16) {
+		f.Add(b, false)
 	}
 	for _, m := range []*dns.Msg{
 		msg("a.example.", dns.TypeA, "a.example. 300 CNAME b.example.", "b.example. 300 A 93.184.216.34", "b.example. 300 A 93.184.216.34"),
