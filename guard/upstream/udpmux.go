@@ -155,7 +155,9 @@ func newUDPMuxWaiting(u *udp, waitOn *os.File) (*udpMux, error) {
 	m.wg.Add(2)
 	go func() { defer m.wg.Done(); m.read() }()
 	go func() { defer m.wg.Done(); m.fill() }()
-	m.refill <- struct{}{}
+	// No sockets opened ahead yet: the first query (a one-off lookup's
+	// transport may only ever send two) opens its own and starts the
+	// refill.
 	return m, nil
 }
 
@@ -487,7 +489,7 @@ func (m *udpMux) sweep(now time.Time) {
 		clear(m.timed[k:])
 		m.timed = m.timed[:k]
 	}
-	if len(m.timed) > 2*m.waiting+32 {
+	if len(m.timed) > m.waiting+64 {
 		// Answered queries behind an unanswered one: let go of them now,
 		// not when the one in front times out.
 		m.timed = slices.DeleteFunc(m.timed, func(s *muxSock) bool { return s.answered })
@@ -517,6 +519,7 @@ func (m *udpMux) closeLocked(s *muxSock) {
 	}
 	delete(m.socks, s.fd)
 	unix.Close(int(s.fd)) // also leaves the epoll set
+	s.sent = nil          // the query, until s leaves the lists that may still hold it
 }
 
 // openRandomPort opens a non-blocking UDP socket of family on a port from
