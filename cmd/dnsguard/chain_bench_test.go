@@ -11,6 +11,7 @@ import (
 
 	"github.com/dnsguard/dnsguard/guard/cache"
 	"github.com/dnsguard/dnsguard/guard/listen"
+	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
 	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
 )
@@ -34,7 +35,7 @@ func BenchmarkChainHit(b *testing.B) {
 	})}
 	go srv.ActivateAndServe()
 	defer srv.Shutdown()
-	to := benchChain(b, up.LocalAddr().String())
+	to := benchChain(b, "udp://"+up.LocalAddr().String(), "")
 
 	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
@@ -96,8 +97,44 @@ func BenchmarkChainMiss(b *testing.B) {
 		}
 	}()
 	defer func() { up.Close(); <-upDone }()
-	to := benchChain(b, up.LocalAddr().String())
+	benchMiss(b, benchChain(b, "udp://"+up.LocalAddr().String(), ""))
+}
 
+// BenchmarkChainMissDoT is BenchmarkChainMiss forwarded over DoT to a
+// local server that turns queries around without allocating
+// (upstreamtest.DoTEcho): the allocations are the guard's DoT miss path
+// and the client's.
+func BenchmarkChainMissDoT(b *testing.B) {
+	ca := upstreamtest.NewCA(b)
+	srv := upstreamtest.StartDoTEcho(b, ca)
+	benchMiss(b, benchChain(b, srv.URL(), caFile(b, ca)))
+}
+
+// BenchmarkChainMissDoH is BenchmarkChainMiss forwarded over DoH (HTTP/2)
+// to upstreamtest's DoH server (net/http: its allocations, a constant
+// share, are counted too).
+func BenchmarkChainMissDoH(b *testing.B) {
+	ca := upstreamtest.NewCA(b)
+	srv := upstreamtest.StartDoH(b, ca, upstreamtest.DoHOptions{Handler: func(q *dns.Msg) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetRcode(q, dns.RcodeNameError)
+		m.RecursionAvailable = true
+		return m
+	}})
+	benchMiss(b, benchChain(b, srv.URL, caFile(b, ca)))
+}
+
+func caFile(b *testing.B, ca *upstreamtest.CA) string {
+	f := filepath.Join(b.TempDir(), "ca.pem")
+	if err := os.WriteFile(f, ca.PEM, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return f
+}
+
+// benchMiss asks the guard at to a new name each time and expects
+// NXDOMAIN.
+func benchMiss(b *testing.B, to netip.AddrPort) {
 	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
 		b.Fatal(err)
@@ -136,15 +173,17 @@ func BenchmarkChainMiss(b *testing.B) {
 }
 
 // benchChain starts the guard's chain and listener as `run` builds them,
-// forwarding to the Do53 upstream at up, and returns the listener's
-// address; everything is stopped when b ends.
-func benchChain(b *testing.B, up string) netip.AddrPort {
+// forwarding to the upstream URL up (trusting the CA in caFile, if
+// any), and returns the listener's address; everything is stopped when
+// b ends.
+func benchChain(b *testing.B, up, caFile string) netip.AddrPort {
 	b.Helper()
 	dir := b.TempDir()
 	conf := filepath.Join(dir, "dnsguard.conf")
 	if err := os.WriteFile(conf, []byte(`config dnsguard 'main'
 	option state_file '`+filepath.Join(dir, "state.db")+`'
-	list upstream 'udp://`+up+`'
+	list upstream '`+up+`'
+	option upstream_ca '`+caFile+`'
 	option dnssec '0'
 
 config limits
