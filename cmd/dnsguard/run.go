@@ -124,7 +124,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error")
 	fs.Var(&f.dnssec, "dnssec", "validate answers with DNSSEC (--dnssec=false: off); default: the config's option dnssec, on")
 	fs.BoolVar(&f.waitNTP, "dnssec-wait-ntp", false, "do not check DNSSEC signature times until told NTP has synced (SIGUSR1), even with the clock past the build time (the OpenWrt init script sets it when sysntpd is enabled)")
-	fs.StringVar(&f.readyFile, "ready-file", "", "once every listener serves, write `FILE` (atomically: \"pid N\", then \"listen ADDR\" per bound address and \"api ADDR\" when the API serves); removed at exit. For supervisors and tests: wait for the file, not for a log line")
+	fs.StringVar(&f.readyFile, "ready-file", "", "once every listener serves, write `FILE` (atomically: \"pid N\", then \"listen ADDR\" per bound address and \"api ADDR\" when the API serves, \"reloads N\" and \"reload_failures N\"), again after each SIGHUP; removed at exit. For supervisors and tests: wait for the file, not for a log line")
 	fs.BoolVar(&f.check, "check", false, "build everything the config asks for (upstreams, pins, CA file, classes) without opening a socket, and exit; a --config file must have its \"config dnsguard\" section")
 	if profilesBuilt {
 		fs.StringVar(&f.pprof, "pprof", "", "serve Go profiles (net/http/pprof) on `IP:PORT`, for benchmarks")
