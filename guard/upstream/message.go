@@ -81,6 +81,85 @@ func pack(m *dns.Msg) ([]byte, error) {
 	return b, nil
 }
 
+// appendQuery appends to dst the wire form of q as prepare and pack make
+// it for id and pad (the same octets), without copying q: the header,
+// question and other additional records are packed from a shallow copy
+// that leaves out q's OPT, and the OPT (ednsSize, q's DO bit and EDNS
+// version, padding to the next multiple of padBlock when pad is set) is
+// written after them. q is only read. A query whose OPT carries options
+// other than padding, or that has more than one OPT, goes through prepare
+// and pack.
+func appendQuery(dst []byte, q *dns.Msg, id uint16, pad bool) ([]byte, error) {
+	var opt *dns.OPT
+	extra := q.Extra
+	for i, rr := range q.Extra {
+		o, ok := rr.(*dns.OPT)
+		if !ok {
+			continue
+		}
+		if opt != nil || i != len(q.Extra)-1 || q.Rcode > 0xF || !onlyPadding(o.Option) {
+			return appendSlow(dst, q, id, pad)
+		}
+		opt, extra = o, q.Extra[:i]
+	}
+	m := *q
+	m.Id, m.Response, m.Compress, m.Extra = id, false, false, extra
+	start := len(dst)
+	room := dst[start:cap(dst)]
+	b, err := m.PackBuffer(room)
+	if err != nil {
+		return nil, fmt.Errorf("pack query: %w", err)
+	}
+	if len(room) > 0 && len(b) > 0 && &b[0] == &room[0] {
+		dst = dst[:start+len(b)] // packed in place
+	} else {
+		dst = append(dst, b...)
+	}
+	// The OPT: root name, TYPE, CLASS = UDP size, TTL = extended RCODE
+	// (0 for a query), version and flags, RDLENGTH, options.
+	var ttl uint32
+	if opt != nil {
+		ttl = opt.Hdr.Ttl & 0x00FFFFFF
+	}
+	size := len(dst) - start + 11
+	rdlen := 0
+	if pad {
+		size += 4
+		rdlen = 4 + (padBlock-size%padBlock)%padBlock
+	}
+	dst = append(dst, 0, byte(dns.TypeOPT>>8), byte(dns.TypeOPT), byte(ednsSize>>8), byte(ednsSize&0xFF),
+		byte(ttl>>24), byte(ttl>>16), byte(ttl>>8), byte(ttl), byte(rdlen>>8), byte(rdlen))
+	if pad {
+		n := rdlen - 4
+		dst = append(dst, byte(dns.EDNS0PADDING>>8), byte(dns.EDNS0PADDING&0xFF), byte(n>>8), byte(n))
+		dst = append(dst, make([]byte, n)...) // RFC 7830 §3: octets of 0x00 (appended in place, no allocation)
+	}
+	if len(dst)-start > maxMessage {
+		return nil, fmt.Errorf("pack query: %d octets", len(dst)-start)
+	}
+	ar := binary.BigEndian.Uint16(dst[start+10:]) + 1
+	binary.BigEndian.PutUint16(dst[start+10:], ar)
+	return dst, nil
+}
+
+// appendSlow is appendQuery by prepare and pack.
+func appendSlow(dst []byte, q *dns.Msg, id uint16, pad bool) ([]byte, error) {
+	b, err := pack(prepare(q, id, pad))
+	if err != nil {
+		return nil, err
+	}
+	return append(dst, b...), nil
+}
+
+func onlyPadding(opts []dns.EDNS0) bool {
+	for _, o := range opts {
+		if o.Option() != dns.EDNS0PADDING {
+			return false
+		}
+	}
+	return true
+}
+
 func withoutPadding(opts []dns.EDNS0) []dns.EDNS0 {
 	out := opts[:0:0]
 	for _, o := range opts {
@@ -89,6 +168,71 @@ func withoutPadding(opts []dns.EDNS0) []dns.EDNS0 {
 		}
 	}
 	return out
+}
+
+// trimPadding cuts a Padding option off the end of wire, in place: when
+// the message's last record is its OPT and the OPT's last option is
+// Padding, that option goes (RDLENGTH is lowered) and the shorter message
+// is returned; otherwise wire as it is. Padding is for the encrypted hop
+// only (stripPadding drops it after unpacking anyway): cut before
+// unpacking, it costs nothing to unpack. Anything it cannot walk is left
+// for Unpack to judge.
+func trimPadding(wire []byte) []byte {
+	if len(wire) < 12 || binary.BigEndian.Uint16(wire[10:]) == 0 {
+		return wire
+	}
+	off := 12
+	for range binary.BigEndian.Uint16(wire[4:]) { // questions
+		if off = skipName(wire, off); off < 0 || off+4 > len(wire) {
+			return wire
+		}
+		off += 4
+	}
+	rrs := int(binary.BigEndian.Uint16(wire[6:])) + int(binary.BigEndian.Uint16(wire[8:])) + int(binary.BigEndian.Uint16(wire[10:]))
+	last := -1 // where the last record's TYPE starts
+	for range rrs {
+		if off = skipName(wire, off); off < 0 || off+10 > len(wire) {
+			return wire
+		}
+		last = off
+		off += 10 + int(binary.BigEndian.Uint16(wire[off+8:]))
+		if off > len(wire) {
+			return wire
+		}
+	}
+	if off != len(wire) || last < 0 || binary.BigEndian.Uint16(wire[last:]) != dns.TypeOPT {
+		return wire
+	}
+	rdata := last + 10
+	for o := rdata; o+4 <= off; {
+		next := o + 4 + int(binary.BigEndian.Uint16(wire[o+2:]))
+		if next == off && binary.BigEndian.Uint16(wire[o:]) == dns.EDNS0PADDING {
+			binary.BigEndian.PutUint16(wire[last+8:], uint16(o-rdata))
+			return wire[:o]
+		}
+		o = next
+	}
+	return wire
+}
+
+// skipName returns the offset after the name at off in wire, or -1.
+func skipName(wire []byte, off int) int {
+	for off < len(wire) {
+		switch l := int(wire[off]); {
+		case l == 0:
+			return off + 1
+		case l&0xC0 == 0xC0:
+			if off+2 > len(wire) {
+				return -1
+			}
+			return off + 2
+		case l&0xC0 != 0:
+			return -1
+		default:
+			off += 1 + l
+		}
+	}
+	return -1
 }
 
 // stripPadding removes Padding options from a response: they are for the
@@ -124,17 +268,40 @@ func randomizeCase(name string) string {
 // check. An answer without the question is rejected: nothing ties it to
 // the query.
 func match(sent *dns.Msg, wire []byte, exactCase bool) (*dns.Msg, error) {
+	return matchSent(sentOf(sent, sent.Id), wire, exactCase)
+}
+
+// sentQuery is what an answer is matched against: the ID, opcode and
+// question sent (nq: how many questions; an answer matches only one).
+type sentQuery struct {
+	id       uint16
+	opcode   int
+	nq       int
+	question dns.Question
+}
+
+// sentOf is what q, sent with id, is matched on.
+func sentOf(q *dns.Msg, id uint16) sentQuery {
+	s := sentQuery{id: id, opcode: q.Opcode, nq: len(q.Question)}
+	if s.nq > 0 {
+		s.question = q.Question[0]
+	}
+	return s
+}
+
+// matchSent is match against what was sent.
+func matchSent(sent sentQuery, wire []byte, exactCase bool) (*dns.Msg, error) {
 	if len(wire) < 12 {
 		return nil, fmt.Errorf("%w: %d octets", ErrMalformed, len(wire))
 	}
-	if id := binary.BigEndian.Uint16(wire); id != sent.Id {
-		return nil, fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, id, sent.Id)
+	if id := binary.BigEndian.Uint16(wire); id != sent.id {
+		return nil, fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, id, sent.id)
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(wire); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	if err := matchMsg(sent, m, exactCase); err != nil {
+	if err := matchSentMsg(sent, m, exactCase); err != nil {
 		var ce *CaseError
 		if errors.As(err, &ce) {
 			ce.Msg = m
@@ -144,19 +311,19 @@ func match(sent *dns.Msg, wire []byte, exactCase bool) (*dns.Msg, error) {
 	return m, nil
 }
 
-// matchMsg is match on an unpacked message.
-func matchMsg(sent, m *dns.Msg, exactCase bool) error {
+// matchSentMsg is matchSent on an unpacked message.
+func matchSentMsg(sent sentQuery, m *dns.Msg, exactCase bool) error {
 	switch {
 	case !m.Response:
 		return fmt.Errorf("%w: not a response", ErrMismatch)
-	case m.Id != sent.Id:
-		return fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, m.Id, sent.Id)
-	case m.Opcode != sent.Opcode:
+	case m.Id != sent.id:
+		return fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, m.Id, sent.id)
+	case m.Opcode != sent.opcode:
 		return fmt.Errorf("%w: opcode %d", ErrMismatch, m.Opcode)
-	case len(m.Question) != 1 || len(sent.Question) != 1:
+	case len(m.Question) != 1 || sent.nq != 1:
 		return fmt.Errorf("%w: %d questions", ErrMismatch, len(m.Question))
 	}
-	got, want := m.Question[0], sent.Question[0]
+	got, want := m.Question[0], sent.question
 	if got.Qtype != want.Qtype || got.Qclass != want.Qclass {
 		return fmt.Errorf("%w: question %s %s, sent %s %s", ErrMismatch,
 			dns.ClassToString[got.Qclass], dns.TypeToString[got.Qtype],

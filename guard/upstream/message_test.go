@@ -171,3 +171,147 @@ func FuzzMatch(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendQuery: the query written without copying is, octet for
+// octet, the one prepare and pack make, padded or not, whatever OPT the
+// caller's query had (none, DO, a version, padding already, options that
+// take the long way), and the caller's query is left as it was.
+func TestAppendQuery(t *testing.T) {
+	withOpt := func(m *dns.Msg, do bool, opts ...dns.EDNS0) *dns.Msg {
+		m.SetEdns0(4096, do)
+		m.IsEdns0().Option = opts
+		return m
+	}
+	cd := query("cd.example", dns.TypeDS)
+	cd.CheckingDisabled, cd.AuthenticatedData = true, true
+	v1 := withOpt(query("v1.example", dns.TypeA), true)
+	v1.IsEdns0().SetVersion(1)
+	v1.IsEdns0().SetZ(0x1234)
+	extra := query("extra.example", dns.TypeA)
+	extra.Extra = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{192, 0, 2, 1}}}
+	optFirst := withOpt(query("optfirst.example", dns.TypeA), false)
+	optFirst.Extra = append(optFirst.Extra, extra.Extra[0])
+	cases := map[string]*dns.Msg{
+		"no OPT":         query("example.com", dns.TypeA),
+		"DO":             withOpt(query("do.example.com", dns.TypeAAAA), true),
+		"padding in":     withOpt(query("p.example", dns.TypeA), false, &dns.EDNS0_PADDING{Padding: make([]byte, 17)}),
+		"cookie":         withOpt(query("c.example", dns.TypeA), true, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}),
+		"CD AD":          cd,
+		"version and Z":  v1,
+		"other extra":    extra,
+		"OPT not last":   optFirst,
+		"root":           query(".", dns.TypeNS),
+		"escaped":        query(`a\.b\032c.example`, dns.TypeTXT),
+		"long name":      query(strings.Repeat(strings.Repeat("x", 63)+".", 3)+strings.Repeat("y", 61), dns.TypeA),
+		"non-INET class": {Question: []dns.Question{{Name: "version.bind.", Qtype: dns.TypeTXT, Qclass: dns.ClassCHAOS}}},
+	}
+	for n := 1; n <= 130; n++ { // every padding length
+		cases["len"+strings.Repeat("a", n)] = query(strings.Repeat("a", min(n, 63))+".x"+strings.Repeat(".b", n/2), dns.TypeA)
+	}
+	for name, q := range cases {
+		for _, pad := range []bool{false, true} {
+			before := q.String()
+			want, err := pack(prepare(q, 0xBEEF, pad))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, dst := range [][]byte{nil, make([]byte, 2, 600), make([]byte, 2, 20)} {
+				got, err := appendQuery(dst, q, 0xBEEF, pad)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if len(got) != len(dst)+len(want) || string(got[len(dst):]) != string(want) {
+					t.Errorf("%s (pad %v, room %d):\n got %x\nwant %x", name, pad, cap(dst), got[len(dst):], want)
+				}
+			}
+			if q.String() != before {
+				t.Errorf("%s: the caller's query changed:\n%s\n%s", name, before, q.String())
+			}
+		}
+	}
+}
+
+// FuzzAppendQuery: for any one-question message shaped as a query (no
+// records but an OPT), appendQuery writes what prepare and pack write, a
+// query padded to an exact multiple of padBlock. Other messages are only
+// run through it: for records a query never carries miekg's Len (which
+// prepare pads by) is off for some types (RRSIG), and its Copy for others
+// (an unknown type's rdata).
+func FuzzAppendQuery(f *testing.F) {
+	corpus(f)
+	f.Fuzz(func(t *testing.T, wire []byte, pad bool) {
+		q := new(dns.Msg)
+		if q.Unpack(wire) != nil || len(q.Question) != 1 {
+			return
+		}
+		want, werr := pack(prepare(q, 7, pad))
+		got, gerr := appendQuery(make([]byte, 2, 512), q, 7, pad)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("errors differ: %v / %v", werr, gerr)
+		}
+		if werr != nil {
+			return
+		}
+		if len(q.Answer)+len(q.Ns) != 0 || len(q.Extra) > 1 || len(q.Extra) == 1 && q.IsEdns0() == nil {
+			return
+		}
+		if pad && (len(got)-2)%padBlock != 0 {
+			t.Fatalf("padded query of %d octets", len(got)-2)
+		}
+		if string(got[2:]) != string(want) {
+			t.Fatalf("\n got %x\nwant %x", got[2:], want)
+		}
+		if m := new(dns.Msg); m.Unpack(got[2:]) != nil || m.Id != 7 || m.Response || (paddingOf(m) >= 0) != pad {
+			t.Fatalf("query %x does not unpack as one", got[2:])
+		}
+	})
+}
+
+// TestTrimPadding: a padded answer loses its Padding option before
+// unpacking, the rest of it kept; answers it cannot or need not trim are
+// left alone.
+func TestTrimPadding(t *testing.T) {
+	r := new(dns.Msg)
+	r.SetRcode(query("example.com", dns.TypeA), dns.RcodeNameError)
+	soa, _ := dns.NewRR("example.com. 60 IN SOA ns.example.com. h.example.com. 1 2 3 4 5")
+	r.Ns = []dns.RR{soa}
+	r.SetEdns0(1232, true)
+	opt := r.IsEdns0()
+	opt.Option = []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: 3, ExtraText: "x"}, &dns.EDNS0_PADDING{Padding: make([]byte, 300)}}
+	padded, err := r.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.Option = opt.Option[:1]
+	want, _ := r.Pack()
+	if got := trimPadding(padded); string(got) != string(want) {
+		t.Errorf("trimmed:\n got %x\nwant %x", got, want)
+	}
+	for _, b := range [][]byte{want, {1, 2, 3}, nil, padded[:len(padded)-1]} {
+		c := string(b)
+		if got := trimPadding(b); string(got) != c || string(b) != c {
+			t.Errorf("%x changed to %x", c, got)
+		}
+	}
+}
+
+// FuzzTrimPadding: whatever the bytes, a message that unpacks unpacks to
+// the same after trimPadding, padding stripped from both.
+func FuzzTrimPadding(f *testing.F) {
+	corpus(f)
+	f.Fuzz(func(t *testing.T, wire []byte, _ bool) {
+		var a, b dns.Msg
+		if a.Unpack(wire) != nil {
+			trimPadding(wire) // must not panic
+			return
+		}
+		if err := b.Unpack(trimPadding(wire)); err != nil {
+			t.Fatalf("unpacks no more once trimmed: %v", err)
+		}
+		stripPadding(&a)
+		stripPadding(&b)
+		if a.String() != b.String() {
+			t.Fatalf("trimmed differs:\n%s\n%s", &a, &b)
+		}
+	})
+}

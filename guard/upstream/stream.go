@@ -177,16 +177,20 @@ type streamConn struct {
 	counters *Counters
 	idle     time.Duration
 	writeMu  sync.Mutex
+	bufs     sync.Pool // *[]byte: a query with its length prefix
+	calls    sync.Pool // *call, reused once its answer is taken
 
 	mu      sync.Mutex
 	pending map[uint16]*call
 	err     error // set once the connection is dead
 }
 
+// call is one query in flight: what its answer must match, and where the
+// reader delivers it.
 type call struct {
-	sent  *dns.Msg
+	sent  sentQuery
 	exact bool
-	done  chan result
+	done  chan result // buffered: the reader never waits
 }
 
 type result struct {
@@ -194,8 +198,14 @@ type result struct {
 	err error
 }
 
+// queryRoom is the room a query buffer starts with: a long name, its
+// OPT and padding to the next block, with the length prefix.
+const queryRoom = 2 + 3*padBlock
+
 func newStreamConn(nc net.Conn, counters *Counters, idle time.Duration) *streamConn {
 	c := &streamConn{nc: nc, counters: counters, idle: idle, pending: make(map[uint16]*call)}
+	c.bufs.New = func() any { b := make([]byte, 0, queryRoom); return &b }
+	c.calls.New = func() any { return &call{done: make(chan result, 1)} }
 	_ = nc.SetReadDeadline(time.Now().Add(idle))
 	go c.readLoop()
 	return c
@@ -209,40 +219,58 @@ func (c *streamConn) isDead() bool {
 
 // exchange registers q under an ID unique among the in-flight ones,
 // writes it with its length prefix in one write (RFC 7766 §8) and waits.
+// The query is written from q without copying it (appendQuery), into a
+// buffer reused by later queries; with 0x20 (exact) its name is sent in
+// random case and the answer must echo it.
 func (c *streamConn) exchange(ctx context.Context, q *dns.Msg, pad, exact bool) (*dns.Msg, error) {
-	cl := &call{exact: exact, done: make(chan result, 1)}
-	id, err := c.register(cl, func(id uint16) *dns.Msg {
+	cl := c.calls.Get().(*call)
+	cl.sent, cl.exact = sentOf(q, 0), exact
+	if exact {
+		cl.sent.question.Name = randomizeCase(cl.sent.question.Name)
+	}
+	id, err := c.register(cl)
+	if err != nil {
+		c.calls.Put(cl)
+		return nil, err
+	}
+	bp := c.bufs.Get().(*[]byte)
+	var b []byte
+	if exact {
 		m := prepare(q, id, pad)
-		if exact {
-			m.Question[0].Name = randomizeCase(m.Question[0].Name)
+		m.Question[0].Name = cl.sent.question.Name
+		var wire []byte
+		if wire, err = pack(m); err == nil {
+			b = append((*bp)[:2], wire...)
 		}
-		return m
-	})
-	if err != nil {
-		return nil, err
+	} else {
+		b, err = appendQuery((*bp)[:2], q, id, pad)
 	}
-	defer c.unregister(id, cl)
-	b, err := pack(cl.sent)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		binary.BigEndian.PutUint16(b, uint16(len(b)-2))
+		err = c.write(ctx, b)
 	}
-	buf := make([]byte, 2+len(b))
-	binary.BigEndian.PutUint16(buf, uint16(len(b)))
-	copy(buf[2:], b)
-	if err := c.write(ctx, buf); err != nil {
+	if cap(b) <= 4*queryRoom {
+		*bp = b[:0]
+		c.bufs.Put(bp)
+	}
+	if err != nil {
+		c.unregister(id, cl)
 		return nil, err
 	}
 	select {
 	case r := <-cl.done:
+		c.unregister(id, cl)
+		c.calls.Put(cl) // its one answer is taken: nobody else holds it
 		return r.msg, r.err
 	case <-ctx.Done():
+		c.unregister(id, cl)
 		return nil, ctx.Err()
 	}
 }
 
-// register picks an ID no in-flight query on c uses and stores cl, with the
-// query build makes for that ID, under it.
-func (c *streamConn) register(cl *call, build func(id uint16) *dns.Msg) (uint16, error) {
+// register picks an ID no in-flight query on c uses and stores cl under
+// it, its sent ID set.
+func (c *streamConn) register(cl *call) (uint16, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -254,10 +282,13 @@ func (c *streamConn) register(cl *call, build func(id uint16) *dns.Msg) (uint16,
 	for {
 		id := randomID()
 		if _, busy := c.pending[id]; !busy {
-			cl.sent = build(id)
+			cl.sent.id = id
+			if len(c.pending) == 0 {
+				// Not idle any more: no read deadline while answers are
+				// due (unregister sets it again when none are).
+				_ = c.nc.SetReadDeadline(time.Time{})
+			}
 			c.pending[id] = cl
-			// Not idle any more: no read deadline while answers are due.
-			_ = c.nc.SetReadDeadline(time.Time{})
 			return id, nil
 		}
 	}
@@ -293,9 +324,10 @@ func (c *streamConn) write(ctx context.Context, b []byte) error {
 // readLoop delivers each answer to the query with its ID, in whatever
 // order they come. It ends when the connection fails or stays idle.
 func (c *streamConn) readLoop() {
-	var hdr [2]byte
+	hdr := make([]byte, 2)
+	buf := make([]byte, 0, 4096) // reused: answers are unpacked (copied) before the next read
 	for {
-		n, err := io.ReadFull(c.nc, hdr[:])
+		n, err := io.ReadFull(c.nc, hdr)
 		if err != nil {
 			var ne net.Error
 			if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.busy() {
@@ -304,7 +336,11 @@ func (c *streamConn) readLoop() {
 			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
 			return
 		}
-		b := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		size := int(binary.BigEndian.Uint16(hdr))
+		if size > cap(buf) {
+			buf = make([]byte, 0, size)
+		}
+		b := buf[:size]
 		if _, err := io.ReadFull(c.nc, b); err != nil {
 			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
 			return
@@ -334,9 +370,9 @@ func (c *streamConn) deliver(b []byte) {
 	if cl == nil {
 		return // late: its query gave up (on TLS nobody else can write here)
 	}
-	m, err := match(cl.sent, b, cl.exact)
-	var ce *CaseError
-	if err != nil && !errors.As(err, &ce) {
+	m, err := matchSent(cl.sent, trimPadding(b), cl.exact) // b is the reader's own
+	// (A *CaseError target declared here would be allocated per answer.)
+	if err != nil && !errors.As(err, new(*CaseError)) {
 		c.counters.Mismatches.Add(1)
 	}
 	cl.done <- result{m, err}
