@@ -44,6 +44,8 @@ type doh struct {
 	closed  bool
 	h1      bool      // the last dial negotiated no h2: HTTP/1.1
 	h1idle  []*h1Conn // idle HTTP/1.1 connections, the most recent last
+
+	bufs sync.Pool // *[]byte: a query's wire form
 }
 
 func newDoH(ep *Endpoint, cfg config) (*doh, error) {
@@ -52,6 +54,7 @@ func newDoH(ep *Endpoint, cfg config) (*doh, error) {
 		return nil, fmt.Errorf("upstream %s: %w", ep, err)
 	}
 	d := &doh{ep: ep, cfg: cfg, authority: u.Host, path: u.EscapedPath(), idle: streamIdle}
+	d.bufs.New = func() any { b := make([]byte, 0, queryRoom); return &b }
 	if d.path == "" {
 		d.path = "/"
 	}
@@ -90,13 +93,23 @@ func (d *doh) Close() error {
 
 // Exchange POSTs q and reads the answer. A query that fails because a
 // reused connection went away, or that the server refused, is sent once
-// more.
+// more. The query is written from q without copying it (appendQuery),
+// into a buffer reused by later queries: the body is copied into the
+// connection's frames (or request) before a round trip returns.
 func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
-	m := prepare(q, 0, true)
-	b, err := pack(m)
+	bp := d.bufs.Get().(*[]byte)
+	b, err := appendQuery((*bp)[:0], q, 0, true)
 	if err != nil {
+		d.bufs.Put(bp)
 		return nil, fmt.Errorf("%s: %w", d.ep, err)
 	}
+	defer func() {
+		if cap(b) <= 4*queryRoom {
+			*bp = b[:0]
+			d.bufs.Put(bp)
+		}
+	}()
+	sent := sentOf(q, 0)
 	for try := 0; ; try++ {
 		c, c1, fresh, err := d.get(ctx)
 		if err != nil {
@@ -111,7 +124,10 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Ms
 		}
 		var resp *dns.Msg
 		if err == nil {
-			resp, err = d.answer(m, r)
+			resp, err = d.answer(sent, r)
+			if c != nil {
+				c.release(r) // the answer is unpacked (copied)
+			}
 		}
 		if err == nil {
 			restoreName(resp, q.Question[0].Name)
@@ -130,14 +146,14 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Ms
 }
 
 // answer checks an HTTP answer and the DNS message in it.
-func (d *doh) answer(m *dns.Msg, r h2Response) (*dns.Msg, error) {
+func (d *doh) answer(sent sentQuery, r h2Response) (*dns.Msg, error) {
 	if r.status < 200 || r.status > 299 {
 		return nil, fmt.Errorf("%w: %d", ErrHTTPStatus, r.status)
 	}
 	if !isMediaType(r.ctype) {
 		return nil, fmt.Errorf("DoH: answer media type %q, want %s", r.ctype, MediaType)
 	}
-	resp, err := match(m, r.body, false)
+	resp, err := matchSent(sent, trimPadding(r.body), false) // the body is this answer's own
 	if err != nil {
 		d.cfg.counters.Mismatches.Add(1)
 		return nil, err

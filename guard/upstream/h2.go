@@ -97,6 +97,9 @@ type h2Response struct {
 	ctype  string
 	body   []byte
 	err    error
+	// stream, on an answer, is the stream its body belongs to: release
+	// gives it back for reuse once the body has been used.
+	stream *h2Stream
 }
 
 type h2Stream struct {
@@ -120,6 +123,8 @@ type h2Conn struct {
 	// HEADERS go out in ID order.
 	wmu     sync.Mutex
 	bw      *bufio.Writer
+	whdr    [9]byte // the frame header being written
+	hfixed  []byte  // the request's header block but its content-length
 	hbuf    []byte
 	nextID  uint32
 	resized bool // the first header block set the HPACK table size to 0
@@ -127,6 +132,8 @@ type h2Conn struct {
 	// The reader's own state (only readLoop touches it).
 	br        *bufio.Reader
 	hdec      *hpackDecoder
+	fields    []hpackField // the last header block's, reused
+	rhdr      [9]byte
 	rbuf      []byte
 	block     []byte // header block being gathered across CONTINUATION
 	blockID   uint32
@@ -145,6 +152,8 @@ type h2Conn struct {
 	idleTimer      *time.Timer
 
 	done chan struct{} // closed when readLoop has returned
+
+	spare sync.Pool // *h2Stream answered and released, with its body buffer
 }
 
 // newH2Conn starts HTTP/2 on nc (TLS with "h2" negotiated): it writes the
@@ -163,6 +172,16 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 		done:    make(chan struct{}),
 	}
 	c.hdec = newHPACKDecoder(4096)
+	// The request's fields, as literals against the static table: the
+	// dynamic table is never used, so its size is set to 0 once (first
+	// block) and the server's HEADER_TABLE_SIZE never matters. All but
+	// content-length are the same for every request.
+	b := hpackAppendInt(nil, 0x80, 7, hpackMethodPOST)
+	b = hpackAppendInt(b, 0x80, 7, hpackSchemeHTTPS)
+	b = hpackAppendLiteral(b, hpackAuthority, authority)
+	b = hpackAppendLiteral(b, hpackPath, path)
+	b = hpackAppendLiteral(b, hpackContentType, MediaType)
+	c.hfixed = hpackAppendLiteral(b, hpackAccept, MediaType)
 	_ = nc.SetWriteDeadline(time.Now().Add(h2ControlWrite))
 	_, _ = c.bw.WriteString(h2Preface)
 	var s [18]byte
@@ -190,7 +209,7 @@ func putSetting(b []byte, id uint16, v uint32) {
 // writeFrame buffers one frame; wmu is held (or the connection is not
 // shared yet).
 func (c *h2Conn) writeFrame(typ, flags byte, id uint32, payload []byte) {
-	var h [9]byte
+	h := &c.whdr // (a local array would be allocated per frame: Write may hand it on)
 	h[0], h[1], h[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
 	h[3], h[4] = typ, flags
 	binary.BigEndian.PutUint32(h[5:], id)
@@ -237,11 +256,28 @@ func (c *h2Conn) roundTrip(ctx context.Context, body []byte) (h2Response, error)
 	}
 	select {
 	case r := <-s.done:
+		if r.err == nil {
+			// Only the reader's finish delivers an answer, after its
+			// last use of s: once the caller is done with the body, s
+			// may serve another request (release).
+			r.stream = s
+		}
 		return r, r.err
 	case <-ctx.Done():
 		c.cancel(s)
 		return h2Response{}, ctx.Err()
 	}
+}
+
+// release gives r's stream, with its body buffer, back for reuse; r's body
+// is not to be used after.
+func (c *h2Conn) release(r h2Response) {
+	s := r.stream
+	if s == nil || cap(s.body) > 4096 {
+		return
+	}
+	s.gotHeaders, s.status, s.ctype, s.body = false, 0, "", s.body[:0]
+	c.spare.Put(s)
 }
 
 // open allocates a stream and writes its HEADERS, waiting for a free slot
@@ -270,7 +306,11 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 				return nil, ctx.Err()
 			}
 		}
-		s := &h2Stream{id: c.nextID, sendWindow: c.peerInitWindow, done: make(chan h2Response, 1)}
+		s, _ := c.spare.Get().(*h2Stream)
+		if s == nil {
+			s = &h2Stream{done: make(chan h2Response, 1)}
+		}
+		s.id, s.sendWindow = c.nextID, c.peerInitWindow
 		c.nextID += 2
 		if c.nextID > h2MaxStreamID {
 			c.goAway = true // the last ID: later queries get a new connection
@@ -279,21 +319,19 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 		c.idleTimer.Stop()
 		c.mu.Unlock()
 
-		// The request's fields, as literals against the static table:
-		// the dynamic table is never used, so its size is set to 0 once
-		// and the server's HEADER_TABLE_SIZE never matters.
+		// The request's header block (see newH2Conn), the table size
+		// set to 0 in the first.
 		b := c.hbuf[:0]
 		if !c.resized {
 			b = hpackAppendInt(b, 0x20, 5, 0)
 			c.resized = true
 		}
-		b = hpackAppendInt(b, 0x80, 7, hpackMethodPOST)
-		b = hpackAppendInt(b, 0x80, 7, hpackSchemeHTTPS)
-		b = hpackAppendLiteral(b, hpackAuthority, c.authority)
-		b = hpackAppendLiteral(b, hpackPath, c.path)
-		b = hpackAppendLiteral(b, hpackContentType, MediaType)
-		b = hpackAppendLiteral(b, hpackAccept, MediaType)
-		b = hpackAppendLiteral(b, hpackContentLength, strconv.Itoa(len(body)))
+		b = append(b, c.hfixed...)
+		var digits [8]byte
+		n := strconv.AppendInt(digits[:0], int64(len(body)), 10)
+		b = hpackAppendInt(b, 0x00, 4, hpackContentLength)
+		b = hpackAppendInt(b, 0x00, 7, uint64(len(n)))
+		b = append(b, n...)
 		c.hbuf = b
 		// A handful of short fields: far below any MAX_FRAME_SIZE, so
 		// no CONTINUATION.
@@ -382,8 +420,10 @@ func (c *h2Conn) finish(id uint32, r h2Response) {
 		c.mu.Unlock()
 		return
 	}
+	if len(c.streams) >= c.maxStreams {
+		c.broadcast() // a slot frees for whoever waits in open
+	}
 	delete(c.streams, id)
-	c.broadcast()
 	drained := len(c.streams) == 0
 	if drained && c.err == nil && !c.goAway {
 		c.idleTimer.Reset(c.idle)
@@ -462,8 +502,8 @@ func (c *h2Conn) readLoop() {
 
 // readFrame reads and handles one frame.
 func (c *h2Conn) readFrame() error {
-	var h [9]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+	h := c.rhdr[:] // (a local array would be allocated per frame: ReadFull hands it on)
+	if _, err := io.ReadFull(c.br, h); err != nil {
 		return err
 	}
 	length := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
@@ -616,7 +656,8 @@ func (c *h2Conn) gather(flags byte, p []byte) error {
 	}
 	id, end := c.blockID, c.blockEnd
 	c.blockID = 0
-	fields, err := c.hdec.decode(c.block, h2MaxHeaderList)
+	fields, err := c.hdec.decodeInto(c.fields, c.block, h2MaxHeaderList)
+	c.fields = fields
 	if err != nil {
 		return h2Error{h2CompressionError, err.Error()}
 	}

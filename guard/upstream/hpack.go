@@ -167,7 +167,13 @@ func newHPACKDecoder(limit int) *hpackDecoder {
 // decode returns the fields of one complete header block; maxList bounds
 // their total size (names, values and 32 octets each, RFC 9113 §6.5.2).
 func (d *hpackDecoder) decode(p []byte, maxList int) ([]hpackField, error) {
-	var out []hpackField
+	return d.decodeInto(nil, p, maxList)
+}
+
+// decodeInto is decode appending to out[:0] (a slice reused from block to
+// block).
+func (d *hpackDecoder) decodeInto(out []hpackField, p []byte, maxList int) ([]hpackField, error) {
+	out = out[:0]
 	list := 0
 	for len(p) > 0 {
 		var f hpackField
