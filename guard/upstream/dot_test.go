@@ -339,3 +339,50 @@ func TestDoTPinVerifiedChainOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestDoTDeadline: a query the upstream never answers fails at its
+// deadline as deadline exceeded (kept by the connection's one timer, no
+// context of its own), while the queries answered meanwhile on the same
+// pipelined connection are unaffected, and a later silent one expires
+// too (the timer is armed again).
+func TestDoTDeadline(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: func(q *dns.Msg) *dns.Msg {
+		if q.Question[0].Name == "silent.example." {
+			return nil
+		}
+		return upstreamtest.AnswerA("192.0.2.1")(q)
+	}})
+	tr, err := NewTransport(srv.URL(srv.Name), Options{Roots: ca.Pool}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	s := tr.(*stream)
+	for round := range 2 {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := s.exchangeBy(context.Background(), time.Now().Add(100*time.Millisecond), query("silent.example.", dns.TypeA), QueryOptions{})
+			errc <- err
+		}()
+		for i := range 20 {
+			if _, err := s.exchangeBy(context.Background(), time.Now().Add(time.Minute), query(fmt.Sprintf("a%d.example.", i), dns.TypeA), QueryOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("round %d: silent upstream: %v, want a deadline exceeded", round, err)
+		}
+	}
+	if srv.Conns() != 1 {
+		t.Errorf("%d connections, want the one", srv.Conns())
+	}
+	s.mu.Lock()
+	c := s.conn
+	s.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) != 0 {
+		t.Errorf("%d queries still pending", len(c.pending))
+	}
+}

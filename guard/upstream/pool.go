@@ -285,11 +285,13 @@ func (p *Pool) attempt(ctx context.Context, m *member, q *dns.Msg, o QueryOption
 		resp, err = m.t.Exchange(actx, q, o)
 		cancel()
 	}
-	var ce *CaseError
+	if err != nil { // (a *CaseError target declared outside would be allocated per attempt)
+		if ce := (*CaseError)(nil); errors.As(err, &ce) {
+			p.answered(m, time.Since(start))
+			return p.caseFallback(ctx, m, q, ce)
+		}
+	}
 	switch {
-	case errors.As(err, &ce):
-		p.answered(m, time.Since(start))
-		return p.caseFallback(ctx, m, q, ce)
 	case err != nil:
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // the caller gave up; not the upstream's fault

@@ -61,26 +61,38 @@ func (s *stream) String() string { return s.ep.String() }
 // query that fails because a reused connection had been closed by the
 // upstream is sent once more on a fresh one.
 func (s *stream) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	return s.exchangeBy(ctx, time.Time{}, q, o)
+}
+
+// exchangeBy is Exchange that also gives up at deadline (zero: ctx
+// only). The connection keeps the deadlines of its queries with one timer
+// (streamConn.expire), so the pool's attempts need no context, timer or
+// goroutine of their own; only a wait for a dial takes a context with the
+// deadline.
+func (s *stream) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
 	// 0x20 is for cleartext, where it adds entropy against spoofing.
 	exact := !s.pad && o.Case0x20.on(s.cfg.randomize)
 	name := q.Question[0].Name
 	for try := 0; ; try++ {
-		c, fresh, err := s.get(ctx)
+		c, fresh, err := s.get(ctx, deadline)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.ep, err)
 		}
 		s.cfg.counters.Queries.Add(1)
-		resp, err := c.exchange(ctx, q, s.pad, exact)
+		resp, err := c.exchange(ctx, deadline, q, s.pad, exact)
 		if err == nil {
 			restoreName(resp, name)
 			stripPadding(resp)
 			return resp, nil
 		}
-		if fresh || try > 0 || !errors.Is(err, errConnClosed) || ctx.Err() != nil {
+		if fresh || try > 0 || !errors.Is(err, errConnClosed) || ctx.Err() != nil || past(deadline) {
 			return nil, fmt.Errorf("%s: %w", s.ep, err)
 		}
 	}
 }
+
+// past reports whether deadline (zero: none) has passed.
+func past(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
 
 // get returns the live connection or waits for a dial. The dial runs on
 // its own, bounded by dialTimeout rather than by the query that started
@@ -88,7 +100,7 @@ func (s *stream) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns
 // (RFC 7766 §6.2.2), and a handshake slower than one attempt still
 // serves the next attempt instead of being thrown away. fresh reports a
 // connection dialled for this wait, not one reused.
-func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
+func (s *stream) get(ctx context.Context, deadline time.Time) (*streamConn, bool, error) {
 	fresh := false
 	for {
 		s.mu.Lock()
@@ -105,6 +117,12 @@ func (s *stream) get(ctx context.Context) (*streamConn, bool, error) {
 		}
 		d := s.dialing
 		s.mu.Unlock()
+		if !deadline.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+			deadline = time.Time{} // once
+		}
 		select {
 		case <-d.done:
 			if d.err != nil {
@@ -182,15 +200,19 @@ type streamConn struct {
 
 	mu      sync.Mutex
 	pending map[uint16]*call
-	err     error // set once the connection is dead
+	err     error       // set once the connection is dead
+	expiry  *time.Timer // runs expire at armed
+	armed   time.Time   // the earliest deadline pending (zero: none armed)
 }
 
-// call is one query in flight: what its answer must match, and where the
-// reader delivers it.
+// call is one query in flight: what its answer must match, when it is
+// given up (zero: with its context only), and where the reader (or
+// expire) delivers its outcome.
 type call struct {
-	sent  sentQuery
-	exact bool
-	done  chan result // buffered: the reader never waits
+	sent     sentQuery
+	exact    bool
+	deadline time.Time
+	done     chan result // buffered: one outcome, never waited for
 }
 
 type result struct {
@@ -222,9 +244,9 @@ func (c *streamConn) isDead() bool {
 // The query is written from q without copying it (appendQuery), into a
 // buffer reused by later queries; with 0x20 (exact) its name is sent in
 // random case and the answer must echo it.
-func (c *streamConn) exchange(ctx context.Context, q *dns.Msg, pad, exact bool) (*dns.Msg, error) {
+func (c *streamConn) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, pad, exact bool) (*dns.Msg, error) {
 	cl := c.calls.Get().(*call)
-	cl.sent, cl.exact = sentOf(q, 0), exact
+	cl.sent, cl.exact, cl.deadline = sentOf(q, 0), exact, deadline
 	if exact {
 		cl.sent.question.Name = randomizeCase(cl.sent.question.Name)
 	}
@@ -247,7 +269,7 @@ func (c *streamConn) exchange(ctx context.Context, q *dns.Msg, pad, exact bool) 
 	}
 	if err == nil {
 		binary.BigEndian.PutUint16(b, uint16(len(b)-2))
-		err = c.write(ctx, b)
+		err = c.write(ctx, deadline, b)
 	}
 	if cap(b) <= 4*queryRoom {
 		*bp = b[:0]
@@ -289,6 +311,9 @@ func (c *streamConn) register(cl *call) (uint16, error) {
 				_ = c.nc.SetReadDeadline(time.Time{})
 			}
 			c.pending[id] = cl
+			if d := cl.deadline; !d.IsZero() && (c.armed.IsZero() || d.Before(c.armed)) {
+				c.arm(d)
+			}
 			return id, nil
 		}
 	}
@@ -305,11 +330,48 @@ func (c *streamConn) unregister(id uint16, cl *call) {
 	}
 }
 
-func (c *streamConn) write(ctx context.Context, b []byte) error {
+// arm sets the expiry timer for d; mu is held.
+func (c *streamConn) arm(d time.Time) {
+	c.armed = d
+	if c.expiry == nil {
+		c.expiry = time.AfterFunc(time.Until(d), c.expire)
+	} else {
+		c.expiry.Reset(time.Until(d))
+	}
+}
+
+// expire fails the queries past their deadline (context.DeadlineExceeded,
+// as a context would) and arms the timer for the earliest one left. The
+// deadlines mostly come in the order queries are sent, so it runs about
+// once per attempt timeout while queries are in flight, not per query.
+func (c *streamConn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	var next time.Time
+	for id, cl := range c.pending {
+		switch {
+		case cl.deadline.IsZero():
+		case !now.Before(cl.deadline):
+			delete(c.pending, id)
+			cl.done <- result{err: context.DeadlineExceeded} // out of pending: the only outcome
+		case next.IsZero() || cl.deadline.Before(next):
+			next = cl.deadline
+		}
+	}
+	c.armed = time.Time{}
+	if !next.IsZero() && c.err == nil {
+		c.arm(next)
+	}
+}
+
+func (c *streamConn) write(ctx context.Context, deadline time.Time, b []byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	deadline, ok := ctx.Deadline()
-	if !ok {
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	if deadline.IsZero() {
 		deadline = time.Now().Add(c.idle)
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
@@ -386,6 +448,9 @@ func (c *streamConn) close(why error) {
 	}
 	pending := c.pending
 	c.pending = make(map[uint16]*call)
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
 	c.mu.Unlock()
 	_ = c.nc.Close()
 	for _, cl := range pending {
