@@ -96,7 +96,14 @@ func (d *doh) Close() error {
 // more. The query is written from q without copying it (appendQuery),
 // into a buffer reused by later queries: the body is copied into the
 // connection's frames (or request) before a round trip returns.
-func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
+func (d *doh) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
+	return d.exchangeBy(ctx, time.Time{}, q, o)
+}
+
+// exchangeBy is Exchange that also gives up at deadline (zero: ctx only).
+// Over HTTP/2 the connection keeps the deadline (h2Conn.expire); the
+// waits for a dial and HTTP/1.1 round trips take a context with it.
+func (d *doh) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
 	bp := d.bufs.Get().(*[]byte)
 	b, err := appendQuery((*bp)[:0], q, 0, true)
 	if err != nil {
@@ -111,16 +118,16 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Ms
 	}()
 	sent := sentOf(q, 0)
 	for try := 0; ; try++ {
-		c, c1, fresh, err := d.get(ctx)
+		c, c1, fresh, err := d.get(ctx, deadline)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.ep, err)
 		}
 		d.cfg.counters.Queries.Add(1)
 		var r h2Response
 		if c1 != nil {
-			r, err = d.roundTripH1(ctx, c1, b, !fresh)
+			r, err = d.roundTripH1(ctx, deadline, c1, b, !fresh)
 		} else {
-			r, err = c.roundTrip(ctx, b)
+			r, err = c.roundTrip(ctx, deadline, b)
 		}
 		var resp *dns.Msg
 		if err == nil {
@@ -139,7 +146,7 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*dns.Ms
 		// a fresh connection, which refuses what it gets before its
 		// SETTINGS reach us (RFC 9113 §8.7).
 		retry := errors.Is(err, errRefusedStream) || (!fresh && errors.Is(err, errConnClosed))
-		if !retry || try > 0 || ctx.Err() != nil {
+		if !retry || try > 0 || ctx.Err() != nil || past(deadline) {
 			return nil, fmt.Errorf("%s: %w", d.ep, err)
 		}
 	}
@@ -174,7 +181,7 @@ func isMediaType(ct string) bool {
 // serves the next attempt); with a server that speaks HTTP/1.1 only, each
 // query without an idle connection dials its own. fresh reports a
 // connection dialled for this wait.
-func (d *doh) get(ctx context.Context) (*h2Conn, *h1Conn, bool, error) {
+func (d *doh) get(ctx context.Context, deadline time.Time) (*h2Conn, *h1Conn, bool, error) {
 	fresh := false
 	for {
 		d.mu.Lock()
@@ -199,6 +206,9 @@ func (d *doh) get(ctx context.Context) (*h2Conn, *h1Conn, bool, error) {
 			return nil, c, f, nil
 		case d.h1:
 			d.mu.Unlock()
+			var cancel context.CancelFunc
+			ctx, cancel = withDeadline(ctx, &deadline)
+			defer cancel()
 			if err := d.connect(ctx); err != nil {
 				return nil, nil, false, err
 			}
@@ -208,6 +218,9 @@ func (d *doh) get(ctx context.Context) (*h2Conn, *h1Conn, bool, error) {
 		}
 		dl := d.dialing
 		d.mu.Unlock()
+		var cancel context.CancelFunc
+		ctx, cancel = withDeadline(ctx, &deadline)
+		defer cancel()
 		select {
 		case <-dl.done:
 			if dl.err != nil {
@@ -218,6 +231,18 @@ func (d *doh) get(ctx context.Context) (*h2Conn, *h1Conn, bool, error) {
 			return nil, nil, false, ctx.Err()
 		}
 	}
+}
+
+// withDeadline bounds ctx by *deadline too, for a wait that needs a
+// context, and clears *deadline (so a loop wraps once); cancel must be
+// called. A zero deadline leaves ctx as it is.
+func withDeadline(ctx context.Context, deadline *time.Time) (context.Context, context.CancelFunc) {
+	if deadline.IsZero() {
+		return ctx, func() {}
+	}
+	d := *deadline
+	*deadline = time.Time{}
+	return context.WithDeadline(ctx, d)
 }
 
 // dial starts a shared dial; d.mu is held.

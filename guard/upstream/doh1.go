@@ -35,7 +35,9 @@ func newH1Conn(tc *tls.Conn) *h1Conn {
 // idle ones when the answer was complete and the server keeps the
 // connection, and is closed otherwise. A reused connection that fails
 // before an answer (the server had closed it) fails with errConnClosed.
-func (d *doh) roundTripH1(ctx context.Context, c *h1Conn, body []byte, reused bool) (h2Response, error) {
+func (d *doh) roundTripH1(ctx context.Context, until time.Time, c *h1Conn, body []byte, reused bool) (h2Response, error) {
+	ctx, cancel := withDeadline(ctx, &until)
+	defer cancel()
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(d.idle)

@@ -1,10 +1,13 @@
 package upstream
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
 	"github.com/miekg/dns"
@@ -89,3 +92,49 @@ func TestDoHFailures(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestDoHDeadline: a query the server does not answer in time fails at
+// its deadline as deadline exceeded (kept by the connection's one timer,
+// the stream reset), while the queries answered meanwhile on the same
+// connection are unaffected; a second silent one expires too (the timer
+// is armed again).
+func TestDoHDeadline(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	release := make(chan struct{})
+	defer close(release)
+	srv := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Handler: func(q *dns.Msg) *dns.Msg {
+		if q.Question[0].Name == "silent.example." {
+			<-release
+		}
+		return upstreamtest.AnswerA("192.0.2.1")(q)
+	}})
+	tr, err := NewTransport(srv.URL, Options{Roots: ca.Pool}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	d := tr.(*doh)
+	for round := range 2 {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := d.exchangeBy(context.Background(), time.Now().Add(100*time.Millisecond), query("silent.example.", dns.TypeA), QueryOptions{})
+			errc <- err
+		}()
+		for i := range 20 {
+			if _, err := d.exchangeBy(context.Background(), time.Now().Add(time.Minute), query(fmt.Sprintf("a%d.example.", i), dns.TypeA), QueryOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := <-errc; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("round %d: silent upstream: %v, want a deadline exceeded", round, err)
+		}
+	}
+	d.mu.Lock()
+	c := d.conn
+	d.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.streams) != 0 {
+		t.Errorf("%d streams still open", len(c.streams))
+	}
+}

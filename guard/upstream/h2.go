@@ -104,6 +104,7 @@ type h2Response struct {
 
 type h2Stream struct {
 	id         uint32
+	deadline   time.Time // when it is given up (zero: with its context only)
 	sendWindow int64
 	gotHeaders bool // the final (non-1xx) response headers
 	status     int
@@ -150,6 +151,8 @@ type h2Conn struct {
 	sendWindow     int64
 	changed        chan struct{} // closed and replaced when windows or stream slots change
 	idleTimer      *time.Timer
+	expiry         *time.Timer // runs expire at armed
+	armed          time.Time   // the earliest stream deadline (zero: none armed)
 
 	done chan struct{} // closed when readLoop has returned
 
@@ -244,13 +247,16 @@ func (c *h2Conn) usable() bool {
 	return c.err == nil && !c.goAway
 }
 
-// roundTrip POSTs body as a new stream and waits for the whole answer.
-func (c *h2Conn) roundTrip(ctx context.Context, body []byte) (h2Response, error) {
-	s, err := c.open(ctx, body)
+// roundTrip POSTs body as a new stream and waits for the whole answer,
+// giving up with ctx or at deadline (zero: none). The deadline is kept by
+// the connection's one expiry timer (expire); only a wait for a stream
+// slot or a flow-control window takes a context with it.
+func (c *h2Conn) roundTrip(ctx context.Context, deadline time.Time, body []byte) (h2Response, error) {
+	s, err := c.open(ctx, deadline, body)
 	if err != nil {
 		return h2Response{}, err
 	}
-	if err := c.send(ctx, s, body); err != nil {
+	if err := c.send(ctx, deadline, s, body); err != nil {
 		c.cancel(s)
 		return h2Response{}, err
 	}
@@ -282,7 +288,8 @@ func (c *h2Conn) release(r h2Response) {
 
 // open allocates a stream and writes its HEADERS, waiting for a free slot
 // when the server's MAX_CONCURRENT_STREAMS are all in use.
-func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
+func (c *h2Conn) open(ctx context.Context, deadline time.Time, body []byte) (*h2Stream, error) {
+	wait := deadline
 	for {
 		c.wmu.Lock()
 		c.mu.Lock()
@@ -299,6 +306,9 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 			ch := c.changed
 			c.mu.Unlock()
 			c.wmu.Unlock()
+			var cancel context.CancelFunc
+			ctx, cancel = withDeadline(ctx, &wait) // for this wait: the stream keeps its deadline
+			defer cancel()
 			select {
 			case <-ch:
 				continue
@@ -310,13 +320,16 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 		if s == nil {
 			s = &h2Stream{done: make(chan h2Response, 1)}
 		}
-		s.id, s.sendWindow = c.nextID, c.peerInitWindow
+		s.id, s.sendWindow, s.deadline = c.nextID, c.peerInitWindow, deadline
 		c.nextID += 2
 		if c.nextID > h2MaxStreamID {
 			c.goAway = true // the last ID: later queries get a new connection
 		}
 		c.streams[s.id] = s
 		c.idleTimer.Stop()
+		if d := s.deadline; !d.IsZero() && (c.armed.IsZero() || d.Before(c.armed)) {
+			c.arm(d)
+		}
 		c.mu.Unlock()
 
 		// The request's header block (see newH2Conn), the table size
@@ -344,9 +357,12 @@ func (c *h2Conn) open(ctx context.Context, body []byte) (*h2Stream, error) {
 // send writes the body as DATA frames within the server's flow-control
 // windows and the frame size it accepts, waiting for WINDOW_UPDATE when
 // a window is spent.
-func (c *h2Conn) send(ctx context.Context, s *h2Stream, body []byte) error {
-	deadline, ok := ctx.Deadline()
-	if !ok {
+func (c *h2Conn) send(ctx context.Context, until time.Time, s *h2Stream, body []byte) error {
+	deadline := until
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	if deadline.IsZero() {
 		deadline = time.Now().Add(c.idle)
 	}
 	c.wmu.Lock()
@@ -368,6 +384,9 @@ func (c *h2Conn) send(ctx context.Context, s *h2Stream, body []byte) error {
 			if err != nil {
 				return err
 			}
+			var cancel context.CancelFunc
+			ctx, cancel = withDeadline(ctx, &until)
+			defer cancel()
 			select {
 			case <-ch:
 			case r := <-s.done: // reset or failed meanwhile
@@ -399,26 +418,68 @@ func (c *h2Conn) send(ctx context.Context, s *h2Stream, body []byte) error {
 
 // cancel gives up on s: the server is told (RST_STREAM CANCEL) and any
 // answer still coming is dropped.
-func (c *h2Conn) cancel(s *h2Stream) {
+func (c *h2Conn) cancel(s *h2Stream) { c.giveUp(s.id, context.Canceled) }
+
+// giveUp ends the stream id, if still open, with why and tells the server
+// (RST_STREAM CANCEL).
+func (c *h2Conn) giveUp(id uint32, why error) {
 	c.mu.Lock()
-	live := c.streams[s.id] == s && c.err == nil
+	live := c.streams[id] != nil && c.err == nil
 	c.mu.Unlock()
-	if !live {
-		return
+	if !live || !c.finish(id, h2Response{err: why}) {
+		return // answered or failed meanwhile
 	}
-	c.finish(s.id, h2Response{err: context.Canceled})
 	var code [4]byte
 	binary.BigEndian.PutUint32(code[:], h2Cancel)
-	c.writeControl(h2RSTStream, 0, s.id, code[:])
+	c.writeControl(h2RSTStream, 0, id, code[:])
 }
 
-// finish delivers a stream's outcome and forgets it.
-func (c *h2Conn) finish(id uint32, r h2Response) {
+// arm sets the expiry timer for d; mu is held.
+func (c *h2Conn) arm(d time.Time) {
+	c.armed = d
+	if c.expiry == nil {
+		c.expiry = time.AfterFunc(time.Until(d), c.expire)
+	} else {
+		c.expiry.Reset(time.Until(d))
+	}
+}
+
+// expire gives up the streams past their deadline (deadline exceeded, as
+// a context would, and RST_STREAM CANCEL) and arms the timer for the
+// earliest one left: about once per attempt timeout while streams are
+// open, not per stream.
+func (c *h2Conn) expire() {
+	c.mu.Lock()
+	now := time.Now()
+	var late []uint32 // by ID: an answered stream's struct may serve another by the time it is given up
+	var next time.Time
+	for id, s := range c.streams {
+		switch {
+		case s.deadline.IsZero():
+		case !now.Before(s.deadline):
+			late = append(late, id)
+		case next.IsZero() || s.deadline.Before(next):
+			next = s.deadline
+		}
+	}
+	c.armed = time.Time{}
+	if !next.IsZero() && c.err == nil {
+		c.arm(next)
+	}
+	c.mu.Unlock()
+	for _, id := range late {
+		c.giveUp(id, context.DeadlineExceeded)
+	}
+}
+
+// finish delivers a stream's outcome and forgets it; false if the stream
+// was no longer open.
+func (c *h2Conn) finish(id uint32, r h2Response) bool {
 	c.mu.Lock()
 	s := c.streams[id]
 	if s == nil {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	if len(c.streams) >= c.maxStreams {
 		c.broadcast() // a slot frees for whoever waits in open
@@ -433,6 +494,7 @@ func (c *h2Conn) finish(id uint32, r h2Response) {
 	if drained && c.goAway {
 		c.close(errRefusedStream) // nothing left to finish on it
 	}
+	return true
 }
 
 // broadcast wakes everyone waiting for a window or a slot; mu is held.
@@ -475,6 +537,9 @@ func (c *h2Conn) close(why error) {
 	c.streams = make(map[uint32]*h2Stream)
 	c.broadcast()
 	c.idleTimer.Stop()
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
 	c.mu.Unlock()
 	_ = c.nc.Close()
 	for _, s := range streams {

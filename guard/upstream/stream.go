@@ -117,12 +117,9 @@ func (s *stream) get(ctx context.Context, deadline time.Time) (*streamConn, bool
 		}
 		d := s.dialing
 		s.mu.Unlock()
-		if !deadline.IsZero() {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, deadline)
-			defer cancel()
-			deadline = time.Time{} // once
-		}
+		var cancel context.CancelFunc
+		ctx, cancel = withDeadline(ctx, &deadline)
+		defer cancel()
 		select {
 		case <-d.done:
 			if d.err != nil {
