@@ -50,11 +50,17 @@ func (f *Forward) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Re
 
 // Query builds the upstream question for a device's request.
 func Query(req *stage.Request) *dns.Msg {
-	m := new(dns.Msg)
+	// The message and its one question in one allocation.
+	b := new(struct {
+		m dns.Msg
+		q [1]dns.Question
+	})
+	m := &b.m
 	m.Id = 0 // set per transport by the pool
 	m.RecursionDesired = true
 	m.CheckingDisabled = req.Q.CD
-	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	b.q[0] = dns.Question{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}
+	m.Question = b.q[:]
 	if req.Q.EDNS.DO {
 		m.SetEdns0(dnswire.OurEDNSSize, true)
 	}

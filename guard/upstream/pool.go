@@ -137,7 +137,8 @@ func (p *Pool) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.M
 	if len(q.Question) != 1 {
 		return nil, fmt.Errorf("upstream query with %d questions", len(q.Question))
 	}
-	order, probe := p.begin()
+	var room [4]*member // order's room: no allocation for a few upstreams
+	order, probe := p.begin(room[:0])
 	defer p.end(probe)
 	attempts := p.opts.MaxAttempts
 	if probe != nil {
@@ -219,11 +220,11 @@ func IsAllDown(err error) bool { return errors.Is(err, errAllDown) }
 // first (those under a health check last, those not yet measured first so
 // that they get measured); or, when every upstream is down, the one to
 // send this query to as a probe, if no other query is out as one.
-func (p *Pool) begin() (order []*member, probe *member) {
+func (p *Pool) begin(order []*member) (_ []*member, probe *member) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.active++
-	order = make([]*member, 0, len(p.ups))
+	order = order[:0]
 	for _, m := range p.ups {
 		if !m.down {
 			order = append(order, m)
