@@ -191,7 +191,13 @@ type streamConn struct {
 	nc       net.Conn
 	counters *Counters
 	idle     time.Duration
-	writeMu  sync.Mutex
+	// Writes are gathered: a query written while another write is in
+	// progress is queued in wq and goes out with the others queued in
+	// one write (one TLS record, one syscall) by the writer in progress.
+	wmu     sync.Mutex
+	wq      []byte // queued queries, with their length prefixes
+	wspare  []byte // the buffer last written, for the next queue
+	writing bool   // a write is in progress; it sends wq when done
 	bufs     sync.Pool // *[]byte: a query with its length prefix
 	calls    sync.Pool // *call, reused once its answer is taken
 
@@ -363,19 +369,43 @@ func (c *streamConn) expire() {
 }
 
 func (c *streamConn) write(ctx context.Context, deadline time.Time, b []byte) error {
-	c.writeMu.Lock()
-	defer c.writeMu.Unlock()
+	c.wmu.Lock()
+	c.wq = append(c.wq, b...)
+	if c.writing {
+		// The writer in progress sends it next; a failure closes the
+		// connection, which fails this query too.
+		c.wmu.Unlock()
+		return nil
+	}
+	c.writing = true
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
 	if deadline.IsZero() {
 		deadline = time.Now().Add(c.idle)
 	}
-	_ = c.nc.SetWriteDeadline(deadline)
-	if _, err := c.nc.Write(b); err != nil {
+	var err error
+	for len(c.wq) > 0 && err == nil {
+		out := c.wq
+		c.wq = c.wspare[:0]
+		c.wmu.Unlock()
+		_ = c.nc.SetWriteDeadline(deadline)
+		_, err = c.nc.Write(out)
+		c.wmu.Lock()
+		if cap(out) <= 64<<10 {
+			c.wspare = out[:0]
+		} else {
+			c.wspare = nil
+		}
+	}
+	c.writing = false
+	c.wq = c.wq[:0]
+	c.wmu.Unlock()
+	if err != nil {
 		// A failed or partial write leaves the stream unusable.
-		c.close(fmt.Errorf("%w: write: %v", errConnClosed, err))
-		return fmt.Errorf("%w: write: %v", errConnClosed, err)
+		err = fmt.Errorf("%w: write: %v", errConnClosed, err)
+		c.close(err)
+		return err
 	}
 	return nil
 }
