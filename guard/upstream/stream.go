@@ -195,11 +195,11 @@ type streamConn struct {
 	// progress is queued in wq and goes out with the others queued in
 	// one write (one TLS record, one syscall) by the writer in progress.
 	wmu     sync.Mutex
-	wq      []byte // queued queries, with their length prefixes
-	wspare  []byte // the buffer last written, for the next queue
-	writing bool   // a write is in progress; it sends wq when done
-	bufs     sync.Pool // *[]byte: a query with its length prefix
-	calls    sync.Pool // *call, reused once its answer is taken
+	wq      []byte    // queued queries, with their length prefixes
+	wspare  []byte    // the buffer last written, for the next queue
+	writing bool      // a write is in progress; it sends wq when done
+	bufs    sync.Pool // *[]byte: a query with its length prefix
+	calls   sync.Pool // *call, reused once its answer is taken
 
 	mu      sync.Mutex
 	pending map[uint16]*call
