@@ -121,14 +121,18 @@ type h2Conn struct {
 	idle      time.Duration
 
 	// wmu serialises frame writes; stream IDs are allocated under it, so
-	// HEADERS go out in ID order.
-	wmu     sync.Mutex
-	bw      *bufio.Writer
-	whdr    [9]byte // the frame header being written
-	hfixed  []byte  // the request's header block but its content-length
-	hbuf    []byte
-	nextID  uint32
-	resized bool // the first header block set the HPACK table size to 0
+	// HEADERS go out in ID order. Frames are buffered in out and written
+	// by flush, gathered: frames buffered while a write is in progress go
+	// out with the next write of the flusher in progress.
+	wmu      sync.Mutex
+	out      []byte  // frames buffered, in order
+	outSpare []byte  // the buffer last written, for the next frames
+	flushing bool    // a write is in progress; it writes out until empty
+	whdr     [9]byte // the frame header being written
+	hfixed   []byte  // the request's header block but its content-length
+	hbuf     []byte
+	nextID   uint32
+	resized  bool // the first header block set the HPACK table size to 0
 
 	// The reader's own state (only readLoop touches it).
 	br        *bufio.Reader
@@ -164,7 +168,6 @@ type h2Conn struct {
 func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn, error) {
 	c := &h2Conn{
 		nc: nc, authority: authority, path: path, idle: idle,
-		bw:         bufio.NewWriterSize(nc, 4096),
 		nextID:     1,
 		br:         bufio.NewReaderSize(nc, 4096),
 		rbuf:       make([]byte, h2MaxFrame),
@@ -186,7 +189,7 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 	b = hpackAppendLiteral(b, hpackContentType, MediaType)
 	c.hfixed = hpackAppendLiteral(b, hpackAccept, MediaType)
 	_ = nc.SetWriteDeadline(time.Now().Add(h2ControlWrite))
-	_, _ = c.bw.WriteString(h2Preface)
+	c.out = append(c.out, h2Preface...)
 	var s [18]byte
 	putSetting(s[0:], h2SettingEnablePush, 0)
 	putSetting(s[6:], h2SettingInitialWindowSize, h2StreamWindow)
@@ -195,10 +198,11 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 	var inc [4]byte
 	binary.BigEndian.PutUint32(inc[:], h2ConnWindow-65535)
 	c.writeFrame(h2WindowUpdate, 0, 0, inc[:])
-	if err := c.bw.Flush(); err != nil {
+	if _, err := nc.Write(c.out); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("HTTP/2 preface: %w", err)
 	}
+	c.out = c.out[:0]
 	c.idleTimer = time.AfterFunc(idle, c.idleClose)
 	go c.readLoop()
 	return c, nil
@@ -212,19 +216,41 @@ func putSetting(b []byte, id uint16, v uint32) {
 // writeFrame buffers one frame; wmu is held (or the connection is not
 // shared yet).
 func (c *h2Conn) writeFrame(typ, flags byte, id uint32, payload []byte) {
-	h := &c.whdr // (a local array would be allocated per frame: Write may hand it on)
+	h := &c.whdr
 	h[0], h[1], h[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
 	h[3], h[4] = typ, flags
 	binary.BigEndian.PutUint32(h[5:], id)
-	_, _ = c.bw.Write(h[:])
-	_, _ = c.bw.Write(payload)
+	c.out = append(append(c.out, h[:]...), payload...)
 }
 
 // flush sends what is buffered by deadline; a failed write kills the
-// connection. wmu is held.
+// connection (the streams fail with it). wmu is held on entry and on
+// return, but not during the write: frames buffered meanwhile are
+// written by this flush too (it writes until nothing is buffered), and a
+// flush called while another is writing returns at once, its frames left
+// to that one.
 func (c *h2Conn) flush(deadline time.Time) error {
-	_ = c.nc.SetWriteDeadline(deadline)
-	if err := c.bw.Flush(); err != nil {
+	if c.flushing {
+		return nil
+	}
+	c.flushing = true
+	var err error
+	for len(c.out) > 0 && err == nil {
+		out := c.out
+		c.out = c.outSpare[:0]
+		c.wmu.Unlock()
+		_ = c.nc.SetWriteDeadline(deadline)
+		_, err = c.nc.Write(out)
+		c.wmu.Lock()
+		if cap(out) <= 64<<10 {
+			c.outSpare = out[:0]
+		} else {
+			c.outSpare = nil
+		}
+	}
+	c.flushing = false
+	if err != nil {
+		c.out = c.out[:0]
 		err = fmt.Errorf("%w: write: %v", errConnClosed, err)
 		c.close(err)
 		return err
