@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -269,10 +270,23 @@ func (d *Device) open(port uint16) (*socket, error) {
 	if d.target.Addr().Is6() && !d.target.Addr().Is4In6() {
 		network = "udp6"
 	}
-	c, err := net.ListenUDP(network, la)
+	// A fixed source port (a device's habit) is bound with SO_REUSEADDR:
+	// emulated devices on other local addresses, or a wildcard one, may
+	// hold the same port at the same time, as real devices on a LAN do.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, la.String())
 	if err != nil {
 		return nil, fmt.Errorf("emulate: source port %d: %w", port, err)
 	}
+	c := pc.(*net.UDPConn)
 	s := &socket{conn: c, port: uint16(c.LocalAddr().(*net.UDPAddr).Port), in: make(chan Datagram, 256)}
 	d.readers.Add(1)
 	go d.read(s)
