@@ -46,8 +46,8 @@ func randomID() uint16 {
 }
 
 // prepare copies the caller's query and sets what goes on the wire: the
-// ID, an OPT advertising ednsSize (keeping the DO bit the caller asked
-// for), and padding to the next multiple of padBlock when pad is set
+// ID, an OPT owned by the root advertising ednsSize (keeping the DO bit
+// the caller asked for), and padding to the next multiple of padBlock when pad is set
 // (RFC 7830 and RFC 8467 §4.1; never on cleartext, RFC 7830 §6).
 func prepare(q *dns.Msg, id uint16, pad bool) *dns.Msg {
 	m := q.Copy()
@@ -58,6 +58,7 @@ func prepare(q *dns.Msg, id uint16, pad bool) *dns.Msg {
 		m.SetEdns0(ednsSize, false)
 		opt = m.IsEdns0()
 	}
+	opt.Hdr.Name = "." // the OPT's owner is the root (RFC 6891 §6.1.2), whatever a device sent
 	opt.SetUDPSize(ednsSize)
 	opt.Option = withoutPadding(opt.Option)
 	if pad {

@@ -191,6 +191,10 @@ func TestAppendQuery(t *testing.T) {
 	extra.Extra = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: "x.", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: []byte{192, 0, 2, 1}}}
 	optFirst := withOpt(query("optfirst.example", dns.TypeA), false)
 	optFirst.Extra = append(optFirst.Extra, extra.Extra[0])
+	optOwner := withOpt(query("owner.example", dns.TypeA), true)
+	optOwner.IsEdns0().Hdr.Name = "0000." // legal on the wire, wrong for an OPT (RFC 6891 §6.1.2)
+	optOwnerSlow := withOpt(query("owner.example", dns.TypeA), true, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})
+	optOwnerSlow.IsEdns0().Hdr.Name = "0000."
 	cases := map[string]*dns.Msg{
 		"no OPT":         query("example.com", dns.TypeA),
 		"DO":             withOpt(query("do.example.com", dns.TypeAAAA), true),
@@ -203,6 +207,8 @@ func TestAppendQuery(t *testing.T) {
 		"root":           query(".", dns.TypeNS),
 		"escaped":        query(`a\.b\032c.example`, dns.TypeTXT),
 		"long name":      query(strings.Repeat(strings.Repeat("x", 63)+".", 3)+strings.Repeat("y", 61), dns.TypeA),
+		"OPT not root":   optOwner,
+		"OPT not root 2": optOwnerSlow,
 		"non-INET class": {Question: []dns.Question{{Name: "version.bind.", Qtype: dns.TypeTXT, Qclass: dns.ClassCHAOS}}},
 	}
 	for n := 1; n <= 130; n++ { // every padding length
@@ -222,6 +228,9 @@ func TestAppendQuery(t *testing.T) {
 				}
 				if len(got) != len(dst)+len(want) || string(got[len(dst):]) != string(want) {
 					t.Errorf("%s (pad %v, room %d):\n got %x\nwant %x", name, pad, cap(dst), got[len(dst):], want)
+				}
+				if m := new(dns.Msg); m.Unpack(got[len(dst):]) != nil || m.IsEdns0() == nil || m.IsEdns0().Hdr.Name != "." {
+					t.Errorf("%s (pad %v): the OPT sent is not owned by the root: %x", name, pad, got[len(dst):])
 				}
 			}
 			if q.String() != before {
