@@ -41,6 +41,7 @@ type udp struct {
 	cfg  config
 	tcp  *stream
 	bufs sync.Pool // *[]byte of udpBuffer octets
+	qbuf sync.Pool // *[]byte: a query's wire form, reused once it is sent
 
 	muxMu  sync.Mutex
 	mux    *udpMux // nil until the first query
@@ -50,6 +51,7 @@ type udp struct {
 func newUDP(ep *Endpoint, cfg config) *udp {
 	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false)}
 	u.bufs.New = func() any { b := make([]byte, udpBuffer); return &b }
+	u.qbuf.New = func() any { b := make([]byte, 0, queryRoom); return &b }
 	return u
 }
 
@@ -78,13 +80,23 @@ func (u *udp) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Ms
 
 // exchangeBy is Exchange that also gives up at deadline (zero: ctx only),
 // kept by the reader: the pool's attempts need no context of their own.
+// The query is written from q without copying it (appendQuery) into a
+// buffer reused once it is sent; the answer is matched against what was
+// sent (ID, opcode, question; with 0x20 the name in the case sent).
 func (u *udp) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, o QueryOptions) (*dns.Msg, error) {
 	exact := o.Case0x20.on(u.cfg.randomize)
-	m := prepare(q, randomID(), false)
+	id := randomID()
+	sent := sentOf(q, id)
+	wq := q
 	if exact {
-		m.Question[0].Name = randomizeCase(m.Question[0].Name)
+		// The question in random case: a shallow copy of q with a
+		// question of its own (q is not changed).
+		sent.question.Name = randomizeCase(sent.question.Name)
+		c := *q
+		c.Question = []dns.Question{sent.question}
+		wq = &c
 	}
-	resp, err := u.exchange(ctx, deadline, m, exact)
+	resp, err := u.exchange(ctx, deadline, wq, sent, exact)
 	if errors.Is(err, errOversize) {
 		return u.overTCP(ctx, deadline, q, o) // more than it was asked for (EDNS 1232): as if TC
 	}
@@ -109,8 +121,16 @@ func (u *udp) overTCP(ctx context.Context, deadline time.Time, q *dns.Msg, o Que
 	return u.tcp.Exchange(ctx, q, o)
 }
 
-func (u *udp) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, exact bool) (*dns.Msg, error) {
-	b, err := pack(m)
+// exchange sends q (as sent, with its ID) through the multiplexer.
+func (u *udp) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, sent sentQuery, exact bool) (*dns.Msg, error) {
+	bp := u.qbuf.Get().(*[]byte)
+	b, err := appendQuery((*bp)[:0], q, sent.id, false)
+	defer func() {
+		if cap(b) <= 4*queryRoom {
+			*bp = b[:0]
+			u.qbuf.Put(bp)
+		}
+	}()
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +138,7 @@ func (u *udp) exchange(ctx context.Context, deadline time.Time, m *dns.Msg, exac
 	if err != nil {
 		return nil, err
 	}
-	return mux.exchange(ctx.Done(), ctx.Err, deadline, m, b, exact)
+	return mux.exchange(ctx.Done(), ctx.Err, deadline, sent, b, exact)
 }
 
 // muxer returns the socket multiplexer, started on first use.

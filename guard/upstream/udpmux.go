@@ -66,7 +66,7 @@ type udpMux struct {
 // muxSock is one query's socket.
 type muxSock struct {
 	fd       int32
-	sent     *dns.Msg
+	sent     sentQuery
 	exact    bool
 	res      chan muxResult // the first match, an oversize answer or a case error
 	answered bool           // res has been sent; what comes now is drained
@@ -227,12 +227,13 @@ func (m *udpMux) fill() {
 	}
 }
 
-// exchange sends b (the packed m) from a fresh socket and waits for the
-// answer, ctx or Close.
+// exchange sends b (the query, sent as sent says) from a fresh socket and
+// waits for the answer, ctx or Close. b is not kept: it may be reused as
+// soon as exchange returns.
 //
 // A non-zero deadline is kept by the reader (no timer per query): at the
 // deadline the query fails with errMuxTimeout.
-func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline time.Time, sent *dns.Msg, b []byte, exact bool) (*dns.Msg, error) {
+func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline time.Time, sent sentQuery, b []byte, exact bool) (*dns.Msg, error) {
 	if m.closed.Load() {
 		return nil, errMuxClosed
 	}
@@ -393,7 +394,7 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 	answered := s.answered
 	m.mu.Unlock()
 	if answered {
-		if _, err := match(s.sent, buf[:k], s.exact); err == nil && right {
+		if _, err := matchSent(s.sent, buf[:k], s.exact); err == nil && right {
 			c.Flood.Add(1)
 		} else {
 			c.Mismatches.Add(1)
@@ -411,7 +412,7 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 	if k == len(buf) {
 		r.err = errOversize
 	} else {
-		r.msg, r.err = match(s.sent, buf[:k], s.exact)
+		r.msg, r.err = matchSent(s.sent, buf[:k], s.exact)
 		var ce *CaseError
 		if r.err != nil && !errors.As(r.err, &ce) {
 			c.Mismatches.Add(1)
@@ -519,7 +520,6 @@ func (m *udpMux) closeLocked(s *muxSock) {
 	}
 	delete(m.socks, s.fd)
 	unix.Close(int(s.fd)) // also leaves the epoll set
-	s.sent = nil          // the query, until s leaves the lists that may still hold it
 }
 
 // openRandomPort opens a non-blocking UDP socket of family on a port from
@@ -557,11 +557,26 @@ func openRandomPort(family int) (int, error) {
 	return fd, nil
 }
 
+// bindPort binds fd to the wildcard address and port (raw sockaddrs on
+// the stack: unix.Bind's Sockaddr values escape, one allocation a socket).
 func bindPort(fd, family, port int) error {
+	var sa unsafe.Pointer
+	var n uintptr
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
 	if family == unix.AF_INET {
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: port})
+		sa4.Family = unix.AF_INET
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], uint16(port))
+		sa, n = unsafe.Pointer(&sa4), unix.SizeofSockaddrInet4
+	} else {
+		sa6.Family = unix.AF_INET6
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], uint16(port))
+		sa, n = unsafe.Pointer(&sa6), unix.SizeofSockaddrInet6
 	}
-	return unix.Bind(fd, &unix.SockaddrInet6{Port: port})
+	if _, _, e := unix.Syscall(unix.SYS_BIND, uintptr(fd), uintptr(sa), n); e != 0 {
+		return e
+	}
+	return nil
 }
 
 func sendto(fd int, b, to []byte) error {
