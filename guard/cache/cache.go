@@ -21,7 +21,6 @@ import (
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
-	"golang.org/x/sync/singleflight"
 )
 
 const (
@@ -46,7 +45,15 @@ type Cache struct {
 	log    *slog.Logger
 	seed   maphash.Seed
 	shards [shardCount]shard
-	flight singleflight.Group
+
+	// flightTimeout bounds a flight (refreshTimeout; tests shorten it).
+	flightTimeout time.Duration
+	// The flights' expiry timer (see expire): armed while flights are
+	// out, at the earliest deadline (expAt).
+	expMu    sync.Mutex
+	expTimer *time.Timer
+	expAt    time.Time
+	expArmed atomic.Bool
 
 	// realClock: now is time.Now, so a request's Received time serves
 	// instead (tests that inject a clock keep it for every read).
@@ -67,6 +74,8 @@ type shard struct {
 	m     map[string]*entry
 	lru   list.List // front = most recently used; values are *entry
 	bytes int64
+	// The upstream resolutions out, by key: one per key.
+	flights map[string]*flight
 }
 
 type entry struct {
@@ -148,12 +157,13 @@ func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed()}
+	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed(), flightTimeout: refreshTimeout}
 	c.SetPolicy(p)
 	// Until told otherwise, strict queries share nothing with lenient ones.
 	c.SetStrictness(policy.Strictness{Case0x20Differs: true})
 	for i := range c.shards {
 		c.shards[i].m = make(map[string]*entry)
+		c.shards[i].flights = make(map[string]*flight)
 	}
 	return c
 }
@@ -223,12 +233,6 @@ func (c *Cache) shard(key []byte) *shard {
 	return &c.shards[maphash.Bytes(c.seed, key)%shardCount]
 }
 
-// shardOf is shard for a key already held as a string (the same hash:
-// maphash.String and maphash.Bytes agree on equal contents).
-func (c *Cache) shardOf(key string) *shard {
-	return &c.shards[maphash.String(c.seed, key)%shardCount]
-}
-
 // Name is "cache".
 func (c *Cache) Name() string { return "cache" }
 
@@ -268,63 +272,61 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 			return r, err
 		}
 	}
+	// One upstream query per question in flight, whoever asks: join the
+	// flight out for the key, or start one. Looked up under the same lock
+	// as the entry, and a flight stores its answer and leaves the map
+	// under it too, so a flight that ended between a miss and now is
+	// never followed by a second upstream query: its answer was found.
+	f := sh.flights[string(key)]
+	if f != nil {
+		f.dups++
+	} else {
+		f = c.newFlight(string(key), req, next, now)
+		sh.flights[f.key] = f
+	}
+	leader := f.dups == 0
 	sh.mu.Unlock()
 	c.Stats.Misses.Add(1)
-
-	// One upstream query per question in flight, whoever asks. It runs on
-	// its own context: one device giving up must not fail the others.
-	skey := string(key)
-	// The flight may outlive this caller, and req aliases its buffer.
-	fr := *req
-	fr.Raw, fr.Q.Name = nil, append([]byte(nil), req.Q.Name...)
-	ch := c.flight.DoChan(skey, func() (any, error) {
-		// A flight that ended between this caller's miss and now has
-		// stored its answer: serve that, not a second upstream query.
-		if r := c.fresh(skey); r != nil {
-			return r, nil
+	if leader {
+		if !c.expArmed.Load() {
+			c.arm(f.deadline)
 		}
-		rctx, cancel := context.WithTimeout(stage.WithoutWaiter(context.WithoutCancel(ctx)), refreshTimeout)
-		defer cancel()
-		r, err := next.ServeDNS(rctx, &fr)
-		c.store(skey, r, err)
-		return r, err
-	})
+		go c.fly(f, sh)
+	}
 	// This goroutine now waits: a listener reading in batches sends the
 	// answers it has and hands its other queries on.
 	stage.Waiting(ctx)
-	var res singleflight.Result
-	select {
-	case res = <-ch:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	r, shared, gaveUp, err := c.await(ctx, f, sh)
+	if gaveUp {
+		return nil, err // the flight goes on for the others, and the cache
 	}
-	if res.Shared {
+	if shared {
 		c.Stats.Coalesced.Add(1)
 	}
-	if res.Err == nil {
-		return res.Val.(*dnswire.Reply), nil
+	if err == nil {
+		return r, nil
 	}
 	// The upstream failed: a stale answer if there is one, else the error.
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := sh.m[skey]; e != nil {
+	if e := sh.m[f.key]; e != nil {
 		if r := c.stale(e, c.now(), p); r != nil {
 			return r, nil
 		}
 	}
-	return nil, res.Err
+	return nil, err
 }
 
-// fresh returns the unexpired answer stored under key, or nil.
-func (c *Cache) fresh(key string) *dnswire.Reply {
-	now := c.now()
-	sh := c.shardOf(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if e := sh.m[key]; e != nil && e.reply != nil && now.Before(e.expires) {
-		return e.reply.With(uint32(now.Sub(e.stored)/time.Second), 0, nil)
+// newFlight makes the flight for key resolving req (copied) by next,
+// its deadline flightTimeout from now (the real clock's time).
+func (c *Cache) newFlight(key string, req *stage.Request, next stage.Handler, now time.Time) *flight {
+	if !c.realClock || now.IsZero() {
+		now = time.Now()
 	}
-	return nil
+	f := &flight{key: key, deadline: now.Add(c.flightTimeout), next: next, req: *req, done: make(chan struct{})}
+	f.req.Raw = nil
+	f.req.Q.Name = f.name[:copy(f.name[:], req.Q.Name)]
+	return f
 }
 
 // fallback answers from an entry whose failure is cached: stale data if
@@ -360,13 +362,10 @@ func (c *Cache) stale(e *entry, now time.Time, p *policy.Cache) *dnswire.Reply {
 	return nil
 }
 
-// store records an upstream result under key.
-func (c *Cache) store(key string, r *dnswire.Reply, err error) {
+// storeLocked records an upstream result under key, its shard sh locked.
+func (c *Cache) storeLocked(sh *shard, key string, r *dnswire.Reply, err error) {
 	p := c.pol.Load()
 	now := c.now()
-	sh := c.shardOf(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	e := sh.m[key]
 	if e == nil {
 		e = &entry{key: key}

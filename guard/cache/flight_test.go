@@ -1,0 +1,161 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/stage"
+	"github.com/miekg/dns"
+)
+
+// TestFlightOutlivesCaller: the query that started a flight gives up
+// (its context ends) and gets its context's error at once; the flight
+// goes on under its own context, which carries none of the caller's
+// values (the listener's waiter stays on the listener's goroutine), and
+// stores its answer for the next query.
+func TestFlightOutlivesCaller(t *testing.T) {
+	c, u, _, h := setup(t)
+	u.gate = make(chan struct{})
+	var waited int
+	var flightCtx context.Context
+	inner := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		flightCtx = ctx
+		stage.Waiting(ctx) // must not reach the caller's waiter
+		return u.ServeDNS(ctx, req)
+	})
+	h = c.Wrap(inner)
+	ctx, cancel := context.WithCancel(stage.WithWaiter(context.Background(), func() { waited++ }))
+	got := make(chan error, 1)
+	go func() {
+		_, err := h.ServeDNS(ctx, request(t, "gone.example.", false, false))
+		got <- err
+	}()
+	for u.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller that gave up: %v, want context.Canceled", err)
+	}
+	if waited != 1 {
+		t.Errorf("the caller's waiter called %d times, want 1 (before it waited)", waited)
+	}
+	if err := flightCtx.Err(); err != nil {
+		t.Errorf("the flight's context ended with its caller: %v", err)
+	}
+	if d, ok := flightCtx.Deadline(); !ok || d.IsZero() {
+		t.Errorf("the flight's context has no deadline")
+	}
+	close(u.gate)
+	// The flight stores its answer: the next query is a hit.
+	for c.Stats.Hits.Load() == 0 {
+		r, err := h.ServeDNS(context.Background(), request(t, "gone.example.", false, false))
+		if err != nil || r == nil {
+			t.Fatalf("after the flight: %v, %v", r, err)
+		}
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("%d upstream calls, want 1", n)
+	}
+	if waited != 1 {
+		t.Errorf("the caller's waiter called %d times, want 1 (never by the flight)", waited)
+	}
+	if err := flightCtx.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("the flight's context after it ended: %v, want context.Canceled", err)
+	}
+}
+
+// TestFlightDeadline: a flight whose upstream never answers ends at its
+// own deadline: its context (and a context derived from it) ends with
+// DeadlineExceeded, and every query waiting on it gets the flight's
+// failure, including one woken by the deadline before the flight had
+// finished.
+func TestFlightDeadline(t *testing.T) {
+	c, _, _, _ := setup(t)
+	c.flightTimeout = 20 * time.Millisecond
+	release := make(chan struct{})
+	var derivedErr, flightErr error
+	inner := stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		d, cancel := context.WithTimeout(ctx, time.Hour)
+		defer cancel()
+		<-d.Done() // the flight's deadline ends it
+		derivedErr, flightErr = d.Err(), ctx.Err()
+		<-release // the flight finishes only after a waiter woke at the deadline
+		return nil, stage.Fail(dnswire.EDENoReachableAut, "no upstream reachable", ctx.Err())
+	})
+	h := c.Wrap(inner)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := h.ServeDNS(context.Background(), request(t, "slow.example.", false, false))
+			errs <- err
+		}()
+	}
+	// Wait until a waiter woke at the deadline and found the flight
+	// still out.
+	for {
+		var waiting bool
+		for i := range c.shards {
+			sh := &c.shards[i]
+			sh.mu.Lock()
+			for _, f := range sh.flights {
+				waiting = waiting || f.wait != nil
+			}
+			sh.mu.Unlock()
+		}
+		if waiting {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for range 2 {
+		err := <-errs
+		var se *stage.Error
+		if !errors.As(err, &se) || se.EDE.Code != dnswire.EDENoReachableAut {
+			t.Errorf("waiter got %v, want the flight's failure", err)
+		}
+	}
+	if !errors.Is(flightErr, context.DeadlineExceeded) || !errors.Is(derivedErr, context.DeadlineExceeded) {
+		t.Errorf("at the deadline: flight %v, derived %v; want DeadlineExceeded", flightErr, derivedErr)
+	}
+	if n := c.Stats.Coalesced.Load(); n != 2 {
+		t.Errorf("coalesced %d, want 2", n)
+	}
+}
+
+// TestFlightAllocs: a miss answered by the stage behind the cache costs
+// the cache a few allocations: the flight (request, name and context in
+// one), its channel, its goroutine's closure, the key, and the stored
+// entry with its list element.
+func TestFlightAllocs(t *testing.T) {
+	c, _, _, _ := setup(t)
+	rr, _ := dns.NewRR("a.example. 300 IN A 192.0.2.1")
+	reply, err := stage.Synth(request(t, "a.example.", false, false), dns.RcodeSuccess, []dns.RR{rr}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := c.Wrap(stage.HandlerFunc(func(context.Context, *stage.Request) (*dnswire.Reply, error) {
+		return reply.With(0, 0, nil), nil
+	}))
+	reqs := make([]*stage.Request, 0, 200)
+	for i := range cap(reqs) {
+		reqs = append(reqs, request(t, "n"+string(rune('a'+i%26))+string(rune('a'+i/26))+".example.", false, false))
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := h.ServeDNS(context.Background(), reqs[i]); err != nil {
+			t.Fatal(err)
+		}
+		i++
+	})
+	// reply.With is 1; the cache's own: flight, channel, closure, key,
+	// entry, list element.
+	t.Logf("%.1f allocations a miss", allocs)
+	if allocs > 7 {
+		t.Errorf("%.1f allocations a miss, want at most 7", allocs)
+	}
+}
