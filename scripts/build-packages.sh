@@ -12,6 +12,8 @@
 #   SOURCE_DATE_EPOCH  timestamp of every packed file (default: HEAD's commit time)
 #   GO_TAGS  build tags (default: router, which leaves out what only a
 #            workstation needs: the lab, profiling)
+#   GO_INLINE  all: inline everywhere (default: only on the query path;
+#            the go build flags are scripts/go-build-flags.sh's)
 #   APK      apk-tools v3 to pack .apk with ('none': .ipk only). Default: an
 #            apk v3 on PATH, else OPENWRT_ROOT_OUT/prefix/bin/apk (default
 #            OPENWRT_ROOT_OUT /var/tmp/openwrt-root), else built there with
@@ -275,20 +277,10 @@ EOF
 		--files "$idir" --output "$out/$arch/dnsguard-$pkgver.apk"
 }
 
-# Inlining: kept where the query path runs (the guard's own packages,
-# miekg/dns, the runtime, crypto for DoT/DoH, the poller and syscalls,
-# netip) and turned off elsewhere (fmt, encoding/json, bbolt, nftables,
-# slog...), which takes about 0.6 MB off the mipsel binary (8847553 ->
-# 8257729 bytes, under the 8 MiB budget) at no measured cost on the hit
-# path (BenchmarkUDPHit, BenchmarkChainHit built both ways). GO_INLINE=all
-# builds with inlining everywhere.
-gcflags=()
-if [ "${GO_INLINE:-}" != all ]; then
-	gcflags=(-gcflags=all=-l)
-	for p in github.com/dnsguard/dnsguard/... github.com/miekg/dns runtime 'crypto/...' internal/poll syscall net/netip; do
-		gcflags+=("-gcflags=$p=")
-	done
-fi
+# The go build flags (trimmed paths, stripped, -tags GO_TAGS, inlining only
+# on the query path) are in go-build-flags.sh, which the benchmark and the
+# memory measurement share.
+mapfile -t goflags < <(GO_TAGS=$GO_TAGS bash "$root/scripts/go-build-flags.sh" "-X main.version=$pkgver" "-X main.buildTime=$SOURCE_DATE_EPOCH")
 
 # One Go build per variant, shared by the architectures of that variant.
 declare -A built=()
@@ -301,8 +293,7 @@ for arch in $arches; do
 		echo "building $v (${goenv[$v]}) for $arch" >&2
 		# shellcheck disable=SC2086 # goenv values are word lists of VAR=value
 		(cd "$root" && env CGO_ENABLED=0 GOOS=linux GOTOOLCHAIN=local ${goenv[$v]} \
-			go build -trimpath -buildvcs=false -tags "$GO_TAGS" "${gcflags[@]}" \
-			-ldflags "-s -w -X main.version=$pkgver -X main.buildTime=$SOURCE_DATE_EPOCH" -o "$vbin" ./cmd/dnsguard)
+			go build "${goflags[@]}" -o "$vbin" ./cmd/dnsguard)
 		built[$v]=1
 	fi
 	bin="$out/bin/$arch/dnsguard"

@@ -119,10 +119,15 @@ func (tb *testbed) startWAN(t *testing.T) {
 // startGuard runs dnsguard inside the rtr namespace, intercepting lan0.
 func (tb *testbed) startGuard(t *testing.T) *guardProc {
 	t.Helper()
-	return runGuard(t, exec.Command("ip", "netns", "exec", tb.rtr, binary, "run",
+	return runGuard(t, tb.guardCmd(binary))
+}
+
+// guardCmd is the command startGuard runs, with the dnsguard binary bin.
+func (tb *testbed) guardCmd(bin string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", tb.rtr, bin, "run",
 		"--config", tb.config, "--lan", "lan0", "--state", tb.state,
-		"--listen", rtrLAN4+":53", "--listen", "["+rtrLAN6+"]:53",
-		"--upstream", "udp://10.78.0.2:53"))
+		"--listen", rtrLAN4 + ":53", "--listen", "[" + rtrLAN6 + "]:53",
+		"--upstream", "udp://10.78.0.2:53"}, args...)...)
 }
 
 // devDig runs dig in the dev namespace and returns its +short answer.
