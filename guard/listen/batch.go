@@ -135,7 +135,7 @@ func (b *udpBatch) recv(fd uintptr) bool {
 func (b *udpBatch) query(i int) (raw []byte, cut bool, client netip.AddrPort, scope uint32, ok bool) {
 	n := int(b.rh[i].n)
 	raw = b.bufs[i*maxUDPQuery : i*maxUDPQuery+n]
-	cut = n == maxUDPQuery || b.rh[i].hdr.Flags&unix.MSG_TRUNC != 0
+	cut = b.rh[i].hdr.Flags&unix.MSG_TRUNC != 0 // the datagram was longer
 	client, scope, ok = parseSockaddr(b.names[i][:b.rh[i].hdr.Namelen])
 	return raw, cut, client, scope, ok
 }

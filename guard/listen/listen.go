@@ -63,9 +63,13 @@ func (o *Options) defaults() {
 	}
 }
 
-// maxUDPQuery bounds a query read over UDP. A question with EDNS and a
-// cookie is under 300 octets; the buffer is per reader, so it stays small.
-const maxUDPQuery = 4096
+// maxUDPQuery is the room for one query read over UDP: a question with
+// EDNS, a cookie and client subnet is under 400 octets (a name is at most
+// 255), and 1232 is the most the guard itself sends in one datagram
+// (RFC 9715). Each reader holds batchSize of them, so they stay small. A
+// longer query, read cut short, is answered with TC=1 and its question
+// (cutAnswer): the device asks again over TCP, where any size is read.
+const maxUDPQuery = 1232
 
 // Stats counts what the listener did.
 type Stats struct {
@@ -332,25 +336,21 @@ type udpReader struct {
 	req    stage.Request   // the request being answered, reused
 }
 
-// slot is message i's sender and the address it was sent to; ok is false
-// for a message not to answer (counted).
-func (r *udpReader) slot(i int) (raw []byte, client, local netip.AddrPort, ifindex int, ok bool) {
+// slot is message i's sender and the address it was sent to, and
+// whether it was cut short (longer than maxUDPQuery: raw is its start);
+// ok is false for a message not to answer (counted).
+func (r *udpReader) slot(i int) (raw []byte, client, local netip.AddrPort, ifindex int, cut, ok bool) {
 	raw, cut, client, scope, ok := r.b.query(i)
 	if !ok {
-		return nil, client, local, 0, false
+		return nil, client, local, 0, false, false
 	}
 	local = r.u.local
 	if r.u.pktinfo {
 		dst, idx, ok := parsePktinfo(r.b.control(i))
 		if !ok || dst.IsMulticast() {
-			return nil, client, local, 0, false // cannot answer from the right address
+			return nil, client, local, 0, false, false // cannot answer from the right address
 		}
 		local, ifindex = netip.AddrPortFrom(dst, local.Port()), idx
-	}
-	if cut { // cut short: no real query is this large
-		r.s.Stats.Queries.Add(1)
-		r.s.Stats.Malformed.Add(1)
-		return nil, client, local, 0, false
 	}
 	a := client.Addr()
 	if a.Is4In6() {
@@ -360,18 +360,18 @@ func (r *udpReader) slot(i int) (raw []byte, client, local netip.AddrPort, ifind
 		// device. Nothing can be answered to it: drop it.
 		r.s.Stats.Queries.Add(1)
 		r.s.Stats.Dropped.Add(1)
-		return nil, client, local, 0, false
+		return nil, client, local, 0, false, false
 	}
 	if scope != 0 && a.Is6() && a.IsLinkLocalUnicast() {
 		a = a.WithZone(r.b.zone(scope))
 	}
-	return raw, netip.AddrPortFrom(a, client.Port()), local, ifindex, true
+	return raw, netip.AddrPortFrom(a, client.Port()), local, ifindex, cut, true
 }
 
 // serve answers message i of the batch, queueing its answer.
 func (r *udpReader) serve(i int) {
 	s := r.s
-	raw, client, local, ifindex, ok := r.slot(i)
+	raw, client, local, ifindex, cut, ok := r.slot(i)
 	if !ok {
 		return
 	}
@@ -380,6 +380,14 @@ func (r *udpReader) serve(i int) {
 	if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
 		start := len(r.b.out)
 		if b := s.deny(raw, client, false, r.b.out); b != nil {
+			r.b.out = b
+			r.b.queue(i, start, len(b), src, srcIf)
+		}
+		return
+	}
+	if cut {
+		start := len(r.b.out)
+		if b := s.cutAnswer(raw, r.b.out); b != nil {
 			r.b.out = b
 			r.b.queue(i, start, len(b), src, srcIf)
 		}
@@ -422,12 +430,16 @@ func (r *udpReader) waiting() {
 	s := r.s
 	for r.next < r.b.n {
 		i := r.next
-		raw, client, local, ifindex, ok := r.slot(i)
+		raw, client, local, ifindex, cut, ok := r.slot(i)
 		if ok {
 			// Not into r.b.out: the answer in progress is appended there.
 			src := r.pktinfoFor(local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
 			if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
 				if b := s.deny(raw, client, false, nil); b != nil {
+					r.u.c.WriteMsgUDPAddrPort(b, src, client)
+				}
+			} else if cut {
+				if b := s.cutAnswer(raw, nil); b != nil {
 					r.u.c.WriteMsgUDPAddrPort(b, src, client)
 				}
 			} else if !s.trySpill(r.ctx, r.u, append([]byte(nil), raw...), client, local, src) {
@@ -475,6 +487,38 @@ func (s *Server) deny(raw []byte, client netip.AddrPort, tcp bool, out []byte) [
 		return nil // not a query we could answer anyway
 	}
 	return dnswire.AppendError(out, raw, &q, dns.RcodeRefused)
+}
+
+// cutAnswer answers a UDP query longer than maxUDPQuery, of which raw is
+// the start: with TC=1 and its question, so that the device asks again
+// over TCP (RFC 7766 §5), where the query is read whole; servers that
+// limit UDP (response rate limiting's "slip") answer the same way. It has
+// no OPT record: the query's was not read. What could not be answered in
+// full anyway gets what answer would give it: nothing for a response,
+// NOTIMP for another opcode, FORMERR for a question that does not parse.
+func (s *Server) cutAnswer(raw []byte, out []byte) []byte {
+	s.Stats.Queries.Add(1)
+	q, err := dnswire.ParseQuery(raw)
+	switch {
+	case errors.Is(err, dnswire.ErrShort) || errors.Is(err, dnswire.ErrNotQuery):
+		s.Stats.Malformed.Add(1)
+		return nil
+	case q.Opcode != dns.OpcodeQuery:
+		s.Stats.Malformed.Add(1)
+		qp := &q
+		if q.NameEnd == 0 {
+			qp = nil
+		}
+		return dnswire.AppendError(out, raw, qp, dns.RcodeNotImplemented)
+	case q.NameEnd == 0:
+		s.Stats.Malformed.Add(1)
+		return dnswire.AppendError(out, raw, nil, dns.RcodeFormatError)
+	}
+	s.Stats.Truncated.Add(1)
+	start := len(out)
+	out = dnswire.AppendError(out, raw, &q, dns.RcodeSuccess)
+	out[start+2] |= 0x02 // TC
+	return out
 }
 
 // spill answers one UDP query on a goroutine of its own, within

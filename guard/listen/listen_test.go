@@ -395,3 +395,83 @@ func TestHitsNotHeldBySlowMisses(t *testing.T) {
 		t.Errorf("cached name while readers wait: %v", r)
 	}
 }
+
+// paddedQuery is a query for name whose OPT carries a Padding option
+// making it exactly size octets long.
+func paddedQuery(t *testing.T, name string, size int) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	pad := &dns.EDNS0_PADDING{}
+	opt := m.IsEdns0()
+	opt.Option = append(opt.Option, pad)
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad.Padding = make([]byte, size-len(b))
+	if b, _ := m.Pack(); len(b) != size {
+		t.Fatalf("padded query of %d octets, want %d", len(b), size)
+	}
+	return m
+}
+
+// TestLongUDPQuery: a query longer than the listener's UDP buffer is read
+// cut short; it is answered TC=1 with its question (no records, no OPT),
+// so the device asks again over TCP, where it gets the answer. One that
+// fits exactly is answered in full; what would not be answered anyway is
+// not answered now either.
+func TestLongUDPQuery(t *testing.T) {
+	addr, _, s := start(t, listen.Options{})
+	for _, size := range []int{1232, 1233, 4000, 9000} {
+		m := paddedQuery(t, "3.many.test.", size)
+		m.Id = uint16(size)
+		b, _ := m.Pack()
+		raw := rawUDP(t, addr, b)
+		r := new(dns.Msg)
+		if err := r.Unpack(raw); err != nil {
+			t.Fatalf("%d octets: answer %x: %v", size, raw, err)
+		}
+		if r.Id != m.Id || !r.Response || r.Rcode != dns.RcodeSuccess || len(r.Question) != 1 || r.Question[0] != m.Question[0] {
+			t.Errorf("%d octets: answer %v", size, r)
+		}
+		if size <= 1232 {
+			if r.Truncated || len(r.Answer) != 3 || r.IsEdns0() == nil {
+				t.Errorf("%d octets (fits): TC=%v answers=%d", size, r.Truncated, len(r.Answer))
+			}
+			continue
+		}
+		if !r.Truncated || len(r.Answer)+len(r.Ns)+len(r.Extra) != 0 || !r.RecursionDesired {
+			t.Errorf("%d octets: want TC=1, RD echoed and no records: %v", size, r)
+		}
+		// As the device then does: the same query over TCP.
+		if r := exchange(t, "tcp", addr, m.Copy()); r.Truncated || len(r.Answer) != 3 {
+			t.Errorf("%d octets over TCP: TC=%v answers=%d", size, r.Truncated, len(r.Answer))
+		}
+	}
+	if n := s.Stats.Truncated.Load(); n != 3 {
+		t.Errorf("truncated answers counted %d, want 3", n)
+	}
+
+	long := func(edit func(m *dns.Msg)) []byte {
+		m := paddedQuery(t, "3.many.test.", 2000)
+		edit(m)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if r := rawUDP(t, addr, long(func(m *dns.Msg) { m.Response = true })); r != nil {
+		t.Errorf("answered a long response: %x", r)
+	}
+	notify := long(func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify })
+	if r := rawUDP(t, addr, notify); len(r) < 12 || r[3]&0xF != dns.RcodeNotImplemented || r[2]&0x02 != 0 {
+		t.Errorf("long NOTIFY: %x, want NOTIMP", r)
+	}
+	twoQ := long(func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) })
+	if r := rawUDP(t, addr, twoQ); len(r) < 12 || r[3]&0xF != dns.RcodeFormatError || r[2]&0x02 != 0 {
+		t.Errorf("long query with two questions: %x, want FORMERR", r)
+	}
+}

@@ -34,13 +34,19 @@ func startOn(t *testing.T, addrs []string, opts listen.Options) *listen.Server {
 // from another address of the router is never read.
 func udpFrom(t *testing.T, src, dst netip.AddrPort) (*dns.Msg, error) {
 	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion("2.many.test.", dns.TypeA)
+	return udpMsgFrom(t, src, dst, m)
+}
+
+// udpMsgFrom is udpFrom asking m.
+func udpMsgFrom(t *testing.T, src, dst netip.AddrPort, m *dns.Msg) (*dns.Msg, error) {
+	t.Helper()
 	c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	m := new(dns.Msg)
-	m.SetQuestion("2.many.test.", dns.TypeA)
 	b, _ := m.Pack()
 	c.Write(b)
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -69,6 +75,11 @@ func TestWildcardAnswersFromTheAddressAsked(t *testing.T) {
 		}
 		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 2 {
 			t.Errorf("UDP to %s: %v", d, r)
+		}
+		// A query longer than the UDP buffer: its TC=1 answer too.
+		r, err = udpMsgFrom(t, netip.MustParseAddrPort("127.0.0.1:0"), d, paddedQuery(t, "2.many.test.", 2000))
+		if err != nil || !r.Truncated || len(r.Question) != 1 {
+			t.Errorf("long query over UDP to %s: %v %v", d, r, err)
 		}
 		c := &dns.Client{Net: "tcp", Timeout: 2 * time.Second}
 		m := new(dns.Msg)
