@@ -44,8 +44,9 @@
 #                        (BENCH_NICE=-10), none
 #   BENCH_MAX_LOST=0     lost queries tolerated per phase before failing
 #   BENCH_KEEP=1         keep the work dir (configs, dnsperf logs, results)
-#   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree
-#                        (for --profile, one built with -tags pprof)
+#   BENCH_GUARD_BIN=FILE use this guard binary instead of building the tree as
+#                        the router's (scripts/go-build-flags.sh; for --profile,
+#                        GO_TAGS=router,pprof)
 #   BENCH_OUT=DIR        where --profile writes (default /tmp/dnsguard-profile)
 #   BENCH_RESULTS=FILE   per-run figures (default /tmp/dnsguard-bench-results.tsv)
 #
@@ -174,11 +175,15 @@ if [[ -n ${BENCH_GUARD_BIN:-} ]]; then
 	log "using prebuilt guard $BENCH_GUARD_BIN"
 	cp "$BENCH_GUARD_BIN" "$GUARD"
 else
-	# --profile needs run --pprof, which only -tags pprof builds serve
-	tags=()
-	((PROFILE)) && tags=(-tags pprof)
-	log "building dnsguard (linux/amd64, -trimpath${tags[*]:+ ${tags[*]}})"
-	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath "${tags[@]}" -o "$GUARD" ./cmd/dnsguard)
+	# Built as the router's binary is (go-build-flags.sh: -tags router,
+	# stripped, inlining only on the query path), so its CPU and resident
+	# memory are the shipped binary's. --profile needs run --pprof, which
+	# only -tags pprof builds serve.
+	tags=router
+	((PROFILE)) && tags=router,pprof
+	mapfile -t goflags < <(GO_TAGS=$tags bash "$ROOT/scripts/go-build-flags.sh")
+	log "building dnsguard (linux/amd64, ${goflags[*]})"
+	(cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build "${goflags[@]}" -o "$GUARD" ./cmd/dnsguard)
 fi
 
 # ---- query files -------------------------------------------------------
