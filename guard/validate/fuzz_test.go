@@ -242,7 +242,24 @@ func FuzzCheck(f *testing.F) {
 		if len(m.Question) > 0 {
 			question = m.Question[0]
 		}
+		before := m.String()
+		for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			if distinct(sec) {
+				// The quick answer agrees with the keys.
+				seen := map[string]bool{}
+				for _, rr := range sec {
+					if k := key(rr); seen[k] {
+						t.Fatalf("distinct, but two records have the key %q", k)
+					} else {
+						seen[k] = true
+					}
+				}
+			}
+		}
 		out, err := v.Check(question, m, strict)
+		if m.String() != before {
+			t.Fatalf("Check modified its input:\n%s\n%s", before, m.String())
+		}
 		// The question written another way (every octet that is not a
 		// letter or digit as \DDD, upper case) is the same question.
 		other := question

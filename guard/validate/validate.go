@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
@@ -96,7 +97,10 @@ var (
 // shield of a device held to strict terms, policy.Terms.MinimalShield)
 // also removes everything but the answer a stub needs: the additional
 // section, and the authority section of a positive answer. It never
-// modifies m.
+// modifies m. The message it returns is m's header copied with the
+// sections cleaned: a section or record it does not change is m's own
+// (shared, not copied), so neither message's records may be modified
+// while the other is in use.
 func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, error) {
 	out, _, err := v.CheckReport(q, m, strict)
 	return out, err
@@ -105,7 +109,8 @@ func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, er
 // CheckReport is Check, also reporting what was removed.
 func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, Report, error) {
 	var rep Report
-	if err := v.header(q, m); err != nil {
+	qname := canon(q.Name)
+	if err := v.header(q, qname, m); err != nil {
 		return nil, rep, err
 	}
 	if v.maxSize > 0 {
@@ -130,7 +135,10 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 	if opts > 1 { // RFC 6891 §6.1.1: FORMERR territory
 		return nil, rep, invalid(fmt.Sprintf("%d OPT records", opts), ErrMalformed)
 	}
-	out := m.Copy()
+	// The header copied; the sections are m's until cleaning changes
+	// them (then new slices, and copies of the records changed).
+	out := new(dns.Msg)
+	*out = *m
 	var n int
 	out.Answer, n = dedup(out.Answer)
 	rep.Duplicates += n
@@ -141,7 +149,8 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 	if err := v.counts(out); err != nil {
 		return nil, rep, err
 	}
-	chain, err := v.answer(q, out)
+	var room [4]string
+	chain, err := v.answer(q, qname, out, room[:0])
 	if err != nil {
 		return nil, rep, err
 	}
@@ -159,7 +168,8 @@ func invalid(text string, err error) *stage.Error {
 	return stage.Fail(dnswire.EDEInvalidData, "invalid answer: "+text, err)
 }
 
-func (v *Validator) header(q dns.Question, m *dns.Msg) error {
+// header checks m's header and question against q (qname: canon(q.Name)).
+func (v *Validator) header(q dns.Question, qname string, m *dns.Msg) error {
 	switch {
 	case m == nil:
 		return invalid("no message", ErrMalformed)
@@ -171,20 +181,21 @@ func (v *Validator) header(q dns.Question, m *dns.Msg) error {
 		return forged(fmt.Sprintf("%d questions", len(m.Question)), ErrQuestion)
 	}
 	a := m.Question[0]
-	if canon(a.Name) != canon(q.Name) || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
+	if a.Name != q.Name && canon(a.Name) != qname || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
 		return forged(fmt.Sprintf("answer to %s %s, asked %s %s", a.Name, dns.Type(a.Qtype), q.Name, dns.Type(q.Qtype)), ErrQuestion)
 	}
 	return nil
 }
 
 // dedup removes records identical (owner, class, type, data; not TTL)
-// to an earlier one.
+// to an earlier one. rrs is not modified: with duplicates the records
+// kept are in a new slice, without any rrs itself is returned.
 func dedup(rrs []dns.RR) ([]dns.RR, int) {
-	if len(rrs) < 2 {
+	if len(rrs) < 2 || distinct(rrs) {
 		return rrs, 0
 	}
 	seen := make(map[string]bool, len(rrs))
-	out := rrs[:0]
+	out := make([]dns.RR, 0, len(rrs))
 	for _, rr := range rrs {
 		k := key(rr)
 		if seen[k] {
@@ -194,6 +205,37 @@ func dedup(rrs []dns.RR) ([]dns.RR, int) {
 		out = append(out, rr)
 	}
 	return out, len(rrs) - len(out)
+}
+
+// distinct reports, without computing keys, that no two of rrs can
+// have the same key: every two differ in type or class, or are
+// addresses (A, AAAA) that differ. A false answer only means the keys
+// must be compared.
+func distinct(rrs []dns.RR) bool {
+	if len(rrs) > 32 {
+		return false
+	}
+	for i, a := range rrs {
+		ha := a.Header()
+		for _, b := range rrs[i+1:] {
+			hb := b.Header()
+			if ha.Rrtype != hb.Rrtype || ha.Class != hb.Class {
+				continue
+			}
+			switch x := a.(type) {
+			case *dns.A:
+				if y, ok := b.(*dns.A); ok && !x.A.Equal(y.A) {
+					continue
+				}
+			case *dns.AAAA:
+				if y, ok := b.(*dns.AAAA); ok && !x.AAAA.Equal(y.AAAA) {
+					continue
+				}
+			}
+			return false
+		}
+	}
+	return true
 }
 
 // key identifies a record without its TTL: the owner compared on the
@@ -255,16 +297,16 @@ func (v *Validator) counts(m *dns.Msg) error {
 }
 
 // answer checks the answer section and returns the chain of names it
-// covers: the question name, then each CNAME target in turn.
-func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
-	qname := canon(q.Name)
+// covers: the question name (qname, canonical), then each CNAME target
+// in turn, appended to chain.
+func (v *Validator) answer(q dns.Question, qname string, m *dns.Msg, chain []string) ([]string, error) {
 	switch m.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 	default: // an error answer carries no data
 		if len(m.Answer) > 0 {
 			return nil, forged(fmt.Sprintf("%d records with rcode %s", len(m.Answer), dns.RcodeToString[m.Rcode]), ErrType)
 		}
-		return []string{qname}, nil
+		return append(chain, qname), nil
 	}
 	cname := map[string]string{}
 	for _, rr := range m.Answer {
@@ -282,7 +324,7 @@ func (v *Validator) answer(q dns.Question, m *dns.Msg) ([]string, error) {
 		}
 		cname[owner] = target
 	}
-	chain := []string{qname}
+	chain = append(chain, qname)
 	inChain := map[string]bool{qname: true}
 	for cur := qname; ; {
 		t, ok := cname[cur]
@@ -454,31 +496,47 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 			apexes = append(apexes, canon(sig.SignerName))
 		}
 	}
-	kept := make([]dns.RR, 0, len(m.Ns))
-	for _, rr := range m.Ns {
+	kept := filter(m.Ns, func(rr dns.RR) bool {
 		h := rr.Header()
 		if h.Class != m.Question[0].Qclass {
-			continue
+			return false
 		}
 		owner := canon(h.Name)
 		switch h.Rrtype {
 		case dns.TypeSOA, dns.TypeNS, dns.TypeDS:
-			if isSub(owner, last) {
-				kept = append(kept, rr)
-			}
+			return isSub(owner, last)
 		case dns.TypeRRSIG, dns.TypeNSEC, dns.TypeNSEC3:
 			// Denial-of-existence proofs are owned by neighbours in the
 			// zone: keep them when they are in the answer's zone.
 			for _, apex := range apexes {
 				if isSub(apex, owner) {
-					kept = append(kept, rr)
-					break
+					return true
 				}
 			}
 		}
-	}
+		return false
+	})
 	m.Ns = kept
 	return before - len(kept)
+}
+
+// filter returns the records of rrs that keep says to keep: rrs itself
+// when that is all of them, else a new slice (rrs is not modified).
+func filter(rrs []dns.RR, keep func(dns.RR) bool) []dns.RR {
+	for i, rr := range rrs {
+		if keep(rr) {
+			continue
+		}
+		kept := make([]dns.RR, i, len(rrs)-1)
+		copy(kept, rrs[:i])
+		for _, rr := range rrs[i+1:] {
+			if keep(rr) {
+				kept = append(kept, rr)
+			}
+		}
+		return kept
+	}
+	return rrs
 }
 
 // additional keeps the OPT record and address records for names the
@@ -498,25 +556,20 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 		}
 	}
 	before := len(m.Extra)
-	kept := make([]dns.RR, 0, len(m.Extra))
-	for _, rr := range m.Extra {
+	kept := filter(m.Extra, func(rr dns.RR) bool {
 		h := rr.Header()
 		if h.Rrtype == dns.TypeOPT {
-			kept = append(kept, rr)
-			continue
+			return true
 		}
 		if strict || !wanted[canon(h.Name)] || h.Class != q.Qclass {
-			continue
+			return false
 		}
 		a, ok := address(rr)
 		if !ok {
-			continue
+			return false
 		}
-		if v.rebind && v.blocked(a) != "" {
-			continue
-		}
-		kept = append(kept, rr)
-	}
+		return !v.rebind || v.blocked(a) == ""
+	})
 	m.Extra = kept
 	return before - len(kept)
 }
@@ -539,27 +592,66 @@ func target(rr dns.RR) string {
 
 // normaliseTTLs gives every record of an RRset the set's smallest TTL
 // (RFC 2181 §5.2) and reads TTLs with the top bit set as 0 (RFC 2181 §8).
+// A record whose TTL changes is copied first, into a new slice for its
+// section: the records m shares with the upstream's message are not
+// modified.
 func normaliseTTLs(m *dns.Msg) {
-	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+	for _, sec := range []*[]dns.RR{&m.Answer, &m.Ns, &m.Extra} {
+		if !ttlsChange(*sec) {
+			continue
+		}
 		low := map[rrsetKey]uint32{}
-		for _, rr := range sec {
+		for _, rr := range *sec {
 			h := rr.Header()
 			if h.Rrtype == dns.TypeOPT {
 				continue
 			}
-			if h.Ttl > 1<<31-1 {
-				h.Ttl = 0
-			}
 			k := rrsetKey{canon(h.Name), h.Rrtype, h.Class}
-			if t, ok := low[k]; !ok || h.Ttl < t {
-				low[k] = h.Ttl
+			if t, ok := low[k]; !ok || ttl(h) < t {
+				low[k] = ttl(h)
 			}
 		}
-		for _, rr := range sec {
+		out := slices.Clone(*sec)
+		for i, rr := range out {
 			h := rr.Header()
-			if h.Rrtype != dns.TypeOPT {
-				h.Ttl = low[rrsetKey{canon(h.Name), h.Rrtype, h.Class}]
+			if h.Rrtype == dns.TypeOPT {
+				continue
+			}
+			if t := low[rrsetKey{canon(h.Name), h.Rrtype, h.Class}]; t != h.Ttl {
+				out[i] = dns.Copy(rr)
+				out[i].Header().Ttl = t
+			}
+		}
+		*sec = out
+	}
+}
+
+// ttl is h's TTL as RFC 2181 §8 reads it: with the top bit set, 0.
+func ttl(h *dns.RR_Header) uint32 {
+	if h.Ttl > 1<<31-1 {
+		return 0
+	}
+	return h.Ttl
+}
+
+// ttlsChange reports whether normaliseTTLs changes a TTL in rrs: a TTL
+// with the top bit set, or two records of a type and class (the owners
+// are not compared: a false yes only costs the exact pass) with TTLs
+// that differ.
+func ttlsChange(rrs []dns.RR) bool {
+	for i, a := range rrs {
+		ha := a.Header()
+		if ha.Rrtype == dns.TypeOPT {
+			continue
+		}
+		if ha.Ttl > 1<<31-1 {
+			return true
+		}
+		for _, b := range rrs[i+1:] {
+			if hb := b.Header(); hb.Rrtype == ha.Rrtype && hb.Class == ha.Class && hb.Ttl != ha.Ttl {
+				return true
 			}
 		}
 	}
+	return false
 }

@@ -437,3 +437,22 @@ func TestWildcardProofKept(t *testing.T) {
 		t.Errorf("unsigned answer kept %v", out.Ns)
 	}
 }
+
+// TestCheckAllocs: an answer the shield does not change is not copied:
+// checking a negative answer with an OPT costs the returned header and
+// the question's canonical name.
+func TestCheckAllocs(t *testing.T) {
+	v := New(testPolicy())
+	m := msg("gone.example.", dns.TypeA)
+	m.Rcode = dns.RcodeNameError
+	m.SetEdns0(1232, false)
+	question := q("gone.example.", dns.TypeA)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := v.Check(question, m, false); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 2 {
+		t.Errorf("%.1f allocations, want at most 2", allocs)
+	}
+}
