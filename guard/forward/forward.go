@@ -45,7 +45,7 @@ func (f *Forward) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Re
 	if err != nil {
 		return nil, err
 	}
-	return Stored(req, resp)
+	return stored(req, q.Question[0].Name, resp)
 }
 
 // Query builds the upstream question for a device's request.
@@ -71,6 +71,12 @@ func Query(req *stage.Request) *dns.Msg {
 // NOERROR and NXDOMAIN are failures (RFC 8767 §4: they do not refresh the
 // cache, and stale data may be served instead).
 func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
+	return stored(req, dnswire.NameString(req.Q.Name), resp)
+}
+
+// stored is Stored with req's question name in presentation form (as
+// Query wrote it: computed once a query).
+func stored(req *stage.Request, name string, resp *dns.Msg) (*dnswire.Reply, error) {
 	switch resp.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 	default:
@@ -95,7 +101,8 @@ func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
 	// on a validated answer and clears it otherwise), and goes only to
 	// devices that asked with DO or AD (RFC 6840 §5.7).
 	m.AuthenticatedData = resp.AuthenticatedData && (req.Q.EDNS.DO || req.Q.AD)
-	m.Question = []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	qs := [1]dns.Question{{Name: name, Qtype: req.Q.Type, Qclass: req.Q.Class}}
+	m.Question = qs[:]
 	m.Answer = resp.Answer
 	if len(resp.Answer) == 0 {
 		// Negative answer: keep the SOA, with the TTL RFC 2308 §3 asks

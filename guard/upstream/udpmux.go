@@ -413,10 +413,11 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 		r.err = errOversize
 	} else {
 		r.msg, r.err = matchSent(s.sent, buf[:k], s.exact)
-		var ce *CaseError
-		if r.err != nil && !errors.As(r.err, &ce) {
-			c.Mismatches.Add(1)
-			return
+		if r.err != nil { // (a *CaseError target declared outside would be allocated per answer)
+			if ce := (*CaseError)(nil); !errors.As(r.err, &ce) {
+				c.Mismatches.Add(1)
+				return
+			}
 		}
 	}
 	m.mu.Lock()
