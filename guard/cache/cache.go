@@ -7,7 +7,6 @@
 package cache
 
 import (
-	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -26,7 +25,7 @@ import (
 const (
 	shardCount = 32
 	// entryOverhead approximates the memory an entry costs beyond its
-	// wire bytes (map slot, list element, key, struct).
+	// wire bytes (map slot, key, struct).
 	entryOverhead = 160
 	// refreshTimeout bounds one upstream resolution made on behalf of
 	// possibly many coalesced devices (RFC 8767 §5: 10-30 s).
@@ -61,7 +60,9 @@ type Cache struct {
 
 	// gen counts recoveries of the upstream path (Recovered): failures
 	// cached while it was down hold only within their generation.
-	gen atomic.Uint64
+	gen atomic.Uint32
+	// base is the origin of the entries' times (at).
+	base time.Time
 	// strictness is what strict terms change under the running
 	// configuration (SetStrictness): where strict queries keep their
 	// answers apart from lenient ones.
@@ -70,31 +71,61 @@ type Cache struct {
 }
 
 type shard struct {
-	mu    sync.Mutex
-	m     map[string]*entry
-	lru   list.List // front = most recently used; values are *entry
+	mu sync.Mutex
+	m  map[string]*entry
+	// lru is the ring of entries, most recently used first (lru.next),
+	// least last (lru.prev); lru itself holds nothing.
+	lru   entry
 	bytes int64
 	// The upstream resolutions out, by key: one per key.
 	flights map[string]*flight
 }
 
+// entry is one question's answer or failure. It is 112 octets on 64-bit
+// platforms (20,000 of them are most of a router's heap): the LRU links
+// are its own and its times are nanoseconds on the cache's clock (at),
+// not time.Time's 24 octets.
 type entry struct {
-	key  string
-	elem *list.Element
+	key        string
+	prev, next *entry // LRU ring (shard.lru)
 	// A good answer (nil when only a failure is known).
 	reply      *dnswire.Reply
-	stored     time.Time
-	expires    time.Time
-	staleUntil time.Time
-	noStale    bool // the upstream said TTL 0: never served stale (RFC 8767 §7)
+	stored     int64
+	expires    int64
+	staleUntil int64
 	// A cached failure.
 	failErr   error
-	failUntil time.Time
-	failures  int // consecutive failures of the name: its backoff
+	failUntil int64
+	failGen   uint32 // see failPath
+	failures  int32  // consecutive failures of the name: its backoff
+	noStale   bool   // the upstream said TTL 0: never served stale (RFC 8767 §7)
 	// The cached failure was the path's, not the name's (see
 	// Unreachable): it holds only while gen is failGen.
 	failPath bool
-	failGen  uint64
+}
+
+// pushFront puts e, in no ring, at the front of sh's.
+func (sh *shard) pushFront(e *entry) {
+	if sh.lru.next == nil {
+		sh.lru.next, sh.lru.prev = &sh.lru, &sh.lru
+	}
+	e.prev, e.next = &sh.lru, sh.lru.next
+	e.next.prev = e
+	sh.lru.next = e
+}
+
+// unlink takes e out of its ring.
+func (sh *shard) unlink(e *entry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+}
+
+// touch moves e to the front of sh's ring.
+func (sh *shard) touch(e *entry) {
+	if sh.lru.next != e {
+		sh.unlink(e)
+		sh.pushFront(e)
+	}
 }
 
 // Unreachable is implemented by errors that say no upstream could be
@@ -134,9 +165,14 @@ func pathFailure(err error) bool {
 func (c *Cache) Recovered() { c.gen.Add(1) }
 
 // failureHolds reports whether e's cached failure still stands at now.
-func (c *Cache) failureHolds(e *entry, now time.Time) bool {
-	return e.failErr != nil && now.Before(e.failUntil) && (!e.failPath || e.failGen == c.gen.Load())
+func (c *Cache) failureHolds(e *entry, now int64) bool {
+	return e.failErr != nil && now < e.failUntil && (!e.failPath || e.failGen == c.gen.Load())
 }
+
+// at is t on the entries' clock: nanoseconds since the cache was made,
+// by the monotonic clock when t has its reading (time.Now, a request's
+// Received), so that a wall clock set at boot (NTP) moves nothing.
+func (c *Cache) at(t time.Time) int64 { return int64(t.Sub(c.base)) }
 
 func (e *entry) size() int64 {
 	n := int64(entryOverhead + len(e.key))
@@ -157,7 +193,7 @@ func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed(), flightTimeout: refreshTimeout}
+	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed(), flightTimeout: refreshTimeout, base: now()}
 	c.SetPolicy(p)
 	// Until told otherwise, strict queries share nothing with lenient ones.
 	c.SetStrictness(policy.Strictness{Case0x20Differs: true})
@@ -256,18 +292,19 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	sh.mu.Lock()
 	e := sh.m[string(key)]
 	if e != nil {
-		sh.lru.MoveToFront(e.elem)
-		if e.reply != nil && now.Before(e.expires) {
+		sh.touch(e)
+		t := c.at(now)
+		if e.reply != nil && t < e.expires {
 			// The hit is answered in the request's room: no allocation.
 			r := &req.Reply
 			*r = *e.reply
-			r.Age, r.FixedTTL, r.EDE = uint32(now.Sub(e.stored)/time.Second), 0, nil
+			r.Age, r.FixedTTL, r.EDE = uint32((t-e.stored)/int64(time.Second)), 0, nil
 			sh.mu.Unlock()
 			c.Stats.Hits.Add(1)
 			return r, nil
 		}
-		if c.failureHolds(e, now) {
-			r, err := c.fallback(e, now, p, e.failErr)
+		if c.failureHolds(e, t) {
+			r, err := c.fallback(e, t, p, e.failErr)
 			sh.mu.Unlock()
 			return r, err
 		}
@@ -310,7 +347,7 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if e := sh.m[f.key]; e != nil {
-		if r := c.stale(e, c.now(), p); r != nil {
+		if r := c.stale(e, c.at(c.now()), p); r != nil {
 			return r, nil
 		}
 	}
@@ -331,7 +368,7 @@ func (c *Cache) newFlight(key string, req *stage.Request, next stage.Handler, no
 
 // fallback answers from an entry whose failure is cached: stale data if
 // allowed, else the cached error (EDE Cached Error for upstream failures).
-func (c *Cache) fallback(e *entry, now time.Time, p *policy.Cache, err error) (*dnswire.Reply, error) {
+func (c *Cache) fallback(e *entry, now int64, p *policy.Cache, err error) (*dnswire.Reply, error) {
 	if r := c.stale(e, now, p); r != nil {
 		return r, nil
 	}
@@ -350,8 +387,8 @@ func (c *Cache) fallback(e *entry, now time.Time, p *policy.Cache, err error) (*
 
 // stale returns the entry's expired answer if it may still be served
 // (RFC 8767 §4: TTL stale_ttl, EDE Stale Answer), else nil.
-func (c *Cache) stale(e *entry, now time.Time, p *policy.Cache) *dnswire.Reply {
-	if e.reply != nil && p.ServeStale && !e.noStale && now.Before(e.staleUntil) {
+func (c *Cache) stale(e *entry, now int64, p *policy.Cache) *dnswire.Reply {
+	if e.reply != nil && p.ServeStale && !e.noStale && now < e.staleUntil {
 		c.Stats.Stale.Add(1)
 		code := uint16(dnswire.EDEStaleAnswer)
 		if e.reply.Rcode() == dns.RcodeNameError {
@@ -365,39 +402,39 @@ func (c *Cache) stale(e *entry, now time.Time, p *policy.Cache) *dnswire.Reply {
 // storeLocked records an upstream result under key, its shard sh locked.
 func (c *Cache) storeLocked(sh *shard, key string, r *dnswire.Reply, err error) {
 	p := c.pol.Load()
-	now := c.now()
+	now := c.at(c.now())
 	e := sh.m[key]
 	if e == nil {
 		e = &entry{key: key}
-		e.elem = sh.lru.PushFront(e)
+		sh.pushFront(e)
 		sh.m[key] = e
 	} else {
 		sh.bytes -= e.size()
-		sh.lru.MoveToFront(e.elem)
+		sh.touch(e)
 	}
 	switch {
 	case err != nil && pathFailure(err):
 		// Every upstream was down: fail_min, the name's backoff as it
 		// was, and only until the path recovers.
-		e.failErr, e.failUntil = err, now.Add(p.FailMin)
+		e.failErr, e.failUntil = err, now+int64(p.FailMin)
 		e.failPath, e.failGen = true, c.gen.Load()
 	case err != nil && heldFor(err) > 0:
 		// A failure that says how long it stands (DNSSEC bogus data:
 		// 60 s, unbound's val-bogus-ttl); the name's backoff is unchanged.
-		e.failErr, e.failUntil = err, now.Add(heldFor(err))
+		e.failErr, e.failUntil = err, now+int64(heldFor(err))
 		e.failPath = false
 	case err != nil:
 		// RFC 9520 §3.2: at least fail_min, doubling, at most fail_max;
 		// no upstream query for this question until it expires.
 		e.failures++
 		d := p.FailMin << min(e.failures-1, 20)
-		e.failErr, e.failUntil = err, now.Add(min(d, p.FailMax))
+		e.failErr, e.failUntil = err, now+int64(min(d, p.FailMax))
 		e.failPath = false
 	default:
 		ttl, noStale := clampTTLs(r, p)
 		e.reply, e.stored, e.noStale = r, now, noStale
-		e.expires = now.Add(time.Duration(ttl) * time.Second)
-		e.staleUntil = e.expires.Add(p.MaxStale)
+		e.expires = now + int64(ttl)*int64(time.Second)
+		e.staleUntil = e.expires + int64(p.MaxStale)
 		e.failErr, e.failures = nil, 0
 	}
 	sh.bytes += e.size()
@@ -410,9 +447,8 @@ func (c *Cache) evict(sh *shard, p *policy.Cache) {
 	maxEntries := max(p.MaxEntries/shardCount, 1)
 	maxBytes := p.MaxBytes / shardCount
 	for len(sh.m) > maxEntries || (maxBytes > 0 && sh.bytes > maxBytes && len(sh.m) > 1) {
-		el := sh.lru.Back()
-		e := el.Value.(*entry)
-		sh.lru.Remove(el)
+		e := sh.lru.prev
+		sh.unlink(e)
 		delete(sh.m, e.key)
 		sh.bytes -= e.size()
 		c.Stats.Evictions.Add(1)

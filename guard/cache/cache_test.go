@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
@@ -639,5 +640,69 @@ func TestStrictKeying(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestLRUOrder: a full shard evicts its least recently used entry, where a
+// hit counts as a use: of a, b and c sharing a shard that holds two, with
+// a asked again after b, c's arrival evicts b and keeps a.
+func TestLRUOrder(t *testing.T) {
+	c, u, _, h := setup(t)
+	p := *c.pol.Load()
+	p.MaxEntries = 2 * shardCount // two entries a shard
+	c.SetPolicy(p)
+	shardOf := func(name string) *shard {
+		req := request(t, name, false, false)
+		return c.shard(appendKey(nil, &req.Q, false))
+	}
+	var names []string
+	want := shardOf("n0.example.")
+	for i := 0; len(names) < 3; i++ {
+		if n := "n" + itoa(i) + ".example."; shardOf(n) == want {
+			names = append(names, n)
+		}
+	}
+	ask := func(name string) {
+		if _, err := h.ServeDNS(context.Background(), request(t, name, false, false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b, cName := names[0], names[1], names[2]
+	ask(a)
+	ask(b)
+	ask(a) // a hit: a is now the most recently used
+	ask(cName)
+	calls := u.calls.Load()
+	ask(a)
+	if u.calls.Load() != calls {
+		t.Errorf("%s was evicted; the least recently used was %s", a, b)
+	}
+	ask(b)
+	if u.calls.Load() != calls+1 {
+		t.Errorf("%s was kept past the shard's bound", b)
+	}
+	// The ring holds exactly the map's entries, most recent first.
+	var ring []string
+	for e := want.lru.next; e != &want.lru; e = e.next {
+		if e.next.prev != e {
+			t.Fatal("ring links broken")
+		}
+		ring = append(ring, e.key)
+	}
+	if len(ring) != len(want.m) || len(ring) != 2 {
+		t.Fatalf("ring of %d entries, map of %d", len(ring), len(want.m))
+	}
+	for i, k := range ring {
+		if want.m[k] == nil {
+			t.Errorf("ring entry %d not in the map", i)
+		}
+	}
+}
+
+// TestEntrySize: an entry stays in the 112-octet size class on 64-bit
+// platforms (20,000 entries are most of a router's heap).
+func TestEntrySize(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); unsafe.Sizeof(uintptr(0)) == 8 && n > 112 {
+		t.Errorf("entry is %d octets, want at most 112", n)
 	}
 }
