@@ -113,7 +113,7 @@ func startCapsGuard(t *testing.T, caps []string) *capsGuard {
 		bin, "run", "--config", confPath}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cmd = exec.CommandContext(ctx, "ip", args...)
-	g.cmd.Env = append(os.Environ(), "GOMEMLIMIT=48MiB")
+	g.cmd.Env = append(os.Environ(), "GOMEMLIMIT=24MiB")
 	g.cmd.Stdout, g.cmd.Stderr = g.out, g.out
 	if err := g.cmd.Start(); err != nil {
 		cancel()

@@ -302,8 +302,8 @@ func TestInitStartsDaemonOnRouterConfig(t *testing.T) {
 	if !slices.Equal(cmds[0], want) {
 		t.Errorf("command %q, want %q: the daemon reads its UCI file itself", cmds[0], want)
 	}
-	if env := paramsOf(instanceCalls(calls, "main"), "env"); len(env) != 1 || !slices.Equal(env[0], []string{"GOMEMLIMIT=48MiB"}) {
-		t.Errorf("env %q, want GOMEMLIMIT=48MiB from memory_limit '48M'", env)
+	if env := paramsOf(instanceCalls(calls, "main"), "env"); len(env) != 1 || !slices.Equal(env[0], []string{"GOMEMLIMIT=24MiB"}) {
+		t.Errorf("env %q, want GOMEMLIMIT=24MiB from memory_limit '24M'", env)
 	}
 	if rs := paramsOf(instanceCalls(calls, "main"), "respawn"); len(rs) != 1 {
 		t.Errorf("respawn %q: procd must keep the guard alive", rs)

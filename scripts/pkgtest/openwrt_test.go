@@ -304,8 +304,8 @@ func TestOpenWrtInstallUpgradeRemove(t *testing.T) {
 			if !strings.Contains(fmt.Sprint(main.Jail), "/var/run/dnsguard-config") {
 				t.Errorf("jail %v does not mount the config's directory", main.Jail)
 			}
-			if main.Env["GOMEMLIMIT"] != "48MiB" {
-				t.Errorf("env %v, want GOMEMLIMIT=48MiB", main.Env)
+			if main.Env["GOMEMLIMIT"] != "24MiB" {
+				t.Errorf("env %v, want GOMEMLIMIT=24MiB", main.Env)
 			}
 			if main.User != "dnsguard" || main.Group != "dnsguard" {
 				t.Errorf("runs as %q:%q, want dnsguard:dnsguard", main.User, main.Group)

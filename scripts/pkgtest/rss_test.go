@@ -34,7 +34,7 @@ func TestResidentMemory(t *testing.T) {
 		devices = 50
 		names   = 10000
 		queries = 100000
-		budget  = 64 * mib // the default memory_limit is 48M; code pages come on top
+		budget  = 64 * mib // the packaged memory_limit is 24M; code pages come on top
 	)
 	bin := binPath(hostArch(t))
 
@@ -90,7 +90,7 @@ func TestResidentMemory(t *testing.T) {
 	// Started as the init script starts it: GOMEMLIMIT from memory_limit.
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", confPath)
-	cmd.Env = append(os.Environ(), "GOMEMLIMIT=48MiB")
+	cmd.Env = append(os.Environ(), "GOMEMLIMIT=24MiB")
 	var out lockedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
