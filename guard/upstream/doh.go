@@ -122,6 +122,12 @@ func (d *doh) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, _ 
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.ep, err)
 		}
+		if past(deadline) { // late (a wait for the dial, a busy router): not sent at all
+			if c1 != nil {
+				d.putIdle(c1) // an HTTP/1.1 one is this query's alone until put back
+			}
+			return nil, fmt.Errorf("%s: %w", d.ep, context.DeadlineExceeded)
+		}
 		d.cfg.counters.Queries.Add(1)
 		var r h2Response
 		if c1 != nil {

@@ -386,3 +386,46 @@ func TestDoTDeadline(t *testing.T) {
 		t.Errorf("%d queries still pending", len(c.pending))
 	}
 }
+
+// TestLateQueryKeepsConnection: a query whose deadline has passed by the
+// time it is written (a goroutine scheduled late on a busy router) fails
+// alone: the shared DoT or DoH connection is not closed under the other
+// queries (a write is bounded by writeTimeout, not by one query's
+// deadline), so the next query reuses it.
+func TestLateQueryKeepsConnection(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	dot := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: upstreamtest.AnswerA("192.0.2.1")})
+	doh := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Handler: upstreamtest.AnswerA("192.0.2.1")})
+	for _, tc := range []struct {
+		name, url string
+		conns     func() int
+	}{
+		{"dot", dot.URL(dot.Name), dot.Conns},
+		{"doh", doh.URL, doh.Conns},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := NewTransport(tc.url, Options{Roots: ca.Pool}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			x := tr.(interface {
+				exchangeBy(context.Context, time.Time, *dns.Msg, QueryOptions) (*dns.Msg, error)
+			})
+			if _, err := x.exchangeBy(context.Background(), time.Now().Add(time.Minute), query("first.example.", dns.TypeA), QueryOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			for i := range 5 {
+				if _, err := x.exchangeBy(context.Background(), time.Now().Add(-time.Millisecond), query(fmt.Sprintf("late%d.example.", i), dns.TypeA), QueryOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("late query %d: %v, want deadline exceeded (not sent)", i, err)
+				}
+				if _, err := x.exchangeBy(context.Background(), time.Now().Add(time.Minute), query(fmt.Sprintf("a%d.example.", i), dns.TypeA), QueryOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := tc.conns(); n != 1 {
+				t.Errorf("%d connections, want the one", n)
+			}
+		})
+	}
+}

@@ -74,7 +74,6 @@ const (
 	h2MaxHeaderList = 16 << 10
 	h2MaxStreams    = streamMaxInFlight
 	h2MaxStreamID   = 1<<31 - 1
-	h2ControlWrite  = 5 * time.Second // deadline for frames the reader writes (acks)
 	h2MaxWindow     = 1<<31 - 1
 )
 
@@ -121,18 +120,15 @@ type h2Conn struct {
 	idle      time.Duration
 
 	// wmu serialises frame writes; stream IDs are allocated under it, so
-	// HEADERS go out in ID order. Frames are buffered in out and written
-	// by flush, gathered: frames buffered while a write is in progress go
-	// out with the next write of the flusher in progress.
-	wmu      sync.Mutex
-	out      []byte  // frames buffered, in order
-	outSpare []byte  // the buffer last written, for the next frames
-	flushing bool    // a write is in progress; it writes out until empty
-	whdr     [9]byte // the frame header being written
-	hfixed   []byte  // the request's header block but its content-length
-	hbuf     []byte
-	nextID   uint32
-	resized  bool // the first header block set the HPACK table size to 0
+	// HEADERS go out in ID order. Frames are buffered in w and written by
+	// flush, gathered (see gather).
+	wmu     sync.Mutex
+	w       gather
+	whdr    [9]byte // the frame header being written
+	hfixed  []byte  // the request's header block but its content-length
+	hbuf    []byte
+	nextID  uint32
+	resized bool // the first header block set the HPACK table size to 0
 
 	// The reader's own state (only readLoop touches it).
 	br        *bufio.Reader
@@ -188,8 +184,8 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 	b = hpackAppendLiteral(b, hpackPath, path)
 	b = hpackAppendLiteral(b, hpackContentType, MediaType)
 	c.hfixed = hpackAppendLiteral(b, hpackAccept, MediaType)
-	_ = nc.SetWriteDeadline(time.Now().Add(h2ControlWrite))
-	c.out = append(c.out, h2Preface...)
+	_ = nc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	c.w.out = append(c.w.out, h2Preface...)
 	var s [18]byte
 	putSetting(s[0:], h2SettingEnablePush, 0)
 	putSetting(s[6:], h2SettingInitialWindowSize, h2StreamWindow)
@@ -198,11 +194,11 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 	var inc [4]byte
 	binary.BigEndian.PutUint32(inc[:], h2ConnWindow-65535)
 	c.writeFrame(h2WindowUpdate, 0, 0, inc[:])
-	if _, err := nc.Write(c.out); err != nil {
+	if _, err := nc.Write(c.w.out); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("HTTP/2 preface: %w", err)
 	}
-	c.out = c.out[:0]
+	c.w.out = c.w.out[:0]
 	c.idleTimer = time.AfterFunc(idle, c.idleClose)
 	go c.readLoop()
 	return c, nil
@@ -220,37 +216,13 @@ func (c *h2Conn) writeFrame(typ, flags byte, id uint32, payload []byte) {
 	h[0], h[1], h[2] = byte(len(payload)>>16), byte(len(payload)>>8), byte(len(payload))
 	h[3], h[4] = typ, flags
 	binary.BigEndian.PutUint32(h[5:], id)
-	c.out = append(append(c.out, h[:]...), payload...)
+	c.w.out = append(append(c.w.out, h[:]...), payload...)
 }
 
-// flush sends what is buffered by deadline; a failed write kills the
-// connection (the streams fail with it). wmu is held on entry and on
-// return, but not during the write: frames buffered meanwhile are
-// written by this flush too (it writes until nothing is buffered), and a
-// flush called while another is writing returns at once, its frames left
-// to that one.
-func (c *h2Conn) flush(deadline time.Time) error {
-	if c.flushing {
-		return nil
-	}
-	c.flushing = true
-	var err error
-	for len(c.out) > 0 && err == nil {
-		out := c.out
-		c.out = c.outSpare[:0]
-		c.wmu.Unlock()
-		_ = c.nc.SetWriteDeadline(deadline)
-		_, err = c.nc.Write(out)
-		c.wmu.Lock()
-		if cap(out) <= 64<<10 {
-			c.outSpare = out[:0]
-		} else {
-			c.outSpare = nil
-		}
-	}
-	c.flushing = false
-	if err != nil {
-		c.out = c.out[:0]
+// flush sends what is buffered (wmu held, see gather.drain);
+// a failed write kills the connection (the streams fail with it).
+func (c *h2Conn) flush() error {
+	if err := c.w.drain(&c.wmu, c.nc); err != nil {
 		err = fmt.Errorf("%w: write: %v", errConnClosed, err)
 		c.close(err)
 		return err
@@ -264,7 +236,7 @@ func (c *h2Conn) writeControl(typ, flags byte, id uint32, payload []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.writeFrame(typ, flags, id, payload)
-	_ = c.flush(time.Now().Add(h2ControlWrite))
+	_ = c.flush()
 }
 
 func (c *h2Conn) usable() bool {
@@ -283,6 +255,18 @@ func (c *h2Conn) roundTrip(ctx context.Context, deadline time.Time, body []byte)
 		return h2Response{}, err
 	}
 	if err := c.send(ctx, deadline, s, body); err != nil {
+		select {
+		case r := <-s.done:
+			// The reader ended the stream first (refused by a GOAWAY
+			// that then closed the connection under the write, reset,
+			// answered): its outcome, not the failed write, says what
+			// became of the query, and whether a retry is safe.
+			if r.err == nil {
+				r.stream = s
+			}
+			return r, r.err
+		default:
+		}
 		c.cancel(s)
 		return h2Response{}, err
 	}
@@ -384,13 +368,6 @@ func (c *h2Conn) open(ctx context.Context, deadline time.Time, body []byte) (*h2
 // windows and the frame size it accepts, waiting for WINDOW_UPDATE when
 // a window is spent.
 func (c *h2Conn) send(ctx context.Context, until time.Time, s *h2Stream, body []byte) error {
-	deadline := until
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
-	if deadline.IsZero() {
-		deadline = time.Now().Add(c.idle)
-	}
 	c.wmu.Lock()
 	for {
 		c.mu.Lock()
@@ -405,7 +382,7 @@ func (c *h2Conn) send(ctx context.Context, until time.Time, s *h2Stream, body []
 		if n <= 0 && len(body) > 0 {
 			ch := c.changed
 			c.mu.Unlock()
-			err := c.flush(deadline)
+			err := c.flush()
 			c.wmu.Unlock()
 			if err != nil {
 				return err
@@ -435,7 +412,7 @@ func (c *h2Conn) send(ctx context.Context, until time.Time, s *h2Stream, body []
 		c.writeFrame(h2Data, flags, s.id, body[:n])
 		body = body[n:]
 		if flags != 0 {
-			err := c.flush(deadline)
+			err := c.flush()
 			c.wmu.Unlock()
 			return err
 		}
@@ -845,7 +822,7 @@ func (c *h2Conn) onSettings(flags byte, id uint32, p []byte) error {
 	c.mu.Unlock()
 	if err == nil {
 		c.writeFrame(h2Settings, h2FlagAck, 0, nil)
-		_ = c.flush(time.Now().Add(h2ControlWrite))
+		_ = c.flush()
 	}
 	c.wmu.Unlock()
 	return err

@@ -78,6 +78,9 @@ func (s *stream) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg,
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s.ep, err)
 		}
+		if past(deadline) { // late (a wait for the dial, a busy router): not sent at all
+			return nil, fmt.Errorf("%s: %w", s.ep, context.DeadlineExceeded)
+		}
 		s.cfg.counters.Queries.Add(1)
 		resp, err := c.exchange(ctx, deadline, q, s.pad, exact)
 		if err == nil {
@@ -191,15 +194,12 @@ type streamConn struct {
 	nc       net.Conn
 	counters *Counters
 	idle     time.Duration
-	// Writes are gathered: a query written while another write is in
-	// progress is queued in wq and goes out with the others queued in
-	// one write (one TLS record, one syscall) by the writer in progress.
-	wmu     sync.Mutex
-	wq      []byte    // queued queries, with their length prefixes
-	wspare  []byte    // the buffer last written, for the next queue
-	writing bool      // a write is in progress; it sends wq when done
-	bufs    sync.Pool // *[]byte: a query with its length prefix
-	calls   sync.Pool // *call, reused once its answer is taken
+	// Writes are gathered (see gather): queries, with their length
+	// prefixes, buffered in w under wmu.
+	wmu   sync.Mutex
+	w     gather
+	bufs  sync.Pool // *[]byte: a query with its length prefix
+	calls sync.Pool // *call, reused once its answer is taken
 
 	mu      sync.Mutex
 	pending map[uint16]*call
@@ -272,7 +272,7 @@ func (c *streamConn) exchange(ctx context.Context, deadline time.Time, q *dns.Ms
 	}
 	if err == nil {
 		binary.BigEndian.PutUint16(b, uint16(len(b)-2))
-		err = c.write(ctx, deadline, b)
+		err = c.write(b)
 	}
 	if cap(b) <= 4*queryRoom {
 		*bp = b[:0]
@@ -368,38 +368,13 @@ func (c *streamConn) expire() {
 	}
 }
 
-func (c *streamConn) write(ctx context.Context, deadline time.Time, b []byte) error {
+// write sends b, gathered with other queries (see gather).
+func (c *streamConn) write(b []byte) error {
 	c.wmu.Lock()
-	c.wq = append(c.wq, b...)
-	if c.writing {
-		// The writer in progress sends it next; a failure closes the
-		// connection, which fails this query too.
-		c.wmu.Unlock()
-		return nil
-	}
-	c.writing = true
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
-	if deadline.IsZero() {
-		deadline = time.Now().Add(c.idle)
-	}
-	var err error
-	for len(c.wq) > 0 && err == nil {
-		out := c.wq
-		c.wq = c.wspare[:0]
-		c.wmu.Unlock()
-		_ = c.nc.SetWriteDeadline(deadline)
-		_, err = c.nc.Write(out)
-		c.wmu.Lock()
-		if cap(out) <= 64<<10 {
-			c.wspare = out[:0]
-		} else {
-			c.wspare = nil
-		}
-	}
-	c.writing = false
-	c.wq = c.wq[:0]
+	c.w.out = append(c.w.out, b...)
+	// A writer in progress sends it next; its failure closes the
+	// connection, which fails this query too.
+	err := c.w.drain(&c.wmu, c.nc)
 	c.wmu.Unlock()
 	if err != nil {
 		// A failed or partial write leaves the stream unusable.

@@ -4,10 +4,12 @@ import (
 	"crypto/tls"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -29,8 +31,12 @@ type DoH struct {
 	Addr netip.AddrPort
 	URL  string // https://NAME:PORT/dns-query?ip=127.0.0.1
 
-	srv *httptest.Server
+	srv   *httptest.Server
+	conns atomic.Int32
 }
+
+// Conns reports how many connections were accepted.
+func (s *DoH) Conns() int { return int(s.conns.Load()) }
 
 // StartDoH starts a DoH server answering at /dns-query; it stops when the
 // test ends.
@@ -57,6 +63,11 @@ func StartDoH(t testing.TB, ca *CA, opts DoHOptions) *DoH {
 		s.serve(w, r, opts)
 	}))
 	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			s.conns.Add(1)
+		}
+	}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what some tests want
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{*opts.Cert}, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
