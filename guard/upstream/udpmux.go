@@ -246,9 +246,13 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 			return nil, err
 		}
 	}
-	select {
-	case m.refill <- struct{}{}:
-	default:
+	if len(m.spare) <= muxSpare/2 {
+		// Topped up in batches: the refill goroutine wakes once for
+		// several sockets, not for each query.
+		select {
+		case m.refill <- struct{}{}:
+		default:
+		}
 	}
 	s := &muxSock{fd: int32(fd), sent: sent, exact: exact, deadline: deadline, res: make(chan muxResult, 1)}
 	m.mu.Lock()
@@ -378,15 +382,21 @@ func (m *udpMux) read() {
 				if err != nil || !ok {
 					break // EAGAIN, or the socket failed: the query times out
 				}
-				m.packet(s, buf, k, &from)
+				if m.packet(s, buf, k, &from) {
+					// The answer: what else is queued (copies) is read
+					// when epoll reports the socket again (level-
+					// triggered), not with a read that finds nothing.
+					break
+				}
 			}
 		}
 		m.sweep(time.Now())
 	}
 }
 
-// packet handles k octets read on s's socket.
-func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny) {
+// packet handles k octets read on s's socket and reports whether they
+// were the answer handed to the query.
+func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny) (answer bool) {
 	c := m.u.cfg.counters
 	src, ok := sockaddrAddrPort(from)
 	right := ok && sameAddr(src, m.u.ep.Addr)
@@ -402,11 +412,11 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 		if s.seen++; s.seen >= drainMax {
 			m.closeSoon(s)
 		}
-		return
+		return false
 	}
 	if !right {
 		c.Mismatches.Add(1)
-		return
+		return false
 	}
 	var r muxResult
 	if k == len(buf) {
@@ -416,12 +426,14 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 		if r.err != nil { // (a *CaseError target declared outside would be allocated per answer)
 			if ce := (*CaseError)(nil); !errors.As(r.err, &ce) {
 				c.Mismatches.Add(1)
-				return
+				return false
 			}
 		}
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if !s.answered {
+		answer = true
 		m.answeredLocked(s)
 		s.res <- r
 		if r.err == nil {
@@ -435,7 +447,7 @@ func (m *udpMux) packet(s *muxSock, buf []byte, k int, from *unix.RawSockaddrAny
 			}
 		}
 	}
-	m.mu.Unlock()
+	return answer
 }
 
 // answeredLocked marks s answered (m.mu held): what arrives now drains.
