@@ -21,9 +21,10 @@ const (
 // queries in one syscall and one TLS record under load. The owner's mutex
 // guards it.
 type gather struct {
-	out     []byte // buffered, in order
-	spare   []byte // the buffer last written, for what is buffered next
-	writing bool   // a drain is writing; it writes until out is empty
+	out     []byte     // buffered, in order
+	spare   []byte     // the buffer last written, for what is buffered next
+	writing bool       // a drain is writing; it writes until out is empty
+	idle    *sync.Cond // signalled when a drain ends (made by the first last)
 }
 
 // drain writes out what is buffered, each write within writeTimeout. mu (the owner's, which
@@ -53,5 +54,23 @@ func (g *gather) drain(mu *sync.Mutex, nc net.Conn) error {
 	}
 	g.writing = false
 	g.out = g.out[:0]
+	if g.idle != nil {
+		g.idle.Broadcast()
+	}
 	return err
+}
+
+// last is drain for what goes out before the connection closes (an
+// HTTP/2 GOAWAY): it does not leave its buffer to a drain in progress,
+// whose write the close could cut short, but waits for it to end (within
+// its writeTimeout), so that when last returns what was buffered has
+// been written or has failed.
+func (g *gather) last(mu *sync.Mutex, nc net.Conn) error {
+	for g.writing {
+		if g.idle == nil {
+			g.idle = sync.NewCond(mu)
+		}
+		g.idle.Wait()
+	}
+	return g.drain(mu, nc)
 }

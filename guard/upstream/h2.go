@@ -489,12 +489,13 @@ func (c *h2Conn) finish(id uint32, r h2Response) bool {
 	}
 	delete(c.streams, id)
 	drained := len(c.streams) == 0
-	if drained && c.err == nil && !c.goAway {
+	goingAway := c.goAway
+	if drained && c.err == nil && !goingAway {
 		c.idleTimer.Reset(c.idle)
 	}
 	c.mu.Unlock()
 	s.done <- r
-	if drained && c.goAway {
+	if drained && goingAway {
 		c.close(errRefusedStream) // nothing left to finish on it
 	}
 	return true
@@ -506,17 +507,24 @@ func (c *h2Conn) broadcast() {
 	c.changed = make(chan struct{})
 }
 
-// idleClose closes the connection when it has stayed without streams.
+// idleClose closes the connection when it has stayed without streams. It
+// goes away first, under mu: a query that took the connection but has not
+// opened its stream yet is refused (never sent, so retried elsewhere),
+// not failed by the close.
 func (c *h2Conn) idleClose() {
 	c.mu.Lock()
 	idle := len(c.streams) == 0
+	if idle {
+		c.goAway = true
+	}
 	c.mu.Unlock()
 	if idle {
 		c.goAwayAndClose(h2NoError, fmt.Errorf("%w: idle", errConnClosed))
 	}
 }
 
-// goAwayAndClose tells the server why (best effort) and closes.
+// goAwayAndClose tells the server why (best effort: written, not left to
+// a write in progress that the close would cut short) and closes.
 func (c *h2Conn) goAwayAndClose(code uint32, why error) {
 	c.mu.Lock()
 	dead := c.err != nil
@@ -524,7 +532,10 @@ func (c *h2Conn) goAwayAndClose(code uint32, why error) {
 	if !dead {
 		var p [8]byte
 		binary.BigEndian.PutUint32(p[4:], code) // last stream 0: we accept no pushes
-		c.writeControl(h2GoAway, 0, 0, p[:])
+		c.wmu.Lock()
+		c.writeFrame(h2GoAway, 0, 0, p[:])
+		_ = c.w.last(&c.wmu, c.nc)
+		c.wmu.Unlock()
 	}
 	c.close(why)
 }

@@ -725,24 +725,29 @@ func TestH2StreamErrorsKeepTheConnection(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
 	resets := make(chan map[uint32]http2.ErrCode, 1)
 	srv := startRawH2(t, ca, func(c *rawConn) {
-		for i := 0; ; i++ {
+		for {
 			r, ok := c.next()
 			if !ok {
 				resets <- c.resets
 				return
 			}
-			switch i {
-			case 0: // never answered: the query times out
-			case 1: // larger than any DNS message
+			var q dns.Msg
+			if q.Unpack(r.body) != nil || len(q.Question) != 1 {
+				t.Errorf("request %x", r.body)
+				continue
+			}
+			switch q.Question[0].Name {
+			case "slow.example.": // never answered: the query times out
+			case "big.example.": // larger than any DNS message
 				c.headers(r.id, false, ":status", "200", "content-type", MediaType)
 				c.wmu.Lock()
 				for range 5 {
 					_ = c.fr.WriteData(r.id, false, make([]byte, 16000))
 				}
 				c.wmu.Unlock()
-			case 2:
+			case "busy.example.":
 				c.headers(r.id, true, ":status", "503")
-			case 3:
+			case "html.example.":
 				c.headers(r.id, false, ":status", "200", "content-type", "text/html")
 				c.wmu.Lock()
 				_ = c.fr.WriteData(r.id, true, []byte("<html>"))
@@ -753,6 +758,11 @@ func TestH2StreamErrorsKeepTheConnection(t *testing.T) {
 		}
 	})
 	tr, _ := newDoHTransport(t, srv.URL, ca)
+	// The connection first (stream 1), so that the slow query's 200 ms
+	// are not spent on a dial on a busy machine.
+	if err := exchangeA(t, tr, "warm.example"); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
 	_, err := tr.Exchange(ctx, query("slow.example", dns.TypeA), QueryOptions{})
 	cancel()
@@ -776,16 +786,25 @@ func TestH2StreamErrorsKeepTheConnection(t *testing.T) {
 	if srv.conns.Load() != 1 {
 		t.Errorf("%d connections, want 1", srv.conns.Load())
 	}
-	if got[1] != http2.ErrCodeCancel || got[3] != http2.ErrCodeCancel {
-		t.Errorf("streams given up on were reset with %v, want CANCEL on 1 and 3", got)
+	if got[3] != http2.ErrCodeCancel || got[5] != http2.ErrCodeCancel {
+		t.Errorf("streams given up on were reset with %v, want CANCEL on 3 (slow) and 5 (big)", got)
 	}
+}
+
+// goAwayOf is the error code of the GOAWAY the client sent on c, -1 for
+// none.
+func goAwayOf(c *rawConn) int64 {
+	if c.goAway == nil {
+		return -1
+	}
+	return int64(c.goAway.ErrCode)
 }
 
 // A connection error (a push though push is off) fails the query, tells
 // the server (GOAWAY PROTOCOL_ERROR) and the next query dials again.
 func TestH2ConnectionErrorRedials(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
-	goAways := make(chan http2.ErrCode, 2)
+	goAways := make(chan int64, 2)
 	srv := startRawH2(t, ca, func(c *rawConn) {
 		r, ok := c.next()
 		if !ok {
@@ -798,15 +817,13 @@ func TestH2ConnectionErrorRedials(t *testing.T) {
 			return
 		}
 		c.drain()
-		if c.goAway != nil {
-			goAways <- c.goAway.ErrCode
-		}
+		goAways <- goAwayOf(c) // none: the test fails rather than waits
 	})
 	tr, _ := newDoHTransport(t, srv.URL, ca)
 	if err := exchangeA(t, tr, "push.example"); err == nil || !strings.Contains(err.Error(), "PUSH_PROMISE") {
 		t.Errorf("err %v", err)
 	}
-	if code := <-goAways; code != http2.ErrCodeProtocol {
+	if code := <-goAways; code != int64(http2.ErrCodeProtocol) {
 		t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
 	}
 	_ = exchangeA(t, tr, "again.example") // pushed at again; what counts is the new dial
@@ -819,25 +836,23 @@ func TestH2ConnectionErrorRedials(t *testing.T) {
 // dials again.
 func TestH2IdleClose(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
-	goAways := make(chan http2.ErrCode, 2)
+	goAways := make(chan int64, 2)
 	srv := startRawH2(t, ca, func(c *rawConn) {
 		for {
 			r, ok := c.next()
 			if !ok {
-				if c.goAway != nil {
-					goAways <- c.goAway.ErrCode
-				}
+				goAways <- goAwayOf(c)
 				return
 			}
 			c.respond(r)
 		}
 	})
 	tr, _ := newDoHTransport(t, srv.URL, ca)
-	tr.idle = 20 * time.Millisecond
+	tr.idle = 200 * time.Millisecond // not less: a busy machine may take that long from a dial to its query
 	if err := exchangeA(t, tr, "a.example"); err != nil {
 		t.Fatal(err)
 	}
-	if code := <-goAways; code != http2.ErrCodeNo {
+	if code := <-goAways; code != int64(http2.ErrCodeNo) {
 		t.Errorf("idle close with GOAWAY %v", code)
 	}
 	if err := exchangeA(t, tr, "b.example"); err != nil {
@@ -918,16 +933,10 @@ func TestH2MaxConcurrentStreams(t *testing.T) {
 // (Debian's unbound, built on libnghttp2), queries multiplexed on one
 // connection, answers padded by unbound and the padding stripped.
 func TestH2AgainstUnbound(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	ub := upstreamtest.StartUnbound(t, upstreamtest.UnboundOptions{Extra: []string{
-		fmt.Sprintf("interface: 127.0.0.1@%d", port),
-		fmt.Sprintf("https-port: %d", port),
+	ub := upstreamtest.StartUnbound(t, upstreamtest.UnboundOptions{PortExtra: func(port uint16) []string {
+		return []string{fmt.Sprintf("interface: 127.0.0.1@%d", port), fmt.Sprintf("https-port: %d", port)}
 	}})
+	port := ub.Extra.Port()
 	counters := new(Counters)
 	tr, err := NewTransport(fmt.Sprintf("https://%s:%d/dns-query?ip=127.0.0.1", ub.Name, port), Options{CAPEM: ub.CAPEM}, counters)
 	if err != nil {

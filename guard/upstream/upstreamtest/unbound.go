@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +30,11 @@ type UnboundOptions struct {
 	Records []string
 	// Extra lines appended to the server: clause.
 	Extra []string
+	// PortExtra, when set, gives more lines for the server: clause that
+	// need a port of their own (https-port): it is called with a port
+	// free on 127.0.0.1 at the time, and again with another when unbound
+	// could not bind (another test took a port meanwhile).
+	PortExtra func(port uint16) []string
 }
 
 // Unbound is unbound (Debian's package) serving DNS over TLS with a
@@ -37,6 +43,7 @@ type UnboundOptions struct {
 type Unbound struct {
 	Addr  netip.AddrPort // DoT
 	Do53  netip.AddrPort // plain UDP and TCP
+	Extra netip.AddrPort // the port given to PortExtra, if any
 	Name  string         // the certificate's name
 	CA    *CA
 	CAPEM []byte
@@ -61,11 +68,33 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 		}
 	}
 	ca := NewCA(t)
+	for try := 1; ; try++ {
+		u, out, err := startUnbound(t, bin, ca, opts)
+		if err == nil {
+			return u
+		}
+		// Ports are chosen free, then bound by unbound: a test running
+		// at the same time may take one in between.
+		if try < 3 && strings.Contains(out, "address already in use") {
+			t.Logf("unbound: a port was taken meanwhile, again with others:\n%s", out)
+			continue
+		}
+		t.Fatalf("unbound: %v\n%s", err, out)
+	}
+}
+
+// startUnbound is one try of StartUnbound, on ports free just before.
+func startUnbound(t testing.TB, bin string, ca *CA, opts UnboundOptions) (*Unbound, string, error) {
 	dir := t.TempDir()
 	certPEM, keyPEM := ca.IssuePEM(t, opts.Name, "127.0.0.1")
 	write(t, filepath.Join(dir, "cert.pem"), certPEM)
 	write(t, filepath.Join(dir, "key.pem"), keyPEM)
 	tlsPort, plainPort := freePort(t), freePort(t)
+	var extraPort uint16
+	if opts.PortExtra != nil {
+		extraPort = freePort(t)
+		opts.Extra = append(slices.Clip(opts.Extra), opts.PortExtra(extraPort)...)
+	}
 	conf := unboundConf(dir, tlsPort, plainPort, opts)
 	write(t, filepath.Join(dir, "unbound.conf"), []byte(conf))
 
@@ -90,15 +119,19 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 			t.Logf("unbound output:\n%s", out.String())
 		}
 	})
+	lo := netip.MustParseAddr("127.0.0.1")
 	u := &Unbound{
-		Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), tlsPort),
-		Do53: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), plainPort),
+		Addr: netip.AddrPortFrom(lo, tlsPort),
+		Do53: netip.AddrPortFrom(lo, plainPort),
 		Name: opts.Name, CA: ca, CAPEM: ca.PEM,
 	}
-	if err := u.waitReady(exited, &waitErr); err != nil {
-		t.Fatalf("unbound: %v\n%s", err, out.String())
+	if extraPort != 0 {
+		u.Extra = netip.AddrPortFrom(lo, extraPort)
 	}
-	return u
+	if err := u.waitReady(exited, &waitErr); err != nil {
+		return nil, out.String(), err
+	}
+	return u, "", nil
 }
 
 func unboundConf(dir string, tlsPort, plainPort uint16, opts UnboundOptions) string {
