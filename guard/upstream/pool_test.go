@@ -292,8 +292,10 @@ func TestPoolMixedTransports(t *testing.T) {
 // attempt is not thrown away; the next attempt uses its connection.
 func TestPoolSlowHandshakeServesNextAttempt(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
-	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{HandshakeDelay: 400 * time.Millisecond})
-	p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: 300 * time.Millisecond})
+	// The handshake ends 100 ms into the second attempt, which has 900 ms
+	// more to use it: room for a busy machine (400 ms and 300 ms left it 200).
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{HandshakeDelay: 1100 * time.Millisecond})
+	p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := p.Exchange(ctx, query("example.com", dns.TypeA), QueryOptions{}); err != nil {
