@@ -57,18 +57,20 @@ go test -count=1 -timeout 10m -run '^TestRouterMACFlood$' "$@" ./cmd/dnsguard/
 
 # fuzz runs one target. Go 1.26's fuzz coordinator can end a duration-bound
 # run with a bare "context deadline exceeded" and no finding
-# (go.dev/issue/75804, fixed in 1.27): that, and only that, is retried once.
+# (go.dev/issue/75804, fixed in 1.27): that, and only that, is retried, up
+# to twice (about one of the 26 targets hits it in a CI run here; with one
+# retry, a second hit in a row would still fail about one run in 25).
 # A real finding writes its input under testdata/fuzz and fails at once.
 fuzz() {
 	local pkg=$1 target=$2 log
 	log=$(mktemp)
-	for attempt in 1 2; do
+	for attempt in 1 2 3; do
 		echo "fuzz $pkg $target ($FUZZTIME)"
 		if go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1 | tee "$log"; then
 			rm -f "$log"
 			return 0
 		fi
-		if grep -q 'Failing input written' "$log" || ! grep -q 'context deadline exceeded' "$log" || [ "$attempt" = 2 ]; then
+		if grep -q 'Failing input written' "$log" || ! grep -q 'context deadline exceeded' "$log" || [ "$attempt" = 3 ]; then
 			rm -f "$log"
 			return 1
 		fi
