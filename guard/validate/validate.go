@@ -219,8 +219,8 @@ func distinct(rrs []dns.RR) bool {
 		ha := a.Header()
 		for _, b := range rrs[i+1:] {
 			hb := b.Header()
-			if ha.Rrtype != hb.Rrtype || ha.Class != hb.Class {
-				continue
+			if ha.Rrtype != hb.Rrtype || ha.Class != hb.Class && ha.Rrtype != dns.TypeOPT {
+				continue // (every OPT has the one key, whatever its class: the UDP size)
 			}
 			switch x := a.(type) {
 			case *dns.A:
