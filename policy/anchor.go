@@ -30,15 +30,23 @@ func ParseTrustAnchor(s string) (dns.RR, error) {
 		return nil, errors.New("control character")
 	}
 	depth := 0
-	for _, c := range s {
-		switch c {
+	blank := func(i int) bool { return i < 0 || i >= len(s) || s[i] == ' ' || s[i] == '\t' }
+	for i := range len(s) {
+		switch s[i] {
 		case '(':
 			depth++
 		case ')':
 			depth--
+		default:
+			continue
 		}
 		if depth < 0 || depth > 1 {
 			return nil, errors.New("unbalanced parentheses")
+		}
+		// Readers differ on "DS(1": miekg's does not take it as zone
+		// files do, so a parenthesis stands apart from the fields.
+		if !blank(i-1) || !blank(i+1) {
+			return nil, errors.New("a parenthesis must stand apart from the fields, with blanks around it")
 		}
 	}
 	if depth != 0 {

@@ -34,7 +34,7 @@ func TestParseTrustAnchor(t *testing.T) {
 	}
 	for _, s := range []string{
 		"", "; only a comment", ".", ". 0 IN", ". 0 IN A 192.0.2.1", ". 0 CH DS 1 8 2 AB", ". DS 1 8 2", ". DS 70000 8 2 AB",
-		". DS 1 NOSUCHALG 2 AB", " 0 DS 0 0 0 00", ". DS 1 8 2 XYZ", ". DNSKEY 257 3 8 !!!", ". DNSKEY 257 300 8 AwEAAa==", "bad..name. DS 1 8 2 AB",
+		". DS 1 NOSUCHALG 2 AB", " 0 DS 0 0 0 00", ". DS 1 8 2 XYZ", ". DNSKEY 257 3 8 !!!", ". DNSKEY 257 300 8 AwEAAa==", "bad..name. DS 1 8 2 AB", ". DS (1 8 2 AB )", ". DS ( 1 8 2 AB)", "0 dS(0 0)0 00",
 	} {
 		if rr, err := ParseTrustAnchor(s); err == nil {
 			t.Errorf("%q accepted: %v", s, rr)
