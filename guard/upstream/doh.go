@@ -45,7 +45,7 @@ type doh struct {
 	h1      bool      // the last dial negotiated no h2: HTTP/1.1
 	h1idle  []*h1Conn // idle HTTP/1.1 connections, the most recent last
 
-	bufs sync.Pool // *[]byte: a query's wire form
+	bufs queryBufs // a query's wire form
 }
 
 func newDoH(ep *Endpoint, cfg config) (*doh, error) {
@@ -54,7 +54,6 @@ func newDoH(ep *Endpoint, cfg config) (*doh, error) {
 		return nil, fmt.Errorf("upstream %s: %w", ep, err)
 	}
 	d := &doh{ep: ep, cfg: cfg, authority: u.Host, path: u.EscapedPath(), idle: streamIdle}
-	d.bufs.New = func() any { b := make([]byte, 0, queryRoom); return &b }
 	if d.path == "" {
 		d.path = "/"
 	}
@@ -104,18 +103,12 @@ func (d *doh) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.Ms
 // Over HTTP/2 the connection keeps the deadline (h2Conn.expire); the
 // waits for a dial and HTTP/1.1 round trips take a context with it.
 func (d *doh) exchangeBy(ctx context.Context, deadline time.Time, q *dns.Msg, _ QueryOptions) (*dns.Msg, error) {
-	bp := d.bufs.Get().(*[]byte)
+	bp := d.bufs.get()
 	b, err := appendQuery((*bp)[:0], q, 0, true)
+	defer func() { d.bufs.put(bp, b) }()
 	if err != nil {
-		d.bufs.Put(bp)
 		return nil, fmt.Errorf("%s: %w", d.ep, err)
 	}
-	defer func() {
-		if cap(b) <= 4*queryRoom {
-			*bp = b[:0]
-			d.bufs.Put(bp)
-		}
-	}()
 	sent := sentOf(q, 0)
 	for try := 0; ; try++ {
 		c, c1, fresh, err := d.get(ctx, deadline)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 )
@@ -141,6 +142,35 @@ func appendQuery(dst []byte, q *dns.Msg, id uint16, pad bool) ([]byte, error) {
 	ar := binary.BigEndian.Uint16(dst[start+10:]) + 1
 	binary.BigEndian.PutUint16(dst[start+10:], ar)
 	return dst, nil
+}
+
+// queryRoom is the room a query buffer starts with: a long name, its
+// OPT and padding to the next block, with a TCP length prefix.
+const queryRoom = 2 + 3*padBlock
+
+// queryBufs pools the buffers queries are written into (appendQuery),
+// each taken for one query and given back once it is sent.
+type queryBufs struct{ pool sync.Pool }
+
+func (p *queryBufs) get() *[]byte {
+	if bp, ok := p.pool.Get().(*[]byte); ok {
+		return bp
+	}
+	b := make([]byte, 0, queryRoom)
+	return &b
+}
+
+// put gives bp back, holding b as last written into it (nil: nothing was
+// written, the buffer is as it was); one grown past 4*queryRoom by a
+// rare long query is let go rather than kept.
+func (p *queryBufs) put(bp *[]byte, b []byte) {
+	if b == nil {
+		b = *bp
+	}
+	if cap(b) <= 4*queryRoom {
+		*bp = b[:0]
+		p.pool.Put(bp)
+	}
 }
 
 // appendSlow is appendQuery by prepare and pack.

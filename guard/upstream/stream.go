@@ -198,7 +198,7 @@ type streamConn struct {
 	// prefixes, buffered in w under wmu.
 	wmu   sync.Mutex
 	w     gather
-	bufs  sync.Pool // *[]byte: a query with its length prefix
+	bufs  queryBufs // a query with its length prefix
 	calls sync.Pool // *call, reused once its answer is taken
 
 	mu      sync.Mutex
@@ -223,13 +223,8 @@ type result struct {
 	err error
 }
 
-// queryRoom is the room a query buffer starts with: a long name, its
-// OPT and padding to the next block, with the length prefix.
-const queryRoom = 2 + 3*padBlock
-
 func newStreamConn(nc net.Conn, counters *Counters, idle time.Duration) *streamConn {
 	c := &streamConn{nc: nc, counters: counters, idle: idle, pending: make(map[uint16]*call)}
-	c.bufs.New = func() any { b := make([]byte, 0, queryRoom); return &b }
 	c.calls.New = func() any { return &call{done: make(chan result, 1)} }
 	_ = nc.SetReadDeadline(time.Now().Add(idle))
 	go c.readLoop()
@@ -258,7 +253,7 @@ func (c *streamConn) exchange(ctx context.Context, deadline time.Time, q *dns.Ms
 		c.calls.Put(cl)
 		return nil, err
 	}
-	bp := c.bufs.Get().(*[]byte)
+	bp := c.bufs.get()
 	var b []byte
 	if exact {
 		m := prepare(q, id, pad)
@@ -274,10 +269,7 @@ func (c *streamConn) exchange(ctx context.Context, deadline time.Time, q *dns.Ms
 		binary.BigEndian.PutUint16(b, uint16(len(b)-2))
 		err = c.write(b)
 	}
-	if cap(b) <= 4*queryRoom {
-		*bp = b[:0]
-		c.bufs.Put(bp)
-	}
+	c.bufs.put(bp, b)
 	if err != nil {
 		c.unregister(id, cl)
 		return nil, err

@@ -41,7 +41,7 @@ type udp struct {
 	cfg  config
 	tcp  *stream
 	bufs sync.Pool // *[]byte of udpBuffer octets
-	qbuf sync.Pool // *[]byte: a query's wire form, reused once it is sent
+	qbuf queryBufs // a query's wire form, reused once it is sent
 
 	muxMu  sync.Mutex
 	mux    *udpMux // nil until the first query
@@ -51,7 +51,6 @@ type udp struct {
 func newUDP(ep *Endpoint, cfg config) *udp {
 	u := &udp{ep: ep, cfg: cfg, tcp: newStream(ep, cfg, false)}
 	u.bufs.New = func() any { b := make([]byte, udpBuffer); return &b }
-	u.qbuf.New = func() any { b := make([]byte, 0, queryRoom); return &b }
 	return u
 }
 
@@ -123,14 +122,9 @@ func (u *udp) overTCP(ctx context.Context, deadline time.Time, q *dns.Msg, o Que
 
 // exchange sends q (as sent, with its ID) through the multiplexer.
 func (u *udp) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, sent sentQuery, exact bool) (*dns.Msg, error) {
-	bp := u.qbuf.Get().(*[]byte)
+	bp := u.qbuf.get()
 	b, err := appendQuery((*bp)[:0], q, sent.id, false)
-	defer func() {
-		if cap(b) <= 4*queryRoom {
-			*bp = b[:0]
-			u.qbuf.Put(bp)
-		}
-	}()
+	defer func() { u.qbuf.put(bp, b) }()
 	if err != nil {
 		return nil, err
 	}
