@@ -53,6 +53,10 @@ func (c *tlsConfig) clientConfig(ep *Endpoint, alpn ...string) *tls.Config {
 		MinVersion:         tls.VersionTLS12,
 		NextProtos:         alpn,
 		ClientSessionCache: tls.NewLRUClientSessionCache(4), // RFC 8310 §9: resumption
+		// DNS messages are small and gathered writes (see gather) meant
+		// to leave as one record, one syscall: no 1 kB records for the
+		// first 128 kB, which are for a browser's first paint.
+		DynamicRecordSizingDisabled: true,
 	}
 	if len(ep.Pins) > 0 {
 		pins := ep.Pins

@@ -1,0 +1,158 @@
+package upstream
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/upstream/upstreamtest"
+	"github.com/miekg/dns"
+)
+
+// writeCounter is a net.Conn that counts its writes (each one syscall and,
+// on TLS, at least one record) and keeps what was written; with nc set
+// it passes everything on to it.
+type writeCounter struct {
+	net.Conn
+	mu     sync.Mutex
+	writes int
+	out    bytes.Buffer
+}
+
+func (w *writeCounter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	w.writes++
+	w.out.Write(b)
+	w.mu.Unlock()
+	if w.Conn == nil {
+		return len(b), nil
+	}
+	return w.Conn.Write(b)
+}
+
+func (w *writeCounter) SetWriteDeadline(t time.Time) error {
+	if w.Conn == nil {
+		return nil
+	}
+	return w.Conn.SetWriteDeadline(t)
+}
+
+func (w *writeCounter) count() (int, []byte) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes, bytes.Clone(w.out.Bytes())
+}
+
+// oneProc runs the test on one P, as the guard runs on a one-core router
+// (and under scripts/bench.sh): goroutines take turns, so what the first
+// writer lets run before it writes is exactly what was runnable.
+func oneProc(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+}
+
+// A lone drain writes at once (nothing else is runnable to wait for);
+// what several goroutines buffer together leaves in one write, in order
+// of buffering, nothing lost.
+func TestGatherLoneAndTogether(t *testing.T) {
+	oneProc(t)
+	var mu sync.Mutex
+	var g gather
+	w := &writeCounter{}
+	mu.Lock()
+	g.out = append(g.out, "lone"...)
+	err := g.drain(&mu, w)
+	mu.Unlock()
+	if n, out := w.count(); err != nil || n != 1 || string(out) != "lone" {
+		t.Fatalf("lone drain: %d writes of %q (%v), want 1 of \"lone\"", n, out, err)
+	}
+
+	const n = 64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			g.out = fmt.Appendf(g.out, "<%d>", i)
+			if err := g.drain(&mu, w); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	writes, out := w.count()
+	writes-- // the lone one
+	for i := range n {
+		if !bytes.Contains(out, fmt.Appendf(nil, "<%d>", i)) {
+			t.Fatalf("<%d> not written: %q", i, out)
+		}
+	}
+	if len(out) != len("lone")+n*len("<00>")-10*len("0") {
+		t.Fatalf("%d octets written, want each piece once: %q", len(out), out)
+	}
+	t.Logf("%d pieces buffered together: %d writes", n, writes)
+	if writes > n/8 {
+		t.Errorf("%d pieces buffered together left in %d writes, want them gathered (at most %d)", n, writes, n/8)
+	}
+}
+
+// Pipelined DoT/TCP queries asked together share writes (one syscall and
+// one TLS record for many); a lone query is written by itself at once.
+func TestStreamQueriesShareWrites(t *testing.T) {
+	oneProc(t)
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: upstreamtest.AnswerA("192.0.2.1")})
+	raw, err := net.Dial("tcp", srv.Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Counted under TLS: each write is a syscall (and a TLS record).
+	w := &writeCounter{Conn: raw}
+	tc := tls.Client(w, (&tlsConfig{roots: ca.Pool}).clientConfig(&Endpoint{ServerName: srv.Name}))
+	if err := tc.HandshakeContext(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	c := newStreamConn(tc, &Counters{}, time.Minute)
+	defer c.close(net.ErrClosed)
+	base, _ := w.count() // the handshake's
+	ask := func(name string) error {
+		r, err := c.exchange(testCtx(t), time.Time{}, query(name, dns.TypeA), false, false)
+		if err == nil && answerA(t, r) != "192.0.2.1" {
+			err = fmt.Errorf("%s: answer %v", name, r)
+		}
+		return err
+	}
+	if err := ask("lone.example."); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := w.count(); n != base+1 {
+		t.Fatalf("a lone query: %d writes, want 1", n)
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := ask(fmt.Sprintf("q%d.example.", i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	writes, _ := w.count()
+	writes -= base + 1
+	t.Logf("%d queries asked together: %d writes", n, writes)
+	if writes > n/8 {
+		t.Errorf("%d queries asked together: %d writes, want them gathered (at most %d)", n, writes, n/8)
+	}
+	if err := ask("after.example."); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.count(); got != base+writes+2 {
+		t.Fatalf("a lone query after: %d writes in all, want %d", got, base+writes+2)
+	}
+}
