@@ -38,17 +38,7 @@ func (u *Upstreams) Exchange(ctx context.Context, q *dns.Msg, t policy.Terms) (*
 	if u.DNSSEC != nil && !q.CheckingDisabled {
 		q = withDO(q)
 	}
-	// DNSSEC first, on the answer as it came (the shield may trim the
-	// authority section a wildcard's proof sits in), then the shield.
-	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
-		resp, err := Verdict(ctx, u.DNSSEC, q, resp)
-		if err != nil {
-			u.Bogus.Note(q, err)
-			return nil, err
-		}
-		return u.Check(q, resp)
-	}
-	o := upstream.QueryOptions{Check: check}
+	o := upstream.QueryOptions{Check: u} // CheckAnswer
 	if t.Case0x20() {
 		o.Case0x20 = upstream.Case0x20On
 	}
@@ -57,6 +47,19 @@ func (u *Upstreams) Exchange(ctx context.Context, q *dns.Msg, t policy.Terms) (*
 		return resp, err
 	}
 	return u.Shield.Check(q.Question[0], resp, true)
+}
+
+// CheckAnswer is the pool's check of every upstream answer (an
+// upstream.Checker): DNSSEC first, on the answer as it came (the shield
+// may trim the authority section a wildcard's proof sits in), then the
+// shield.
+func (u *Upstreams) CheckAnswer(ctx context.Context, q, resp *dns.Msg) (*dns.Msg, error) {
+	resp, err := Verdict(ctx, u.DNSSEC, q, resp)
+	if err != nil {
+		u.Bogus.Note(q, err)
+		return nil, err
+	}
+	return u.Check(q, resp)
 }
 
 // BogusTTL is how long a bogus verdict is cached (unbound's val-bogus-ttl).

@@ -94,7 +94,7 @@ type QueryOptions struct {
 	// which case the answer is counted as refused for that upstream and
 	// the next upstream is tried; when every attempt is refused the last
 	// Check error is returned as it is. Transports ignore it.
-	Check CheckFunc
+	Check Checker
 }
 
 // Case0x20 is a query's 0x20 setting.

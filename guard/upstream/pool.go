@@ -122,10 +122,22 @@ func poolOf(opts Options, ts []Transport, cs []*Counters) *Pool {
 	return p
 }
 
-// CheckFunc checks an upstream answer to the caller's query q: it returns
-// the answer to use, or an error, in which case the answer is counted as
-// refused for that upstream and the next upstream is tried.
+// Checker checks an upstream answer to the caller's query q, under the
+// query's ctx: it returns the answer to use, or an error, in which case
+// the answer is counted as refused for that upstream and the next
+// upstream is tried. An interface, not a func: a caller's checker needs
+// no closure (an allocation a query) to carry the query's context.
+type Checker interface {
+	CheckAnswer(ctx context.Context, q, resp *dns.Msg) (*dns.Msg, error)
+}
+
+// CheckFunc is a Checker that needs no context.
 type CheckFunc func(q, resp *dns.Msg) (*dns.Msg, error)
+
+// CheckAnswer calls f(q, resp).
+func (f CheckFunc) CheckAnswer(_ context.Context, q, resp *dns.Msg) (*dns.Msg, error) {
+	return f(q, resp)
+}
 
 // Exchange resolves q, a query with one question (the caller's message is
 // not changed), under o: its 0x20 setting and the Check its answers must
@@ -163,7 +175,7 @@ func (p *Pool) Exchange(ctx context.Context, q *dns.Msg, o QueryOptions) (*dns.M
 		if check == nil {
 			return resp, nil
 		}
-		checked, err := check(q, resp)
+		checked, err := check.CheckAnswer(ctx, q, resp)
 		if err == nil {
 			return checked, nil
 		}

@@ -216,14 +216,14 @@ func TestPoolCheck(t *testing.T) {
 	})
 	good := startUDP(t, nil)
 	errPrivate := stage.Fail(dnswire.EDEForgedAnswer, "private address", nil)
-	check := func(q, resp *dns.Msg) (*dns.Msg, error) {
+	check := CheckFunc(func(q, resp *dns.Msg) (*dns.Msg, error) {
 		for _, rr := range resp.Answer {
 			if a, ok := rr.(*dns.A); ok && a.A.IsPrivate() {
 				return nil, errPrivate
 			}
 		}
 		return resp, nil
-	}
+	})
 	p := newPool(t, []string{bad.url(), good.url()}, Options{})
 	resp, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{Check: check})
 	if err != nil {

@@ -61,6 +61,8 @@ type udpMux struct {
 	closed   atomic.Bool
 	inflight sync.WaitGroup // exchanges that hold a socket
 	wg       sync.WaitGroup // the reader and refill goroutines
+
+	free sync.Pool // *muxSock let go of by every holder (see muxSock.refs), with its res channel
 }
 
 // muxSock is one query's socket.
@@ -73,6 +75,38 @@ type muxSock struct {
 	deadline time.Time      // when the reader gives up on the answer (zero: the caller's context only)
 	closeAt  time.Time      // when draining ends
 	seen     int            // packets read while draining
+	// refs counts the holders of s: the query's exchange until it
+	// returns, the socket until closeLocked, the timed list while s is
+	// in it. At zero s goes back to udpMux.free for another query (a
+	// muxSock and its channel are three allocations a query otherwise).
+	refs atomic.Int32
+}
+
+// newSock returns a muxSock for a query on fd, held by the exchange and
+// the socket (refs 2), from free when one is there.
+func (m *udpMux) newSock(fd int, sent sentQuery, exact bool, deadline time.Time) *muxSock {
+	s, _ := m.free.Get().(*muxSock)
+	if s == nil {
+		s = &muxSock{res: make(chan muxResult, 1)}
+	}
+	s.fd, s.sent, s.exact, s.deadline = int32(fd), sent, exact, deadline
+	s.refs.Store(2)
+	return s
+}
+
+// unref lets go of one hold on s; the last one gives s back to free,
+// its channel emptied (a result nobody read) and its state reset.
+func (m *udpMux) unref(s *muxSock) {
+	if s.refs.Add(-1) != 0 {
+		return
+	}
+	select {
+	case <-s.res:
+	default:
+	}
+	res := s.res
+	*s = muxSock{res: res}
+	m.free.Put(s)
 }
 
 type muxResult struct {
@@ -254,17 +288,19 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 		default:
 		}
 	}
-	s := &muxSock{fd: int32(fd), sent: sent, exact: exact, deadline: deadline, res: make(chan muxResult, 1)}
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
 		unix.Close(fd)
 		return nil, errMuxClosed
 	}
+	s := m.newSock(fd, sent, exact, deadline)
+	defer m.unref(s) // after finish, if it is called
 	m.inflight.Add(1)
 	defer m.inflight.Done()
 	m.socks[s.fd] = s
 	if !deadline.IsZero() {
+		s.refs.Add(1)
 		m.timed = append(m.timed, s)
 	}
 	if m.waiting++; m.waiting == 1 {
@@ -498,6 +534,9 @@ func (m *udpMux) sweep(now time.Time) {
 		m.answeredLocked(s)
 		s.res <- muxResult{err: errMuxTimeout}
 	}
+	for _, s := range m.timed[:i] {
+		m.unref(s)
+	}
 	if i > 0 {
 		k := copy(m.timed, m.timed[i:])
 		clear(m.timed[k:])
@@ -506,7 +545,13 @@ func (m *udpMux) sweep(now time.Time) {
 	if len(m.timed) > m.waiting+64 {
 		// Answered queries behind an unanswered one: let go of them now,
 		// not when the one in front times out.
-		m.timed = slices.DeleteFunc(m.timed, func(s *muxSock) bool { return s.answered })
+		m.timed = slices.DeleteFunc(m.timed, func(s *muxSock) bool {
+			if !s.answered {
+				return false
+			}
+			m.unref(s) // (s may be reset by it: answered is not read after)
+			return true
+		})
 	}
 	var next time.Time // zero: none
 	if len(m.drain) > 0 {
@@ -533,6 +578,7 @@ func (m *udpMux) closeLocked(s *muxSock) {
 	}
 	delete(m.socks, s.fd)
 	unix.Close(int(s.fd)) // also leaves the epoll set
+	m.unref(s)
 }
 
 // openRandomPort opens a non-blocking UDP socket of family on a port from

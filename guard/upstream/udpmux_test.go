@@ -286,3 +286,92 @@ func TestUDPMuxDeadline(t *testing.T) {
 		return len(m.socks) == len(m.drain) && m.waiting == 0
 	})
 }
+
+// TestUDPMuxSockReuse: the per-query socket records go back to be used
+// again once every holder let go (the query, the socket, the timed list),
+// and a record used again never carries what its last query left: queries
+// answered twice (a copy drains), answered late or never (the deadline),
+// and given up by their caller (ctx) mix on eight goroutines, and each
+// answered query gets its own answer. After them no query waits and every
+// record still held is held by its socket.
+func TestUDPMuxSockReuse(t *testing.T) {
+	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
+		name := q.Question[0].Name
+		switch {
+		case strings.HasPrefix(name, "silent"):
+		case strings.HasPrefix(name, "twice"):
+			r := upstreamtest.AnswerA("192.0.2.2")(q)
+			s.send(from, r)
+			s.send(from, r)
+		default:
+			s.send(from, upstreamtest.AnswerA("192.0.2.1")(q))
+		}
+	})
+	c := new(Counters)
+	tr, err := NewTransport(srv.url(), Options{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	u := tr.(*udp)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 60 {
+				name := fmt.Sprintf("q%d-%d.example.", g, i)
+				deadline := time.Now().Add(time.Minute)
+				ctx := context.Background()
+				switch i % 6 {
+				case 1:
+					name = "twice-" + name
+				case 3:
+					name, deadline = "silent-"+name, time.Now().Add(20*time.Millisecond)
+				case 5:
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, 20*time.Millisecond)
+					defer cancel()
+					name = "silent-" + name
+				}
+				resp, err := u.exchangeBy(ctx, deadline, query(name, dns.TypeA), QueryOptions{})
+				if strings.HasPrefix(name, "silent") {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						errs <- fmt.Errorf("%s: %v, want a deadline exceeded", name, err)
+						return
+					}
+					continue
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s: %v", name, err)
+					return
+				}
+				if got := resp.Question[0].Name; got != name {
+					errs <- fmt.Errorf("asked %s, answer for %s", name, got)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if m := c.Mismatches.Load(); m != 0 {
+		t.Errorf("%d mismatches", m)
+	}
+	eventually(t, "no query waiting, only draining sockets open", func() bool {
+		m := u.mux
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.waiting == 0 && len(m.socks) == len(m.drain)
+	})
+	m := u.mux
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.socks {
+		if r := s.refs.Load(); r < 1 || r > 2 {
+			t.Errorf("socket %d: %d holders, want 1 or 2 (its socket, the timed list)", s.fd, r)
+		}
+	}
+}
