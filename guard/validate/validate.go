@@ -97,10 +97,10 @@ var (
 // shield of a device held to strict terms, policy.Terms.MinimalShield)
 // also removes everything but the answer a stub needs: the additional
 // section, and the authority section of a positive answer. It never
-// modifies m. The message it returns is m's header copied with the
-// sections cleaned: a section or record it does not change is m's own
-// (shared, not copied), so neither message's records may be modified
-// while the other is in use.
+// modifies m. The message it returns is m itself when cleaning changed
+// nothing, else m's header copied with the sections cleaned: a section
+// or record it does not change is m's own (shared, not copied), so
+// neither message's records may be modified while the other is in use.
 func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, error) {
 	out, _, err := v.CheckReport(q, m, strict)
 	return out, err
@@ -135,10 +135,12 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 	if opts > 1 { // RFC 6891 §6.1.1: FORMERR territory
 		return nil, rep, invalid(fmt.Sprintf("%d OPT records", opts), ErrMalformed)
 	}
-	// The header copied; the sections are m's until cleaning changes
+	// The header copied (on the stack: to the heap only if cleaning
+	// changed a section); the sections are m's until cleaning changes
 	// them (then new slices, and copies of the records changed).
-	out := new(dns.Msg)
-	*out = *m
+	var msg dns.Msg
+	msg = *m
+	out := &msg
 	var n int
 	out.Answer, n = dedup(out.Answer)
 	rep.Duplicates += n
@@ -157,7 +159,18 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 	rep.Stripped += v.authority(out, chain, strict)
 	rep.Stripped += v.additional(q, out, chain, strict)
 	normaliseTTLs(out)
-	return out, rep, nil
+	if same(out.Answer, m.Answer) && same(out.Ns, m.Ns) && same(out.Extra, m.Extra) {
+		return m, rep, nil
+	}
+	c := new(dns.Msg)
+	*c = msg
+	return c, rep, nil
+}
+
+// same reports whether a and b are the same records in the same slice
+// (what cleaning left as it was).
+func same(a, b []dns.RR) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 func forged(text string, err error) *stage.Error {
