@@ -9,6 +9,7 @@ package forward
 import (
 	"context"
 	"fmt"
+	"unsafe"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/dnsguard/dnsguard/guard/stage"
@@ -45,21 +46,35 @@ func (f *Forward) ServeDNS(ctx context.Context, req *stage.Request) (*dnswire.Re
 	if err != nil {
 		return nil, err
 	}
-	return stored(req, q.Question[0].Name, resp)
+	// The stored answer's question is the query's (the same name, type
+	// and class; nobody changes a query once built).
+	return stored(req, q.Question, resp)
 }
+
+// queryNameRoom is the room for the question name in a Query's
+// allocation: most names fit; a longer one gets a string of its own.
+const queryNameRoom = 64
 
 // Query builds the upstream question for a device's request.
 func Query(req *stage.Request) *dns.Msg {
-	// The message and its one question in one allocation.
+	// The message, its one question and the name's presentation form in
+	// one allocation (never written once built).
 	b := new(struct {
-		m dns.Msg
-		q [1]dns.Question
+		m    dns.Msg
+		q    [1]dns.Question
+		name [queryNameRoom]byte
 	})
 	m := &b.m
 	m.Id = 0 // set per transport by the pool
 	m.RecursionDesired = true
 	m.CheckingDisabled = req.Q.CD
-	b.q[0] = dns.Question{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}
+	var name string
+	if n := dnswire.AppendName(b.name[:0], req.Q.Name); &n[0] == &b.name[0] { // (never empty: "." at least)
+		name = unsafe.String(&b.name[0], len(n))
+	} else {
+		name = string(n)
+	}
+	b.q[0] = dns.Question{Name: name, Qtype: req.Q.Type, Qclass: req.Q.Class}
 	m.Question = b.q[:]
 	if req.Q.EDNS.DO {
 		m.SetEdns0(dnswire.OurEDNSSize, true)
@@ -71,12 +86,12 @@ func Query(req *stage.Request) *dns.Msg {
 // NOERROR and NXDOMAIN are failures (RFC 8767 §4: they do not refresh the
 // cache, and stale data may be served instead).
 func Stored(req *stage.Request, resp *dns.Msg) (*dnswire.Reply, error) {
-	return stored(req, dnswire.NameString(req.Q.Name), resp)
+	return stored(req, []dns.Question{{Name: dnswire.NameString(req.Q.Name), Qtype: req.Q.Type, Qclass: req.Q.Class}}, resp)
 }
 
-// stored is Stored with req's question name in presentation form (as
-// Query wrote it: computed once a query).
-func stored(req *stage.Request, name string, resp *dns.Msg) (*dnswire.Reply, error) {
+// stored is Stored with req's question as Query wrote it (shared, not
+// written: computed once a query).
+func stored(req *stage.Request, question []dns.Question, resp *dns.Msg) (*dnswire.Reply, error) {
 	switch resp.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 	default:
@@ -101,8 +116,7 @@ func stored(req *stage.Request, name string, resp *dns.Msg) (*dnswire.Reply, err
 	// on a validated answer and clears it otherwise), and goes only to
 	// devices that asked with DO or AD (RFC 6840 §5.7).
 	m.AuthenticatedData = resp.AuthenticatedData && (req.Q.EDNS.DO || req.Q.AD)
-	qs := [1]dns.Question{{Name: name, Qtype: req.Q.Type, Qclass: req.Q.Class}}
-	m.Question = qs[:]
+	m.Question = question
 	m.Answer = resp.Answer
 	if len(resp.Answer) == 0 {
 		// Negative answer: keep the SOA, with the TTL RFC 2308 §3 asks

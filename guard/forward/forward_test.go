@@ -134,6 +134,15 @@ func TestQuery(t *testing.T) {
 	if q := Query(req(t, "a.example.", false)); q.IsEdns0() != nil {
 		t.Errorf("OPT added for a device without DO: %v", q)
 	}
+	// The name's presentation form, whether it fits the room kept for
+	// it in the query's allocation or not (escapes make it longer).
+	long := strings.Repeat("abcdefghi.", 8) + "example."
+	for _, name := range []string{".", "a.example.", strings.Repeat("x", 63) + ".", strings.Repeat("x", 60) + ".ab.", long, `a\032b\.c.example.`, strings.Repeat(`\000`, 20) + "."} {
+		r := req(t, name, false)
+		if got, want := Query(r).Question[0].Name, dnswire.NameString(r.Q.Name); got != want {
+			t.Errorf("%s: question %q, want %q", name, got, want)
+		}
+	}
 }
 
 func TestStoredDNSSEC(t *testing.T) {
