@@ -328,9 +328,12 @@ func matchSent(sent sentQuery, wire []byte, exactCase bool) (*dns.Msg, error) {
 	if id := binary.BigEndian.Uint16(wire); id != sent.id {
 		return nil, fmt.Errorf("%w: ID %d, sent %d", ErrMismatch, id, sent.id)
 	}
-	m := new(dns.Msg)
-	if err := m.Unpack(wire); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	m, ok := unpackSent(sent, wire)
+	if !ok {
+		m = new(dns.Msg)
+		if err := m.Unpack(wire); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		}
 	}
 	if err := matchSentMsg(sent, m, exactCase); err != nil {
 		var ce *CaseError
@@ -340,6 +343,113 @@ func matchSent(sent sentQuery, wire []byte, exactCase bool) (*dns.Msg, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// answerRoom is how many records an answer unpacked by unpackSent keeps
+// in its message's allocation (an address or two, a CNAME, the OPT).
+const answerRoom = 6
+
+// answerMsg is an answer unpacked by unpackSent: the message, its
+// question and room for its records, in one allocation.
+type answerMsg struct {
+	m   dns.Msg
+	q   [1]dns.Question
+	rrs [answerRoom]dns.RR
+}
+
+// unpackSent unpacks wire as dns.Msg.Unpack does (the same message, the
+// same tolerance of counts larger than the records there), for the
+// everyday answer: one question whose name is, octet for octet, the name
+// sent (so also in the case sent). The question then holds sent's name
+// string (the same name on the wire) instead of one unpacked, and the
+// message, question and up to answerRoom records share one allocation
+// (miekg's Unpack makes four and the name). ok is false for anything
+// else, or a record that does not unpack: the caller unpacks with Unpack
+// then, which judges it as always.
+func unpackSent(sent sentQuery, wire []byte) (*dns.Msg, bool) {
+	if len(wire) < 12 || binary.BigEndian.Uint16(wire[4:]) != 1 || sent.nq != 1 {
+		return nil, false
+	}
+	var name [256]byte
+	n, err := dns.PackDomainName(sent.question.Name, name[:], 0, nil, false)
+	if err != nil || 12+n+4 > len(wire) || string(wire[12:12+n]) != string(name[:n]) {
+		return nil, false
+	}
+	a := new(answerMsg)
+	m := &a.m
+	flags := binary.BigEndian.Uint16(wire[2:])
+	m.Id = binary.BigEndian.Uint16(wire)
+	m.Response = flags&(1<<15) != 0
+	m.Opcode = int(flags>>11) & 0xF
+	m.Authoritative = flags&(1<<10) != 0
+	m.Truncated = flags&(1<<9) != 0
+	m.RecursionDesired = flags&(1<<8) != 0
+	m.RecursionAvailable = flags&(1<<7) != 0
+	m.Zero = flags&(1<<6) != 0
+	m.AuthenticatedData = flags&(1<<5) != 0
+	m.CheckingDisabled = flags&(1<<4) != 0
+	m.Rcode = int(flags & 0xF)
+	off := 12 + n
+	a.q[0] = dns.Question{Name: sent.question.Name, Qtype: binary.BigEndian.Uint16(wire[off:]), Qclass: binary.BigEndian.Uint16(wire[off+2:])}
+	m.Question = a.q[:]
+	off += 4
+	room := a.rrs[:]
+	for i, sec := range [3]*[]dns.RR{&m.Answer, &m.Ns, &m.Extra} {
+		count := int(binary.BigEndian.Uint16(wire[6+2*i:]))
+		var dst []dns.RR
+		if count <= len(room) {
+			dst, room = room[:0:count], room[count:]
+		}
+		for range count {
+			if off == len(wire) { // the count was a lie (Unpack stops there too)
+				break
+			}
+			rr, next, err := unpackRR(wire, off, name[:n], sent.question.Name)
+			if err != nil {
+				return nil, false
+			}
+			off = next
+			dst = append(dst, rr)
+		}
+		if len(dst) > 0 {
+			*sec = dst
+		}
+	}
+	if opt := m.IsEdns0(); opt != nil {
+		m.Rcode |= opt.ExtendedRcode()
+	}
+	return m, true
+}
+
+// unpackRR is dns.UnpackRR at off (not at the end of wire), but for an
+// owner that is the question's name (a pointer to it, or its octets:
+// qname), whose string is then qstring, not one unpacked.
+func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, error) {
+	var h dns.RR_Header
+	switch {
+	case off+2 <= len(wire) && wire[off] == 0xC0 && wire[off+1] == 12:
+		h.Name, off = qstring, off+2
+	case off+len(qname) <= len(wire) && string(wire[off:off+len(qname)]) == string(qname):
+		h.Name, off = qstring, off+len(qname)
+	default:
+		var err error
+		if h.Name, off, err = dns.UnpackDomainName(wire, off); err != nil {
+			return nil, len(wire), err
+		}
+	}
+	if off+10 > len(wire) {
+		return nil, len(wire), ErrMalformed
+	}
+	h.Rrtype = binary.BigEndian.Uint16(wire[off:])
+	h.Class = binary.BigEndian.Uint16(wire[off+2:])
+	h.Ttl = binary.BigEndian.Uint32(wire[off+4:])
+	h.Rdlength = binary.BigEndian.Uint16(wire[off+8:])
+	off += 10
+	end := off + int(h.Rdlength)
+	if end > len(wire) {
+		return nil, len(wire), ErrMalformed
+	}
+	return dns.UnpackRRWithHeader(h, wire[:end], off) // (the record's data read no further than its end, as UnpackRR)
 }
 
 // matchSentMsg is matchSent on an unpacked message.
