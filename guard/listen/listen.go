@@ -33,8 +33,9 @@ type Options struct {
 	// once (each reader answers inline); a query waiting on an upstream
 	// holds one. Default: 4 per CPU the runtime uses, 8 to 32.
 	UDPReaders int
-	// MaxSpill bounds the UDP queries answered on goroutines of their own
-	// while nearly every reader waits on an upstream.
+	// MaxSpill bounds the UDP queries answered on goroutines other than
+	// the readers (spill workers) while nearly every reader waits on an
+	// upstream.
 	MaxSpill int
 	// Access decides which clients are answered; nil answers everyone.
 	Access *Access
@@ -103,12 +104,11 @@ type Server struct {
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
 
-	spillAt  int32         // busy readers of a socket from which its queries are spilled
-	spilling chan struct{} // spilled queries being answered
-	// handoff feeds the spill workers: long-lived goroutines (their
-	// stacks grown once) that answer spilled queries before any
-	// goroutine of its own is started for one.
-	handoff chan spilled
+	spillAt int32 // busy readers of a socket from which its queries are spilled
+	// spills answers spilled queries: at most MaxSpill at once, on
+	// workers that wait spillIdle for the next (their stacks grown once,
+	// not for every query).
+	spills *stage.Workers[spilled, stage.Request]
 
 	Stats Stats
 }
@@ -131,9 +131,8 @@ func New(h stage.Handler, opts Options, log *slog.Logger) *Server {
 	}
 	s := &Server{opts: opts, log: log,
 		spillAt:   int32(max(opts.UDPReaders-opts.UDPReaders/8, 1)),
-		spilling:  make(chan struct{}, opts.MaxSpill),
-		handoff:   make(chan spilled), // unbuffered: only to a worker waiting
 		perClient: map[netip.Addr]int{}, conns: map[net.Conn]struct{}{}}
+	s.spills = stage.NewWorkers(s.answerSpilled, opts.MaxSpill, spillIdle)
 	s.SetHandler(h)
 	return s
 }
@@ -217,10 +216,6 @@ func (s *Server) closeAll() {
 // Serve answers until ctx is done, then closes the sockets and waits for
 // the answers in progress.
 func (s *Server) Serve(ctx context.Context) error {
-	for range s.opts.UDPReaders {
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); s.spillWorker(ctx) }()
-	}
 	for _, u := range s.udp {
 		busy := new(atomic.Int32) // readers of this socket inside answer
 		for range s.opts.UDPReaders {
@@ -234,7 +229,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	s.closeAll()
-	s.wg.Wait()
+	s.wg.Wait() // the readers: nothing is spilled after
+	s.spills.Close()
 	return nil
 }
 
@@ -400,7 +396,7 @@ func (r *udpReader) serve(i int) {
 	}
 	if r.busy.Load() >= s.spillAt {
 		// Nearly every reader waits on an upstream: answer this one
-		// on its own goroutine, so that cache hits are not held up
+		// on a spill worker, so that cache hits are not held up
 		// behind slow misses.
 		s.spill(r.ctx, r.u, append([]byte(nil), raw...), client, local, r.pktinfoFor(src, srcIf))
 		return
@@ -427,7 +423,7 @@ func (r *udpReader) pktinfoFor(src netip.Addr, ifindex int) []byte {
 
 // waiting runs when the query being answered is about to wait on the
 // network: the answers ready go out now, and the batch's other queries
-// are answered on goroutines of their own (within MaxSpill; those beyond
+// are handed to spill workers (within MaxSpill; those beyond
 // stay with this reader).
 func (r *udpReader) waiting() {
 	r.waited = true
@@ -526,7 +522,7 @@ func (s *Server) cutAnswer(raw []byte, out []byte) []byte {
 	return out
 }
 
-// spill answers one UDP query on a goroutine of its own, within
+// spill answers one UDP query on a spill worker, within
 // MaxSpill; beyond it the query is dropped (the device will retry).
 func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) {
 	if !s.trySpill(ctx, u, raw, client, local, src) {
@@ -535,51 +531,34 @@ func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, lo
 	}
 }
 
+// spillIdle is how long a spill worker waits for its next query before
+// it exits: under load the next comes within milliseconds.
+const spillIdle = time.Second
+
 // spilled is a UDP query handed to a spill worker.
 type spilled struct {
+	ctx           context.Context
 	u             *udpSocket
 	raw, src      []byte
 	client, local netip.AddrPort
 }
 
-// spillWorker answers spilled queries until ctx ends.
-func (s *Server) spillWorker(ctx context.Context) {
-	req := new(stage.Request)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case sp := <-s.handoff:
-			if b := s.answer(ctx, sp.raw, sp.client, sp.local, false, nil, time.Now(), req); b != nil {
-				sp.u.c.WriteMsgUDPAddrPort(b, sp.src, sp.client)
-			}
-			*req = stage.Request{}
-		}
+// answerSpilled answers a spilled query on a spill worker, whose request
+// room req is.
+func (s *Server) answerSpilled(req *stage.Request, sp spilled) {
+	if b := s.answer(sp.ctx, sp.raw, sp.client, sp.local, false, nil, time.Now(), req); b != nil {
+		sp.u.c.WriteMsgUDPAddrPort(b, sp.src, sp.client)
 	}
+	*req = stage.Request{} // let go of what the query referred to
 }
 
-// trySpill answers one UDP query on a spill worker, or on a goroutine of
-// its own if fewer than MaxSpill are, and reports whether it does.
+// trySpill answers one UDP query on a spill worker, one waiting or a new
+// one if fewer than MaxSpill are busy, and reports whether it does.
 func (s *Server) trySpill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) bool {
-	select {
-	case s.handoff <- spilled{u: u, raw: raw, src: src, client: client, local: local}:
-		s.Stats.Spilled.Add(1)
-		return true
-	default:
-	}
-	select {
-	case s.spilling <- struct{}{}:
-	default:
+	if !s.spills.Go(spilled{ctx: ctx, u: u, raw: raw, src: src, client: client, local: local}) {
 		return false
 	}
 	s.Stats.Spilled.Add(1)
-	s.wg.Add(1)
-	go func() {
-		defer func() { <-s.spilling; s.wg.Done() }()
-		if b := s.answer(ctx, raw, client, local, false, nil, time.Now(), new(stage.Request)); b != nil {
-			u.c.WriteMsgUDPAddrPort(b, src, client)
-		}
-	}()
 	return true
 }
 
