@@ -172,6 +172,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer stopProfiles()
 	}
 	c := cache.New(cfg.Cache, log.With("stage", "cache"), nil)
+	// Closed last (deferred first): its flight workers joined once the
+	// listener and every chain are done.
+	defer c.Close()
 	// The router side's parts stop working with ctx (a signal); it is
 	// released, its goroutines joined and its table removed, only when
 	// cmdRun returns, after the queries in progress are done.
@@ -376,7 +379,9 @@ func checkConfig(cfg *policy.Config, path string) error {
 		}
 	}
 	discard := slog.New(slog.DiscardHandler)
-	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), &routerSide{Counters: control.NewCounters(0)}, discard, nil)
+	c := cache.New(cfg.Cache, discard, nil)
+	defer c.Close()
+	g, err := buildGuard(cfg, c, &routerSide{Counters: control.NewCounters(0)}, discard, nil)
 	if err != nil {
 		return err
 	}

@@ -77,7 +77,9 @@ func TestStrictDeviceOwnAnswers(t *testing.T) {
 			routerDone := make(chan error, 1)
 			go func() { routerDone <- router.Run(routerCtx) }()
 			defer func() { stopRouter(); <-routerDone }()
-			g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), router, discard, nil)
+			c := cache.New(cfg.Cache, discard, nil)
+			defer c.Close()
+			g, err := buildGuard(cfg, c, router, discard, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

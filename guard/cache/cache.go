@@ -47,6 +47,10 @@ type Cache struct {
 
 	// flightTimeout bounds a flight (refreshTimeout; tests shorten it).
 	flightTimeout time.Duration
+	// flights runs the flights: on workers that wait flightIdle for the
+	// next (their stacks grown once, not for every miss). Close joins
+	// them.
+	flights *stage.Workers[*flight, struct{}]
 	// The flights' expiry timer (see expire): armed while flights are
 	// out, at the earliest deadline (expAt).
 	expMu    sync.Mutex
@@ -194,6 +198,7 @@ func New(p policy.Cache, log *slog.Logger, now func() time.Time) *Cache {
 		log = slog.Default()
 	}
 	c := &Cache{now: now, realClock: realClock, log: log, seed: maphash.MakeSeed(), flightTimeout: refreshTimeout, base: now()}
+	c.flights = stage.NewWorkers(func(_ *struct{}, f *flight) { c.fly(f) }, 0, flightIdle)
 	c.SetPolicy(p)
 	// Until told otherwise, strict queries share nothing with lenient ones.
 	c.SetStrictness(policy.Strictness{Case0x20Differs: true})
@@ -318,7 +323,7 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	if f != nil {
 		f.dups++
 	} else {
-		f = c.newFlight(string(key), req, next, now)
+		f = c.newFlight(sh, string(key), req, next, now)
 		sh.flights[f.key] = f
 	}
 	leader := f.dups == 0
@@ -328,7 +333,9 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 		if !c.expArmed.Load() {
 			c.arm(f.deadline)
 		}
-		go c.fly(f, sh)
+		if !c.flights.Go(f) {
+			c.fly(f) // closed: the flight is this query's own
+		}
 	}
 	// This goroutine now waits: a listener reading in batches sends the
 	// answers it has and hands its other queries on.
@@ -354,13 +361,13 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 	return nil, err
 }
 
-// newFlight makes the flight for key resolving req (copied) by next,
+// newFlight makes the flight for key (in sh) resolving req (copied) by next,
 // its deadline flightTimeout from now (the real clock's time).
-func (c *Cache) newFlight(key string, req *stage.Request, next stage.Handler, now time.Time) *flight {
+func (c *Cache) newFlight(sh *shard, key string, req *stage.Request, next stage.Handler, now time.Time) *flight {
 	if !c.realClock || now.IsZero() {
 		now = time.Now()
 	}
-	f := &flight{key: key, deadline: now.Add(c.flightTimeout), next: next, req: *req, done: make(chan struct{})}
+	f := &flight{key: key, sh: sh, deadline: now.Add(c.flightTimeout), next: next, req: *req, done: make(chan struct{})}
 	f.req.Raw = nil
 	f.req.Q.Name = f.name[:copy(f.name[:], req.Q.Name)]
 	return f

@@ -78,6 +78,7 @@ func setup(t testing.TB) (*Cache, *upstream, *clock, stage.Handler) {
 		FailMin: time.Second, FailMax: 5 * time.Minute,
 	}
 	c := New(p, nil, clk.now)
+	t.Cleanup(c.Close)
 	u := &upstream{}
 	u.ttl.Store(300)
 	return c, u, clk, c.Wrap(u)

@@ -16,15 +16,17 @@ import (
 // listener's buffer, and the flight may outlive the caller), the room for
 // its question name, its result, and its context.
 //
-// A flight runs on a goroutine of its own under its own context (the
-// flight itself: see Deadline, Done, Err, Value), so that one device
-// giving up fails nobody else. That context ends at the flight's deadline
+// A flight runs on a goroutine other than its callers' (a flight worker:
+// see Cache.flights) under its own context (the flight itself: see
+// Deadline, Done, Err, Value), so that one device giving up fails nobody
+// else. That context ends at the flight's deadline
 // (refreshTimeout after it began: the cache's expiry timer closes it,
 // see Cache.expire) or when the flight ends, whichever is first, and
 // carries no values: in particular not the listener's waiter
 // (stage.WithWaiter), which belongs to the caller's goroutine.
 type flight struct {
 	key      string // the cache key; the shard's flights map holds it
+	sh       *shard // the key's shard
 	deadline time.Time
 	next     stage.Handler
 	req      stage.Request
@@ -126,10 +128,40 @@ func (f *flight) end(state int32) {
 	f.mu.Unlock()
 }
 
+// flightIdle is how long a flight worker waits for its next flight
+// before it exits: under load the next comes within milliseconds.
+const flightIdle = time.Second
+
+// Close ends the contexts of the flights out (their upstream queries
+// give up; the queries waiting on them get their failure) and waits for
+// the flight workers to exit. A miss after Close resolves on the
+// querying goroutine.
+func (c *Cache) Close() {
+	var out []*flight
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		for _, f := range sh.flights {
+			out = append(out, f)
+		}
+		sh.mu.Unlock()
+	}
+	for _, f := range out {
+		f.end(flightEnded)
+	}
+	c.flights.Close()
+	c.expMu.Lock()
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+	}
+	c.expMu.Unlock()
+}
+
 // fly runs the flight: the upstream resolution, then its result stored
 // and handed to the queries waiting.
-func (c *Cache) fly(f *flight, sh *shard) {
+func (c *Cache) fly(f *flight) {
 	r, err := f.next.ServeDNS(f, &f.req)
+	sh := f.sh
 	sh.mu.Lock()
 	// Stored and out of the map in one step: a query that misses after
 	// this finds the answer, never a second upstream query for it.
