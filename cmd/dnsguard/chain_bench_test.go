@@ -7,7 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/dnsguard/dnsguard/guard/cache"
 	"github.com/dnsguard/dnsguard/guard/listen"
@@ -207,7 +210,9 @@ config limits
 	routerDone := make(chan error, 1)
 	go func() { routerDone <- router.Run(routerCtx) }()
 	b.Cleanup(func() { stopRouter(); <-routerDone })
-	g, err := buildGuard(cfg, cache.New(cfg.Cache, discard, nil), router, discard, nil)
+	c := cache.New(cfg.Cache, discard, nil)
+	b.Cleanup(c.Close)
+	g, err := buildGuard(cfg, c, router, discard, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -220,4 +225,132 @@ config limits
 	go func() { s.Serve(ctx); close(done) }()
 	b.Cleanup(func() { cancel(); <-done })
 	return s.Addrs()[0]
+}
+
+// BenchmarkChainMissLoad is BenchmarkChainMiss with many queries out at
+// once (dnsperf -q, as scripts/bench.sh's miss phase: 400), so that
+// nearly every reader waits on the upstream and queries are handed on:
+// the goroutines started per miss (goroutines/op) and the process's CPU
+// time per miss (client and stand-in upstream included) are reported.
+func BenchmarkChainMissLoad(b *testing.B) {
+	benchMissLoad(b, benchChain(b, "udp://"+turnaround(b).String(), ""))
+}
+
+// BenchmarkChainMissLoadDoT is BenchmarkChainMissLoad forwarded over DoT.
+func BenchmarkChainMissLoadDoT(b *testing.B) {
+	ca := upstreamtest.NewCA(b)
+	srv := upstreamtest.StartDoTEcho(b, ca)
+	benchMissLoad(b, benchChain(b, srv.URL(), caFile(b, ca)))
+}
+
+// turnaround is a Do53 stand-in upstream that answers NXDOMAIN by
+// turning each query around; stopped when b ends.
+func turnaround(b *testing.B) netip.AddrPort {
+	up, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	up.SetReadBuffer(1 << 20) // a window of queries at once
+	upDone := make(chan struct{})
+	go func() {
+		defer close(upDone)
+		buf := make([]byte, 4096)
+		for {
+			n, from, err := up.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n < 12 {
+				continue
+			}
+			buf[2] |= 0x80 // QR
+			buf[3] = 0x83  // RA, NXDOMAIN
+			up.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	b.Cleanup(func() { up.Close(); <-upDone })
+	return up.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// missWindow is how many queries benchMissLoad keeps out.
+const missWindow = 400
+
+// benchMissLoad asks the guard at to b.N new names, missWindow of them
+// out at any time (a query unanswered for a second is counted lost and
+// replaced), and reports goroutines started, CPU time and losses per
+// query.
+func benchMissLoad(b *testing.B, to netip.AddrPort) {
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadBuffer(1 << 20)
+	m := new(dns.Msg)
+	m.SetQuestion("u00000000.load.example.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	q, err := m.Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var i uint32
+	send := func() {
+		i++
+		for k, v := 0, i; k < 8; k, v = k+1, v/10 { // a new name each time
+			q[12+9-k] = byte('0' + v%10)
+		}
+		q[0], q[1] = byte(i>>8), byte(i)
+		if _, err := c.WriteToUDPAddrPort(q, to); err != nil {
+			b.Fatal(err)
+		}
+	}
+	buf := make([]byte, 4096)
+	run := func(n int) (lost int) {
+		out := 0
+		for sent := 0; sent < n || out > 0; {
+			// The window grows a few queries an answer: all at once
+			// they would overflow the listener's socket buffer.
+			for k := 0; k < 4 && out < missWindow && sent < n; k++ {
+				send()
+				sent++
+				out++
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			k, _, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				lost += out // the window is lost: start it again
+				out = 0
+				continue
+			}
+			if k < 12 || buf[3]&0x0f != dns.RcodeNameError {
+				b.Fatalf("answer rcode %d, want NXDOMAIN", buf[3]&0x0f)
+			}
+			out--
+		}
+		return lost
+	}
+	run(2 * missWindow) // warm: connections, workers
+	created := goroutinesCreated()
+	cpu := cpuTime()
+	b.ReportAllocs()
+	b.ResetTimer()
+	lost := run(b.N)
+	b.StopTimer()
+	b.ReportMetric(float64(goroutinesCreated()-created)/float64(b.N), "goroutines/op")
+	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-us/op")
+	b.ReportMetric(float64(lost)/float64(b.N), "lost/op")
+}
+
+// goroutinesCreated is how many goroutines the process has started.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// cpuTime is the process's user and system time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
