@@ -109,6 +109,10 @@ func FromMsg(m *dns.Msg) (*Reply, error) {
 	return r, nil
 }
 
+// replyTTLRoom is how many TTL offsets FromWire keeps in its Reply's own
+// allocation (most answers have a record or a few).
+const replyTTLRoom = 4
+
 // FromWire indexes a packed message that has one question and no OPT.
 func FromWire(b []byte) (*Reply, error) {
 	if len(b) < HeaderLen || binary.BigEndian.Uint16(b[4:]) != 1 {
@@ -119,7 +123,18 @@ func FromWire(b []byte) (*Reply, error) {
 		return nil, fmt.Errorf("dnswire: stored reply question: %w", ErrName)
 	}
 	n := int(binary.BigEndian.Uint16(b[6:])) + int(binary.BigEndian.Uint16(b[8:])) + int(binary.BigEndian.Uint16(b[10:]))
-	r := &Reply{Msg: b, TTLs: make([]uint16, 0, n)}
+	var r *Reply
+	if n <= replyTTLRoom {
+		// The Reply and its TTL offsets in one allocation.
+		x := new(struct {
+			r    Reply
+			ttls [replyTTLRoom]uint16
+		})
+		r = &x.r
+		r.Msg, r.TTLs = b, x.ttls[:0:n]
+	} else {
+		r = &Reply{Msg: b, TTLs: make([]uint16, 0, n)}
+	}
 	off := end + 4
 	for i := 0; i < n; i++ {
 		rr, next, err := readRR(b, off)

@@ -120,13 +120,37 @@ func stored(req *stage.Request, question []dns.Question, resp *dns.Msg) (*dnswir
 	m.Answer = resp.Answer
 	if len(resp.Answer) == 0 {
 		// Negative answer: keep the SOA, with the TTL RFC 2308 §3 asks
-		// for, min(SOA TTL, SOA MINIMUM).
-		for _, rr := range resp.Ns {
+		// for, min(SOA TTL, SOA MINIMUM) (a copy when that changes it:
+		// resp's records are not written), and the proof for a device
+		// that validates. An authority section kept as it is (the SOA
+		// alone, its TTL within its MINIMUM) is resp's own.
+		keep := func(rr dns.RR) (kept, same bool) {
 			if soa, ok := rr.(*dns.SOA); ok {
-				c := dns.Copy(soa).(*dns.SOA)
-				c.Hdr.Ttl = min(c.Hdr.Ttl, c.Minttl)
-				m.Ns = append(m.Ns, c)
-			} else if req.Q.EDNS.DO && (rr.Header().Rrtype == dns.TypeRRSIG || rr.Header().Rrtype == dns.TypeNSEC || rr.Header().Rrtype == dns.TypeNSEC3) {
+				return true, soa.Hdr.Ttl <= soa.Minttl
+			}
+			t := rr.Header().Rrtype
+			return req.Q.EDNS.DO && (t == dns.TypeRRSIG || t == dns.TypeNSEC || t == dns.TypeNSEC3), true
+		}
+		asIs := true
+		for _, rr := range resp.Ns {
+			if kept, same := keep(rr); !kept || !same {
+				asIs = false
+				break
+			}
+		}
+		if asIs {
+			m.Ns = resp.Ns
+		} else {
+			for _, rr := range resp.Ns {
+				kept, same := keep(rr)
+				if !kept {
+					continue
+				}
+				if !same {
+					c := dns.Copy(rr).(*dns.SOA)
+					c.Hdr.Ttl = min(c.Hdr.Ttl, c.Minttl)
+					rr = c
+				}
 				m.Ns = append(m.Ns, rr)
 			}
 		}

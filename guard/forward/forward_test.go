@@ -2,6 +2,7 @@ package forward
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -122,6 +123,59 @@ func TestStored(t *testing.T) {
 				t.Error("stored form holds an OPT")
 			}
 			tt.check(t, m)
+		})
+	}
+}
+
+// TestStoredNegativeAuthority: a negative answer keeps its SOA at
+// min(TTL, MINIMUM) and, for a device asking with DO, its proof; anything
+// else in the authority section goes; the upstream's records are never
+// changed (an SOA whose TTL is lowered is a copy).
+func TestStoredNegativeAuthority(t *testing.T) {
+	nsec := "gone.example. 300 IN NSEC z.example. A"
+	for _, c := range []struct {
+		name string
+		do   bool
+		ns   []string
+		want []string // the stored authority: type and TTL
+	}{
+		{"SOA within its MINIMUM", false, []string{"example. 60 IN SOA ns.example. h.example. 1 2 3 4 120"}, []string{"SOA 60"}},
+		{"SOA over its MINIMUM", false, []string{"example. 3600 IN SOA ns.example. h.example. 1 2 3 4 120"}, []string{"SOA 120"}},
+		{"NS dropped", false, []string{"example. 300 IN NS ns.example.", "example. 60 IN SOA ns.example. h.example. 1 2 3 4 120"}, []string{"SOA 60"}},
+		{"proof without DO dropped", false, []string{"example. 60 IN SOA ns.example. h.example. 1 2 3 4 120", nsec}, []string{"SOA 60"}},
+		{"proof with DO kept", true, []string{"example. 60 IN SOA ns.example. h.example. 1 2 3 4 120", nsec}, []string{"SOA 60", "NSEC 300"}},
+		{"proof with DO kept, SOA lowered", true, []string{nsec, "example. 3600 IN SOA ns.example. h.example. 1 2 3 4 120", "example. 300 IN NS ns.example."}, []string{"NSEC 300", "SOA 120"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := req(t, "gone.example.", c.do)
+			up := new(dns.Msg)
+			up.SetReply(Query(r))
+			up.Rcode = dns.RcodeNameError
+			var before []string
+			for _, s := range c.ns {
+				up.Ns = append(up.Ns, rr(s))
+				before = append(before, up.Ns[len(up.Ns)-1].String())
+			}
+			got, err := Stored(r, up)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := new(dns.Msg)
+			if err := m.Unpack(got.Msg); err != nil {
+				t.Fatal(err)
+			}
+			var ns []string
+			for _, x := range m.Ns {
+				ns = append(ns, fmt.Sprintf("%s %d", dns.TypeToString[x.Header().Rrtype], x.Header().Ttl))
+			}
+			if fmt.Sprint(ns) != fmt.Sprint(c.want) {
+				t.Errorf("stored authority %v, want %v", ns, c.want)
+			}
+			for i, x := range up.Ns {
+				if x.String() != before[i] {
+					t.Errorf("upstream's record changed: %s, was %s", x, before[i])
+				}
+			}
 		})
 	}
 }

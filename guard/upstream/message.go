@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -449,7 +450,51 @@ func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, 
 	if end > len(wire) {
 		return nil, len(wire), ErrMalformed
 	}
-	return dns.UnpackRRWithHeader(h, wire[:end], off) // (the record's data read no further than its end, as UnpackRR)
+	// The record's data is read no further than its end, as UnpackRR
+	// does. The everyday records are built here as miekg builds them, in
+	// one allocation (UnpackRRWithHeader also allocates the header it
+	// was given, and A and AAAA their address apart).
+	wire = wire[:end]
+	switch {
+	case h.Rdlength == 0: // no data (an OPT without options): the bare record
+		if newRR, ok := dns.TypeToRR[h.Rrtype]; ok {
+			rr := newRR()
+			*rr.Header() = h
+			return rr, off, nil
+		}
+	case h.Rrtype == dns.TypeA && h.Rdlength == net.IPv4len:
+		a := new(struct {
+			rr dns.A
+			ip [net.IPv4len]byte
+		})
+		a.rr.Hdr = h
+		copy(a.ip[:], wire[off:end])
+		a.rr.A = a.ip[:]
+		return &a.rr, end, nil
+	case h.Rrtype == dns.TypeAAAA && h.Rdlength == net.IPv6len:
+		a := new(struct {
+			rr dns.AAAA
+			ip [net.IPv6len]byte
+		})
+		a.rr.Hdr = h
+		copy(a.ip[:], wire[off:end])
+		a.rr.AAAA = a.ip[:]
+		return &a.rr, end, nil
+	case h.Rrtype == dns.TypeSOA:
+		ns, o, err := dns.UnpackDomainName(wire, off)
+		if err != nil || o == end {
+			break
+		}
+		mbox, o, err := dns.UnpackDomainName(wire, o)
+		if err != nil || o+20 != end {
+			break // (what Unpack makes of odd ones: below)
+		}
+		return &dns.SOA{Hdr: h, Ns: ns, Mbox: mbox,
+			Serial: binary.BigEndian.Uint32(wire[o:]), Refresh: binary.BigEndian.Uint32(wire[o+4:]),
+			Retry: binary.BigEndian.Uint32(wire[o+8:]), Expire: binary.BigEndian.Uint32(wire[o+12:]),
+			Minttl: binary.BigEndian.Uint32(wire[o+16:])}, end, nil
+	}
+	return dns.UnpackRRWithHeader(h, wire, off)
 }
 
 // matchSentMsg is matchSent on an unpacked message.

@@ -3,6 +3,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -218,9 +219,11 @@ func TestUnpackSent(t *testing.T) {
 		fast   bool
 		allocs float64 // at most, when fast
 	}{
-		{"address and OPT", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true), true, 6},
+		{"address and OPT", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true), true, 3},
+		{"AAAA", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN AAAA 2001:db8::1", "a.example. 60 IN AAAA 2001:db8::2"), nil, false), true, 3},
 		{"CNAME chain", "www.example.", reply("www.example.", dns.RcodeSuccess, rrs("www.example. 60 IN CNAME a.example.", "a.example. 60 IN A 192.0.2.1", "a.example. 60 IN A 192.0.2.2"), nil, true), true, 0},
-		{"NXDOMAIN with SOA", "gone.example.", reply("gone.example.", dns.RcodeNameError, nil, soa, false), true, 0},
+		{"NXDOMAIN with SOA", "gone.example.", reply("gone.example.", dns.RcodeNameError, nil, soa, true), true, 6},
+		{"records of other types", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN MX 10 mx.example.", "a.example. 60 IN TXT \"x\""), nil, true), true, 0},
 		{"extended rcode", "a.example.", reply("a.example.", dns.RcodeBadVers, nil, nil, true), true, 0},
 		{"more records than room", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs(many...), nil, true), true, 0},
 		{"count past the records", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true)[:len(reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true))-11], true, 0},
@@ -253,8 +256,9 @@ func TestUnpackSent(t *testing.T) {
 			if c.allocs > 0 && !testing.Short() {
 				n := testing.AllocsPerRun(100, func() { unpackSent(sent, c.wire) })
 				// The message with its question and records; each record
-				// its own (the A record, its address and miekg's copy of
-				// its header; the OPT and its header). Unpack: 11.
+				// one (an address with its record), an SOA its owner and
+				// two names. Unpack: 11 for an A and the OPT, 12 for an
+				// SOA and the OPT.
 				if n > c.allocs {
 					t.Errorf("%.1f allocations, want at most %.0f", n, c.allocs)
 				}
@@ -298,6 +302,14 @@ func FuzzUnpackSent(f *testing.F) {
 	if b, err := ok.Pack(); err == nil {
 		f.Add(b, false)
 		f.Add(b[:len(b)-11], false) // the OPT cut off: a count larger than the records
+	}
+	nx := new(dns.Msg)
+	nx.SetRcode(query("gone.example", dns.TypeAAAA), dns.RcodeNameError)
+	nx.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 300}, Ns: "ns.example.", Mbox: "host.example.", Serial: 1, Minttl: 60}}
+	nx.Answer = []dns.RR{&dns.AAAA{Hdr: dns.RR_Header{Name: "gone.example.", Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 60}, AAAA: net.ParseIP("2001:db8::1")}}
+	nx.SetEdns0(1232, false)
+	if b, err := nx.Pack(); err == nil {
+		f.Add(b, true)
 	}
 	f.Fuzz(func(t *testing.T, wire []byte, randomCase bool) {
 		sent := sentQuery{nq: 1, question: dns.Question{Name: "example.com.", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
