@@ -156,3 +156,45 @@ func TestStreamQueriesShareWrites(t *testing.T) {
 		t.Fatalf("a lone query after: %d writes in all, want %d", got, base+writes+2)
 	}
 }
+
+// Answers of every size come through the reader's read-ahead buffer:
+// small ones pipelined, one just within the buffer, and ones longer than
+// it (a copy of their own), in any order on one connection.
+func TestDoTAnswerSizes(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: func(q *dns.Msg) *dns.Msg {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		var n int
+		fmt.Sscanf(q.Question[0].Name, "t%d.", &n)
+		for i := range n {
+			r.Answer = append(r.Answer, &dns.TXT{
+				Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+				Txt: []string{fmt.Sprintf("%03d%0250d", i, 0)},
+			})
+		}
+		return r
+	}})
+	tr, _ := newTLSTransport(t, srv.URL(srv.Name), ca)
+	var wg sync.WaitGroup
+	for _, n := range []int{0, 1, 10, 60, 61, 62, 63, 64, 100, 150, 200, 0, 3} {
+		wg.Go(func() {
+			q := query(fmt.Sprintf("t%d.example.", n), dns.TypeTXT)
+			r, err := tr.Exchange(testCtx(t), q, QueryOptions{})
+			if err != nil {
+				t.Errorf("%d records: %v", n, err)
+				return
+			}
+			if len(r.Answer) != n {
+				t.Errorf("%d records asked, %d answered", n, len(r.Answer))
+			}
+			for i, rr := range r.Answer {
+				if txt, ok := rr.(*dns.TXT); !ok || len(txt.Txt) != 1 || txt.Txt[0] != fmt.Sprintf("%03d%0250d", i, 0) {
+					t.Errorf("%d records: record %d is %v", n, i, rr)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -377,27 +378,44 @@ func (c *streamConn) write(b []byte) error {
 	return nil
 }
 
+// streamReadBuf is the reader's read-ahead (the 4 KiB it read answers
+// into before): answers up to its size are delivered from it in place.
+const streamReadBuf = 4096
+
 // readLoop delivers each answer to the query with its ID, in whatever
 // order they come. It ends when the connection fails or stays idle.
+// Answers are read ahead and delivered where they lie (deliver copies
+// what it keeps): one read of the connection (on TLS, of one record,
+// however many answers it holds) where a read of the length prefix and
+// another of the body went before; only an answer longer than the
+// buffer is copied into one of its own.
 func (c *streamConn) readLoop() {
-	hdr := make([]byte, 2)
-	buf := make([]byte, 0, 4096) // reused: answers are unpacked (copied) before the next read
+	br := bufio.NewReaderSize(c.nc, streamReadBuf)
 	for {
-		n, err := io.ReadFull(c.nc, hdr)
+		hdr, err := br.Peek(2)
 		if err != nil {
 			var ne net.Error
-			if n == 0 && errors.As(err, &ne) && ne.Timeout() && c.busy() {
+			if len(hdr) == 0 && errors.As(err, &ne) && ne.Timeout() && c.busy() {
 				continue // the idle deadline fired just as a query came in
 			}
 			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
 			return
 		}
 		size := int(binary.BigEndian.Uint16(hdr))
-		if size > cap(buf) {
-			buf = make([]byte, 0, size)
+		if 2+size <= br.Size() {
+			b, err := br.Peek(2 + size)
+			if err != nil {
+				c.close(fmt.Errorf("%w: %v", errConnClosed, err))
+				return
+			}
+			c.deliver(b[2:])
+			_, _ = br.Discard(2 + size)
+			continue
 		}
-		b := buf[:size]
-		if _, err := io.ReadFull(c.nc, b); err != nil {
+		// Longer than the buffer (rare: up to 64 KiB): a copy of its own.
+		_, _ = br.Discard(2)
+		b := make([]byte, size)
+		if _, err := io.ReadFull(br, b); err != nil {
 			c.close(fmt.Errorf("%w: %v", errConnClosed, err))
 			return
 		}
