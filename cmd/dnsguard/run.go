@@ -172,8 +172,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer stopProfiles()
 	}
 	c := cache.New(cfg.Cache, log.With("stage", "cache"), nil)
-	// Closed last (deferred first): its flight workers joined once the
-	// listener and every chain are done.
+	// Closed last (deferred first) if serving never started: its flight
+	// workers joined once the listener and every chain are done.
 	defer c.Close()
 	// The router side's parts stop working with ctx (a signal); it is
 	// released, its goroutines joined and its table removed, only when
@@ -216,6 +216,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer signal.Stop(hup)
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
+	// The listener's queries do not give up when serving stops; the
+	// cache's flights they wait on end then instead, so that Serve
+	// returns without waiting for upstreams (its sockets are closed: no
+	// answer could be sent).
+	cacheClosed := make(chan struct{})
+	go func() { <-serveCtx.Done(); c.Close(); close(cacheClosed) }()
+	defer func() { stopServe(); <-cacheClosed }()
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(serveCtx) }()
 	// Replaced chains draining, until drainTimeout or the stop.

@@ -47,10 +47,11 @@ type Cache struct {
 
 	// flightTimeout bounds a flight (refreshTimeout; tests shorten it).
 	flightTimeout time.Duration
-	// flights runs the flights: on workers that wait flightIdle for the
-	// next (their stacks grown once, not for every miss). Close joins
-	// them.
+	// flights runs the flights of callers that can give up: on workers
+	// that wait flightIdle for the next (their stacks grown once, not for
+	// every miss). Close joins them.
 	flights *stage.Workers[*flight, struct{}]
+	closed  atomic.Bool // Close was called: flights are born ended
 	// The flights' expiry timer (see expire): armed while flights are
 	// out, at the earliest deadline (expAt).
 	expMu    sync.Mutex
@@ -326,20 +327,25 @@ func (c *Cache) serve(ctx context.Context, req *stage.Request, next stage.Handle
 		f = c.newFlight(sh, string(key), req, next, now)
 		sh.flights[f.key] = f
 	}
-	leader := f.dups == 0
+	leader, own := f.dups == 0, false
 	sh.mu.Unlock()
 	c.Stats.Misses.Add(1)
 	if leader {
 		if !c.expArmed.Load() {
 			c.arm(f.deadline)
 		}
-		if !c.flights.Go(f) {
-			c.fly(f) // closed: the flight is this query's own
-		}
+		// A caller that cannot give up (its context has no end: the
+		// listener's queries) resolves the flight itself, as it would
+		// only wait for it; the flight is handed to a flight worker
+		// otherwise, so that it outlives a caller that gives up.
+		own = ctx.Done() == nil || !c.flights.Go(f)
 	}
 	// This goroutine now waits: a listener reading in batches sends the
 	// answers it has and hands its other queries on.
 	stage.Waiting(ctx)
+	if own {
+		c.fly(f)
+	}
 	r, shared, gaveUp, err := c.await(ctx, f, sh)
 	if gaveUp {
 		return nil, err // the flight goes on for the others, and the cache
@@ -368,6 +374,10 @@ func (c *Cache) newFlight(sh *shard, key string, req *stage.Request, next stage.
 		now = time.Now()
 	}
 	f := &flight{key: key, sh: sh, deadline: now.Add(c.flightTimeout), next: next, req: *req, done: make(chan struct{})}
+	if c.closed.Load() {
+		f.state.Store(flightEnded) // born ended: see Close
+		close(f.done)
+	}
 	f.req.Raw = nil
 	f.req.Q.Name = f.name[:copy(f.name[:], req.Q.Name)]
 	return f

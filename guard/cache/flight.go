@@ -16,10 +16,10 @@ import (
 // listener's buffer, and the flight may outlive the caller), the room for
 // its question name, its result, and its context.
 //
-// A flight runs on a goroutine other than its callers' (a flight worker:
-// see Cache.flights) under its own context (the flight itself: see
-// Deadline, Done, Err, Value), so that one device giving up fails nobody
-// else. That context ends at the flight's deadline
+// A flight runs under its own context (the flight itself: see Deadline,
+// Done, Err, Value), on the goroutine of the query that started it when
+// that query cannot give up (the listener's), else on a flight worker
+// (see Cache.flights), so that one device giving up fails nobody else. That context ends at the flight's deadline
 // (refreshTimeout after it began: the cache's expiry timer closes it,
 // see Cache.expire) or when the flight ends, whichever is first, and
 // carries no values: in particular not the listener's waiter
@@ -133,10 +133,14 @@ func (f *flight) end(state int32) {
 const flightIdle = time.Second
 
 // Close ends the contexts of the flights out (their upstream queries
-// give up; the queries waiting on them get their failure) and waits for
-// the flight workers to exit. A miss after Close resolves on the
-// querying goroutine.
+// give up; the queries waiting on them get their failure) and of every
+// flight started after it, and waits for the flight workers to exit. A
+// caller whose queries do not give up (the listener's) has them answered
+// at once this way when it stops. A miss after Close is resolved on the
+// querying goroutine, and fails unless the stages behind the cache
+// answer without waiting.
 func (c *Cache) Close() {
+	c.closed.Store(true) // before the flights are looked up: see newFlight
 	var out []*flight
 	for i := range c.shards {
 		sh := &c.shards[i]

@@ -162,39 +162,52 @@ func TestFlightAllocs(t *testing.T) {
 	}
 }
 
-// TestCloseEndsFlights: Close ends the context of a flight out (its
-// upstream gives up and the query waiting on it gets the failure), waits
-// for the flight workers to exit, and a miss after Close still resolves
-// (on the querying goroutine).
+// TestCloseEndsFlights: Close ends the contexts of the flights out, on a
+// flight worker and on the goroutine of a query that cannot give up
+// (their upstreams give up and the queries waiting on them get the
+// failure), waits for the flight workers to exit, and a flight started
+// after Close is born ended (it runs on the querying goroutine).
 func TestCloseEndsFlights(t *testing.T) {
 	c, u, _, _ := setup(t)
 	c.flightTimeout = time.Hour // only Close can end the flight
 	var calls atomic.Int64
+	var lateErr error
 	h := c.Wrap(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
-		if calls.Add(1) == 1 {
+		if calls.Add(1) <= 2 {
 			<-ctx.Done()
 			return nil, stage.Fail(dnswire.EDENetworkError, "gave up", ctx.Err())
 		}
+		lateErr = ctx.Err()
 		return u.ServeDNS(ctx, req)
 	}))
-	got := make(chan error, 1)
-	go func() {
-		_, err := h.ServeDNS(context.Background(), request(t, "held.example.", false, false))
-		got <- err
-	}()
-	for calls.Load() == 0 {
+	got := make(chan error, 2)
+	for i, ctx := range []context.Context{context.Background(), t.Context()} {
+		go func() {
+			_, err := h.ServeDNS(ctx, request(t, fmt.Sprintf("held%d.example.", i), false, false))
+			got <- err
+		}()
+	}
+	for calls.Load() < 2 {
 		time.Sleep(time.Millisecond)
+	}
+	if n := c.flights.Running(); n != 1 {
+		t.Errorf("%d flight workers, want 1 (for the query that can give up)", n)
 	}
 	c.Close()
 	if n := c.flights.Running(); n != 0 {
 		t.Errorf("%d flight workers after Close, want 0", n)
 	}
-	if err := <-got; !errors.Is(err, context.Canceled) {
-		t.Errorf("query on the flight Close ended: %v, want context.Canceled", err)
+	for range 2 {
+		if err := <-got; !errors.Is(err, context.Canceled) {
+			t.Errorf("query on a flight Close ended: %v, want context.Canceled", err)
+		}
 	}
-	r, err := h.ServeDNS(context.Background(), request(t, "after.example.", false, false))
+	r, err := h.ServeDNS(t.Context(), request(t, "after.example.", false, false))
 	if err != nil || r == nil {
 		t.Fatalf("miss after Close: %v, %v", r, err)
+	}
+	if !errors.Is(lateErr, context.Canceled) {
+		t.Errorf("the context of a flight started after Close: %v, want context.Canceled", lateErr)
 	}
 	if n := c.flights.Running(); n != 0 {
 		t.Errorf("%d flight workers after a miss after Close, want 0", n)
@@ -203,11 +216,20 @@ func TestCloseEndsFlights(t *testing.T) {
 
 // BenchmarkMissFlight is a miss resolved by a stage behind the cache
 // whose work needs a stack as deep as the upstream exchange and the
-// validator's (deep, below), with 64 misses out at once: the flight's
-// goroutine is a worker kept from an earlier miss (goroutines/op near 0)
-// whose stack has grown already, not a new one grown for every miss.
+// validator's (deep, below), with 64 misses out at once. worker: the
+// callers can give up, so the flight runs on a flight worker kept from an
+// earlier miss (goroutines/op near 0) whose stack has grown already, not
+// on a new one grown for every miss; own: the callers cannot give up (the
+// listener's), so the flight runs on the caller's goroutine.
 // cpu-ns/op is the process's CPU time a miss (the machine may be busy).
 func BenchmarkMissFlight(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b.Run("worker", func(b *testing.B) { benchMissFlight(b, ctx) })
+	b.Run("own", func(b *testing.B) { benchMissFlight(b, context.Background()) })
+}
+
+func benchMissFlight(b *testing.B, ctx context.Context) {
 	c, _, _, _ := setup(b)
 	rr, _ := dns.NewRR("a.example. 300 IN A 192.0.2.1")
 	reply, err := stage.Synth(request(b, "a.example.", false, false), dns.RcodeSuccess, []dns.RR{rr}, nil)
@@ -232,7 +254,7 @@ func BenchmarkMissFlight(b *testing.B) {
 		for pb.Next() {
 			// A name a miss: the cache holds 1000, the names cycle
 			// through 65,536.
-			if _, err := h.ServeDNS(context.Background(), reqs[next.Add(1)%names]); err != nil {
+			if _, err := h.ServeDNS(ctx, reqs[next.Add(1)%names]); err != nil {
 				b.Error(err)
 				return
 			}
@@ -268,4 +290,60 @@ func goroutinesCreated() uint64 {
 	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
+}
+
+// TestFlightOnCallersGoroutine: a query whose context has no end (the
+// listener's) resolves its flight itself, after the listener's waiter
+// ran and under the flight's context, not its own (no waiter, a
+// deadline); no flight worker is started, and a query joining the flight
+// gets its answer.
+func TestFlightOnCallersGoroutine(t *testing.T) {
+	c, u, _, _ := setup(t)
+	u.gate = make(chan struct{})
+	var waited int
+	var flightCtx context.Context
+	h := c.Wrap(stage.HandlerFunc(func(ctx context.Context, req *stage.Request) (*dnswire.Reply, error) {
+		if waited != 1 {
+			t.Errorf("the caller's waiter ran %d times before its flight, want 1", waited)
+		}
+		flightCtx = ctx
+		stage.Waiting(ctx) // must not reach the caller's waiter
+		return u.ServeDNS(ctx, req)
+	}))
+	ctx := stage.WithWaiter(context.Background(), func() { waited++ })
+	leader := make(chan error, 1)
+	go func() {
+		_, err := h.ServeDNS(ctx, request(t, "own.example.", false, false))
+		leader <- err
+	}()
+	for u.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		_, err := h.ServeDNS(t.Context(), request(t, "own.example.", false, false))
+		joined <- err
+	}()
+	for c.Stats.Misses.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	close(u.gate)
+	if err := <-leader; err != nil {
+		t.Fatalf("leader: %v", err)
+	}
+	if err := <-joined; err != nil {
+		t.Fatalf("joined: %v", err)
+	}
+	if n := c.flights.Running(); n != 0 {
+		t.Errorf("%d flight workers, want 0", n)
+	}
+	if d, ok := flightCtx.Deadline(); !ok || d.IsZero() {
+		t.Error("the flight's context has no deadline")
+	}
+	if waited != 1 {
+		t.Errorf("the caller's waiter ran %d times, want 1", waited)
+	}
+	if n := u.calls.Load(); n != 1 {
+		t.Errorf("%d upstream calls, want 1", n)
+	}
 }

@@ -214,7 +214,13 @@ func (s *Server) closeAll() {
 }
 
 // Serve answers until ctx is done, then closes the sockets and waits for
-// the answers in progress.
+// the answers in progress. Queries do not give up when ctx ends (the
+// chain sees a context without an end): a query waiting on the network
+// waits no longer than the stage that waits allows (the upstream
+// timeouts, the cache's flight deadline), and the owner of that stage may
+// end its wait when serving stops (cmd/dnsguard closes the cache). So the
+// cache resolves a miss on the listener's goroutine that asked, instead
+// of handing it to another to wait there.
 func (s *Server) Serve(ctx context.Context) error {
 	for _, u := range s.udp {
 		busy := new(atomic.Int32) // readers of this socket inside answer
@@ -288,7 +294,8 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 	}
 	r := &udpReader{s: s, u: u, b: newUDPBatch(rc, u.pktinfo), busy: busy}
 	r.ctx = ctx
-	r.wctx = stage.WithWaiter(ctx, r.waiting)
+	r.qctx = context.WithoutCancel(ctx) // see Serve
+	r.wctx = stage.WithWaiter(r.qctx, r.waiting)
 	for {
 		n, err := r.b.read()
 		if err != nil {
@@ -330,7 +337,8 @@ type udpReader struct {
 	b      *udpBatch
 	busy   *atomic.Int32
 	ctx    context.Context
-	wctx   context.Context // ctx with r.waiting
+	qctx   context.Context // ctx without its end, for the queries (see Serve)
+	wctx   context.Context // qctx with r.waiting
 	now    time.Time       // when the batch was read
 	next   int             // the batch's next message to answer
 	waited bool            // a query of this batch waited on the network
@@ -398,7 +406,7 @@ func (r *udpReader) serve(i int) {
 		// Nearly every reader waits on an upstream: answer this one
 		// on a spill worker, so that cache hits are not held up
 		// behind slow misses.
-		s.spill(r.ctx, r.u, append([]byte(nil), raw...), client, local, r.pktinfoFor(src, srcIf))
+		s.spill(r.qctx, r.u, append([]byte(nil), raw...), client, local, r.pktinfoFor(src, srcIf))
 		return
 	}
 	r.busy.Add(1)
@@ -443,7 +451,7 @@ func (r *udpReader) waiting() {
 				if b := s.cutAnswer(raw, nil); b != nil {
 					r.u.c.WriteMsgUDPAddrPort(b, src, client)
 				}
-			} else if !s.trySpill(r.ctx, r.u, append([]byte(nil), raw...), client, local, src) {
+			} else if !s.trySpill(r.qctx, r.u, append([]byte(nil), raw...), client, local, src) {
 				return
 			}
 		}
@@ -620,6 +628,7 @@ func (s *Server) release(c net.Conn, ip netip.Addr) {
 // only on a complete message (§6.2.3).
 func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.AddrPort) {
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	qctx := context.WithoutCancel(ctx) // see Serve
 	var (
 		wmu      sync.Mutex
 		inflight = make(chan struct{}, s.opts.TCPMaxInflight)
@@ -646,7 +655,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.Add
 		go func() {
 			defer func() { <-inflight; wg.Done() }()
 			// Room for the length prefix, then the answer.
-			out := s.answer(ctx, msg, client, local, true, append(msg[n:n], 0, 0), time.Now(), new(stage.Request))
+			out := s.answer(qctx, msg, client, local, true, append(msg[n:n], 0, 0), time.Now(), new(stage.Request))
 			if out == nil {
 				return
 			}

@@ -85,7 +85,9 @@ func start(t *testing.T, opts listen.Options) (string, *zone, *listen.Server) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	// As cmd/dnsguard: the cache's flights end when serving stops (the
+	// queries waiting on them do not give up).
+	t.Cleanup(func() { cancel(); c.Close(); <-done })
 	return s.Addrs()[0].String(), z, s
 }
 
