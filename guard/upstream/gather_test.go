@@ -198,3 +198,70 @@ func TestDoTAnswerSizes(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// DoH queries asked together share writes too (each one's HEADERS and
+// DATA frames, many streams' in one write); a lone one is written at once.
+func TestH2QueriesShareWrites(t *testing.T) {
+	oneProc(t)
+	ca := upstreamtest.NewCA(t)
+	srv := upstreamtest.StartDoH(t, ca, upstreamtest.DoHOptions{Handler: upstreamtest.AnswerA("192.0.2.1")})
+	raw, err := net.Dial("tcp", srv.Addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &writeCounter{Conn: raw}
+	tc := tls.Client(w, (&tlsConfig{roots: ca.Pool}).clientConfig(&Endpoint{ServerName: "doh.test"}, "h2"))
+	if err := tc.HandshakeContext(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := newH2Conn(tc, "doh.test:"+fmt.Sprint(srv.Addr.Port()), "/dns-query", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.close(net.ErrClosed); <-c.done }()
+	// Counted from the second query: the first's writes include the
+	// reader's SETTINGS acknowledgement.
+	ask := func(name string) error {
+		body, err := appendQuery(nil, query(name, dns.TypeA), 0, true)
+		if err != nil {
+			return err
+		}
+		r, err := c.roundTrip(testCtx(t), time.Time{}, body)
+		if err != nil {
+			return err
+		}
+		defer c.release(r)
+		m := new(dns.Msg)
+		if r.status != 200 || m.Unpack(r.body) != nil || answerA(t, m) != "192.0.2.1" {
+			return fmt.Errorf("%s: status %d, answer %v", name, r.status, m)
+		}
+		return nil
+	}
+	if err := ask("first.example."); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := w.count()
+	if err := ask("lone.example."); err != nil {
+		t.Fatal(err)
+	}
+	lone, _ := w.count()
+	if lone-base != 1 {
+		t.Fatalf("a lone query: %d writes, want 1", lone-base)
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := ask(fmt.Sprintf("q%d.example.", i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	writes, _ := w.count()
+	writes -= lone
+	t.Logf("%d queries asked together: %d writes (control frames included)", n, writes)
+	if writes > n/4 {
+		t.Errorf("%d queries asked together: %d writes, want them gathered (at most %d)", n, writes, n/4)
+	}
+}
