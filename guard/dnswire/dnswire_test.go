@@ -399,6 +399,49 @@ func TestCanonicalName(t *testing.T) {
 	}
 }
 
+// FuzzCanonicalName: the plain names CanonicalName writes directly get
+// the wire form dns.PackDomainName makes of them (packCanonical, which
+// then must not refuse them); a name declined is left as it was for
+// packCanonical.
+func FuzzCanonicalName(f *testing.F) {
+	for _, s := range []string{"a.example.", "A.Example.", "*.example.", "_dmarc.x-y.example.", "a..b.", ".a.", "a.example",
+		strings.Repeat("a", 63) + ".", strings.Repeat("a", 64) + ".", strings.Repeat("abcdefg.", 31) + "a.", `a\.b.`, "a b.", "."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		fast, ok := appendPlainCanonical(nil, name)
+		slow, err := packCanonical(name)
+		if !ok {
+			if len(fast) != 0 {
+				t.Fatalf("declined %q but wrote %x", name, fast)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%q: written %x, PackDomainName refuses it: %v", name, fast, err)
+		}
+		if string(fast) != slow {
+			t.Fatalf("%q: written %x, PackDomainName's %x", name, fast, slow)
+		}
+		if got, _ := CanonicalName(name); got != slow {
+			t.Fatalf("CanonicalName(%q) = %x, want %x", name, got, slow)
+		}
+	})
+}
+
+func BenchmarkCanonicalName(b *testing.B) {
+	for _, name := range []string{"u0012345.miss.bench.", `a\032b.example.`} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := CanonicalName(name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 func TestIsSubName(t *testing.T) {
 	c := func(s string) string {
 		n, err := CanonicalName(s)

@@ -315,6 +315,58 @@ func labelSpecial(c byte) bool {
 // "a(b.example.", "a\032b." and "a\ b.", give the same string.
 func CanonicalName(name string) (string, error) {
 	var buf [MaxName + 1]byte
+	if b, ok := appendPlainCanonical(buf[:0], name); ok {
+		return string(b), nil
+	}
+	return packCanonical(name)
+}
+
+// appendPlainCanonical appends CanonicalName(name) for a name of plain
+// labels (letters, digits, '-', '_', '*'; none empty or over 63 octets;
+// at most MaxName octets on the wire), written directly: no escapes to
+// resolve. ok is false for any other name (packCanonical's then).
+func appendPlainCanonical(dst []byte, name string) ([]byte, bool) {
+	if name == "" || name == "." {
+		return dst, false
+	}
+	if name[len(name)-1] != '.' {
+		return dst, false // (not absolute: the slow way, which adds the dot)
+	}
+	start := len(dst)
+	for i := 0; i < len(name); {
+		j := i
+		for ; j < len(name) && name[j] != '.'; j++ {
+			switch c := name[j]; {
+			case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '*':
+			case 'A' <= c && c <= 'Z':
+			default:
+				return dst[:start], false
+			}
+		}
+		n := j - i
+		if n == 0 || n > 63 {
+			return dst[:start], false
+		}
+		dst = append(dst, byte(n))
+		for k := i; k < j; k++ {
+			c := name[k]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			dst = append(dst, c)
+		}
+		i = j + 1
+	}
+	dst = append(dst, 0)
+	if len(dst)-start > MaxName {
+		return dst[:start], false
+	}
+	return dst, true
+}
+
+// packCanonical is CanonicalName by dns.PackDomainName, for any name.
+func packCanonical(name string) (string, error) {
+	var buf [MaxName + 1]byte
 	if name == "" || name == "." {
 		return "\x00", nil
 	}
