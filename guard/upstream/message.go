@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/dns"
 )
@@ -350,12 +351,20 @@ func matchSent(sent sentQuery, wire []byte, exactCase bool) (*dns.Msg, error) {
 // in its message's allocation (an address or two, a CNAME, the OPT).
 const answerRoom = 6
 
+// answerNameRoom is the room for the names an answer unpacked by
+// unpackSent spells out (an SOA's, a CNAME's target), in its allocation.
+const answerNameRoom = 128
+
 // answerMsg is an answer unpacked by unpackSent: the message, its
-// question and room for its records, in one allocation.
+// question, room for its records and the octets of the names unpacked
+// (each name's string points into names, or into a longer buffer that
+// took over when it was full; neither is written again under a string),
+// in one allocation.
 type answerMsg struct {
-	m   dns.Msg
-	q   [1]dns.Question
-	rrs [answerRoom]dns.RR
+	m     dns.Msg
+	q     [1]dns.Question
+	rrs   [answerRoom]dns.RR
+	names [answerNameRoom]byte
 }
 
 // unpackSent unpacks wire as dns.Msg.Unpack does (the same message, the
@@ -395,6 +404,7 @@ func unpackSent(sent sentQuery, wire []byte) (*dns.Msg, bool) {
 	m.Question = a.q[:]
 	off += 4
 	room := a.rrs[:]
+	arena := a.names[:0]
 	for i, sec := range [3]*[]dns.RR{&m.Answer, &m.Ns, &m.Extra} {
 		count := int(binary.BigEndian.Uint16(wire[6+2*i:]))
 		var dst []dns.RR
@@ -405,7 +415,7 @@ func unpackSent(sent sentQuery, wire []byte) (*dns.Msg, bool) {
 			if off == len(wire) { // the count was a lie (Unpack stops there too)
 				break
 			}
-			rr, next, err := unpackRR(wire, off, name[:n], sent.question.Name)
+			rr, next, err := unpackRR(wire, off, name[:n], sent.question.Name, &arena)
 			if err != nil {
 				return nil, false
 			}
@@ -424,8 +434,9 @@ func unpackSent(sent sentQuery, wire []byte) (*dns.Msg, bool) {
 
 // unpackRR is dns.UnpackRR at off (not at the end of wire), but for an
 // owner that is the question's name (a pointer to it, or its octets:
-// qname), whose string is then qstring, not one unpacked.
-func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, error) {
+// qname), whose string is then qstring, not one unpacked, and the names
+// it spells out, which go into arena (unpackName).
+func unpackRR(wire []byte, off int, qname []byte, qstring string, arena *[]byte) (dns.RR, int, error) {
 	var h dns.RR_Header
 	switch {
 	case off+2 <= len(wire) && wire[off] == 0xC0 && wire[off+1] == 12:
@@ -433,9 +444,9 @@ func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, 
 	case off+len(qname) <= len(wire) && string(wire[off:off+len(qname)]) == string(qname):
 		h.Name, off = qstring, off+len(qname)
 	default:
-		var err error
-		if h.Name, off, err = dns.UnpackDomainName(wire, off); err != nil {
-			return nil, len(wire), err
+		var ok bool
+		if h.Name, off, ok = unpackName(wire, off, arena); !ok {
+			return nil, len(wire), ErrMalformed
 		}
 	}
 	if off+10 > len(wire) {
@@ -480,13 +491,17 @@ func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, 
 		copy(a.ip[:], wire[off:end])
 		a.rr.AAAA = a.ip[:]
 		return &a.rr, end, nil
+	case h.Rrtype == dns.TypeCNAME:
+		if t, o, ok := unpackName(wire, off, arena); ok && o == end {
+			return &dns.CNAME{Hdr: h, Target: t}, end, nil
+		}
 	case h.Rrtype == dns.TypeSOA:
-		ns, o, err := dns.UnpackDomainName(wire, off)
-		if err != nil || o == end {
+		ns, o, ok := unpackName(wire, off, arena)
+		if !ok || o == end {
 			break
 		}
-		mbox, o, err := dns.UnpackDomainName(wire, o)
-		if err != nil || o+20 != end {
+		mbox, o, ok := unpackName(wire, o, arena)
+		if !ok || o+20 != end {
 			break // (what Unpack makes of odd ones: below)
 		}
 		return &dns.SOA{Hdr: h, Ns: ns, Mbox: mbox,
@@ -495,6 +510,73 @@ func unpackRR(wire []byte, off int, qname []byte, qstring string) (dns.RR, int, 
 			Minttl: binary.BigEndian.Uint32(wire[o+16:])}, end, nil
 	}
 	return dns.UnpackRRWithHeader(h, wire, off)
+}
+
+// unpackName is dns.UnpackDomainName (the same string, the same offset,
+// the same names refused: ok false), its string's octets appended to
+// arena instead of a string allocated for each name.
+func unpackName(wire []byte, off int, arena *[]byte) (name string, next int, ok bool) {
+	const (
+		maxWire     = 255               // miekg's maxDomainNameWireOctets
+		maxPointers = (maxWire+1)/2 - 2 // and maxCompressionPointers
+	)
+	start := len(*arena)
+	s := *arena
+	budget := maxWire
+	ptr, after := 0, 0
+	for {
+		if off >= len(wire) {
+			return "", len(wire), false
+		}
+		c := int(wire[off])
+		off++
+		switch c & 0xC0 {
+		case 0x00:
+			if c == 0 {
+				if ptr == 0 {
+					after = off
+				}
+				*arena = s
+				if len(s) == start {
+					return ".", after, true
+				}
+				return unsafe.String(&s[start], len(s)-start), after, true
+			}
+			if off+c > len(wire) {
+				return "", len(wire), false
+			}
+			if budget -= c + 1; budget <= 0 {
+				return "", len(wire), false
+			}
+			for _, b := range wire[off : off+c] {
+				switch {
+				case b == '.', b == ' ', b == '\'', b == '@', b == ';', b == '(', b == ')', b == '"', b == '\\':
+					s = append(s, '\\', b)
+				case b < ' ' || b > '~':
+					s = append(s, '\\', '0'+b/100, '0'+b/10%10, '0'+b%10)
+				default:
+					s = append(s, b)
+				}
+			}
+			s = append(s, '.')
+			off += c
+		case 0xC0:
+			if off >= len(wire) {
+				return "", len(wire), false
+			}
+			c1 := wire[off]
+			off++
+			if ptr == 0 {
+				after = off
+			}
+			if ptr++; ptr > maxPointers {
+				return "", len(wire), false
+			}
+			off = (c^0xC0)<<8 | int(c1)
+		default: // 0x40 and 0x80 are reserved
+			return "", len(wire), false
+		}
+	}
 }
 
 // matchSentMsg is matchSent on an unpacked message.

@@ -222,8 +222,13 @@ func TestUnpackSent(t *testing.T) {
 		{"address and OPT", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true), true, 3},
 		{"AAAA", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN AAAA 2001:db8::1", "a.example. 60 IN AAAA 2001:db8::2"), nil, false), true, 3},
 		{"CNAME chain", "www.example.", reply("www.example.", dns.RcodeSuccess, rrs("www.example. 60 IN CNAME a.example.", "a.example. 60 IN A 192.0.2.1", "a.example. 60 IN A 192.0.2.2"), nil, true), true, 0},
-		{"NXDOMAIN with SOA", "gone.example.", reply("gone.example.", dns.RcodeNameError, nil, soa, true), true, 6},
+		{"NXDOMAIN with SOA", "gone.example.", reply("gone.example.", dns.RcodeNameError, nil, soa, true), true, 3},
+		{"CNAME and address", "www.example.", reply("www.example.", dns.RcodeSuccess, rrs("www.example. 60 IN CNAME a.example.", "a.example. 60 IN A 192.0.2.1"), nil, true), true, 4},
 		{"records of other types", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN MX 10 mx.example.", "a.example. 60 IN TXT \"x\""), nil, true), true, 0},
+		{"odd octets in names", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs(`a.example. 60 IN CNAME b\.c\032\000\255\"(x).example.`, `b\.c\032\000\255\"(x).example. 60 IN A 192.0.2.1`), nil, true), true, 0},
+		{"names past the room", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs(
+			"a.example. 60 IN CNAME "+strings.Repeat("b", 60)+".example.", strings.Repeat("b", 60)+".example. 60 IN CNAME "+strings.Repeat("c", 60)+".example.",
+			strings.Repeat("c", 60)+".example. 60 IN CNAME "+strings.Repeat("d", 60)+".example.", strings.Repeat("d", 60)+".example. 60 IN A 192.0.2.1"), nil, true), true, 0},
 		{"extended rcode", "a.example.", reply("a.example.", dns.RcodeBadVers, nil, nil, true), true, 0},
 		{"more records than room", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs(many...), nil, true), true, 0},
 		{"count past the records", "a.example.", reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true)[:len(reply("a.example.", dns.RcodeSuccess, rrs("a.example. 60 IN A 192.0.2.1"), nil, true))-11], true, 0},
@@ -249,16 +254,15 @@ func TestUnpackSent(t *testing.T) {
 				t.Errorf("question name %q, want the name sent %q", got.Question[0].Name, c.sent)
 			}
 			want.Question[0].Name = got.Question[0].Name
-			sameOwners(t, got, want)
+			sameOwners(t, got, want, c.sent)
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("unpackSent:\n%v\nUnpack:\n%v", got, want)
 			}
 			if c.allocs > 0 && !testing.Short() {
 				n := testing.AllocsPerRun(100, func() { unpackSent(sent, c.wire) })
-				// The message with its question and records; each record
-				// one (an address with its record), an SOA its owner and
-				// two names. Unpack: 11 for an A and the OPT, 12 for an
-				// SOA and the OPT.
+				// The message with its question, records and names; each
+				// record one (an address with its record). Unpack: 11 for
+				// an A and the OPT, 12 for an SOA and the OPT.
 				if n > c.allocs {
 					t.Errorf("%.1f allocations, want at most %.0f", n, c.allocs)
 				}
@@ -267,10 +271,11 @@ func TestUnpackSent(t *testing.T) {
 	}
 }
 
-// sameOwners fails unless got's and want's records have owner names that
-// are the same octet for octet, and then gives want's records got's owner
-// strings (unpackSent writes the question's name as the name sent).
-func sameOwners(t *testing.T, got, want *dns.Msg) {
+// sameOwners fails unless got's and want's records have the same owner
+// strings, but for an owner unpackSent wrote as the name sent (the
+// question's name), which must be the same name octet for octet; want's
+// records are then given got's owner strings.
+func sameOwners(t *testing.T, got, want *dns.Msg, sent string) {
 	t.Helper()
 	for i, sec := range [][]dns.RR{got.Answer, got.Ns, got.Extra} {
 		wsec := [][]dns.RR{want.Answer, want.Ns, want.Extra}[i]
@@ -279,8 +284,8 @@ func sameOwners(t *testing.T, got, want *dns.Msg) {
 		}
 		for j, rr := range sec {
 			g, w := rr.Header(), wsec[j].Header()
-			if !sameName(g.Name, w.Name, true) {
-				t.Fatalf("owner %q, Unpack's %q", g.Name, w.Name)
+			if g.Name != w.Name && (g.Name != sent || !sameName(g.Name, w.Name, true)) {
+				t.Fatalf("owner %q, Unpack's %q (sent %q)", g.Name, w.Name, sent)
 			}
 			w.Name = g.Name
 		}
@@ -332,9 +337,47 @@ func FuzzUnpackSent(f *testing.F) {
 			t.Fatalf("question %v, Unpack's %v, sent %v", got.Question, want.Question, sent.question)
 		}
 		want.Question[0].Name = got.Question[0].Name
-		sameOwners(t, got, want)
+		sameOwners(t, got, want, sent.question.Name)
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("unpackSent:\n%v\nUnpack:\n%v", got, want)
+		}
+	})
+}
+
+// FuzzUnpackName: unpackName reads what dns.UnpackDomainName reads, to
+// the same string and offset, and refuses what it refuses; names that
+// share an arena keep their strings (a name unpacked after another,
+// the arena grown or not, leaves the first as it was).
+func FuzzUnpackName(f *testing.F) {
+	f.Add([]byte("\x01a\x07example\x00\xc0\x00\xc0\x02"), 0, 6)
+	f.Add([]byte("\x03a.b\x02\x00\xff\x00\xc0\x00"), 0, 5)
+	f.Add([]byte("\xc0\x00"), 0, 0)
+	f.Add([]byte("\x40a\x00"), 0, 0)
+	f.Fuzz(func(t *testing.T, wire []byte, off1, off2 int) {
+		if off1 < 0 || off1 > len(wire) || off2 < 0 || off2 > len(wire) {
+			return
+		}
+		var room [8]byte
+		arena := room[:0]
+		var names []string
+		for _, off := range []int{off1, off2} {
+			want, wnext, werr := dns.UnpackDomainName(wire, off)
+			got, next, ok := unpackName(wire, off, &arena)
+			if ok != (werr == nil) {
+				t.Fatalf("at %d: ok %v, UnpackDomainName's error %v", off, ok, werr)
+			}
+			if !ok {
+				continue
+			}
+			if got != want || next != wnext {
+				t.Fatalf("at %d: %q to %d, UnpackDomainName's %q to %d", off, got, next, want, wnext)
+			}
+			names = append(names, want)
+			for i, n := range names[:len(names)-1] {
+				if w, _, _ := dns.UnpackDomainName(wire, []int{off1, off2}[i]); n != w {
+					t.Fatalf("name %d changed to %q, was %q", i, n, w)
+				}
+			}
 		}
 	})
 }
