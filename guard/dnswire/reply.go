@@ -97,9 +97,18 @@ func FromMsg(m *dns.Msg) (*Reply, error) {
 	if rcode > 0xF {
 		c.Rcode = rcode & 0xF
 	}
-	b, err := c.Pack()
-	if err != nil {
-		return nil, fmt.Errorf("dnswire: pack reply: %w", err)
+	// The everyday messages packed here (appendStored, into room on the
+	// stack, then copied to a buffer of their size: the cache keeps it),
+	// anything else by miekg/dns.
+	var room [512]byte
+	var b []byte
+	if w, ok := appendStored(room[:0], &c); ok {
+		b = append([]byte(nil), w...)
+	} else {
+		var err error
+		if b, err = c.Pack(); err != nil {
+			return nil, fmt.Errorf("dnswire: pack reply: %w", err)
+		}
 	}
 	r, err := FromWire(b)
 	if err != nil {
