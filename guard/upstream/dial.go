@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"net"
@@ -30,10 +31,32 @@ func dialTLS(ctx context.Context, addr netip.AddrPort, cfg *tls.Config) (*tls.Co
 		cfg = cfg.Clone()
 		cfg.ServerName = addr.Addr().Unmap().String()
 	}
-	tc := tls.Client(c, cfg)
+	tc := tlsClient(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return tc, nil
 }
+
+// tlsClient is TLS over c, read through a read-ahead buffer.
+func tlsClient(c net.Conn, cfg *tls.Config) *tls.Conn {
+	return tls.Client(&readAhead{Conn: c, r: bufio.NewReaderSize(c, readAheadSize)}, cfg)
+}
+
+// readAheadSize is what a TLS connection reads from its socket at once.
+const readAheadSize = 16 << 10
+
+// readAhead is the socket under a TLS connection, read through a buffer.
+// crypto/tls reads about one record (and 512 octets more) a read(2): its
+// raw input buffer takes what one record needs. Pipelined answers come
+// several at once, and DNS records are small (a padded answer: 468
+// octets), so through this buffer one read(2) takes all that has come,
+// up to a full-size record, and the next records are read from memory.
+// A lone answer is still one read(2).
+type readAhead struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *readAhead) Read(b []byte) (int, error) { return c.r.Read(b) }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -263,5 +264,80 @@ func TestH2QueriesShareWrites(t *testing.T) {
 	t.Logf("%d queries asked together: %d writes (control frames included)", n, writes)
 	if writes > n/4 {
 		t.Errorf("%d queries asked together: %d writes, want them gathered (at most %d)", n, writes, n/4)
+	}
+}
+
+// readCounter counts the reads of the socket under TLS.
+type readCounter struct {
+	net.Conn
+	mu    sync.Mutex
+	reads int
+}
+
+func (r *readCounter) Read(b []byte) (int, error) {
+	r.mu.Lock()
+	r.reads++
+	r.mu.Unlock()
+	return r.Conn.Read(b)
+}
+
+// Records that have come together are read from the socket together: 100
+// small ones (padded DoT answers' size) in a few reads, not one or two a
+// read as crypto/tls reads by itself.
+func TestTLSReadAhead(t *testing.T) {
+	ca := upstreamtest.NewCA(t)
+	cert := ca.Issue(t, "dot.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const n, size = 100, 468
+	written := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			written <- err
+			return
+		}
+		defer c.Close()
+		rec := make([]byte, size)
+		for range n {
+			if _, err := c.Write(rec); err != nil { // one record each
+				written <- err
+				return
+			}
+		}
+		written <- nil
+		_, _ = io.Copy(io.Discard, c) // until the client closes
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &readCounter{Conn: raw}
+	tc := tlsClient(rc, (&tlsConfig{roots: ca.Pool}).clientConfig(&Endpoint{ServerName: "dot.test"}))
+	defer tc.Close()
+	if err := tc.HandshakeContext(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-written; err != nil {
+		t.Fatal(err)
+	}
+	rc.mu.Lock()
+	base := rc.reads
+	rc.mu.Unlock()
+	buf := make([]byte, size)
+	for i := range n {
+		if _, err := io.ReadFull(tc, buf); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	rc.mu.Lock()
+	reads := rc.reads - base
+	rc.mu.Unlock()
+	t.Logf("%d records of %d octets that came together: %d reads", n, size, reads)
+	if reads > n/10 {
+		t.Errorf("%d records that came together took %d reads, want at most %d", n, reads, n/10)
 	}
 }
