@@ -2,35 +2,48 @@ package stage
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Workers runs jobs on goroutines that stay for the next job: a worker
-// done with one waits up to its idle time for another before it exits.
-// A goroutine started for each job would begin with a small stack and
-// grow it again, copying it two or three times, on every cache miss (the
-// chain, the upstream exchange and the validator are deep); a worker
-// keeps the stack its first jobs grew. Workers are started on demand, up
-// to a bound, and Close joins every one. Each worker has room of its own
-// (S, zero when the worker starts) that its jobs may reuse.
+// no job needed for a whole idle time exits. A goroutine started for each
+// job would begin with a small stack and grow it again, copying it two
+// or three times, on every cache miss (the chain, the upstream exchange
+// and the validator are deep); a worker keeps the stack its first jobs
+// grew. Workers are started on demand, up to a bound, and Close joins
+// every one. Each worker has room of its own (S, zero when the worker
+// starts) that its jobs may reuse.
+//
+// A worker waits for its next job on the job channel alone, with no timer
+// of its own to reset for every job: one reaper goroutine, running while
+// there are workers, looks once an idle time at the fewest workers that
+// were waiting at any moment since it last looked, and retires that many
+// (they were not needed all that time).
 type Workers[T, S any] struct {
 	run  func(*S, T)
 	max  int // 0: no bound
 	idle time.Duration
-	jobs chan T        // unbuffered: a job goes only to a worker waiting for one
-	quit chan struct{} // closed by Close
+	jobs chan T // unbuffered: a job goes only to a worker waiting for one
+	// stop retires the waiting worker that receives from it (the reaper
+	// sends); closed by Close, it stops them all and the reaper.
+	stop chan struct{}
 
-	mu     sync.Mutex
-	n      int // workers running
-	closed bool
-	wg     sync.WaitGroup
+	waiting atomic.Int32 // workers waiting for a job
+	fewest  atomic.Int32 // the fewest waiting since the reaper last looked
+
+	mu      sync.Mutex // guards n, closed, reaping, and sends on stop
+	n       int        // workers running
+	closed  bool
+	reaping bool // the reaper runs
+	wg      sync.WaitGroup
 }
 
 // NewWorkers returns workers that call run with their room and each job,
-// at most max at once (0: no bound), each waiting idle for its next job
-// before it exits.
+// at most max at once (0: no bound); a worker no job needed for idle
+// (for two at most) exits.
 func NewWorkers[T, S any](run func(*S, T), max int, idle time.Duration) *Workers[T, S] {
-	return &Workers[T, S]{run: run, max: max, idle: idle, jobs: make(chan T), quit: make(chan struct{})}
+	return &Workers[T, S]{run: run, max: max, idle: idle, jobs: make(chan T), stop: make(chan struct{})}
 }
 
 // Go runs job on a worker waiting for one, or on a new worker if fewer
@@ -49,6 +62,11 @@ func (w *Workers[T, S]) Go(job T) bool {
 	}
 	w.n++
 	w.wg.Add(1)
+	if !w.reaping {
+		w.reaping = true
+		w.wg.Add(1)
+		go w.reap()
+	}
 	w.mu.Unlock()
 	go w.work(job)
 	return true
@@ -61,37 +79,66 @@ func (w *Workers[T, S]) Running() int {
 	return w.n
 }
 
-// work runs job, then the jobs handed to it, until it has waited idle
-// for one or the workers are closed.
+// work runs job, then the jobs handed to it, until it is retired or the
+// workers are closed.
 func (w *Workers[T, S]) work(job T) {
 	defer w.wg.Done()
 	room := new(S)
-	w.run(room, job)
-	idle := time.NewTimer(w.idle)
-	defer idle.Stop()
 	for {
+		w.run(room, job)
+		w.waiting.Add(1)
 		select {
 		case job = <-w.jobs:
-			w.run(room, job)
-			idle.Reset(w.idle)
-			continue
-		case <-idle.C:
-		case <-w.quit:
+			n := w.waiting.Add(-1)
+			for f := w.fewest.Load(); n < f && !w.fewest.CompareAndSwap(f, n); f = w.fewest.Load() {
+			}
+		case <-w.stop:
+			w.waiting.Add(-1)
+			w.mu.Lock()
+			w.n--
+			w.mu.Unlock()
+			return
+		}
+	}
+}
+
+// reap retires, once an idle time, the workers that waited all of it; it
+// returns when no worker is left or the workers are closed.
+func (w *Workers[T, S]) reap() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.idle)
+	defer t.Stop()
+	w.fewest.Store(w.waiting.Load())
+	for {
+		select {
+		case <-t.C:
+		case <-w.stop: // closed
+			return
 		}
 		w.mu.Lock()
-		w.n--
+		if w.closed || w.n == 0 {
+			w.reaping = false
+			w.mu.Unlock()
+			return
+		}
+		for spare := w.fewest.Swap(w.waiting.Load()); spare > 0; spare-- {
+			select {
+			case w.stop <- struct{}{}: // a waiting worker takes it and exits
+			default:
+				spare = 0 // none waits now
+			}
+		}
 		w.mu.Unlock()
-		return
 	}
 }
 
 // Close stops the workers waiting for a job and waits for the busy ones
-// to finish theirs; Go runs nothing after it.
+// to finish theirs; Go runs nothing once it returned.
 func (w *Workers[T, S]) Close() {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
-		close(w.quit)
+		close(w.stop)
 	}
 	w.mu.Unlock()
 	w.wg.Wait()

@@ -136,3 +136,23 @@ func TestWorkersCloseJoins(t *testing.T) {
 		t.Error("a job taken after Close")
 	}
 }
+
+// BenchmarkWorkers hands jobs to workers from 4 goroutines per CPU, each
+// waiting for its job to finish before the next: the cost of a hand-off
+// and of a worker's wait for its next job.
+func BenchmarkWorkers(b *testing.B) {
+	w := NewWorkers(func(_ *struct{}, done chan struct{}) { done <- struct{}{} }, 0, time.Second)
+	defer w.Close()
+	b.SetParallelism(4)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		done := make(chan struct{})
+		for pb.Next() {
+			if !w.Go(done) {
+				b.Error("job refused")
+				return
+			}
+			<-done
+		}
+	})
+}
