@@ -109,8 +109,9 @@ func (v *Validator) Check(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, er
 // CheckReport is Check, also reporting what was removed.
 func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.Msg, Report, error) {
 	var rep Report
-	qname := canon(q.Name)
-	if err := v.header(q, qname, m); err != nil {
+	var nm names // each name's canonical form once a check
+	qname := nm.canon(q.Name)
+	if err := v.header(&nm, q, qname, m); err != nil {
 		return nil, rep, err
 	}
 	if v.maxSize > 0 {
@@ -148,17 +149,17 @@ func (v *Validator) CheckReport(q dns.Question, m *dns.Msg, strict bool) (*dns.M
 	rep.Duplicates += n
 	out.Extra, n = dedup(out.Extra)
 	rep.Duplicates += n
-	if err := v.counts(out); err != nil {
+	if err := v.counts(&nm, out); err != nil {
 		return nil, rep, err
 	}
 	var room [4]string
-	chain, err := v.answer(q, qname, out, room[:0])
+	chain, err := v.answer(&nm, q, qname, out, room[:0])
 	if err != nil {
 		return nil, rep, err
 	}
-	rep.Stripped += v.authority(out, chain, strict)
-	rep.Stripped += v.additional(q, out, chain, strict)
-	normaliseTTLs(out)
+	rep.Stripped += v.authority(&nm, out, chain, strict)
+	rep.Stripped += v.additional(&nm, q, out, chain, strict)
+	normaliseTTLs(&nm, out)
 	if same(out.Answer, m.Answer) && same(out.Ns, m.Ns) && same(out.Extra, m.Extra) {
 		return m, rep, nil
 	}
@@ -182,7 +183,7 @@ func invalid(text string, err error) *stage.Error {
 }
 
 // header checks m's header and question against q (qname: canon(q.Name)).
-func (v *Validator) header(q dns.Question, qname string, m *dns.Msg) error {
+func (v *Validator) header(nm *names, q dns.Question, qname string, m *dns.Msg) error {
 	switch {
 	case m == nil:
 		return invalid("no message", ErrMalformed)
@@ -194,7 +195,7 @@ func (v *Validator) header(q dns.Question, qname string, m *dns.Msg) error {
 		return forged(fmt.Sprintf("%d questions", len(m.Question)), ErrQuestion)
 	}
 	a := m.Question[0]
-	if a.Name != q.Name && canon(a.Name) != qname || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
+	if a.Name != q.Name && nm.canon(a.Name) != qname || a.Qtype != q.Qtype || a.Qclass != q.Qclass {
 		return forged(fmt.Sprintf("answer to %s %s, asked %s %s", a.Name, dns.Type(a.Qtype), q.Name, dns.Type(q.Qtype)), ErrQuestion)
 	}
 	return nil
@@ -277,6 +278,30 @@ func canon(name string) string {
 	return c
 }
 
+// names remembers the canonical forms of the names one check computed
+// (canon), so that a name met again (an owner in every section's pass,
+// the question's) is not packed and copied again.
+type names struct {
+	n     int
+	name  [8]string
+	forms [8]string
+}
+
+// canon is canon(name), remembered.
+func (nm *names) canon(name string) string {
+	for i := range nm.n {
+		if nm.name[i] == name {
+			return nm.forms[i]
+		}
+	}
+	c := canon(name)
+	if nm.n < len(nm.name) {
+		nm.name[nm.n], nm.forms[nm.n] = name, c
+		nm.n++
+	}
+	return c
+}
+
 // isSub reports whether child is parent or below it (canonical names).
 func isSub(parent, child string) bool { return dnswire.IsSubName(parent, child) }
 
@@ -286,7 +311,7 @@ type rrsetKey struct {
 	class uint16
 }
 
-func (v *Validator) counts(m *dns.Msg) error {
+func (v *Validator) counts(nm *names, m *dns.Msg) error {
 	total := 0
 	sets := map[rrsetKey]int{}
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
@@ -296,7 +321,7 @@ func (v *Validator) counts(m *dns.Msg) error {
 				continue
 			}
 			total++
-			k := rrsetKey{canon(h.Name), h.Rrtype, h.Class}
+			k := rrsetKey{nm.canon(h.Name), h.Rrtype, h.Class}
 			sets[k]++
 			if v.maxRRset > 0 && sets[k] > v.maxRRset {
 				return invalid(fmt.Sprintf("more than %d %s records for %s", v.maxRRset, dns.Type(h.Rrtype), h.Name), ErrSize)
@@ -312,7 +337,7 @@ func (v *Validator) counts(m *dns.Msg) error {
 // answer checks the answer section and returns the chain of names it
 // covers: the question name (qname, canonical), then each CNAME target
 // in turn, appended to chain.
-func (v *Validator) answer(q dns.Question, qname string, m *dns.Msg, chain []string) ([]string, error) {
+func (v *Validator) answer(nm *names, q dns.Question, qname string, m *dns.Msg, chain []string) ([]string, error) {
 	switch m.Rcode {
 	case dns.RcodeSuccess, dns.RcodeNameError:
 	default: // an error answer carries no data
@@ -331,7 +356,7 @@ func (v *Validator) answer(q dns.Question, qname string, m *dns.Msg, chain []str
 		if !ok || q.Qtype == dns.TypeCNAME {
 			continue
 		}
-		owner, target := canon(h.Name), canon(c.Target)
+		owner, target := nm.canon(h.Name), nm.canon(c.Target)
 		if prev, dup := cname[owner]; dup && prev != target {
 			return nil, forged("two CNAMEs for "+h.Name, ErrChain)
 		}
@@ -357,7 +382,7 @@ func (v *Validator) answer(q dns.Question, qname string, m *dns.Msg, chain []str
 	last := chain[len(chain)-1]
 	for _, rr := range m.Answer {
 		h := rr.Header()
-		owner := canon(h.Name)
+		owner := nm.canon(h.Name)
 		switch {
 		case h.Rrtype == dns.TypeDNAME:
 			if !ancestorOfChain(owner, chain) {
@@ -486,7 +511,7 @@ func address(rr dns.RR) (netip.Addr, bool) {
 // authority keeps the records that say something about the answer's last
 // name: SOA, NS and DNSSEC records owned by that name or an ancestor. A
 // strict device gets no authority section with a positive answer.
-func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
+func (v *Validator) authority(nm *names, m *dns.Msg, chain []string, strict bool) int {
 	last := chain[len(chain)-1]
 	before := len(m.Ns)
 	if strict && len(m.Answer) > 0 {
@@ -498,15 +523,15 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 	var apexes []string
 	for _, rr := range m.Ns {
 		h := rr.Header()
-		if (h.Rrtype == dns.TypeSOA || h.Rrtype == dns.TypeNS) && h.Class == m.Question[0].Qclass && isSub(canon(h.Name), last) {
-			apexes = append(apexes, canon(h.Name))
+		if (h.Rrtype == dns.TypeSOA || h.Rrtype == dns.TypeNS) && h.Class == m.Question[0].Qclass && isSub(nm.canon(h.Name), last) {
+			apexes = append(apexes, nm.canon(h.Name))
 		}
 	}
 	// A positive answer's proof (a wildcard expansion's NSEC/NSEC3) sits
 	// in the zone that signed the answer's last RRset.
 	for _, rr := range m.Answer {
-		if sig, ok := rr.(*dns.RRSIG); ok && canon(sig.Hdr.Name) == last && isSub(canon(sig.SignerName), last) {
-			apexes = append(apexes, canon(sig.SignerName))
+		if sig, ok := rr.(*dns.RRSIG); ok && nm.canon(sig.Hdr.Name) == last && isSub(nm.canon(sig.SignerName), last) {
+			apexes = append(apexes, nm.canon(sig.SignerName))
 		}
 	}
 	kept := filter(m.Ns, func(rr dns.RR) bool {
@@ -514,7 +539,7 @@ func (v *Validator) authority(m *dns.Msg, chain []string, strict bool) int {
 		if h.Class != m.Question[0].Qclass {
 			return false
 		}
-		owner := canon(h.Name)
+		owner := nm.canon(h.Name)
 		switch h.Rrtype {
 		case dns.TypeSOA, dns.TypeNS, dns.TypeDS:
 			return isSub(owner, last)
@@ -556,7 +581,7 @@ func filter(rrs []dns.RR, keep func(dns.RR) bool) []dns.RR {
 // answer or authority refers to (chain names, NS/MX/SRV/SVCB targets),
 // dropping special-purpose addresses for public names. A strict device
 // gets only the OPT.
-func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, strict bool) int {
+func (v *Validator) additional(nm *names, q dns.Question, m *dns.Msg, chain []string, strict bool) int {
 	wanted := map[string]bool{}
 	for _, n := range chain {
 		wanted[n] = true
@@ -564,7 +589,7 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 	for _, sec := range [][]dns.RR{m.Answer, m.Ns} {
 		for _, rr := range sec {
 			if t := target(rr); t != "" {
-				wanted[canon(t)] = true
+				wanted[nm.canon(t)] = true
 			}
 		}
 	}
@@ -574,7 +599,7 @@ func (v *Validator) additional(q dns.Question, m *dns.Msg, chain []string, stric
 		if h.Rrtype == dns.TypeOPT {
 			return true
 		}
-		if strict || !wanted[canon(h.Name)] || h.Class != q.Qclass {
+		if strict || !wanted[nm.canon(h.Name)] || h.Class != q.Qclass {
 			return false
 		}
 		a, ok := address(rr)
@@ -608,7 +633,7 @@ func target(rr dns.RR) string {
 // A record whose TTL changes is copied first, into a new slice for its
 // section: the records m shares with the upstream's message are not
 // modified.
-func normaliseTTLs(m *dns.Msg) {
+func normaliseTTLs(nm *names, m *dns.Msg) {
 	for _, sec := range []*[]dns.RR{&m.Answer, &m.Ns, &m.Extra} {
 		if !ttlsChange(*sec) {
 			continue
@@ -619,7 +644,7 @@ func normaliseTTLs(m *dns.Msg) {
 			if h.Rrtype == dns.TypeOPT {
 				continue
 			}
-			k := rrsetKey{canon(h.Name), h.Rrtype, h.Class}
+			k := rrsetKey{nm.canon(h.Name), h.Rrtype, h.Class}
 			if t, ok := low[k]; !ok || ttl(h) < t {
 				low[k] = ttl(h)
 			}
@@ -630,7 +655,7 @@ func normaliseTTLs(m *dns.Msg) {
 			if h.Rrtype == dns.TypeOPT {
 				continue
 			}
-			if t := low[rrsetKey{canon(h.Name), h.Rrtype, h.Class}]; t != h.Ttl {
+			if t := low[rrsetKey{nm.canon(h.Name), h.Rrtype, h.Class}]; t != h.Ttl {
 				out[i] = dns.Copy(rr)
 				out[i].Header().Ttl = t
 			}

@@ -462,6 +462,32 @@ func TestCheckAllocs(t *testing.T) {
 		t.Errorf("%.1f allocations, want at most 1", allocs)
 	}
 
+	// Each name's canonical form once a check: the question's (shared
+	// by the owners at it), the SOA's owner.
+	for _, c := range []struct {
+		name   string
+		m      *dns.Msg
+		allocs float64
+	}{
+		{"addresses", msg("a.example.", dns.TypeA, "a.example. 60 IN A 93.184.216.34", "a.example. 60 IN A 93.184.216.35"), 1},
+		{"NXDOMAIN with SOA", func() *dns.Msg {
+			m := msg("gone.example.", dns.TypeA)
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{rr("example. 300 IN SOA ns.example. h.example. 1 2 3 4 300")}
+			return m
+		}(), 2},
+	} {
+		question := c.m.Question[0]
+		allocs := testing.AllocsPerRun(100, func() {
+			if out, err := v.Check(question, c.m, false); err != nil || out != c.m {
+				t.Fatalf("%s: %v (a copy: %v)", c.name, err, out != c.m)
+			}
+		})
+		if allocs > c.allocs && !raceEnabled {
+			t.Errorf("%s: %.1f allocations, want at most %.0f", c.name, allocs, c.allocs)
+		}
+	}
+
 	dup := msg("a.example.", dns.TypeA, "a.example. 60 IN A 93.184.216.34", "a.example. 60 IN A 93.184.216.34")
 	out, err := v.Check(q("a.example.", dns.TypeA), dup, false)
 	if err != nil {
