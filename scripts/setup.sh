@@ -26,9 +26,23 @@ apt-get install -y --no-install-recommends \
 	prometheus python3-prometheus-client >&2
 # Debian starts services on install; the tests start their own instances
 # (prometheus is there for promtool, its server is not needed).
+# Without systemd (a container) the package's init script started them:
+# stop the instances on the system's configuration only, never those
+# that name their own (-c/-C: the tests', scripts/bench.sh's, which may
+# be running on a shared machine).
 systemctl stop unbound dnsdist prometheus >/dev/null 2>&1 || true
-pkill -x unbound >/dev/null 2>&1 || true
-pkill -x dnsdist >/dev/null 2>&1 || true
+stop_system_instances() { # NAME CONFIG-FLAG
+	local pid args
+	for pid in $(pgrep -x "$1"); do
+		args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+		case " $args " in
+		*" $2 "*) ;;
+		*) kill "$pid" 2>/dev/null || true ;;
+		esac
+	done
+}
+stop_system_instances unbound -c
+stop_system_instances dnsdist -C
 
 # OpenWrt's package tools: scripts/build-packages.sh packs .apk with its
 # apk, scripts/pkgtest installs the packages in the OpenWrt-like root it
