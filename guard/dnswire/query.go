@@ -282,20 +282,28 @@ func AppendName(dst, name []byte) []byte {
 		for j := 0; j < l && i < len(name); j++ {
 			c := name[i]
 			i++
-			switch {
-			case 'A' <= c && c <= 'Z':
-				dst = append(dst, c+'a'-'A')
-			case labelSpecial(c):
-				dst = append(dst, '\\', c)
-			case c < ' ' || c > '~':
-				dst = append(dst, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
-			default:
-				dst = append(dst, c)
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
 			}
+			dst = AppendLabelOctet(dst, c)
 		}
 		dst = append(dst, '.')
 	}
 	return dst
+}
+
+// AppendLabelOctet appends one octet of a label in presentation form as
+// miekg/dns writes the names it unpacks (case kept): the characters RFC
+// 1035 §5.1 gives a meaning (. space ' @ ; ( ) " \) as \X, other bytes
+// outside printable ASCII as \DDD, the rest as they are.
+func AppendLabelOctet(dst []byte, c byte) []byte {
+	switch {
+	case labelSpecial(c):
+		return append(dst, '\\', c)
+	case c < ' ' || c > '~':
+		return append(dst, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+	}
+	return append(dst, c)
 }
 
 // labelSpecial reports whether c has a meaning of its own in a name's

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/dnsguard/dnsguard/guard/dnswire"
 	"github.com/miekg/dns"
 )
 
@@ -549,14 +550,7 @@ func unpackName(wire []byte, off int, arena *[]byte) (name string, next int, ok 
 				return "", len(wire), false
 			}
 			for _, b := range wire[off : off+c] {
-				switch {
-				case b == '.', b == ' ', b == '\'', b == '@', b == ';', b == '(', b == ')', b == '"', b == '\\':
-					s = append(s, '\\', b)
-				case b < ' ' || b > '~':
-					s = append(s, '\\', '0'+b/100, '0'+b/10%10, '0'+b%10)
-				default:
-					s = append(s, b)
-				}
+				s = dnswire.AppendLabelOctet(s, b)
 			}
 			s = append(s, '.')
 			off += c
