@@ -19,11 +19,12 @@ import (
 // A flight runs under its own context (the flight itself: see Deadline,
 // Done, Err, Value), on the goroutine of the query that started it when
 // that query cannot give up (the listener's), else on a flight worker
-// (see Cache.flights), so that one device giving up fails nobody else. That context ends at the flight's deadline
-// (refreshTimeout after it began: the cache's expiry timer closes it,
-// see Cache.expire) or when the flight ends, whichever is first, and
-// carries no values: in particular not the listener's waiter
-// (stage.WithWaiter), which belongs to the caller's goroutine.
+// (see Cache.flights), so that one device giving up fails nobody else.
+// That context ends at the flight's deadline (refreshTimeout after it
+// began: the cache's expiry timer closes it, see Cache.expire) or when
+// the flight ends, whichever is first, and carries no values: in
+// particular not the listener's waiter (stage.WithWaiter), which belongs
+// to the caller's goroutine.
 type flight struct {
 	key      string // the cache key; the shard's flights map holds it
 	sh       *shard // the key's shard
