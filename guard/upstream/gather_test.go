@@ -63,11 +63,11 @@ func oneProc(t *testing.T) {
 func TestGatherLoneAndTogether(t *testing.T) {
 	oneProc(t)
 	var mu sync.Mutex
-	var g gather
 	w := &writeCounter{}
+	g := gather{nc: w}
 	mu.Lock()
 	g.out = append(g.out, "lone"...)
-	err := g.drain(&mu, w)
+	err := g.drain(&mu)
 	mu.Unlock()
 	if n, out := w.count(); err != nil || n != 1 || string(out) != "lone" {
 		t.Fatalf("lone drain: %d writes of %q (%v), want 1 of \"lone\"", n, out, err)
@@ -80,7 +80,7 @@ func TestGatherLoneAndTogether(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			g.out = fmt.Appendf(g.out, "<%d>", i)
-			if err := g.drain(&mu, w); err != nil {
+			if err := g.drain(&mu); err != nil {
 				t.Error(err)
 			}
 		})

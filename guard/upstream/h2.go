@@ -174,6 +174,7 @@ func newH2Conn(nc net.Conn, authority, path string, idle time.Duration) (*h2Conn
 		done:    make(chan struct{}),
 	}
 	c.hdec = newHPACKDecoder(4096)
+	c.w.nc = nc
 	// The request's fields, as literals against the static table: the
 	// dynamic table is never used, so its size is set to 0 once (first
 	// block) and the server's HEADER_TABLE_SIZE never matters. All but
@@ -222,7 +223,7 @@ func (c *h2Conn) writeFrame(typ, flags byte, id uint32, payload []byte) {
 // flush sends what is buffered (wmu held, see gather.drain);
 // a failed write kills the connection (the streams fail with it).
 func (c *h2Conn) flush() error {
-	if err := c.w.drain(&c.wmu, c.nc); err != nil {
+	if err := c.w.drain(&c.wmu); err != nil {
 		err = fmt.Errorf("%w: write: %v", errConnClosed, err)
 		c.close(err)
 		return err
@@ -534,7 +535,7 @@ func (c *h2Conn) goAwayAndClose(code uint32, why error) {
 		binary.BigEndian.PutUint32(p[4:], code) // last stream 0: we accept no pushes
 		c.wmu.Lock()
 		c.writeFrame(h2GoAway, 0, 0, p[:])
-		_ = c.w.last(&c.wmu, c.nc)
+		_ = c.w.last(&c.wmu)
 		c.wmu.Unlock()
 	}
 	c.close(why)

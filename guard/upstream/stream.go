@@ -226,6 +226,7 @@ type result struct {
 
 func newStreamConn(nc net.Conn, counters *Counters, idle time.Duration) *streamConn {
 	c := &streamConn{nc: nc, counters: counters, idle: idle, pending: make(map[uint16]*call)}
+	c.w.nc = nc
 	c.calls.New = func() any { return &call{done: make(chan result, 1)} }
 	_ = nc.SetReadDeadline(time.Now().Add(idle))
 	go c.readLoop()
@@ -367,7 +368,7 @@ func (c *streamConn) write(b []byte) error {
 	c.w.out = append(c.w.out, b...)
 	// A writer in progress sends it next; its failure closes the
 	// connection, which fails this query too.
-	err := c.w.drain(&c.wmu, c.nc)
+	err := c.w.drain(&c.wmu)
 	c.wmu.Unlock()
 	if err != nil {
 		// A failed or partial write leaves the stream unusable.
