@@ -68,11 +68,9 @@ type udpBatch struct {
 	srcs   [batchSize]netip.Addr // answer k leaves from srcs[k] (pktinfo)
 	ifs    [batchSize]int        // and interface ifs[k] (link-local)
 	out    []byte
-	sent   int
-	werrs  int
-	werr   error
+	w      mmsgOut // sends wh
 
-	recvFn, sendFn func(fd uintptr) bool
+	recvFn func(fd uintptr) bool
 
 	zoneIdx  uint32 // the last link-local zone named
 	zoneName string
@@ -98,7 +96,7 @@ func newUDPBatch(rc syscall.RawConn, pktinfo bool) *udpBatch {
 		}
 	}
 	b.recvFn = b.recv
-	b.sendFn = b.send
+	b.w.init(rc, b.wh[:])
 	b.want = batchSize
 	return b
 }
@@ -221,30 +219,54 @@ func (b *udpBatch) flush() (failed int, err error) {
 			h.SetControllen(len(c))
 		}
 	}
-	b.sent, b.werrs, b.werr = 0, 0, nil
-	if err := b.rc.Write(b.sendFn); err != nil {
-		b.werrs, b.werr = b.queued-b.sent, err
-	}
-	failed, err = b.werrs, b.werr
+	failed, err = b.w.sendmmsg(b.queued)
 	b.queued = 0
 	return failed, err
 }
 
-func (b *udpBatch) send(fd uintptr) bool {
-	for b.sent < b.queued {
-		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.wh[b.sent])), uintptr(b.queued-b.sent), unix.MSG_DONTWAIT, 0, 0)
+// mmsgOut sends messages set up in h with sendmmsg, through the socket's
+// RawConn (waiting while it is not writable), with no allocation.
+type mmsgOut struct {
+	rc      syscall.RawConn
+	h       []mmsghdr
+	n, sent int // h[:n] to send, h[:sent] done with
+	errs    int
+	err     error
+	fn      func(fd uintptr) bool
+	calls   int // sendmmsg calls made (tests count them)
+}
+
+func (m *mmsgOut) init(rc syscall.RawConn, h []mmsghdr) {
+	m.rc, m.h = rc, h
+	m.fn = m.send
+}
+
+// sendmmsg sends h[:n]. It reports how many the kernel refused (with the
+// last error).
+func (m *mmsgOut) sendmmsg(n int) (failed int, err error) {
+	m.n, m.sent, m.errs, m.err = n, 0, 0, nil
+	if err := m.rc.Write(m.fn); err != nil {
+		m.errs, m.err = m.errs+m.n-m.sent, err
+	}
+	return m.errs, m.err
+}
+
+func (m *mmsgOut) send(fd uintptr) bool {
+	for m.sent < m.n {
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.h[m.sent])), uintptr(m.n-m.sent), unix.MSG_DONTWAIT, 0, 0)
+		m.calls++
 		switch e {
 		case 0:
-			b.sent += int(r)
+			m.sent += int(r)
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false // wait until writable
 		default:
-			// The first answer left could not be sent (an address
+			// The first message left could not be sent (an address
 			// gone, a full queue): skip it, send the others.
-			b.werrs++
-			b.werr = e
-			b.sent++
+			m.errs++
+			m.err = e
+			m.sent++
 		}
 	}
 	return true

@@ -108,7 +108,7 @@ type Server struct {
 	// spills answers spilled queries: at most MaxSpill at once, on
 	// workers that wait spillIdle for the next (their stacks grown once,
 	// not for every query).
-	spills *stage.Workers[spilled, stage.Request]
+	spills *stage.Workers[spilled, spillRoom]
 
 	Stats Stats
 }
@@ -121,6 +121,7 @@ type udpSocket struct {
 	c       *net.UDPConn
 	local   netip.AddrPort
 	pktinfo bool
+	send    *udpSender // the spilled queries' answers
 }
 
 // New returns a server answering with h.
@@ -180,6 +181,12 @@ func (s *Server) ListenOne(a string) error {
 		}
 		sock.pktinfo = true
 	}
+	rc, err := u.SyscallConn()
+	if err != nil {
+		u.Close()
+		return fmt.Errorf("listen udp %s: %w", a, err)
+	}
+	sock.send = newUDPSender(rc, sock.pktinfo)
 	t, err := net.ListenTCP(tcpNet, net.TCPAddrFromAddrPort(sock.local))
 	if err != nil {
 		u.Close()
@@ -406,7 +413,8 @@ func (r *udpReader) serve(i int) {
 		// Nearly every reader waits on an upstream: answer this one
 		// on a spill worker, so that cache hits are not held up
 		// behind slow misses.
-		s.spill(r.qctx, r.u, append([]byte(nil), raw...), client, local, r.pktinfoFor(src, srcIf))
+		s.spill(spilled{ctx: r.qctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local,
+			to: r.dest(i, src, srcIf)})
 		return
 	}
 	r.busy.Add(1)
@@ -419,14 +427,6 @@ func (r *udpReader) serve(i int) {
 	}
 	r.b.out = b
 	r.b.queue(i, start, len(b), src, srcIf)
-}
-
-// pktinfoFor is the control message of an answer sent on its own.
-func (r *udpReader) pktinfoFor(src netip.Addr, ifindex int) []byte {
-	if !r.u.pktinfo {
-		return nil
-	}
-	return appendPktinfo(nil, src, ifindex)
 }
 
 // waiting runs when the query being answered is about to wait on the
@@ -442,16 +442,16 @@ func (r *udpReader) waiting() {
 		raw, client, local, ifindex, cut, ok := r.slot(i)
 		if ok {
 			// Not into r.b.out: the answer in progress is appended there.
-			src := r.pktinfoFor(local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
+			to := r.dest(i, local.Addr(), pktinfoIfindex(local.Addr(), client.Addr(), ifindex))
 			if a := s.opts.Access; a != nil && !a.Allow(client.Addr(), ifindex) {
 				if b := s.deny(raw, client, false, nil); b != nil {
-					r.u.c.WriteMsgUDPAddrPort(b, src, client)
+					r.u.send.send(b, &to)
 				}
 			} else if cut {
 				if b := s.cutAnswer(raw, nil); b != nil {
-					r.u.c.WriteMsgUDPAddrPort(b, src, client)
+					r.u.send.send(b, &to)
 				}
-			} else if !s.trySpill(r.qctx, r.u, append([]byte(nil), raw...), client, local, src) {
+			} else if !s.trySpill(spilled{ctx: r.qctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local, to: to}) {
 				return
 			}
 		}
@@ -532,8 +532,8 @@ func (s *Server) cutAnswer(raw []byte, out []byte) []byte {
 
 // spill answers one UDP query on a spill worker, within
 // MaxSpill; beyond it the query is dropped (the device will retry).
-func (s *Server) spill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) {
-	if !s.trySpill(ctx, u, raw, client, local, src) {
+func (s *Server) spill(sp spilled) {
+	if !s.trySpill(sp) {
 		s.Stats.Queries.Add(1)
 		s.Stats.Dropped.Add(1)
 	}
@@ -547,23 +547,34 @@ const spillIdle = time.Second
 type spilled struct {
 	ctx           context.Context
 	u             *udpSocket
-	raw, src      []byte
+	raw           []byte
 	client, local netip.AddrPort
+	to            udpDest // where the answer goes
 }
 
-// answerSpilled answers a spilled query on a spill worker, whose request
-// room req is.
-func (s *Server) answerSpilled(req *stage.Request, sp spilled) {
-	if b := s.answer(sp.ctx, sp.raw, sp.client, sp.local, false, nil, time.Now(), req); b != nil {
-		sp.u.c.WriteMsgUDPAddrPort(b, sp.src, sp.client)
+// spillRoom is a spill worker's own: the request it answers in and the
+// buffer it writes the answer in.
+type spillRoom struct {
+	req stage.Request
+	out []byte
+}
+
+// answerSpilled answers a spilled query on a spill worker; its answer
+// goes out with those of the others ready with it (udpSender).
+func (s *Server) answerSpilled(room *spillRoom, sp spilled) {
+	if b := s.answer(sp.ctx, sp.raw, sp.client, sp.local, false, room.out[:0], time.Now(), &room.req); b != nil {
+		sp.u.send.send(b, &sp.to)
+		if cap(b) <= 4096 { // a rare large answer: not kept
+			room.out = b
+		}
 	}
-	*req = stage.Request{} // let go of what the query referred to
+	room.req = stage.Request{} // let go of what the query referred to
 }
 
 // trySpill answers one UDP query on a spill worker, one waiting or a new
 // one if fewer than MaxSpill are busy, and reports whether it does.
-func (s *Server) trySpill(ctx context.Context, u *udpSocket, raw []byte, client, local netip.AddrPort, src []byte) bool {
-	if !s.spills.Go(spilled{ctx: ctx, u: u, raw: raw, src: src, client: client, local: local}) {
+func (s *Server) trySpill(sp spilled) bool {
+	if !s.spills.Go(sp) {
 		return false
 	}
 	s.Stats.Spilled.Add(1)

@@ -79,3 +79,56 @@ func (g *Gather) Last(mu *sync.Mutex, b Batch) error {
 	}
 	return g.Drain(mu, b)
 }
+
+// Pieces is what the goroutines sharing a socket buffer for its Gather to
+// write: octets in pieces, each with what goes with it (M: where an
+// answer goes, the socket a query leaves from), in two buffers: the one
+// pieces are added to (under the owner's mutex) and the one the drain
+// writes. Its Take and Drop are a Batch's: the owner adds Write.
+type Pieces[M any] struct {
+	buf, cur pieceBuf[M]
+}
+
+type pieceBuf[M any] struct {
+	out []byte
+	ps  []Piece[M]
+}
+
+// Piece is one piece: the octets out[Start:End] of those Taken, and its M.
+type Piece[M any] struct {
+	Start, End int
+	M          M
+}
+
+// maxKept is the largest buffer of octets Pieces keeps for reuse.
+const maxKept = 64 << 10
+
+// Add buffers b (copied: the caller may reuse it) with m.
+func (p *Pieces[M]) Add(b []byte, m M) {
+	start := len(p.buf.out)
+	p.buf.out = append(p.buf.out, b...)
+	p.buf.ps = append(p.buf.ps, Piece[M]{Start: start, End: len(p.buf.out), M: m})
+}
+
+// Take moves what is buffered to be written (see Taken); the buffer
+// written before is kept for what is added next.
+func (p *Pieces[M]) Take() bool {
+	if len(p.buf.ps) == 0 {
+		return false
+	}
+	p.buf, p.cur = p.cur, p.buf
+	p.Drop()
+	return true
+}
+
+// Drop empties the buffer pieces are added to.
+func (p *Pieces[M]) Drop() {
+	clear(p.buf.ps) // let go of what the Ms refer to
+	p.buf.out, p.buf.ps = p.buf.out[:0], p.buf.ps[:0]
+	if cap(p.buf.out) > maxKept {
+		p.buf.out = nil
+	}
+}
+
+// Taken is what the last Take moved, for the drain's Write.
+func (p *Pieces[M]) Taken() (out []byte, ps []Piece[M]) { return p.cur.out, p.cur.ps }
