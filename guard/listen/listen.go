@@ -303,6 +303,7 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 	r.ctx = ctx
 	r.qctx = context.WithoutCancel(ctx) // see Serve
 	r.wctx = stage.WithWaiter(r.qctx, r.waiting)
+	r.sctx = noWaiter(r.qctx)
 	for {
 		n, err := r.b.read()
 		if err != nil {
@@ -337,6 +338,11 @@ func (s *Server) serveUDP(ctx context.Context, u *udpSocket, busy *atomic.Int32)
 	}
 }
 
+// noWaiter is ctx for queries answered where nothing waits on them (see
+// stage.Waiting): said in front of a context.WithoutCancel, whose Value
+// allocates each time it is asked (on every miss).
+func noWaiter(ctx context.Context) context.Context { return stage.WithWaiter(ctx, nil) }
+
 // udpReader is one reader goroutine's state.
 type udpReader struct {
 	s      *Server
@@ -346,6 +352,7 @@ type udpReader struct {
 	ctx    context.Context
 	qctx   context.Context // ctx without its end, for the queries (see Serve)
 	wctx   context.Context // qctx with r.waiting
+	sctx   context.Context // qctx for the queries spilled (noWaiter)
 	now    time.Time       // when the batch was read
 	next   int             // the batch's next message to answer
 	waited bool            // a query of this batch waited on the network
@@ -413,7 +420,7 @@ func (r *udpReader) serve(i int) {
 		// Nearly every reader waits on an upstream: answer this one
 		// on a spill worker, so that cache hits are not held up
 		// behind slow misses.
-		s.spill(spilled{ctx: r.qctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local,
+		s.spill(spilled{ctx: r.sctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local,
 			to: r.dest(i, src, srcIf)})
 		return
 	}
@@ -451,7 +458,7 @@ func (r *udpReader) waiting() {
 				if b := s.cutAnswer(raw, nil); b != nil {
 					r.u.send.send(b, &to)
 				}
-			} else if !s.trySpill(spilled{ctx: r.qctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local, to: to}) {
+			} else if !s.trySpill(spilled{ctx: r.sctx, u: r.u, raw: append([]byte(nil), raw...), client: client, local: local, to: to}) {
 				return
 			}
 		}
@@ -639,7 +646,7 @@ func (s *Server) release(c net.Conn, ip netip.Addr) {
 // only on a complete message (§6.2.3).
 func (s *Server) serveConn(ctx context.Context, c *net.TCPConn, client netip.AddrPort) {
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	qctx := context.WithoutCancel(ctx) // see Serve
+	qctx := noWaiter(context.WithoutCancel(ctx)) // see Serve
 	var (
 		wmu      sync.Mutex
 		inflight = make(chan struct{}, s.opts.TCPMaxInflight)
