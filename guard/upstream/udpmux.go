@@ -55,6 +55,8 @@ type udpMux struct {
 	rechecking atomic.Bool
 	waiting    int // sockets whose query waits for its answer
 
+	sends muxSends // queries to send, gathered
+
 	spare    chan int      // sockets opened ahead
 	refill   chan struct{} // the refill goroutine should top up spare
 	stop     chan struct{}
@@ -75,6 +77,9 @@ type muxSock struct {
 	deadline time.Time      // when the reader gives up on the answer (zero: the caller's context only)
 	closeAt  time.Time      // when draining ends
 	seen     int            // packets read while draining
+	// sending: a drain of muxSends is sending from the socket, which is
+	// closed (closeLater) when it is done; both guarded by udpMux.mu.
+	sending, closeLater bool
 	// refs counts the holders of s: the query's exchange until it
 	// returns, the socket until closeLocked, the timed list while s is
 	// in it. At zero s goes back to udpMux.free for another query (a
@@ -136,6 +141,7 @@ func newUDPMux(u *udp) (*udpMux, error) { return newUDPMuxWaiting(u, nil) }
 func newUDPMuxWaiting(u *udp, waitOn *os.File) (*udpMux, error) {
 	m := &udpMux{u: u, socks: map[int32]*muxSock{}, spare: make(chan int, muxSpare),
 		refill: make(chan struct{}, 1), stop: make(chan struct{})}
+	m.sends.m = m
 	a := u.ep.Addr.Addr().Unmap()
 	if a.Is4() {
 		m.family = unix.AF_INET
@@ -315,10 +321,7 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
 	m.u.cfg.counters.Queries.Add(1)
-	if err := sendto(fd, b, m.to); err != nil {
-		m.finish(s)
-		return nil, fmt.Errorf("send: %w", err)
-	}
+	m.sends.send(s, b) // a failed send fails the query (r.err)
 	select {
 	case r := <-s.res:
 		if r.err != nil {
@@ -574,6 +577,10 @@ func (m *udpMux) sweep(now time.Time) {
 
 func (m *udpMux) closeLocked(s *muxSock) {
 	if m.socks[s.fd] != s {
+		return
+	}
+	if s.sending {
+		s.closeLater = true // muxSends.Write hands it back when sent
 		return
 	}
 	delete(m.socks, s.fd)

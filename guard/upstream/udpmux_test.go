@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -374,4 +375,82 @@ func TestUDPMuxSockReuse(t *testing.T) {
 			t.Errorf("socket %d: %d holders, want 1 or 2 (its socket, the timed list)", s.fd, r)
 		}
 	}
+}
+
+// TestUDPMuxSendsGathered: queries asked together are sent back to back
+// by one drain (a few batches for 64, on one P as on a one-core router),
+// each from its own socket and answered; queries that gave up before
+// their drain came to them are never sent from a socket closed (and its
+// number perhaps reused) meanwhile: no answer crosses over, none is a
+// mismatch, and a lone query is sent at once in a batch of its own.
+func TestUDPMuxSendsGathered(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	srv := startUDP(t, nil)
+	c := new(Counters)
+	tr, err := NewTransport(srv.url(), Options{}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	u := tr.(*udp)
+	if _, err := u.Exchange(testCtx(t), query("lone.example.", dns.TypeA), QueryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m := u.mux
+	if m.sends.batches != 1 {
+		t.Fatalf("a lone query sent in %d batches, want 1", m.sends.batches)
+	}
+	const n = 64
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			name := fmt.Sprintf("q%d.example.", i)
+			ctx := testCtx(t)
+			if i%4 == 3 {
+				ctx = gone // gives up at once, its query queued or not yet sent
+			}
+			resp, err := u.Exchange(ctx, query(name, dns.TypeA), QueryOptions{})
+			switch {
+			case ctx == gone:
+				if !errors.Is(err, context.Canceled) {
+					errs <- fmt.Errorf("%s: %v, want canceled", name, err)
+				}
+			case err != nil:
+				errs <- fmt.Errorf("%s: %v", name, err)
+			case resp.Question[0].Name != name:
+				errs <- fmt.Errorf("asked %s, answer for %s", name, resp.Question[0].Name)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	batches := m.sends.batches - 1
+	sent := len(srv.queries()) - 1
+	t.Logf("%d queries asked together (%d given up): %d sent, in %d batches", n, n/4, sent, batches)
+	if batches > n/8 {
+		t.Errorf("%d queries asked together sent in %d batches, want them gathered (at most %d)", n, batches, n/8)
+	}
+	if sent < n-n/4 || sent > n {
+		t.Errorf("%d queries sent, want %d to %d", sent, n-n/4, n)
+	}
+	if mm := c.Mismatches.Load(); mm != 0 {
+		t.Errorf("%d mismatches", mm)
+	}
+	eventually(t, "no query waiting, no socket held by a send", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, s := range m.socks {
+			if s.sending || s.closeLater {
+				return false
+			}
+		}
+		return m.waiting == 0
+	})
 }
