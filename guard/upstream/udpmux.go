@@ -316,7 +316,7 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 	}
 	m.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: s.fd}
-	if err := unix.EpollCtl(m.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := epollAdd(m.epfd, fd, &ev); err != nil {
 		m.finish(s)
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
@@ -372,7 +372,7 @@ func (m *udpMux) read() {
 	var n int
 	var werr error
 	wait := func(uintptr) bool {
-		n, werr = unix.EpollWait(m.epfd, events, 0)
+		n, werr = epollPoll(m.epfd, events)
 		return n != 0 || (werr != nil && werr != unix.EINTR)
 	}
 	for {
@@ -584,7 +584,7 @@ func (m *udpMux) closeLocked(s *muxSock) {
 		return
 	}
 	delete(m.socks, s.fd)
-	unix.Close(int(s.fd)) // also leaves the epoll set
+	closeFD(int(s.fd)) // also leaves the epoll set
 	m.unref(s)
 }
 
@@ -593,10 +593,11 @@ func (m *udpMux) closeLocked(s *muxSock) {
 // use; after portTries it lets the kernel pick an ephemeral port, which
 // Linux also randomises.
 func openRandomPort(family int) (int, error) {
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open socket: %w", err)
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, fmt.Errorf("open socket: %w", e)
 	}
+	fd := int(r)
 	var rnd [2 * portTries]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		unix.Close(fd)
@@ -639,15 +640,44 @@ func bindPort(fd, family, port int) error {
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], uint16(port))
 		sa, n = unsafe.Pointer(&sa6), unix.SizeofSockaddrInet6
 	}
-	if _, _, e := unix.Syscall(unix.SYS_BIND, uintptr(fd), uintptr(sa), n); e != 0 {
+	if _, _, e := unix.RawSyscall(unix.SYS_BIND, uintptr(fd), uintptr(sa), n); e != 0 {
 		return e
 	}
 	return nil
 }
 
+// The syscalls made for every query (socket, bind, epoll_ctl, sendto,
+// the reader's epoll_pwait with no timeout, recvfrom, close) never block: the sockets are non-blocking, and a UDP
+// socket closes at once. They are made with RawSyscall, which skips the
+// scheduler's syscall entry and exit and with it the wake-up of the
+// runtime's monitor thread (sysmon) that the entry makes whenever that
+// thread sleeps because every P was idle, as between queries at a
+// trickle (see guard/listen's batch.go: a futex wake-up, a nanosleep and
+// a futex wait more a syscall).
+
+// epollAdd adds fd to the epoll set epfd.
+func epollAdd(epfd, fd int, ev *unix.EpollEvent) error {
+	if _, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// epollPoll takes the events ready in epfd without waiting.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// closeFD closes a query's socket.
+func closeFD(fd int) { _, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
 func sendto(fd int, b, to []byte) error {
 	for {
-		_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
+		_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0,
 			uintptr(unsafe.Pointer(&to[0])), uintptr(len(to)))
 		switch e {
 		case 0:
@@ -664,7 +694,7 @@ func sendto(fd int, b, to []byte) error {
 func recvfrom(fd int, buf []byte, from *unix.RawSockaddrAny) (n int, ok bool, err error) {
 	for {
 		l := uint32(unix.SizeofSockaddrAny)
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0,
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0,
 			uintptr(unsafe.Pointer(from)), uintptr(unsafe.Pointer(&l)))
 		switch e {
 		case 0:
