@@ -38,18 +38,27 @@ type Batch interface {
 // called while another is writing returns nil at once, leaving its
 // pieces to that one. On a failed write what is left is dropped and the
 // error returned.
-func (g *Gather) Drain(mu *sync.Mutex, b Batch) error {
+func (g *Gather) Drain(mu *sync.Mutex, b Batch) error { return g.drain(mu, b, true) }
+
+// DrainNow is Drain without the yield, for a piece that is likely alone
+// (nothing else out): a yield costs little then, but on a busy scheduler
+// (other work runnable, not pieces to gather) it can delay the piece.
+func (g *Gather) DrainNow(mu *sync.Mutex, b Batch) error { return g.drain(mu, b, false) }
+
+func (g *Gather) drain(mu *sync.Mutex, b Batch, yield bool) error {
 	if g.writing {
 		return nil
 	}
 	g.writing = true
-	// Let the goroutines already runnable buffer theirs first: they go
-	// out with this write (scripts/bench.sh DoT misses: 1.0 write(2) a
-	// query, 0.04 after). With nothing else runnable Gosched returns at
-	// once.
-	mu.Unlock()
-	runtime.Gosched()
-	mu.Lock()
+	if yield {
+		// Let the goroutines already runnable buffer theirs first:
+		// they go out with this write (scripts/bench.sh DoT misses: 1.0
+		// write(2) a query, 0.04 after). With nothing else runnable
+		// Gosched returns at once.
+		mu.Unlock()
+		runtime.Gosched()
+		mu.Lock()
+	}
 	var err error
 	for err == nil && b.Take() {
 		mu.Unlock()

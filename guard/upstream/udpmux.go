@@ -309,7 +309,9 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 		s.refs.Add(1)
 		m.timed = append(m.timed, s)
 	}
-	if m.waiting++; m.waiting == 1 {
+	m.waiting++
+	busy := m.waiting > 1 // other queries are out: gather the sends
+	if m.waiting == 1 {
 		// The reader may be waiting without a deadline: arm the recheck.
 		m.rechecking.Store(true)
 		_ = m.waitOn.SetReadDeadline(time.Now().Add(muxRecheck))
@@ -321,7 +323,7 @@ func (m *udpMux) exchange(done <-chan struct{}, ctxErr func() error, deadline ti
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
 	m.u.cfg.counters.Queries.Add(1)
-	m.sends.send(s, b) // a failed send fails the query (r.err)
+	m.sends.send(s, b, busy) // a failed send fails the query (r.err)
 	select {
 	case r := <-s.res:
 		if r.err != nil {

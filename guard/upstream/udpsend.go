@@ -36,12 +36,19 @@ type muxFailed struct {
 }
 
 // send queues b (copied) to go from s's socket, holding s until it is
-// sent, and drains.
-func (w *muxSends) send(s *muxSock, b []byte) {
+// sent, and drains; it yields first (Drain) only when other queries are
+// out (busy), as under load, where others are likely to be sent with it:
+// a lone query is not put behind unrelated work.
+func (w *muxSends) send(s *muxSock, b []byte, busy bool) {
 	s.refs.Add(1)
 	w.mu.Lock()
 	w.Add(b, s)
-	_ = w.g.Drain(&w.mu, w) // Write fails no drain: a failed send fails its own query
+	// Write fails no drain: a failed send fails its own query.
+	if busy {
+		_ = w.g.Drain(&w.mu, w)
+	} else {
+		_ = w.g.DrainNow(&w.mu, w)
+	}
 	w.mu.Unlock()
 }
 
