@@ -649,13 +649,14 @@ func bindPort(fd, family, port int) error {
 }
 
 // The syscalls made for every query (socket, bind, epoll_ctl, sendto,
-// the reader's epoll_pwait with no timeout, recvfrom, close) never block: the sockets are non-blocking, and a UDP
-// socket closes at once. They are made with RawSyscall, which skips the
-// scheduler's syscall entry and exit and with it the wake-up of the
-// runtime's monitor thread (sysmon) that the entry makes whenever that
-// thread sleeps because every P was idle, as between queries at a
-// trickle (see guard/listen's batch.go: a futex wake-up, a nanosleep and
-// a futex wait more a syscall).
+// the reader's epoll_pwait with no timeout, recvfrom, close) never
+// block: the sockets are non-blocking, and a UDP socket closes at once.
+// They are made with RawSyscall, which skips the scheduler's syscall
+// entry and exit and with it the wake-up of the runtime's monitor thread
+// (sysmon) that the entry makes whenever that thread sleeps because
+// every P was idle, as between queries at a trickle (see guard/listen's
+// batch.go: a futex wake-up, a nanosleep and a futex wait more a
+// syscall).
 
 // epollAdd adds fd to the epoll set epfd.
 func epollAdd(epfd, fd int, ev *unix.EpollEvent) error {
