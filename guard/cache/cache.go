@@ -379,7 +379,11 @@ func (c *Cache) newFlight(sh *shard, key string, req *stage.Request, next stage.
 		close(f.done)
 	}
 	f.req.Raw = nil
-	f.req.Q.Name = f.name[:copy(f.name[:], req.Q.Name)]
+	if len(req.Q.Name) <= len(f.name) {
+		f.req.Q.Name = f.name[:copy(f.name[:], req.Q.Name)]
+	} else {
+		f.req.Q.Name = append([]byte(nil), req.Q.Name...)
+	}
 	return f
 }
 

@@ -31,7 +31,7 @@ type flight struct {
 	deadline time.Time
 	next     stage.Handler
 	req      stage.Request
-	name     [dnswire.MaxName]byte // req.Q.Name's room
+	name     [flightName]byte // req.Q.Name's room, if it fits
 
 	// Guarded by the shard's mu.
 	finished bool // r, err and shared are set; the flight left the map
@@ -47,6 +47,15 @@ type flight struct {
 	mu     sync.Mutex   // guards afters and the close of done
 	afters []*flightAfter
 }
+
+// flightName is the room a flight has for its question name: names
+// longer than that (rare: most are under 64 octets; at most
+// dnswire.MaxName) get an allocation of their own. With it the flight
+// is 576 octets, the allocator's 576-octet class; with room for the
+// longest name it was 712, in the 768-octet class, and flights were
+// 41 % of the octets allocated a miss (heap profile under bench.sh's
+// miss load).
+const flightName = 112
 
 const (
 	flightOpen = iota

@@ -347,3 +347,44 @@ func TestFlightOnCallersGoroutine(t *testing.T) {
 		t.Errorf("%d upstream calls, want 1", n)
 	}
 }
+
+// TestFlightLongName: a question name longer than the flight's room
+// (flightName) is resolved under its own name, as one that fits.
+func TestFlightLongName(t *testing.T) {
+	c, _, _, _ := setup(t)
+	for _, n := range []int{flightName, flightName + 1, 250} {
+		name := nameOfLength(n)
+		if len(name)+1 != n {
+			t.Fatalf("nameOfLength(%d) is %d octets in wire form", n, len(name)+1)
+		}
+		var asked string
+		h := c.Wrap(stage.HandlerFunc(func(_ context.Context, req *stage.Request) (*dnswire.Reply, error) {
+			asked = dnswire.NameString(req.Q.Name)
+			return stage.Synth(req, dns.RcodeNameError, nil, nil)
+		}))
+		if _, err := h.ServeDNS(context.Background(), request(t, name, false, false)); err != nil {
+			t.Fatal(err)
+		}
+		if asked != name {
+			t.Errorf("%d octets: the flight asked %q, want %q", n, asked, name)
+		}
+	}
+}
+
+// nameOfLength is a name of n octets in wire form (n >= 3): labels of up
+// to 63 letters.
+func nameOfLength(n int) string {
+	var b []byte
+	for left := n - 1; left > 0; { // the root's octet
+		l := min(left-1, 63)
+		if rest := left - 1 - l; rest == 1 { // no room for another label
+			l--
+		}
+		for range l {
+			b = append(b, 'a'+byte(len(b)%26))
+		}
+		b = append(b, '.')
+		left -= l + 1
+	}
+	return string(b)
+}
