@@ -22,11 +22,10 @@ const (
 // stage.Gather): several queries in one syscall and one TLS record under
 // load. The owner's mutex guards it; nc is set once, before any drain.
 type gather struct {
-	g       stage.Gather
-	nc      net.Conn
-	out     []byte // buffered, in order
-	spare   []byte // the buffer last written, for what is buffered next
-	writing []byte // what Take moved, being written
+	g   stage.Gather
+	nc  net.Conn
+	out []byte // buffered, in order
+	cur []byte // what Take moved, being written; once written, the buffer for what is buffered next
 }
 
 // drain writes out what is buffered, each write within writeTimeout (see
@@ -39,35 +38,24 @@ func (g *gather) drain(mu *sync.Mutex) error { return g.g.Drain(mu, g) }
 // stage.Gather.Last).
 func (g *gather) last(mu *sync.Mutex) error { return g.g.Last(mu, g) }
 
-// Take moves out to be written, keeping the buffer written before for
-// what is buffered next.
+// Take moves out to be written; the buffer written before (the last
+// Write is over when Take is called) takes what is buffered next, unless
+// it is large.
 func (g *gather) Take() bool {
-	g.recycle()
 	if len(g.out) == 0 {
 		return false
 	}
-	g.writing, g.out, g.spare = g.out, g.spare[:0], nil
+	g.out, g.cur = g.cur[:0], g.out
+	if cap(g.out) > maxSpare {
+		g.out = nil
+	}
 	return true
-}
-
-// recycle keeps the buffer written for reuse, unless it is large.
-func (g *gather) recycle() {
-	if g.writing == nil {
-		return
-	}
-	if cap(g.writing) <= maxSpare {
-		g.spare = g.writing[:0]
-	}
-	g.writing = nil
 }
 
 func (g *gather) Write() error {
 	_ = g.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err := g.nc.Write(g.writing)
+	_, err := g.nc.Write(g.cur)
 	return err
 }
 
-func (g *gather) Drop() {
-	g.recycle()
-	g.out = g.out[:0]
-}
+func (g *gather) Drop() { g.out = g.out[:0] }

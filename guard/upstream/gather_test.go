@@ -135,15 +135,7 @@ func TestStreamQueriesShareWrites(t *testing.T) {
 		t.Fatalf("a lone query: %d writes, want 1", n)
 	}
 	const n = 64
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			if err := ask(fmt.Sprintf("q%d.example.", i)); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
+	askTogether(t, n, ask)
 	writes, _ := w.count()
 	writes -= base + 1
 	t.Logf("%d queries asked together: %d writes", n, writes)
@@ -250,6 +242,18 @@ func TestH2QueriesShareWrites(t *testing.T) {
 		t.Fatalf("a lone query: %d writes, want 1", lone-base)
 	}
 	const n = 64
+	askTogether(t, n, ask)
+	writes, _ := w.count()
+	writes -= lone
+	t.Logf("%d queries asked together: %d writes (control frames included)", n, writes)
+	if writes > n/4 {
+		t.Errorf("%d queries asked together: %d writes, want them gathered (at most %d)", n, writes, n/4)
+	}
+}
+
+// askTogether asks n names (q0.example. ...) at once, each on a
+// goroutine of its own, and waits for every answer.
+func askTogether(t *testing.T, n int, ask func(name string) error) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
@@ -259,12 +263,6 @@ func TestH2QueriesShareWrites(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	writes, _ := w.count()
-	writes -= lone
-	t.Logf("%d queries asked together: %d writes (control frames included)", n, writes)
-	if writes > n/4 {
-		t.Errorf("%d queries asked together: %d writes, want them gathered (at most %d)", n, writes, n/4)
-	}
 }
 
 // readCounter counts the reads of the socket under TLS.
