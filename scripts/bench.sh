@@ -34,6 +34,9 @@
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1  BENCH_PORT=15300 (upstream; +1 server,
 #                        +2 pprof, +3 upstream DoT, +4 upstream DoH)
 #   BENCH_TLS=1          measure the DoT/DoH misses (0: skip, columns print "-")
+#   BENCH_PHASES="hit latency miss mem tls"   the phases measured (others print
+#                        "-"); "latency" alone judges a latency change over many
+#                        interleaved runs in a fraction of the time
 #   BENCH_CLIENTS=4  BENCH_OUTSTANDING=100   dnsperf -c and -q
 #   BENCH_CACHE_ENTRIES=20000  BENCH_CACHE_BYTES=8M   every server's cache size
 #                               (the guard's shipped defaults; peers sized alike)
@@ -74,6 +77,7 @@ MEM_NAMES=${BENCH_MEM_NAMES:-100000}
 MAX_LOST=${BENCH_MAX_LOST:-0}
 SCHED=${BENCH_SCHED:-rr}
 NICE=${BENCH_NICE:--10}
+PHASES=" ${BENCH_PHASES:-hit latency miss mem tls} "
 STEADY_QPS=2000
 PROFILE=0
 
@@ -93,6 +97,11 @@ log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
 [[ $SECONDS_PER_PHASE =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
 case " $SERVERS " in *" dnsguard "*) ;; *) die "BENCH_SERVERS must include dnsguard" ;; esac
+for p in $PHASES; do
+	case $p in hit | latency | miss | mem | tls) ;; *) die "unknown phase $p in BENCH_PHASES (hit latency miss mem tls)" ;; esac
+done
+phase() { [[ $PHASES == *" $1 "* ]]; }
+phase tls || TLS=0
 
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 need=(go dnsperf unbound taskset chrt awk sort)
@@ -495,53 +504,61 @@ measure() {
 	dnsperf_phase "$tag.warm" NOERROR -d "$WORK/hit.txt" -l 1
 
 	# (a) hits, (c) CPU per hit
-	t0=$(cpu_ticks "$pid") b0=$(core_busy) e0=$(date +%s%N)
-	dnsperf_phase "$tag.hit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE"
-	t1=$(cpu_ticks "$pid") b1=$(core_busy) e1=$(date +%s%N)
-	record "$name" "$run" hit_qps "$DP_QPS"
-	record_cpu "$name" "$run" hit "$t0" "$t1" "$DP_DONE"
-	# other work on the server's core during the hit phase, in % of the core
-	local used
-	used=$(awk -v a="$t0" -v b="$t1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] + y[2] - x[1] - x[2] }')
-	record "$name" "$run" noise "$(awk -v b=$((b1 - b0 - used)) -v hz="$CLK_TCK" -v ns=$((e1 - e0)) 'BEGIN { x = b / hz / (ns / 1e9) * 100; printf "%.1f", (x < 0 ? 0 : x) }')"
+	if phase hit; then
+		t0=$(cpu_ticks "$pid") b0=$(core_busy) e0=$(date +%s%N)
+		dnsperf_phase "$tag.hit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE"
+		t1=$(cpu_ticks "$pid") b1=$(core_busy) e1=$(date +%s%N)
+		record "$name" "$run" hit_qps "$DP_QPS"
+		record_cpu "$name" "$run" hit "$t0" "$t1" "$DP_DONE"
+		# other work on the server's core during the hit phase, in % of the core
+		local used
+		used=$(awk -v a="$t0" -v b="$t1" 'BEGIN { split(a, x, " "); split(b, y, " "); print y[1] + y[2] - x[1] - x[2] }')
+		record "$name" "$run" noise "$(awk -v b=$((b1 - b0 - used)) -v hz="$CLK_TCK" -v ns=$((e1 - e0)) 'BEGIN { x = b / hz / (ns / 1e9) * 100; printf "%.1f", (x < 0 ? 0 : x) }')"
+	fi
 
 	# (d) latency under full hit load (per-query output costs dnsperf
 	# some speed, hence its own pass)
-	dnsperf_phase "$tag.hitlat" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -v
-	read -r -a lat <<<"$(latency "$DP_LOG")"
-	record "$name" "$run" hit_avg "${lat[0]}"
-	record "$name" "$run" hit_p99 "${lat[1]}"
+	if phase latency; then
+		dnsperf_phase "$tag.hitlat" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -v
+		read -r -a lat <<<"$(latency "$DP_LOG")"
+		record "$name" "$run" hit_avg "${lat[0]}"
+		record "$name" "$run" hit_p99 "${lat[1]}"
 
-	# (e) steady 2,000 queries/s: hits
-	dnsperf_phase "$tag.steadyhit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
-	read -r -a lat <<<"$(latency "$DP_LOG")"
-	record "$name" "$run" s2k_hit_avg "${lat[0]}"
-	record "$name" "$run" s2k_hit_p99 "${lat[1]}"
+		# (e) steady 2,000 queries/s: hits
+		dnsperf_phase "$tag.steadyhit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
+		read -r -a lat <<<"$(latency "$DP_LOG")"
+		record "$name" "$run" s2k_hit_avg "${lat[0]}"
+		record "$name" "$run" s2k_hit_p99 "${lat[1]}"
+	fi
 
 	# (b) misses: unique names, each asked once (-n 1), NXDOMAIN upstream
-	t0=$(cpu_ticks "$pid")
-	dnsperf_phase "$tag.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$SECONDS_PER_PHASE"
-	t1=$(cpu_ticks "$pid")
-	record "$name" "$run" miss_qps "$DP_QPS"
-	record_cpu "$name" "$run" miss "$t0" "$t1" "$DP_DONE"
-	((DP_DONE < MISS_NAMES)) || die "$tag.miss: ran out of unique names; raise MISS_NAMES"
+	if phase miss; then
+		t0=$(cpu_ticks "$pid")
+		dnsperf_phase "$tag.miss" NXDOMAIN -d "$WORK/miss.txt" -n 1 -l "$SECONDS_PER_PHASE"
+		t1=$(cpu_ticks "$pid")
+		record "$name" "$run" miss_qps "$DP_QPS"
+		record_cpu "$name" "$run" miss "$t0" "$t1" "$DP_DONE"
+		((DP_DONE < MISS_NAMES)) || die "$tag.miss: ran out of unique names; raise MISS_NAMES"
 
-	# (e) steady 2,000 queries/s: misses
-	dnsperf_phase "$tag.steadymiss" NXDOMAIN -d "$WORK/steady-miss.txt" -n 1 -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
-	read -r -a lat <<<"$(latency "$DP_LOG")"
-	record "$name" "$run" s2k_miss_avg "${lat[0]}"
-	record "$name" "$run" s2k_miss_p99 "${lat[1]}"
+		# (e) steady 2,000 queries/s: misses
+		dnsperf_phase "$tag.steadymiss" NXDOMAIN -d "$WORK/steady-miss.txt" -n 1 -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
+		read -r -a lat <<<"$(latency "$DP_LOG")"
+		record "$name" "$run" s2k_miss_avg "${lat[0]}"
+		record "$name" "$run" s2k_miss_p99 "${lat[1]}"
+	fi
 	stop_server "$pid"
 
 	# (f) memory of a fresh instance after MEM_NAMES unique names
-	start_server "$name" "$tag.mem"
-	pid=$SRV_PID
-	dnsperf_phase "$tag.mem" NOERROR -d "$WORK/mem.txt" -n 1
-	((DP_DONE == MEM_NAMES)) || die "$tag.mem: $DP_DONE of $MEM_NAMES answered"
-	sleep 1
-	record "$name" "$run" rss "$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
-	record "$name" "$run" hwm "$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
-	stop_server "$pid"
+	if phase mem; then
+		start_server "$name" "$tag.mem"
+		pid=$SRV_PID
+		dnsperf_phase "$tag.mem" NOERROR -d "$WORK/mem.txt" -n 1
+		((DP_DONE == MEM_NAMES)) || die "$tag.mem: $DP_DONE of $MEM_NAMES answered"
+		sleep 1
+		record "$name" "$run" rss "$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
+		record "$name" "$run" hwm "$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")"
+		stop_server "$pid"
+	fi
 
 	# (g) misses forwarded over DoT and DoH, where the server can
 	((TLS)) || return 0
@@ -689,22 +706,38 @@ table() {
 		}
 		printf "\nCPU per query split, microseconds (user + system = total):\n"
 		printf "%-16s %11s %11s %11s %11s\n", "server", "hit usr", "hit sys", "miss usr", "miss sys"
-		for (i = 1; i <= ns; i++)
-			printf "%-16s %11.1f %11.1f %11.1f %11.1f\n", s[i], median(s[i] SUBSEP "usr_hit"), median(s[i] SUBSEP "sys_hit"), median(s[i] SUBSEP "usr_miss"), median(s[i] SUBSEP "sys_miss")
+		for (i = 1; i <= ns; i++) {
+			printf "%-16s", s[i]
+			split("usr_hit sys_hit usr_miss sys_miss", sk, " ")
+			for (k = 1; k <= 4; k++) { v = median(s[i] SUBSEP sk[k]); if (v == "") printf " %11s", "-"; else printf " %11.1f", v }
+			printf "\n"
+		}
+		# latency varies from run to run more than the medians show: each
+		# p99 of each run, the guard beside that of the peer in the same run
+		if (med["dnsguard", "hit_p99"] != "" && med["unbound", "hit_p99"] != "") {
+			printf "\np99 latency per run, guard/unbound, us:\n"
+			split("hit_p99 s2k_hit_p99", lk, " "); split("hit p99|2k hit p99", lh, "|")
+			for (k = 1; k <= 2; k++) {
+				ng = split(vals["dnsguard" SUBSEP lk[k]], ga, " "); split(vals["unbound" SUBSEP lk[k]], ua, " ")
+				printf "  %-11s", lh[k]; le = 0
+				for (j = 1; j <= ng; j++) { printf " %.0f/%.0f", ga[j], ua[j]; if (ga[j] + 0 <= ua[j] + 0) le++ }
+				printf "  (guard <= unbound in %d of %d runs)\n", le, ng
+			}
+		}
 		printf "\nmedians of %d runs; ratios are guard/peer (q/s: higher is better; cpu, latency, memory: lower is better)\n", runs
 		printf "noise %%: time on the server core not charged to the server during the hit phase\n"
 		printf "         (other processes, interrupts), in %% of the core; high values make the figures suspect\n"
 		# the targets of issue 2
 		printf "\ntargets (issue 2):\n"
 		g = med["dnsguard", "cpu_hit"]
-		if (med["dnsdist", "cpu_hit"] != "") printf "  cpu/hit %.1f us <= dnsdist x1.1 = %.1f: %s\n", g, med["dnsdist", "cpu_hit"] * 1.1, (g <= med["dnsdist", "cpu_hit"] * 1.1 ? "met" : "NOT met")
-		if (med["dnsmasq", "cpu_hit"] != "") printf "  cpu/hit %.1f us < dnsmasq %.1f: %s\n", g, med["dnsmasq", "cpu_hit"], (g < med["dnsmasq", "cpu_hit"] ? "met" : "NOT met")
+		if (g != "" && med["dnsdist", "cpu_hit"] != "") printf "  cpu/hit %.1f us <= dnsdist x1.1 = %.1f: %s\n", g, med["dnsdist", "cpu_hit"] * 1.1, (g <= med["dnsdist", "cpu_hit"] * 1.1 ? "met" : "NOT met")
+		if (g != "" && med["dnsmasq", "cpu_hit"] != "") printf "  cpu/hit %.1f us < dnsmasq %.1f: %s\n", g, med["dnsmasq", "cpu_hit"], (g < med["dnsmasq", "cpu_hit"] ? "met" : "NOT met")
 		g = med["dnsguard", "cpu_miss"]
-		if (med["unbound", "cpu_miss"] != "") printf "  cpu/miss %.1f us <= unbound / 2 = %.1f: %s\n", g, med["unbound", "cpu_miss"] / 2, (g <= med["unbound", "cpu_miss"] / 2 ? "met" : "NOT met")
+		if (g != "" && med["unbound", "cpu_miss"] != "") printf "  cpu/miss %.1f us <= unbound / 2 = %.1f: %s\n", g, med["unbound", "cpu_miss"] / 2, (g <= med["unbound", "cpu_miss"] / 2 ? "met" : "NOT met")
 		g = med["dnsguard", "hit_p99"]
-		if (med["unbound", "hit_p99"] != "") printf "  hit p99 %.0f us <= unbound %.0f us: %s\n", g, med["unbound", "hit_p99"], (g <= med["unbound", "hit_p99"] ? "met" : "NOT met")
+		if (g != "" && med["unbound", "hit_p99"] != "") printf "  hit p99 %.0f us <= unbound %.0f us: %s\n", g, med["unbound", "hit_p99"], (g <= med["unbound", "hit_p99"] ? "met" : "NOT met")
 		g = med["dnsguard", "rss"]
-		printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", g, "'"$MEM_NAMES"'", (g < 30 ? "met" : "NOT met")
+		if (g != "") printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", g, "'"$MEM_NAMES"'", (g < 30 ? "met" : "NOT met")
 		# the targets of issue 14
 		printf "\ntargets (issue 14):\n"
 		target("cpu/hit", "cpu_hit", "dnsdist", "cpu_hit", 1)
@@ -715,7 +748,7 @@ table() {
 		target("cpu/doh miss", "cpu_doh_miss", "dnsdist", "cpu_dot_miss", 1.5)
 		target("hit p99", "hit_p99", "unbound", "hit_p99", 1)
 		target("2k hit p99", "s2k_hit_p99", "unbound", "s2k_hit_p99", 1)
-		printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", med["dnsguard", "rss"], "'"$MEM_NAMES"'", (med["dnsguard", "rss"] < 30 ? "met" : "NOT met")
+		if (med["dnsguard", "rss"] != "") printf "  RSS %.1f MiB < 30 MiB after %s names: %s\n", med["dnsguard", "rss"], "'"$MEM_NAMES"'", (med["dnsguard", "rss"] < 30 ? "met" : "NOT met")
 	}
 	# target LABEL KEY PEER PEERKEY FACTOR: the KEY of the guard at most
 	# PEERKEY of PEER times FACTOR.
