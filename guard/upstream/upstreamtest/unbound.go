@@ -74,14 +74,21 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 			return u
 		}
 		// Ports are chosen free, then bound by unbound: a test running
-		// at the same time may take one in between.
-		if try < 3 && strings.Contains(out, "address already in use") {
+		// at the same time may take one in between (any process's
+		// query socket or connection may get it as its ephemeral
+		// port). unbound says "Address already in use" (strerror) for
+		// TCP, "address already in use" for UDP.
+		if try < 3 && strings.Contains(strings.ToLower(out), "address already in use") {
 			t.Logf("unbound: a port was taken meanwhile, again with others:\n%s", out)
 			continue
 		}
 		t.Fatalf("unbound: %v\n%s", err, out)
 	}
 }
+
+// takePorts, when set (by a test of StartUnbound), is called with the
+// ports of a try just before unbound is started on them.
+var takePorts func(t testing.TB, tlsPort, plainPort uint16)
 
 // startUnbound is one try of StartUnbound, on ports free just before.
 func startUnbound(t testing.TB, bin string, ca *CA, opts UnboundOptions) (*Unbound, string, error) {
@@ -94,6 +101,9 @@ func startUnbound(t testing.TB, bin string, ca *CA, opts UnboundOptions) (*Unbou
 	if opts.PortExtra != nil {
 		extraPort = freePort(t)
 		opts.Extra = append(slices.Clip(opts.Extra), opts.PortExtra(extraPort)...)
+	}
+	if takePorts != nil {
+		takePorts(t, tlsPort, plainPort)
 	}
 	conf := unboundConf(dir, tlsPort, plainPort, opts)
 	write(t, filepath.Join(dir, "unbound.conf"), []byte(conf))
