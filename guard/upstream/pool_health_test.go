@@ -28,6 +28,10 @@ type scripted struct {
 	asked   []string
 	release chan struct{} // when set, unanswered queries wait on it and then ask the script again
 	resets  int
+
+	// hold, when set, is called with each query once it is counted and
+	// before the script is asked: a test holds queries there.
+	hold func(q *dns.Msg)
 }
 
 func (s *scripted) set(f func(q *dns.Msg) (*dns.Msg, error)) {
@@ -41,6 +45,9 @@ func (s *scripted) Exchange(ctx context.Context, q *dns.Msg, _ QueryOptions) (*d
 	s.asked = append(s.asked, q.Question[0].Name)
 	f, release := s.script, s.release
 	s.mu.Unlock()
+	if s.hold != nil {
+		s.hold(q)
+	}
 	for {
 		r, err := f(q)
 		if r != nil || err != nil {
@@ -216,10 +223,23 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 // TestPoolSilentUpstreamDown: an upstream that answers nothing at all is
 // marked down by its failed health check, after the question's own
 // attempts and exactly one check; a stream transport is reset then.
+//
+// The check's failure is held until the question's attempts are over:
+// the pool stops a question's attempts once its upstreams are all down,
+// and the check's deadline (2 attempts' time, started after the first
+// attempt failed) and the third attempt's end are otherwise a race that
+// a querying goroutine late by a few milliseconds loses.
 func TestPoolSilentUpstreamDown(t *testing.T) {
-	s := &scripted{name: "silent", script: silent}
+	questionDone := make(chan struct{})
+	s := &scripted{name: "silent", script: silent, hold: func(q *dns.Msg) {
+		if q.Question[0].Name == "." {
+			<-questionDone
+		}
+	}}
 	p := scriptedPool(t, Options{Timeout: 50 * time.Millisecond, ProbeMin: time.Hour}, s)
-	if _, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err == nil {
+	_, err := p.Exchange(clientCtx(t), query("example.com", dns.TypeA), QueryOptions{})
+	close(questionDone)
+	if err == nil {
 		t.Fatal("answered")
 	}
 	eventually(t, "down", func() bool { return !p.Stats()[0].Up })
