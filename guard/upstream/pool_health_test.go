@@ -420,16 +420,40 @@ func TestPoolCaseFallback(t *testing.T) {
 }
 
 // TestPoolShutdownDrains: Shutdown lets the queries in progress on a DoT
-// upstream finish; Close does not.
+// upstream finish; Close does not. The upstream holds its answers to the
+// ten queries until the test lets them go: once Shutdown waits (or has
+// returned), and once Close has returned; so neither outcome depends on
+// how soon the test gets to stop the pool after the queries were sent.
 func TestPoolShutdownDrains(t *testing.T) {
 	ca := upstreamtest.NewCA(t)
+	var mu sync.Mutex
+	var hold chan struct{} // the current run's: answers to q*.example wait until it is closed
+	var held atomic.Int32  // queries waiting at the upstream
 	srv := upstreamtest.StartDoT(t, ca, upstreamtest.DoTOptions{Handler: func(q *dns.Msg) *dns.Msg {
-		time.Sleep(200 * time.Millisecond)
+		if strings.HasPrefix(q.Question[0].Name, "q") {
+			mu.Lock()
+			h := hold
+			mu.Unlock()
+			held.Add(1)
+			<-h
+		}
 		return upstreamtest.AnswerA("192.0.2.1")(q)
 	}})
-	run := func(stop func(p *Pool)) (failed int) {
-		p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: time.Second})
-		if _, err := p.Exchange(clientCtx(t), query("warm.example", dns.TypeA), QueryOptions{}); err != nil {
+	run := func(stop func(p *Pool, letGo func())) (failed int) {
+		release := make(chan struct{})
+		var once sync.Once
+		letGo := func() { once.Do(func() { close(release) }) }
+		t.Cleanup(letGo)
+		mu.Lock()
+		hold = release
+		mu.Unlock()
+		held.Store(0)
+		// Timeouts far beyond the test's run: the queries end when the
+		// upstream lets them go or the pool is closed, nothing else.
+		p := newPool(t, []string{srv.URL("dot.test")}, Options{CAPEM: ca.PEM, Timeout: 20 * time.Second})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := p.Exchange(ctx, query("warm.example", dns.TypeA), QueryOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -438,20 +462,36 @@ func TestPoolShutdownDrains(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("q%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
+				if _, err := p.Exchange(ctx, query(fmt.Sprintf("q%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
 					bad.Add(1)
 				}
 			}()
 		}
-		eventually(t, "queries sent", func() bool { return p.Stats()[0].Queries >= 11 })
-		stop(p)
+		eventually(t, "queries at the upstream", func() bool { return held.Load() == 10 })
+		stop(p, letGo)
 		wg.Wait()
 		return int(bad.Load())
 	}
-	if failed := run(func(p *Pool) { _ = p.Shutdown(testCtx(t)) }); failed != 0 {
+	shutdown := func(p *Pool, letGo func()) {
+		var returned atomic.Bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = p.Shutdown(testCtx(t))
+			returned.Store(true)
+		}()
+		eventually(t, "Shutdown waiting", func() bool {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.idle != nil || returned.Load()
+		})
+		letGo()
+		<-done
+	}
+	if failed := run(shutdown); failed != 0 {
 		t.Errorf("%d queries failed across Shutdown", failed)
 	}
-	if failed := run(func(p *Pool) { _ = p.Close() }); failed == 0 {
-		t.Error("no query failed across Close: the drain test shows nothing")
+	if failed := run(func(p *Pool, letGo func()) { _ = p.Close(); letGo() }); failed != 10 {
+		t.Errorf("%d of 10 queries failed across Close, want all: the drain test shows nothing", failed)
 	}
 }
