@@ -136,6 +136,13 @@ func (l *logBuffer) String() string {
 // own; the upstream stays up and every other name is answered, both
 // with other traffic about and with none (the health check answers),
 // over Do53 and over DoT (where they share one pipelined connection).
+//
+// The pool runs with its default timeout: the upstream staying up rests
+// on its health check being answered within the check's deadline (two
+// attempts' time), and a loaded machine can hold the test upstream's
+// goroutines longer than the 300 ms a 150 ms attempt gave. Victims are
+// asked for as long as the attack lasts, so its attempts fail amid
+// answered traffic; the never-answering names alone are asked together.
 func TestPoolNeverAnsweringNames(t *testing.T) {
 	never := func(q *dns.Msg) bool { return dns.IsSubDomain("never.test.", q.Question[0].Name) }
 	srv := startUDP(t, func(s *udpServer, from netip.AddrPort, q *dns.Msg) {
@@ -167,9 +174,10 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs logBuffer
-			p := newPool(t, []string{tc.url}, Options{CAPEM: ca.PEM, Timeout: 150 * time.Millisecond, Logger: logs.logger()})
+			p := newPool(t, []string{tc.url}, Options{CAPEM: ca.PEM, Logger: logs.logger()})
 
-			// Attack and victim at once.
+			// Attack and victim at once: victims are asked until every
+			// attack query has failed.
 			var wg sync.WaitGroup
 			var attackAnswered atomic.Int32
 			for i := range 20 {
@@ -182,22 +190,37 @@ func TestPoolNeverAnsweringNames(t *testing.T) {
 				}()
 				time.Sleep(10 * time.Millisecond)
 			}
-			victimFailed := 0
-			for i := range 40 {
-				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", i), dns.TypeA), QueryOptions{}); err != nil {
+			attackOver := make(chan struct{})
+			go func() { wg.Wait(); close(attackOver) }()
+			victims, victimFailed := 0, 0
+			for over := false; !over || victims < 40; victims++ {
+				if _, err := p.Exchange(clientCtx(t), query(fmt.Sprintf("v%d.example", victims), dns.TypeA), QueryOptions{}); err != nil {
 					victimFailed++
-					t.Logf("victim query %d: %v", i, err)
+					t.Logf("victim query %d: %v", victims, err)
+				}
+				select {
+				case <-attackOver:
+					over = true
+				case <-time.After(5 * time.Millisecond):
 				}
 			}
-			wg.Wait()
 			if victimFailed > 0 || attackAnswered.Load() != 0 {
-				t.Errorf("victim failed %d of 40; %d never-answering names answered", victimFailed, attackAnswered.Load())
+				t.Errorf("victim failed %d of %d; %d never-answering names answered", victimFailed, victims, attackAnswered.Load())
 			}
 
 			// Only never-answering names: nothing else answered since they
 			// were sent, so the pool checks the upstream, which answers.
-			for i := range 5 {
-				if _, err := p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA), QueryOptions{}); IsAllDown(err) || err == nil {
+			errs := make([]error, 5)
+			for i := range errs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, errs[i] = p.Exchange(context.Background(), query(fmt.Sprintf("alone%d.never.test", i), dns.TypeA), QueryOptions{})
+				}()
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if IsAllDown(err) || err == nil {
 					t.Fatalf("never-answering name %d: %v, want its own failure", i, err)
 				}
 			}
