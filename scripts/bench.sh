@@ -770,8 +770,13 @@ if ((PROFILE)); then
 fi
 
 log "$RUNS runs x $SECONDS_PER_PHASE s per phase; servers: $SERVERS"
+# Odd runs go through the servers in the order given, even runs in reverse,
+# so no server is always measured first after the upstream's start or
+# always next to the same neighbour in time.
 for run in $(seq "$RUNS"); do
-	for name in $SERVERS; do
+	order=$SERVERS
+	((run % 2)) || order=$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')
+	for name in $order; do
 		log "run $run/$RUNS: $name"
 		measure "$name" "$run"
 	done
