@@ -221,8 +221,11 @@ func TestStreamIdleCloseAndClose(t *testing.T) {
 	if _, err := tr.Exchange(testCtx(t), query("example.com", dns.TypeA), QueryOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if srv.Conns() != 2 {
-		t.Errorf("%d connections, want 2", srv.Conns())
+	// The second query went on a new connection. (How many were dialled
+	// is not asked: a fresh connection idle 100 ms before the query that
+	// waited for it got to it, on a loaded machine, is dialled again.)
+	if rs := srv.Received(); len(rs) != 2 || rs[0].Conn == rs[1].Conn {
+		t.Errorf("queries received %+v, want 2 on different connections", rs)
 	}
 
 	// Close fails a query in flight and refuses new ones.
