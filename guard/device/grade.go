@@ -8,11 +8,24 @@ import (
 )
 
 // gradeEvery: estimators are graded after every observation for the first
-// gradeAlways values, then every gradeEvery-th.
+// gradeAlways values, then every gradeEvery-th, and once a device has
+// given more than gradeEvery*gradeShare values, each time 1/gradeShare of
+// its evidence is new: a verdict over n values moves only when a share of
+// them has changed, and a grade (both estimators, under the registry's
+// lock, on the query's path) costs microseconds that grow with the values
+// seen, so a busy device is not graded thousands of times a minute for
+// nothing (BenchmarkObserveGraded).
 const (
 	gradeAlways = 64
 	gradeEvery  = 8
+	gradeShare  = 64
 )
+
+// gradeDue says whether an estimator holding n values, ungraded for the
+// last ungraded of them, is graded now.
+func gradeDue(n uint64, ungraded uint32) bool {
+	return n <= gradeAlways || uint64(ungraded) >= max(gradeEvery, n/gradeShare)
+}
 
 // strictReview: a device the guard graded weak is graded again on fresh
 // evidence once it has been strict this long; it leaves the strict class
@@ -45,7 +58,7 @@ func (r *Registry) observeLocked(e *entry, o *Observation, now time.Time) {
 	}
 	e.rec.Observed++
 	e.ungraded++
-	if e.ids.N() <= gradeAlways || e.ungraded >= gradeEvery { // the current evidence, not the lifetime count
+	if gradeDue(e.ids.N(), e.ungraded) { // the current evidence, not the lifetime count
 		e.ungraded = 0
 		r.gradeLocked(e, now)
 	}

@@ -44,6 +44,73 @@ func TestRegistryGradesWeakDeviceStrictOnce(t *testing.T) {
 	}
 }
 
+// TestGradeDue: every value is graded for the first gradeAlways, then every
+// gradeEvery-th, then each time 1/gradeShare of the evidence is new.
+func TestGradeDue(t *testing.T) {
+	for _, tc := range []struct {
+		n        uint64
+		ungraded uint32
+		due      bool
+	}{
+		{1, 1, true}, {64, 1, true}, {65, 1, false}, {65, 8, true}, {511, 7, false}, {511, 8, true},
+		{1000, 8, false}, {1000, 15, true}, {10000, 155, false}, {10000, 156, true},
+		{200000, 3124, false}, {200000, 3125, true},
+	} {
+		if got := gradeDue(tc.n, tc.ungraded); got != tc.due {
+			t.Errorf("gradeDue(%d values, %d ungraded) = %v, want %v", tc.n, tc.ungraded, got, tc.due)
+		}
+	}
+}
+
+// TestGradeKeepsUpWithBusyDevice: a device random for 10,000 queries whose
+// IDs then start counting is moved to the strict class within 1/gradeShare
+// more of its queries (and a grading step) of the point where its
+// estimator first says weak, although it is graded ever more rarely.
+func TestGradeKeepsUpWithBusyDevice(t *testing.T) {
+	clk := newClock()
+	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
+	mac := "02:00:00:00:00:42"
+	dst := netip.MustParseAddrPort("192.168.1.1:53")
+	host := netip.MustParseAddr("192.168.1.42")
+	r := rand.New(rand.NewPCG(3, 4))
+	ref, boot := entropy.New(), uint32(0) // the device's ID estimator, graded more often
+	ask := func(id uint16) {
+		clk.add(10 * time.Millisecond)
+		reg.ObserveQuery(mac, dst, udpQuery(netip.AddrPortFrom(host, uint16(1024+r.IntN(64000))), id, "k.example."))
+		if ref.N() == 0 {
+			boot = reg.Snapshot()[0].Boots
+		}
+		ref.Observe(id, boot)
+	}
+	strict := func() bool { _, _, d, _ := reg.Identify(host); return d.Strict }
+	for range 10000 {
+		ask(uint16(r.Uint32()))
+	}
+	if strict() {
+		t.Fatal("random device made strict")
+	}
+	id, weakAt := uint16(r.Uint32()), 0
+	for i := 1; i <= 40000; i++ {
+		id++
+		ask(id)
+		if weakAt == 0 && i%16 == 0 && ref.Result().Verdict == entropy.Weak {
+			weakAt = i - 15 // at most 15 queries early
+		}
+		if strict() {
+			if weakAt == 0 {
+				t.Fatalf("strict after %d counting IDs before its estimator says weak", i)
+			}
+			n := uint64(10000 + weakAt)
+			if late := i - weakAt; uint64(late) > n/gradeShare+gradeEvery+15 {
+				t.Errorf("strict %d queries after its estimator said weak (at %d values), want at most %d", late, n, n/gradeShare+gradeEvery+15)
+			}
+			t.Logf("estimator weak after %d counting IDs, device strict after %d", weakAt, i)
+			return
+		}
+	}
+	t.Fatalf("not strict after 40,000 counting IDs (estimator weak after %d)", weakAt)
+}
+
 func TestRegistrySameQueryEveryBootCounts(t *testing.T) {
 	clk := newClock()
 	reg, _ := NewRegistry(Options{Log: quiet(), Now: clk.now})
@@ -208,5 +275,30 @@ func TestRegistryBitmapBudget(t *testing.T) {
 		if v.TXID.Verdict != "random" || v.Port.Verdict != "random" || v.Strict {
 			t.Errorf("%s graded %s/%s strict=%v: %s", v.ID, v.TXID.Verdict, v.Port.Verdict, v.Strict, v.TXID.Detail)
 		}
+	}
+}
+
+// BenchmarkObserveGraded is one logged query of a device whose IDs and
+// ports have been random for n queries: the observation and, every so
+// often, the grade of both estimators, all under the registry's lock.
+func BenchmarkObserveGraded(b *testing.B) {
+	for _, n := range []int{1000, 10000, 200000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			reg, _ := NewRegistry(Options{Neighbours: lan(), Log: quiet(), Now: newClock().now})
+			r := rand.New(rand.NewPCG(1, 2))
+			q := udpQuery(netip.AddrPortFrom(victim, 4000), 0, "g.example.")
+			ask := func() {
+				q.Query.ID = uint16(r.Uint32())
+				q.Src = netip.AddrPortFrom(victim, uint16(1024+r.IntN(64000)))
+				reg.ObserveQuery(victimMAC, router, q)
+			}
+			for range n {
+				ask()
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				ask()
+			}
+		})
 	}
 }

@@ -116,7 +116,7 @@ type entry struct {
 	recent     recentQueries      // the last queries, to drop retransmissions
 	away       bool               // neighbour gone: the next sighting is a new boot
 	confirmed  bool
-	ungraded   uint8
+	ungraded   uint32 // values since the last grade (gradeDue)
 	decision   Decision
 	dev        *stage.Device // what identify last handed out (never modified)
 	prev, next *entry        // on list (nil: pinned by an override, or the list's root)

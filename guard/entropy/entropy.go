@@ -610,32 +610,50 @@ func (e *Estimator) span() int {
 		}
 		return 65536 - longest
 	}
-	// Longest run of zero bits, circularly. Start just after a set bit so
-	// the run that wraps around is counted whole.
-	start := -1
-	for w := 0; w < bitmapSize; w++ {
-		if e.seen[w] != 0 {
-			start = w*64 + 63 - bits.LeadingZeros64(e.seen[w])
-			break
-		}
-	}
-	longest, run := 0, 0
-	for i := 1; i <= 65536; i++ {
-		v := (start + i) & 0xFFFF
-		word := e.seen[v>>6]
-		if word == 0 && v&63 == 0 && i+64 <= 65536 {
+	return 65536 - longestUnseen(e.seen)
+}
+
+// longestUnseen is the longest circular run of zero bits in seen (which
+// has a bit set), a word at a time: a run crosses words through their
+// zero ends (a word's trailing zeros continue the run from below, its
+// leading zeros start the next) and whole zero words; a gap between two
+// set bits of one word is at most 62 long and looked at only while no run
+// that long is known. With thousands of values seen this is a pass over
+// 1,024 words instead of 65,536 bits (every gradeEvery-th query of a
+// device grades it: see device.observeLocked).
+func longestUnseen(seen *[bitmapSize]uint64) int {
+	longest, run, first := 0, 0, -1
+	for _, word := range seen {
+		if word == 0 {
 			run += 64
-			longest = max(longest, run)
-			i += 63
 			continue
 		}
-		if word&(1<<(v&63)) == 0 {
-			run++
-			longest = max(longest, run)
+		run += bits.TrailingZeros64(word)
+		if first < 0 {
+			first = run // joins the run after the last set bit (the wrap)
 		} else {
-			run = 0
+			longest = max(longest, run)
 		}
+		if longest < 62 {
+			longest = max(longest, innerGap(word))
+		}
+		run = bits.LeadingZeros64(word)
 	}
-	longest = max(longest, run)
-	return 65536 - longest
+	return max(longest, run+first)
+}
+
+// innerGap is the longest run of zero bits between two set bits of x
+// (x != 0).
+func innerGap(x uint64) int {
+	g := 0
+	x >>= bits.TrailingZeros64(x)
+	for {
+		x >>= 1
+		if x == 0 {
+			return g
+		}
+		tz := bits.TrailingZeros64(x)
+		g = max(g, tz)
+		x >>= tz
+	}
 }
