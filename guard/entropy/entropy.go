@@ -619,8 +619,8 @@ func (e *Estimator) span() int {
 // leading zeros start the next) and whole zero words; a gap between two
 // set bits of one word is at most 62 long and looked at only while no run
 // that long is known. With thousands of values seen this is a pass over
-// 1,024 words instead of 65,536 bits (every gradeEvery-th query of a
-// device grades it: see device.observeLocked).
+// 1,024 words instead of 65,536 bits (a device's queries grade it: see
+// device.gradeDue).
 func longestUnseen(seen *[bitmapSize]uint64) int {
 	longest, run, first := 0, 0, -1
 	for _, word := range seen {
