@@ -35,6 +35,9 @@ type UnboundOptions struct {
 	// free on 127.0.0.1 at the time, and again with another when unbound
 	// could not bind (another test took a port meanwhile).
 	PortExtra func(port uint16) []string
+	// takePorts, when set (by a test of StartUnbound), is called with the
+	// ports of a try just before unbound is started on them.
+	takePorts func(t testing.TB, tlsPort, plainPort uint16)
 }
 
 // Unbound is unbound (Debian's package) serving DNS over TLS with a
@@ -86,10 +89,6 @@ func StartUnbound(t testing.TB, opts UnboundOptions) *Unbound {
 	}
 }
 
-// takePorts, when set (by a test of StartUnbound), is called with the
-// ports of a try just before unbound is started on them.
-var takePorts func(t testing.TB, tlsPort, plainPort uint16)
-
 // startUnbound is one try of StartUnbound, on ports free just before.
 func startUnbound(t testing.TB, bin string, ca *CA, opts UnboundOptions) (*Unbound, string, error) {
 	dir := t.TempDir()
@@ -102,8 +101,8 @@ func startUnbound(t testing.TB, bin string, ca *CA, opts UnboundOptions) (*Unbou
 		extraPort = freePort(t)
 		opts.Extra = append(slices.Clip(opts.Extra), opts.PortExtra(extraPort)...)
 	}
-	if takePorts != nil {
-		takePorts(t, tlsPort, plainPort)
+	if opts.takePorts != nil {
+		opts.takePorts(t, tlsPort, plainPort)
 	}
 	conf := unboundConf(dir, tlsPort, plainPort, opts)
 	write(t, filepath.Join(dir, "unbound.conf"), []byte(conf))

@@ -13,7 +13,7 @@ import (
 // in use"), then a UDP port ("bind: address already in use").
 func TestStartUnboundPortTaken(t *testing.T) {
 	var taken []uint16
-	takePorts = func(t testing.TB, tlsPort, plainPort uint16) {
+	takePorts := func(t testing.TB, tlsPort, plainPort uint16) {
 		switch len(taken) {
 		case 0:
 			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", tlsPort))
@@ -31,8 +31,7 @@ func TestStartUnboundPortTaken(t *testing.T) {
 			taken = append(taken, plainPort)
 		}
 	}
-	t.Cleanup(func() { takePorts = nil })
-	u := StartUnbound(t, UnboundOptions{})
+	u := StartUnbound(t, UnboundOptions{takePorts: takePorts})
 	if len(taken) != 2 || u.Addr.Port() == taken[0] || u.Do53.Port() == taken[1] {
 		t.Fatalf("ports taken %v, unbound on %v and %v", taken, u.Addr, u.Do53)
 	}
