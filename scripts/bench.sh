@@ -773,10 +773,14 @@ log "$RUNS runs x $SECONDS_PER_PHASE s per phase; servers: $SERVERS"
 # Odd runs go through the servers in the order given, even runs in reverse,
 # so no server is always measured first after the upstream's start or
 # always next to the same neighbour in time.
+read -r -a servers <<<"$SERVERS"
 for run in $(seq "$RUNS"); do
-	order=$SERVERS
-	((run % 2)) || order=$(printf '%s\n' $SERVERS | tac | tr '\n' ' ')
-	for name in $order; do
+	order=("${servers[@]}")
+	if ((run % 2 == 0)); then
+		order=()
+		for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
+	fi
+	for name in "${order[@]}"; do
 		log "run $run/$RUNS: $name"
 		measure "$name" "$run"
 	done
