@@ -144,9 +144,7 @@ func (r *Registry) identify(client netip.Addr, now time.Time) (*stage.Device, De
 		r.learnLocked(client, mac)
 	}
 	e := r.entryLocked(id, mac, now, confirmed)
-	if ips := e.rec.IPs; len(ips) == 0 || !sameIP(ips[0], client) {
-		e.rec.noteIP(client.String())
-	}
+	e.rec.noteAddr(client)
 	d := e.decision
 	want := stage.Device{ID: id, MAC: mac, Name: e.rec.Name(), Class: d.Class, Strict: d.Strict, Rate: d.Rate, Burst: d.Burst}
 	if e.dev == nil || *e.dev != want {

@@ -122,9 +122,7 @@ func (r *Registry) ObserveBypass(mac string, src, dst netip.AddrPort, kind strin
 func (r *Registry) packetLocked(mac string, ip netip.Addr, now time.Time, agree bool) *entry {
 	r.learnLocked(ip, mac)
 	e := r.entryLocked(mac, mac, now, agree)
-	if ips := e.rec.IPs; len(ips) == 0 || !sameIP(ips[0], ip) { // no allocation for the usual address
-		e.rec.noteIP(ip.String())
-	}
+	e.rec.noteAddr(ip)
 	return e
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -120,6 +121,14 @@ func DecodeRecord(b []byte) (*Record, error) {
 // noteIP puts ip first in the record's address list.
 func (r *Record) noteIP(ip string) {
 	r.IPs = mostRecent(r.IPs, ip, maxIPs)
+}
+
+// noteAddr is noteIP for an address, formatted (allocated) only when it
+// is not already the first: a device nearly always asks from the same one.
+func (r *Record) noteAddr(a netip.Addr) {
+	if len(r.IPs) == 0 || !sameIP(r.IPs[0], a) {
+		r.noteIP(a.String())
+	}
 }
 
 // noteName puts name first in the record's name list.
