@@ -3,6 +3,7 @@ package entropy
 import (
 	"encoding/binary"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 )
 
@@ -74,7 +75,7 @@ func TestLongestUnseen(t *testing.T) {
 			for v := at; v < at+k; v++ {
 				m[v>>6] &^= 1 << (v & 63)
 			}
-			cases["all but "+itoa(k)+" from "+itoa(at)] = m
+			cases["all but "+strconv.Itoa(k)+" from "+strconv.Itoa(at)] = m
 		}
 	}
 	r := rand.New(rand.NewPCG(7, 11))
@@ -84,7 +85,7 @@ func TestLongestUnseen(t *testing.T) {
 			for range n {
 				vs = append(vs, int(r.Uint32()&0xFFFF))
 			}
-			cases["random "+itoa(n)+"/"+itoa(seed)] = bitmapOf(vs...)
+			cases["random "+strconv.Itoa(n)+"/"+strconv.Itoa(seed)] = bitmapOf(vs...)
 		}
 	}
 	for name, m := range cases {
@@ -128,7 +129,7 @@ func FuzzLongestUnseen(f *testing.F) {
 // device's is graded every gradeEvery-th query.
 func BenchmarkResult(b *testing.B) {
 	for _, n := range []int{100, 10000, 200000} {
-		b.Run(itoa(n), func(b *testing.B) {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
 			e := New()
 			r := rand.New(rand.NewPCG(1, 2))
 			for range n {
@@ -140,15 +141,4 @@ func BenchmarkResult(b *testing.B) {
 			}
 		})
 	}
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; n > 0; n /= 10 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-	}
-	return string(b)
 }
