@@ -706,13 +706,13 @@ table() {
 		}
 		printf "\nCPU per query split, microseconds (user + system = total):\n"
 		printf "%-16s %11s %11s %11s %11s\n", "server", "hit usr", "hit sys", "miss usr", "miss sys"
+		split("usr_hit sys_hit usr_miss sys_miss", sk, " ")
 		for (i = 1; i <= ns; i++) {
 			printf "%-16s", s[i]
-			split("usr_hit sys_hit usr_miss sys_miss", sk, " ")
 			for (k = 1; k <= 4; k++) { v = median(s[i] SUBSEP sk[k]); if (v == "") printf " %11s", "-"; else printf " %11.1f", v }
 			printf "\n"
 		}
-		# latency varies from run to run more than the medians show: each
+		# latency varies from run to run more than the medians show: the
 		# p99 of each run, the guard beside that of the peer in the same run
 		if (med["dnsguard", "hit_p99"] != "" && med["unbound", "hit_p99"] != "") {
 			printf "\np99 latency per run, guard/unbound, us:\n"
