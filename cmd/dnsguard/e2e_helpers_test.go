@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/miekg/dns"
 )
 
@@ -247,21 +248,13 @@ const anyPort = "127.0.0.1:0"
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	for i := 0; i < 50; i++ {
-		u, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := u.LocalAddr().String()
-		l, err := net.Listen("tcp", addr)
-		u.Close()
-		if err == nil {
-			l.Close()
-			return addr
-		}
+	u, l, err := portpair.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port")
-	return ""
+	u.Close()
+	l.Close()
+	return u.LocalAddr().String()
 }
 
 func ask(t *testing.T, addr, name string, qtype uint16, edns bool) *dns.Msg {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dnsguard/dnsguard/guard/portpair"
 )
 
 // Endpoints are the addresses a lab serves on (IP:PORT each; port 0 picks
@@ -54,17 +56,13 @@ func (l *Lab) Listen(ep Endpoints, tlsCfg *tls.Config) (*Listeners, error) {
 		return ln, nil
 	}
 	for _, a := range ep.Do53 {
-		pc, err := net.ListenPacket("udp", a)
+		pc, ln, err := portpair.Listen(a)
 		if err != nil {
 			ls.Close()
 			return nil, fmt.Errorf("lab: %w", err)
 		}
-		ls.closers = append(ls.closers, pc)
-		ln, err := tcp(pc.LocalAddr().String(), "udp+tcp://", "")
-		if err != nil {
-			ls.Close()
-			return nil, err
-		}
+		ls.closers = append(ls.closers, pc, ln)
+		ls.addrs = append(ls.addrs, "udp+tcp://"+pc.LocalAddr().String())
 		ls.serve = append(ls.serve,
 			func(ctx context.Context) error { return l.ServeUDP(ctx, pc) },
 			func(ctx context.Context) error { return l.ServeStream(ctx, ln, "tcp") })

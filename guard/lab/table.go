@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/emulate"
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/miekg/dns"
 )
 
@@ -81,13 +81,8 @@ func startLabRun(ctx context.Context, sched Schedule, ttl uint32, signer *Signer
 	z := DefaultZone()
 	z.TTL = ttl
 	l := New(Config{Zone: z, Schedule: sched, Signer: signer})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := portpair.Listen("127.0.0.1:0")
 	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)

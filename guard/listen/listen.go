@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/miekg/dns"
 )
@@ -158,25 +159,15 @@ func (s *Server) Listen(addrs []string) error {
 // ListenOne binds UDP and TCP on one address, leaving what is already
 // bound alone if it fails.
 func (s *Server) ListenOne(a string) error {
-	ap, err := netip.ParseAddrPort(a)
+	u, t, err := portpair.Listen(a)
 	if err != nil {
-		return fmt.Errorf("listen %q: %w", a, err)
-	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	// One socket per family: "udp" on an unspecified address would be a
-	// dual-stack socket, and 0.0.0.0 and [::] could not both be bound.
-	udpNet, tcpNet := "udp6", "tcp6"
-	if ap.Addr().Is4() {
-		udpNet, tcpNet = "udp4", "tcp4"
-	}
-	u, err := net.ListenUDP(udpNet, net.UDPAddrFromAddrPort(ap))
-	if err != nil {
-		return fmt.Errorf("listen udp %s: %w", a, err)
+		return err
 	}
 	sock := &udpSocket{c: u, local: u.LocalAddr().(*net.UDPAddr).AddrPort()}
-	if ap.Addr().IsUnspecified() {
-		if err := enablePktinfo(u, ap.Addr().Is6()); err != nil {
+	if sock.local.Addr().IsUnspecified() {
+		if err := enablePktinfo(u, sock.local.Addr().Is6()); err != nil {
 			u.Close()
+			t.Close()
 			return fmt.Errorf("listen udp %s: %w", a, err)
 		}
 		sock.pktinfo = true
@@ -184,14 +175,10 @@ func (s *Server) ListenOne(a string) error {
 	rc, err := u.SyscallConn()
 	if err != nil {
 		u.Close()
+		t.Close()
 		return fmt.Errorf("listen udp %s: %w", a, err)
 	}
 	sock.send = newUDPSender(rc, sock.pktinfo)
-	t, err := net.ListenTCP(tcpNet, net.TCPAddrFromAddrPort(sock.local))
-	if err != nil {
-		u.Close()
-		return fmt.Errorf("listen tcp %s: %w", sock.local, err)
-	}
 	s.udp = append(s.udp, sock)
 	s.tcp = append(s.tcp, t)
 	return nil

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/dnsguard/dnsguard/guard/dnswire"
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/dnsguard/dnsguard/guard/stage"
 	"github.com/dnsguard/dnsguard/policy"
 	"github.com/miekg/dns"
@@ -32,22 +33,9 @@ type localServer struct {
 func startLocalServer(t *testing.T) *localServer {
 	t.Helper()
 	s := &localServer{ids: map[uint16]int{}, ports: map[string]int{}}
-	// UDP and TCP on one port: the UDP port the kernel picks may be taken
-	// for TCP by another test, so pick again until both bind.
-	var pc net.PacketConn
-	var ln net.Listener
-	for attempt := 0; ; attempt++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if attempt == 20 {
-			t.Fatal(err)
-		}
+	pc, ln, err := portpair.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
 	s.addr = pc.LocalAddr().String()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {

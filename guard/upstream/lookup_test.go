@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/miekg/dns"
 )
 
@@ -46,15 +47,11 @@ func TestLookupHost(t *testing.T) {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := portpair.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	udp := &dns.Server{PacketConn: pc, Handler: handler}
 	tcp := &dns.Server{Listener: ln, Handler: handler}
 	go udp.ActivateAndServe()
