@@ -25,14 +25,18 @@
 #                 forwards with forward-tls-upstream (it has no DoH client),
 #                 dnsdist uses a DoT and a DoH backend, dnsmasq has neither ("-")
 #   hit avg, p99  latency under full hit load (separate dnsperf -v pass)
-#   2k avg, p99   latency at a steady 2,000 queries/s (-Q 2000), hits and misses
+#   2k avg, p99   latency at a steady 2,000 queries/s (-Q 2000), hits and misses;
+#                 the hits measured with every server up at once, each asked in
+#                 turn for a second at a time (steady_hits), so that the
+#                 machine's drift over minutes falls on all servers alike
 #   rss, hwm      VmRSS and VmHWM of a fresh instance after 100,000 unique names
 #   noise         CPU time on the server's core not spent by the server
 #
 # Environment:
 #   BENCH_RUNS=5  BENCH_SECONDS=5  BENCH_SERVERS="dnsguard dnsmasq unbound dnsdist"
 #   BENCH_SERVER_CPU=0  BENCH_CLIENT_CPU=1  BENCH_PORT=15300 (upstream; +1 server,
-#                        +2 pprof, +3 upstream DoT, +4 upstream DoH)
+#                        +2 pprof, +3 upstream DoT, +4 upstream DoH, +5... the
+#                        servers of the 2k hit turns)
 #   BENCH_TLS=1          measure the DoT/DoH misses (0: skip, columns print "-")
 #   BENCH_PHASES="hit latency miss mem tls"   the phases measured (others print
 #                        "-"); "latency" alone judges a latency change over many
@@ -364,14 +368,16 @@ sed -e "s|^\tforward-addr: .*|\tforward-addr: 127.0.0.1@$UP_DOT_PORT#$TLS_NAME\n
 
 # ---- processes ---------------------------------------------------------
 
-# start_server NAME TAG [do53|dot|doh]: starts a server pinned to
-# SERVER_CPU, forwarding to the upstream over the given transport; sets
-# SRV_PID.
+# start_server NAME TAG [do53|dot|doh [PORT]]: starts a server pinned to
+# SERVER_CPU, listening on PORT (default SRV_PORT) and forwarding to the
+# upstream over the given transport; sets SRV_PID and SRV_AT (the port
+# dnsperf_phase asks).
 SRV_PID=
+SRV_AT=$SRV_PORT
 start_server() {
-	local name=$1 tag=$2 up=${3:-do53} err=$WORK/logs/$1.$2.stderr
+	local name=$1 tag=$2 up=${3:-do53} port=${4:-$SRV_PORT} err=$WORK/logs/$1.$2.stderr
 	local -a cmd
-	local sfx=
+	local sfx='' conf
 	[[ $up == do53 ]] || sfx=-$up
 	case $name in
 	dnsguard)
@@ -380,17 +386,28 @@ start_server() {
 		dot) url="tls://127.0.0.1:$UP_DOT_PORT?sni=$TLS_NAME" ;;
 		doh) url="https://$TLS_NAME:$UP_DOH_PORT/dns-query?ip=127.0.0.1" ;;
 		esac
-		cmd=("$GUARD" run --config "$WORK/dnsguard.conf" --listen "127.0.0.1:$SRV_PORT" --upstream "$url" "${GUARD_EXTRA[@]}")
+		cmd=("$GUARD" run --config "$WORK/dnsguard.conf" --listen "127.0.0.1:$port" --upstream "$url" "${GUARD_EXTRA[@]}")
 		[[ $up == do53 ]] || cmd+=(--upstream-ca "$WORK/upstream.pem")
 		;;
-	dnsmasq) cmd=(dnsmasq -k -C "$WORK/dnsmasq.conf") ;;
-	unbound) cmd=(unbound -d -c "$WORK/unbound$sfx.conf") ;;
-	dnsdist) cmd=(dnsdist --supervised --disable-syslog -C "$WORK/dnsdist$sfx.conf") ;;
+	*)
+		# the peer's config, on PORT if not the usual one
+		conf=$WORK/$name$sfx.conf
+		if ((port != SRV_PORT)); then
+			sed -E "s/([@:=] ?)$SRV_PORT\b/\1$port/g" "$conf" >"$WORK/$name$sfx.$port.conf"
+			conf=$WORK/$name$sfx.$port.conf
+		fi
+		case $name in
+		dnsmasq) cmd=(dnsmasq -k -C "$conf") ;;
+		unbound) cmd=(unbound -d -c "$conf") ;;
+		dnsdist) cmd=(dnsdist --supervised --disable-syslog -C "$conf") ;;
+		esac
+		;;
 	esac
 	"${PIN_SERVER[@]}" "${cmd[@]}" </dev/null >"$err" 2>&1 &
 	SRV_PID=$!
+	SRV_AT=$port
 	PIDS+=("$SRV_PID")
-	wait_ready "$name" "$SRV_PORT" "$SRV_PID" "$err"
+	wait_ready "$name" "$port" "$SRV_PID" "$err"
 }
 GUARD_EXTRA=()
 
@@ -457,7 +474,7 @@ dnsperf_phase() {
 	local label=$1 expect=$2
 	shift 2
 	DP_LOG=$WORK/logs/$label.log
-	"${PIN_CLIENT[@]}" dnsperf -s 127.0.0.1 -p "$SRV_PORT" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" >"$DP_LOG" 2>&1 ||
+	"${PIN_CLIENT[@]}" dnsperf -s 127.0.0.1 -p "$SRV_AT" -c "$CLIENTS" -q "$OUTSTANDING" -t 2 "$@" >"$DP_LOG" 2>&1 ||
 		{ tail -20 "$DP_LOG" >&2; die "$label: dnsperf failed"; }
 	local stats
 	stats=$(awk '
@@ -523,12 +540,6 @@ measure() {
 		read -r -a lat <<<"$(latency "$DP_LOG")"
 		record "$name" "$run" hit_avg "${lat[0]}"
 		record "$name" "$run" hit_p99 "${lat[1]}"
-
-		# (e) steady 2,000 queries/s: hits
-		dnsperf_phase "$tag.steadyhit" NOERROR -d "$WORK/hit.txt" -l "$SECONDS_PER_PHASE" -Q "$STEADY_QPS" -v
-		read -r -a lat <<<"$(latency "$DP_LOG")"
-		record "$name" "$run" s2k_hit_avg "${lat[0]}"
-		record "$name" "$run" s2k_hit_p99 "${lat[1]}"
 	fi
 
 	# (b) misses: unique names, each asked once (-n 1), NXDOMAIN upstream
@@ -578,6 +589,44 @@ measure() {
 		((DP_DONE < TLS_MISS_NAMES)) || die "$tag.$up.miss: ran out of unique names; raise TLS_MISS_NAMES"
 		stop_server "$pid"
 	done
+}
+
+# steady_hits RUN: (e) steady 2,000 queries/s, hits, for every server:
+# all of them up at once, each on a port of its own, asked in turn for one
+# second at a time, SECONDS_PER_PHASE turns each, the order rotating every
+# turn; each server's latencies are pooled over its turns. At a trickle
+# the servers' paths take a few tens of microseconds and their p99s differ
+# by a few percent, while the machine's own wake-up latency drifts by tens
+# of percent over the minutes between one server's phase and the next's:
+# measured one after the other, the comparison showed mostly the drift.
+# An idle server waits in epoll and takes no time from the one asked.
+steady_hits() {
+	local run=$1 name turn pid f
+	local -a order pids=()
+	local -A at
+	read -r -a order <<<"$SERVERS"
+	for name in "${order[@]}"; do
+		start_server "$name" "r$run.steady" do53 $((UP_PORT + 5 + ${#pids[@]}))
+		pids+=("$SRV_PID")
+		at[$name]=$SRV_AT
+		dnsperf_phase "$name.r$run.steady.warm" NOERROR -d "$WORK/hit.txt" -l 1
+	done
+	for turn in $(seq "$SECONDS_PER_PHASE"); do
+		for name in "${order[@]}"; do
+			SRV_AT=${at[$name]}
+			dnsperf_phase "$name.r$run.steadyhit.$turn" NOERROR -d "$WORK/hit.txt" -l 1 -Q "$STEADY_QPS" -v
+		done
+		order=("${order[@]:1}" "${order[0]}")
+	done
+	for name in $SERVERS; do
+		f=$WORK/logs/$name.r$run.steadyhit.all.log
+		cat "$WORK/logs/$name.r$run.steadyhit."[0-9]*.log >"$f"
+		read -r -a lat <<<"$(latency "$f")"
+		record "$name" "$run" s2k_hit_avg "${lat[0]}"
+		record "$name" "$run" s2k_hit_p99 "${lat[1]}"
+	done
+	for pid in "${pids[@]}"; do stop_server "$pid"; done
+	SRV_AT=$SRV_PORT
 }
 
 start_upstream() {
@@ -784,6 +833,10 @@ for run in $(seq "$RUNS"); do
 		log "run $run/$RUNS: $name"
 		measure "$name" "$run"
 	done
+	if phase latency; then
+		log "run $run/$RUNS: 2k hits, servers in turn"
+		steady_hits "$run"
+	fi
 done
 
 echo
