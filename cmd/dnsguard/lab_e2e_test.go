@@ -35,11 +35,22 @@ func TestLabExperiments(t *testing.T) {
 	const run = 5 * time.Second
 
 	type check func(t *testing.T, r lab.TableRow)
+	// The checks that the lab misbehaved as asked look at the answers the
+	// device straight at the lab got; a machine loaded enough may have
+	// left it none (every query timed out), and then the lab is not
+	// judged (the guard's checks still are).
+	directAnswered := func(t *testing.T, r lab.TableRow) bool {
+		if r.Direct.Answers == 0 {
+			t.Logf("the device straight at the lab got no answer (%s): the lab's behaviour is not judged", lab.Describe(r.Direct))
+			return false
+		}
+		return true
+	}
 	noForged := func(t *testing.T, r lab.TableRow) {
 		if f := lab.ForgedAnswers(r.Guarded); f > 0 {
 			t.Errorf("through the guard the device got %d forged addresses", f)
 		}
-		if lab.ForgedAnswers(r.Direct) == 0 {
+		if directAnswered(t, r) && lab.ForgedAnswers(r.Direct) == 0 {
 			t.Errorf("the lab did not forge (direct: %s)", lab.Describe(r.Direct))
 		}
 	}
@@ -90,7 +101,7 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatalf("device got %d records for %s", len(ex.Reply.Answer), ex.Name)
 			}
 		}
-		if r.Direct.RecordsPerAnswer() < 5 {
+		if directAnswered(t, r) && r.Direct.RecordsPerAnswer() < 5 {
 			t.Errorf("the lab did not amplify: %.1f records per answer", r.Direct.RecordsPerAnswer())
 		}
 	}
@@ -103,7 +114,7 @@ func TestLabExperiments(t *testing.T) {
 				t.Fatalf("device got %d copies of answer %#04x on port %d", per[key{d.Port, d.ID}], d.ID, d.Port)
 			}
 		}
-		if r.Direct.Datagrams < 2*r.Direct.Answers {
+		if directAnswered(t, r) && r.Direct.Datagrams < 2*r.Direct.Answers {
 			t.Errorf("the lab did not flood: %d datagrams for %d answers", r.Direct.Datagrams, r.Direct.Answers)
 		}
 	}
@@ -161,7 +172,7 @@ func TestLabExperiments(t *testing.T) {
 					big++
 				}
 			}
-			if big == 0 {
+			if big == 0 && directAnswered(t, r) {
 				t.Error("the lab did not inflate")
 			}
 		}}},
