@@ -3,7 +3,6 @@ module github.com/dnsguard/dnsguard
 go 1.26.0
 
 require (
-	github.com/florianl/go-nflog/v2 v2.3.0
 	github.com/google/nftables v0.3.0
 	github.com/mdlayher/netlink v1.9.1-0.20260312172110-2a932c0fc1ae
 	github.com/miekg/dns v1.1.73

@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	nflog "github.com/florianl/go-nflog/v2"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -18,8 +17,9 @@ import (
 // Observer reads the packets the table logs to its NFLOG group and hands
 // each parsed packet to a function.
 type Observer struct {
-	nf      *nflog.Nflog
+	c       *netlink.Conn
 	cancel  context.CancelFunc
+	done    chan struct{} // closed when the reader has returned
 	log     *slog.Logger
 	dropped atomic.Uint64 // packets the kernel could not queue to us (ENOBUFS)
 	bad     atomic.Uint64 // packets that did not parse
@@ -29,6 +29,9 @@ type Observer struct {
 // the current one) and calls handle for each packet, from one goroutine,
 // until ctx is done or Close is called.
 func Observe(ctx context.Context, group uint16, netns int, handle func(Packet), log *slog.Logger) (*Observer, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	// Binding the group while the table already logs traffic can read a
 	// logged packet where the kernel's acknowledgement was expected
 	// ("mismatched sequence in netlink reply"): a restart under load hits
@@ -54,62 +57,87 @@ func Observe(ctx context.Context, group uint16, netns int, handle func(Packet), 
 const bindAttempts = 5
 
 func observe(ctx context.Context, group uint16, netns int, handle func(Packet), log *slog.Logger) (*Observer, error) {
-	nf, err := nflog.Open(&nflog.Config{
-		Group:    group,
-		Copymode: nflog.CopyPacket,
-		QThresh:  1, // hand over each packet at once
-		NetNS:    netns,
-	})
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, fmt.Errorf("intercept: nflog group %d: %w", group, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	o := &Observer{nf: nf, cancel: cancel, log: log}
-	// The kernel drops what does not fit; we count it instead of failing.
-	if err := nf.SetOption(netlink.NoENOBUFS, true); err != nil {
-		log.Debug("nflog: NoENOBUFS not set", "err", err)
-	}
-	hook := func(a nflog.Attribute) int {
-		if a.Payload == nil || a.Prefix == nil {
-			return 0
-		}
-		var mac []byte
-		if a.HwAddr != nil {
-			mac = *a.HwAddr
-		}
-		p, err := ParsePacket(Kind(strings.TrimRight(*a.Prefix, "\x00 ")), mac, *a.Payload)
-		if err != nil {
-			o.bad.Add(1)
-			return 0
-		}
-		handle(p)
-		return 0
-	}
-	onErr := func(err error) int {
-		if ctx.Err() != nil {
-			return 1
-		}
-		var op *netlink.OpError
-		if errors.As(err, &op) && (op.Timeout() || errors.Is(op.Err, unix.ENOBUFS)) {
-			o.dropped.Add(1)
-			return 0
-		}
-		if errors.Is(err, unix.ENOBUFS) {
-			o.dropped.Add(1)
-			return 0
-		}
-		if errors.Is(err, net.ErrClosed) {
-			return 1
-		}
-		log.Error("nflog: receive failed; observer stopped", "err", err)
-		return 1
-	}
-	if err := nf.RegisterWithErrorFunc(ctx, hook, onErr); err != nil {
-		cancel()
-		nf.Close()
+	if err := bindNFLog(c, group); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("intercept: nflog group %d: %w", group, err)
 	}
+	// The kernel drops what does not fit; we count it instead of failing.
+	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
+		log.Debug("nflog: NoENOBUFS not set", "err", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("intercept: nflog group %d: %w", group, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	o := &Observer{c: c, cancel: cancel, done: make(chan struct{}), log: log}
+	// A deadline in the past ends the blocked read when ctx ends.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
+	go func() {
+		defer close(o.done)
+		defer stop()
+		o.read(ctx, rc, handle)
+	}()
 	return o, nil
+}
+
+// nflogBuffer is the receive buffer: a logged packet is at most a
+// 64 KiB IP packet plus the message's headers and attributes; a larger
+// one is truncated and counted as not parsed.
+const nflogBuffer = 64<<10 + 512
+
+// read receives logged packets until ctx ends or the socket fails: each
+// datagram read with one read(2) into one buffer, every message in it
+// parsed in place.
+func (o *Observer) read(ctx context.Context, rc syscall.RawConn, handle func(Packet)) {
+	buf := make([]byte, nflogBuffer)
+	onMessage := func(typ uint16, data []byte) {
+		if typ != unix.NFNL_SUBSYS_ULOG<<8|nfulnlMsgPacket {
+			return // NLMSG_DONE, an error or an ack out of turn
+		}
+		l, err := parseLogged(data)
+		if err != nil {
+			o.bad.Add(1)
+			return
+		}
+		p, err := ParsePacket(Kind(strings.TrimRight(string(l.prefix), "\x00 ")), l.mac, l.payload)
+		if err != nil {
+			o.bad.Add(1)
+			return
+		}
+		handle(p)
+	}
+	for {
+		var n int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			return rerr != unix.EAGAIN
+		})
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil && rerr == nil:
+		case err == nil && errors.Is(rerr, unix.ENOBUFS):
+			o.dropped.Add(1)
+			continue
+		case err == nil && errors.Is(rerr, unix.EINTR):
+			continue
+		default:
+			o.log.Error("nflog: receive failed; observer stopped", "err", errors.Join(err, rerr))
+			return
+		}
+		// A datagram larger than buf was truncated: its message's length
+		// is then more than was read, and it is counted as not parsed.
+		if err := nflogMessages(buf[:n], onMessage); err != nil {
+			o.bad.Add(1)
+		}
+	}
 }
 
 // Dropped is how many receive overruns the observer has seen.
@@ -118,8 +146,9 @@ func (o *Observer) Dropped() uint64 { return o.dropped.Load() }
 // Unparsed is how many logged packets could not be read.
 func (o *Observer) Unparsed() uint64 { return o.bad.Load() }
 
-// Close stops the observer.
+// Close stops the observer and waits for its reader.
 func (o *Observer) Close() error {
-	o.cancel() // the library waits for its reader, which waits for this
-	return o.nf.Close()
+	o.cancel()
+	<-o.done
+	return o.c.Close()
 }
