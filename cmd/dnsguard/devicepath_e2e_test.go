@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/dnsguard/dnsguard/guard/testenv"
 )
 
 // TestDevicePathCPU measures (DNSGUARD_MEASURE=1) what the path devices
@@ -18,9 +21,10 @@ import (
 // graded or limited. Here the shipped build runs on the testbed's router
 // with interception and the packet log on, and dnsperf asks cache hits
 // from the LAN device (its own MAC, every query redirected by nftables
-// and logged by nflog), then from the router's own address, in turns;
-// the guard's CPU time per answered query (utime+stime of its threads)
-// is logged in one DEVICEPATH line per turn and as medians. It checks
+// and logged by nflog), then from the router's own address, and, as the
+// peer, unbound on the same router from the same device, in turns; the
+// server's CPU time per answered query (utime+stime of its threads) is
+// logged in one DEVICEPATH line per turn and as medians. It checks
 // only that the queries were answered: the figures are the result.
 // With DNSGUARD_MEASURE_PROFILE=DIR the build also gets -tags pprof and
 // DIR/device.pprof is a CPU profile of the guard while the device asks.
@@ -63,34 +67,82 @@ func TestDevicePathCPU(t *testing.T) {
 	if err := os.WriteFile(names, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	from := map[string]string{"device": tb.dev, "router": tb.rtr}
-	ask := func(who string, seconds int) int {
-		out, err := exec.Command("ip", "netns", "exec", from[who], "dnsperf", "-s", rtrLAN4, "-d", names,
+	// unbound on the same router, for the LAN, forwarding to the same
+	// upstream: the device asks it on port 5355 (not redirected, not
+	// logged; its answers leave through the same conntrack and veth).
+	ubConf := filepath.Join(t.TempDir(), "unbound.conf")
+	if err := os.WriteFile(ubConf, []byte(`server:
+	interface: `+rtrLAN4+`@5355
+	do-daemonize: no
+	username: ""
+	chroot: ""
+	pidfile: ""
+	use-syslog: no
+	logfile: ""
+	num-threads: 1
+	do-ip6: no
+	access-control: 10.10.10.0/24 allow
+	num-queries-per-thread: 4096
+forward-zone:
+	name: "."
+	forward-addr: 10.78.0.2
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ub := exec.Command("ip", "netns", "exec", tb.rtr, testenv.Require(t, "unbound")[0], "-d", "-c", ubConf)
+	ubLog := new(strings.Builder)
+	ub.Stdout, ub.Stderr = ubLog, ubLog
+	if err := ub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ub.Process.Kill(); ub.Wait() })
+
+	type who struct {
+		name, ns, port string
+		pid            int
+	}
+	device := who{"device", tb.dev, "53", pid}
+	router := who{"router", tb.rtr, "53", pid}
+	unbound := who{"device-unbound", tb.dev, "5355", ub.Process.Pid}
+	ask := func(w who, seconds int) int {
+		out, err := exec.Command("ip", "netns", "exec", w.ns, "dnsperf", "-s", rtrLAN4, "-p", w.port, "-d", names,
 			"-l", strconv.Itoa(seconds), "-c", "4", "-q", "100", "-t", "2").CombinedOutput()
 		if err != nil {
-			t.Fatalf("dnsperf from the %s: %v\n%s", who, err, out)
+			t.Fatalf("dnsperf %s: %v\n%s", w.name, err, out)
 		}
 		m := regexp.MustCompile(`Queries completed:\s+(\d+)`).FindSubmatch(out)
 		if m == nil {
-			t.Fatalf("dnsperf from the %s: no count\n%s", who, out)
+			t.Fatalf("dnsperf %s: no count\n%s", w.name, out)
 		}
 		done, _ := strconv.Atoi(string(m[1]))
 		if !strings.Contains(string(out), "NOERROR "+string(m[1])) {
-			t.Fatalf("dnsperf from the %s: not every answer NOERROR\n%s", who, out)
+			t.Fatalf("dnsperf %s: not every answer NOERROR\n%s", w.name, out)
 		}
 		return done
 	}
-	ask("device", 1) // the cache filled, the device learnt
-	ask("router", 1)
+	// Warm-up: the caches filled, the device learnt (unbound may take a
+	// moment to start).
+	ask(device, 1)
+	ask(router, 1)
+	for i := 0; ; i++ {
+		if nsDig(tb.dev, "-p", "5355", "@"+rtrLAN4, "h1.example") == guardAnswer {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("unbound does not answer:\n%s", ubLog)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ask(unbound, 1)
 
 	per := map[string][]float64{}
-	for turn := range 6 {
-		who := []string{"device", "router"}[turn%2]
-		t0 := cpuTicks(t, pid)
-		n := ask(who, 3)
-		us := float64(cpuTicks(t, pid)-t0) * 1e4 / float64(n) // a tick is 10 ms
-		per[who] = append(per[who], us)
-		t.Logf("DEVICEPATH turn=%d from=%s queries=%d cpu_us_per_query=%.2f", turn, who, n, us)
+	for turn := range 9 {
+		w := []who{device, router, unbound}[turn%3]
+		t0 := cpuTicks(t, w.pid)
+		n := ask(w, 3)
+		us := float64(cpuTicks(t, w.pid)-t0) * 1e4 / float64(n) // a tick is 10 ms
+		per[w.name] = append(per[w.name], us)
+		t.Logf("DEVICEPATH turn=%d %s queries=%d cpu_us_per_query=%.2f", turn, w.name, n, us)
 	}
 	if profile != "" {
 		// A CPU profile of the guard while the device asks (the build has
@@ -103,14 +155,14 @@ func TestDevicePathCPU(t *testing.T) {
 		if err := curl.Start(); err != nil {
 			t.Fatal(err)
 		}
-		ask("device", 4)
+		ask(device, 4)
 		if err := curl.Wait(); err != nil {
 			t.Errorf("profile: %v", err)
 		}
 	}
 	med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
-	d, r := med(per["device"]), med(per["router"])
-	t.Logf("DEVICEPATH median cpu_us_per_query device=%.2f router=%.2f device/router=%.2f", d, r, d/r)
+	d, r, u := med(per["device"]), med(per["router"]), med(per["device-unbound"])
+	t.Logf("DEVICEPATH median cpu_us_per_query device=%.2f router=%.2f device-unbound=%.2f device/router=%.2f device/unbound=%.2f", d, r, u, d/r, d/u)
 	if v := tb.devices(t); len(v) == 0 {
 		t.Error("the device was not recorded")
 	} else {
