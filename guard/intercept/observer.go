@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -116,8 +117,16 @@ func (o *Observer) read(ctx context.Context, rc syscall.RawConn, handle func(Pac
 		var n int
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
-			n, rerr = unix.Read(int(fd), buf)
-			return rerr != unix.EAGAIN
+			// RawSyscall: the socket never blocks, and a read that
+			// entered the scheduler's syscall hooks woke the runtime's
+			// monitor thread (sysmon, asleep while every P is idle)
+			// for every logged packet, as listen's reads once did.
+			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			n, rerr = int(r), nil
+			if e != 0 {
+				rerr = e
+			}
+			return e != unix.EAGAIN
 		})
 		switch {
 		case ctx.Err() != nil:
