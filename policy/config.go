@@ -41,6 +41,9 @@ type Config struct {
 	UpstreamCA  string
 	LogLevel    string
 	MemoryLimit int64 // bytes; 0 leaves the Go runtime default
+	// CPUs is how many threads run Go code at once (GOMAXPROCS); 0 leaves
+	// the runtime's default, every CPU.
+	CPUs int
 
 	// DNSSEC validation (issue 12): on unless option dnssec '0'.
 	DNSSEC DNSSEC
@@ -385,6 +388,7 @@ func (c *Config) mainFields() map[string]setter {
 		"upstream_ca":        str(&c.UpstreamCA),
 		"log_level":          oneOf(&c.LogLevel, "debug", "info", "warn", "error"),
 		"memory_limit":       size(&c.MemoryLimit),
+		"cpus":               integer(&c.CPUs),
 		"upstream_timeout":   dur(&c.UpstreamTimeout),
 		"randomize_case":     boolean(&c.Randomize0x20),
 		"dnssec":             boolean(&c.DNSSEC.Enabled),

@@ -61,6 +61,7 @@ config dnsguard 'main'
 	list listen "[fd00::1]:53"   # trailing comment
 	list upstream 'udp://127.0.0.1:5300'
 	option memory_limit '48MiB'
+	option cpus '2'
 
 config cache
 	option min_ttl '5'
@@ -83,6 +84,9 @@ config class 'cams'
 	}
 	if c.MemoryLimit != 48<<20 {
 		t.Errorf("memory_limit = %d", c.MemoryLimit)
+	}
+	if c.CPUs != 2 {
+		t.Errorf("cpus = %d", c.CPUs)
 	}
 	if c.Cache.MinTTL != 5*time.Second || c.Cache.MaxTTL != 36*time.Hour {
 		t.Errorf("ttls = %v %v", c.Cache.MinTTL, c.Cache.MaxTTL)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -160,9 +161,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	logLevel := new(slog.LevelVar)
 	logLevel.Set(parseLevel(cfg.LogLevel))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel}))
-	if cfg.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(cfg.MemoryLimit)
-	}
+	runtimeLimits(cfg, os.Getenv)
 
 	if f.pprof != "" {
 		stopProfiles, err := serveProfiles(f.pprof)
@@ -402,4 +401,16 @@ func checkConfig(cfg *policy.Config, path string) error {
 		}
 	}
 	return nil
+}
+
+// runtimeLimits applies the configured memory limit and CPU count to the
+// Go runtime, where the environment (GOMEMLIMIT, GOMAXPROCS) does not set
+// them.
+func runtimeLimits(cfg *policy.Config, getenv func(string) string) {
+	if cfg.MemoryLimit > 0 && getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
+	if cfg.CPUs > 0 && getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(cfg.CPUs)
+	}
 }
