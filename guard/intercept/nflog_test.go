@@ -195,3 +195,14 @@ func TestObserveGroupTaken(t *testing.T) {
 	}
 	again.Close()
 }
+
+func TestKindOf(t *testing.T) {
+	for prefix, want := range map[string]Kind{"dns\x00": KindDNS, "dot": KindDoT, "doq \x00": KindDoQ, "doh\x00\x00": KindDoH, "other\x00": "other", "": ""} {
+		if got := kindOf([]byte(prefix)); got != want {
+			t.Errorf("kindOf(%q) = %q, want %q", prefix, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = kindOf([]byte("dns\x00")) }); n != 0 {
+		t.Errorf("kindOf allocates %v times for a known kind", n)
+	}
+}

@@ -1,11 +1,11 @@
 package intercept
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -106,7 +106,7 @@ func (o *Observer) read(ctx context.Context, rc syscall.RawConn, handle func(Pac
 			o.bad.Add(1)
 			return
 		}
-		p, err := ParsePacket(Kind(strings.TrimRight(string(l.prefix), "\x00 ")), l.mac, l.payload)
+		p, err := ParsePacket(kindOf(l.prefix), l.mac, l.payload)
 		if err != nil {
 			o.bad.Add(1)
 			return
@@ -160,4 +160,16 @@ func (o *Observer) Close() error {
 	o.cancel()
 	<-o.done
 	return o.c.Close()
+}
+
+// kindOf is the Kind a rule's log prefix names (NUL-terminated), without
+// allocating for the table's own kinds.
+func kindOf(prefix []byte) Kind {
+	b := bytes.TrimRight(prefix, "\x00 ")
+	for _, k := range []Kind{KindDNS, KindDoT, KindDoQ, KindDoH} {
+		if string(b) == string(k) {
+			return k
+		}
+	}
+	return Kind(b)
 }
