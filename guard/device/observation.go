@@ -87,6 +87,9 @@ func (r *Registry) ObserveQuery(mac string, dst netip.AddrPort, q Observation) {
 	agree := r.agrees(mac, ip)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !agree && q.Query != nil && r.awaitVouchLocked(mac, ip, q, now) {
+		agree = true
+	}
 	e := r.packetLocked(mac, ip, now, agree)
 	if !local {
 		e.rec.noteBypass("do53", dst.String(), now)
@@ -131,4 +134,69 @@ func (r *Registry) onBypass(mac, kind string, dst netip.AddrPort) {
 	if r.opts.OnBypass != nil {
 		r.opts.OnBypass(mac, kind, dst)
 	}
+}
+
+// unvouched is a logged query from an address the neighbour table did not
+// know when it was read. The table learns a device's address from its ARP
+// or neighbour solicitation, which comes before its query; but the two
+// arrive on different sockets, read by different goroutines, and the
+// query can be read first (a device that reboots before each query lost
+// all its evidence so). It becomes evidence when the table learns the
+// address with the same MAC within unvouchedFor, else it is dropped.
+type unvouched struct {
+	mac string
+	ip  netip.Addr
+	q   Observation
+	at  time.Time
+}
+
+const (
+	maxUnvouched = 32
+	unvouchedFor = 2 * time.Second
+)
+
+// awaitVouchLocked looks at the neighbour table once more for a logged
+// query that did not agree with it: true if it agrees now; if the table
+// has no entry for the address the query waits (the oldest waiting is
+// dropped when full). A different MAC for the address is no wait: that
+// frame is not the device's evidence. r.mu held.
+func (r *Registry) awaitVouchLocked(mac string, ip netip.Addr, q Observation, now time.Time) bool {
+	n := r.opts.Neighbours
+	if n == nil {
+		return false
+	}
+	m, ok := n.MAC(ip)
+	if ok {
+		return m == mac
+	}
+	if len(r.unvouched) == maxUnvouched {
+		r.unvouched = append(r.unvouched[:0], r.unvouched[1:]...)
+	}
+	r.unvouched = append(r.unvouched, unvouched{mac: mac, ip: ip, q: q, at: now})
+	return false
+}
+
+// vouchLogged takes as evidence the waiting queries whose address the
+// neighbour table now gives their MAC, at the time they were logged, and
+// drops those that waited unvouchedFor.
+func (r *Registry) vouchLogged(now time.Time) {
+	n := r.opts.Neighbours
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n == nil || len(r.unvouched) == 0 {
+		return
+	}
+	keep := r.unvouched[:0]
+	for _, u := range r.unvouched {
+		m, ok := n.MAC(u.ip)
+		switch {
+		case ok && m == u.mac:
+			e := r.packetLocked(u.mac, u.ip, u.at, true)
+			r.observeLocked(e, &u.q, u.at)
+		case !ok && now.Sub(u.at) < unvouchedFor:
+			keep = append(keep, u)
+		}
+	}
+	clear(r.unvouched[len(keep):])
+	r.unvouched = keep
 }

@@ -89,7 +89,8 @@ type Registry struct {
 	dirty       map[string]bool
 	deleted     []string
 	orig        origRing
-	exempt      string // last exempt list given to OnExempt, joined
+	unvouched   []unvouched // logged queries waiting for the neighbour table
+	exempt      string      // last exempt list given to OnExempt, joined
 	churn       churn
 	bitmaps     *entropy.Budget // estimators past their sparse form
 	ipIDs       [64]struct {    // ipIDLocked's memory
@@ -278,9 +279,17 @@ func (r *Registry) Run(ctx context.Context) {
 	r.updateExempt()
 	r.Passes.add()
 	for {
+		// Take the signal before looking, so an address learned in
+		// between is not missed.
+		var learned <-chan struct{}
+		if n := r.opts.Neighbours; n != nil {
+			learned = n.Learned()
+		}
+		r.vouchLogged(r.opts.Now())
 		select {
 		case <-ctx.Done():
 			return
+		case <-learned: // an address learned: vouchLogged on the next pass
 		case <-flush.C:
 			if err := r.Flush(); err != nil {
 				r.log.Error("writing device records", "err", err)
