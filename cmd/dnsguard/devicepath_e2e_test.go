@@ -32,12 +32,7 @@ import (
 // With DNSGUARD_MEASURE_PROFILE=DIR the build also gets -tags pprof and
 // DIR/device.pprof is a CPU profile of the guard while the device asks.
 func TestDevicePathCPU(t *testing.T) {
-	if os.Getenv("DNSGUARD_MEASURE") != "1" {
-		t.Skip("set DNSGUARD_MEASURE=1 to measure")
-	}
-	if raceBuild {
-		t.Skip("a measurement: run without -race")
-	}
+	measurement(t)
 	if _, err := exec.LookPath("dnsperf"); err != nil {
 		t.Skip("no dnsperf (apt-get install dnsperf)")
 	}

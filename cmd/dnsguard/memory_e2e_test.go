@@ -42,12 +42,7 @@ import (
 // MemStats) and goroutines are saved in DIR after the names (its
 // figures then include the profile server's code).
 func TestRouterMemory50Devices(t *testing.T) {
-	if os.Getenv("DNSGUARD_MEASURE") != "1" {
-		t.Skip("set DNSGUARD_MEASURE=1 to measure")
-	}
-	if raceBuild {
-		t.Skip("a measurement: run without -race")
-	}
+	measurement(t)
 	limit := packagedMemoryLimit(t)
 	t.Run("shipped", func(t *testing.T) {
 		profile := os.Getenv("DNSGUARD_MEASURE_PROFILE")
@@ -241,4 +236,17 @@ func askMany(ns, suffix string, n int) (int, error) {
 		return nil
 	})
 	return got, err
+}
+
+// measurement skips a test that measures (CPU, memory) unless
+// DNSGUARD_MEASURE=1 asks for it, and under the race detector, whose
+// figures would mean nothing.
+func measurement(t *testing.T) {
+	t.Helper()
+	if os.Getenv("DNSGUARD_MEASURE") != "1" {
+		t.Skip("set DNSGUARD_MEASURE=1 to measure")
+	}
+	if raceBuild {
+		t.Skip("a measurement: run without -race")
+	}
 }
