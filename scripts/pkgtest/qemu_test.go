@@ -18,6 +18,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 )
 
@@ -66,21 +67,13 @@ func startUpstream(t *testing.T) *upstream {
 // freePort returns a loopback port free for both UDP and TCP.
 func freePort(t *testing.T) int {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			pc.Close()
-			return port
-		}
+	u, l, err := portpair.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port for UDP and TCP")
-	return 0
+	u.Close()
+	l.Close()
+	return u.LocalAddr().(*net.UDPAddr).Port
 }
 
 // lockedBuffer collects a process's output safely while it runs.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dnsguard/dnsguard/guard/portpair"
 	"github.com/dnsguard/dnsguard/guard/testenv"
 	"github.com/miekg/dns"
 )
@@ -226,21 +227,13 @@ func (u *Unbound) waitReady(exited <-chan struct{}, waitErr *error) error {
 // freePort returns a TCP and UDP port free on 127.0.0.1 just now.
 func freePort(t testing.TB) uint16 {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := uint16(l.Addr().(*net.TCPAddr).Port)
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		_ = l.Close()
-		if err == nil {
-			_ = pc.Close()
-			return port
-		}
+	u, l, err := portpair.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port")
-	return 0
+	_ = u.Close()
+	_ = l.Close()
+	return u.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
 func write(t testing.TB, path string, b []byte) {
